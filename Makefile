@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_DEV := $(VENV)/.installed-dev
+
+.PHONY: demo test lint typecheck pytest soak bench docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(STAMP_DEV): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(STAMP_RUN)
+
+demo: $(STAMP_RUN)
+	$(BIN)/dibs demo
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP_DEV)
+	$(BIN)/mypy --strict src/dibs
+
+pytest: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q -m "not soak"
+
+test: lint typecheck pytest
+
+soak: $(STAMP_DEV)
+	$(BIN)/python -m pytest -q -m soak
+
+bench: $(STAMP_DEV)
+	$(BIN)/python bench/claims.py
+
+docs: $(STAMP_DEV)
+	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,105 @@
+"""dibs: let many coding agents work on one git repository at once without colliding.
+
+The public API, re-exported here::
+
+    import dibs
+
+    with dibs.Coordinator.open(".") as coord:
+        coord.register("agent-1")
+        coord.claim(["issue:ROOSE-158"], wait=30)
+
+Names are imported on first use (PEP 562), so ``import dibs`` costs almost nothing: the CLI
+imports this package on every editor hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dibs.core.resources import Resource, overlaps, parse_resource
+    from dibs.errors import (
+        AuthError,
+        Conflict,
+        CorruptLog,
+        DibsError,
+        InvalidResource,
+        InvalidSetting,
+        LeaseLost,
+        LockTimeout,
+        NotFound,
+        Refused,
+        StoreError,
+        StoreIOError,
+        StoreUnavailable,
+        UsageError,
+    )
+    from dibs.service import Coordinator
+    from dibs.setup import init
+    from dibs.store.local import LocalStore
+    from dibs.store.memory import MemoryStore
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AuthError": "dibs.errors",
+    "Conflict": "dibs.errors",
+    "Coordinator": "dibs.service",
+    "CorruptLog": "dibs.errors",
+    "DibsError": "dibs.errors",
+    "InvalidResource": "dibs.errors",
+    "InvalidSetting": "dibs.errors",
+    "LeaseLost": "dibs.errors",
+    "LocalStore": "dibs.store.local",
+    "LockTimeout": "dibs.errors",
+    "MemoryStore": "dibs.store.memory",
+    "NotFound": "dibs.errors",
+    "Refused": "dibs.errors",
+    "Resource": "dibs.core.resources",
+    "StoreError": "dibs.errors",
+    "StoreIOError": "dibs.errors",
+    "StoreUnavailable": "dibs.errors",
+    "UsageError": "dibs.errors",
+    "init": "dibs.setup",
+    "overlaps": "dibs.core.resources",
+    "parse_resource": "dibs.core.resources",
+}
+
+__all__ = [
+    "AuthError",
+    "Conflict",
+    "Coordinator",
+    "CorruptLog",
+    "DibsError",
+    "InvalidResource",
+    "InvalidSetting",
+    "LeaseLost",
+    "LocalStore",
+    "LockTimeout",
+    "MemoryStore",
+    "NotFound",
+    "Refused",
+    "Resource",
+    "StoreError",
+    "StoreIOError",
+    "StoreUnavailable",
+    "UsageError",
+    "__version__",
+    "init",
+    "overlaps",
+    "parse_resource",
+]
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dibs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,104 @@
+"""The dibs command line: parse, make one service call, render.
+
+The CLI starts on every editor hook, so it imports only the invoked command's module and
+builds only that command's parser. ``dibs --help`` is written from the table below without
+building any parser.
+
+Exit codes (stable, documented in docs/reference/exit-codes.md): 0 ok, 1 error, 2 usage,
+3 refused (held by someone else, or the act would lose work), 4 lease lost / stale token.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+#: name -> (module, one-line summary), in the order ``dibs --help`` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("dibs.cli.setup", "set up dibs in this repository (store, settings, excludes)"),
+    "agent": ("dibs.cli.agents", "register, list, show and unregister agents"),
+    "claim": ("dibs.cli.claims", "claim resources for an agent, all or none"),
+    "renew": ("dibs.cli.claims", "extend leases you hold"),
+    "release": ("dibs.cli.claims", "let go of claims you hold"),
+    "heartbeat": ("dibs.cli.claims", "renew every lease of an agent at once"),
+    "claims": ("dibs.cli.claims", "list live claims"),
+    "status": ("dibs.cli.info", "who holds what: agents, claims and a summary"),
+    "log": ("dibs.cli.info", "show or follow the event log"),
+    "evict": ("dibs.cli.info", "force a claim away (logged with who and why)"),
+    "doctor": ("dibs.cli.info", "check the log and state; --repair mends them"),
+    "demo": ("dibs.cli.demo", "watch agents race for issues on a throw-away repository"),
+}
+
+VERSION = "0.1.0"
+
+
+def top_help() -> str:
+    """The text of ``dibs --help``."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: dibs [--version] [-h] COMMAND [ARGS...]",
+        "",
+        "Let many coding agents work on one git repository without colliding.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [
+        "",
+        "Every command takes --json (machine output), -C DIR (run as if in DIR) and -v",
+        "(show tracebacks). Agent commands take --agent/--token or DIBS_AGENT/DIBS_TOKEN.",
+        "Run `dibs COMMAND --help` for a command's own options.",
+        "",
+        "exit codes: 0 ok, 1 error, 2 usage, 3 refused (held by someone else), 4 lease lost",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of command *name* (used by `main` and by the docs generator)."""
+    import argparse
+    import importlib
+
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"dibs {name}",
+        description=COMMANDS[name][1][0].upper() + COMMANDS[name][1][1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    getattr(module, "configure_" + name)(parser)
+    return parser
+
+
+def _unknown(name: str) -> int:
+    import difflib
+
+    close = difflib.get_close_matches(name, COMMANDS, n=1)
+    guess = f" (did you mean `dibs {close[0]}`?)" if close else ""
+    sys.stderr.write(f"dibs: unknown command {name!r}{guess}\nhint: see `dibs --help`\n")
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the dibs command line; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(top_help())
+        return 0 if args else 2
+    if args[0] == "--version":
+        sys.stdout.write(f"dibs {VERSION}\n")
+        return 0
+    name = args[0]
+    if name not in COMMANDS:
+        return _unknown(name)
+    parser = build_parser(name)
+    try:
+        parsed = parser.parse_args(args[1:])
+    except SystemExit as exc:  # argparse: --help exits 0, a usage error exits 2
+        return exc.code if isinstance(exc.code, int) else 2
+    from dibs.cli.output import run_command
+
+    return run_command(parsed)

@@ -1,0 +1,181 @@
+"""``dibs status | log | evict | doctor``."""
+
+from __future__ import annotations
+
+import sys
+
+from dibs.cli.output import (
+    CLAIM_HEADERS,
+    claim_rows,
+    common,
+    coordinator,
+    print_json,
+    seconds,
+    table,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from dibs.core.events import Event
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    """``dibs status``."""
+    common(parser)
+    parser.set_defaults(handler=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the summary, the agents and the claims."""
+    from dibs.cli.agents import AGENT_HEADERS, _agent_rows
+
+    with coordinator(args) as dibs:
+        status = dibs.status()
+    if args.json:
+        print_json(status)
+        return 0
+    out = [status["summary"] + "\n"]
+    if status["agents"]:
+        out += ["\n", table(_agent_rows(status["agents"]), AGENT_HEADERS)]
+    if status["claims"]:
+        out += ["\n", table(claim_rows(status["claims"]), CLAIM_HEADERS)]
+    if status["expired"]:
+        rows = [[c["resource"], c["agent"], c["evictable"]] for c in status["expired"]]
+        out += ["\nawaiting eviction:\n", table(rows, ("resource", "agent", "reason"))]
+    sys.stdout.write("".join(out))
+    return 0
+
+
+def configure_log(parser: argparse.ArgumentParser) -> None:
+    """``dibs log [-n N] [--follow]``."""
+    parser.add_argument("-n", type=int, default=20, metavar="N", help="the last N events (20)")
+    parser.add_argument("--since", type=int, metavar="SEQ", help="every event after seq SEQ")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing events as they come"
+    )
+    parser.add_argument("--agent", metavar="NAME", help="only this agent's events")
+    parser.add_argument("--resource", metavar="RES", help="only events on this resource")
+    parser.add_argument("--op", metavar="OP", help="only this op (acquire, release, ...)")
+    common(parser)
+    parser.set_defaults(handler=run_log)
+
+
+def _line(event: Event) -> str:
+    fields: dict[str, object] = dict(event)
+    parts = [f"{event['seq']:>6}", event["wall"], f"{event['op']:<11}"]
+    parts += [str(fields[key]) for key in ("agent", "resource") if key in fields]
+    if "token" in event:
+        parts.append(f"token={event['token']}")
+    if event.get("mode") == "shared":
+        parts.append("shared")
+    parts += [f"{key}={fields[key]}" for key in ("reason", "by", "note") if key in fields]
+    if "waited" in event:
+        parts.append(f"waited={event['waited']}s")
+    return "  ".join(parts) + "\n"
+
+
+def run_log(args: argparse.Namespace) -> int:
+    """Print events; with --follow, keep printing."""
+    from dibs.errors import UsageError
+
+    if args.n < 0:
+        raise UsageError("-n cannot be negative")
+    with coordinator(args) as dibs:
+        since = args.since or 0
+        events = dibs.log(
+            limit=None if args.since is not None else args.n,
+            since=since,
+            agent=args.agent,
+            resource=args.resource,
+            op=args.op,
+        )
+        for event in events:
+            _emit(args, event)
+        if not args.follow:
+            return 0
+        sys.stdout.flush()
+        last = events[-1]["seq"] if events else dibs.store.read()[0].seq
+        for event in dibs.follow(since=last, agent=args.agent, resource=args.resource, op=args.op):
+            _emit(args, event)
+            sys.stdout.flush()
+    return 0
+
+
+def _emit(args: argparse.Namespace, event: Event) -> None:
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(_line(event))
+
+
+def configure_evict(parser: argparse.ArgumentParser) -> None:
+    """``dibs evict RES --reason TEXT``."""
+    parser.epilog = (
+        "A person's act: every hold on RES (or only --agent's) is removed and the\n"
+        "force-evict event records who did it and why. The holder's next renew or\n"
+        "release gets exit 4 (lease lost)."
+    )
+    parser.add_argument("resource", metavar="RES", help="the exact resource as claimed")
+    parser.add_argument("--reason", required=True, metavar="TEXT", help="why (logged)")
+    parser.add_argument("--agent", metavar="NAME", help="only this holder (shared claims)")
+    parser.add_argument("--by", metavar="WHO", help="who evicts (default: $DIBS_AGENT or $USER)")
+    common(parser)
+    parser.set_defaults(handler=run_evict)
+
+
+def run_evict(args: argparse.Namespace) -> int:
+    """Force-evict and say whom."""
+    import os
+
+    with coordinator(args) as dibs:
+        evicted = dibs.evict(
+            args.resource,
+            reason=args.reason,
+            by=args.by or os.environ.get("DIBS_AGENT"),
+            agent=args.agent,
+        )
+    if args.json:
+        print_json(evicted)
+    else:
+        for item in evicted:
+            sys.stdout.write(f"evicted {item['resource']} from {item['agent']}\n")
+    return 0
+
+
+def configure_doctor(parser: argparse.ArgumentParser) -> None:
+    """``dibs doctor [--repair]``."""
+    parser.epilog = (
+        "Checks every line of the log, the checkpoint against a full replay, and a torn\n"
+        "tail left by a crash. Without --repair it only reports (exit 1 when something is\n"
+        "wrong); with --repair it mends what it can and says what it did."
+    )
+    parser.add_argument("--repair", action="store_true", help="mend what can be mended")
+    common(parser)
+    parser.set_defaults(handler=run_doctor)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """Report findings; exit 1 when something is wrong and was not repaired."""
+    with coordinator(args) as dibs:
+        report = dibs.doctor(repair=args.repair)
+    findings = report["findings"]
+    if args.json:
+        print_json(report)
+    elif not findings:
+        sys.stdout.write(f"ok: {report['store']} is healthy\n")
+    else:
+        for item in findings:
+            done = (
+                "repaired: " + item["repair"]
+                if item["repaired"]
+                else "--repair would " + item["repair"]
+            )
+            sys.stdout.write(f"{item['kind']}: {item['message']}\n  {done}\n")
+    return 0 if all(item["repaired"] for item in findings) else 1
+
+
+__all__ = ["seconds"]

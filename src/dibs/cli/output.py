@@ -1,0 +1,135 @@
+"""What every command shares: common flags, opening the coordinator, output, the error handler."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from dibs.errors import EXIT_ERROR, DibsError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+    from dibs.service import Coordinator
+
+
+def common(parser: argparse.ArgumentParser, *, identity: bool = False) -> None:
+    """Add the flags every command takes (and, with *identity*, --agent/--token)."""
+    group = parser.add_argument_group("common options")
+    group.add_argument("--json", action="store_true", help="print JSON for machines")
+    group.add_argument(
+        "-C", dest="directory", metavar="DIR", help="run as if dibs was started in DIR"
+    )
+    group.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    if identity:
+        group.add_argument(
+            "--agent", metavar="NAME", help="the agent to act as (default: $DIBS_AGENT)"
+        )
+        group.add_argument(
+            "--token", metavar="TOKEN", help="its session token (default: $DIBS_TOKEN)"
+        )
+
+
+def coordinator(args: argparse.Namespace) -> Coordinator:
+    """Open the coordinator for this invocation (repository from -C or the current folder)."""
+    from dibs.service import Coordinator
+
+    agent = getattr(args, "agent", None) or os.environ.get("DIBS_AGENT") or None
+    token = getattr(args, "token", None) or os.environ.get("DIBS_TOKEN") or None
+    return Coordinator.open(args.directory, agent=agent, token=token)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Call the command's handler and turn errors into messages and exit codes."""
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except DibsError as exc:
+        return report_error(args, exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("dibs: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`dibs log | head`): not an error worth a traceback.
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # the one place that turns surprises into a message
+        if getattr(args, "verbose", False):
+            raise
+        sys.stderr.write(
+            f"dibs: internal error: {type(exc).__name__}: {exc}\n"
+            "hint: run again with -v for the traceback, and please report it\n"
+        )
+        return EXIT_ERROR
+
+
+def report_error(args: argparse.Namespace, exc: DibsError) -> int:
+    """Print *exc* (``dibs: message`` + hint on stderr; JSON on stdout with --json)."""
+    if getattr(args, "verbose", False):
+        import traceback
+
+        traceback.print_exc()
+    if getattr(args, "json", False):
+        print_json(exc.to_json())
+    sys.stderr.write(f"dibs: {exc.message}\n")
+    if exc.hint:
+        sys.stderr.write(f"hint: {exc.hint}\n")
+    return exc.exit_code
+
+
+def print_json(data: Any) -> None:
+    """Print *data* as indented JSON."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def notes(dibs: Coordinator) -> None:
+    """Tell people about repairs the store made on the way (a torn tail after a crash)."""
+    for note in getattr(dibs.store, "repairs", ()):
+        sys.stderr.write(f"dibs: note: {note}\n")
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: ``74 s``, ``3 min``, ``2 h``."""
+    if value is None:
+        return "?"
+    if value < 100:
+        return f"{value:.0f} s"
+    if value < 6000:
+        return f"{value / 60:.0f} min"
+    if value < 172800:
+        return f"{value / 3600:.0f} h"
+    return f"{value / 86400:.0f} d"
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
+    """Rows as aligned columns under *headers*."""
+    text = [[str(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in text]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def claim_rows(claims: Iterable[dict[str, Any]]) -> list[list[Any]]:
+    """Table rows for lease views."""
+    return [
+        [
+            c["resource"],
+            c["agent"],
+            c["mode"],
+            c["token"],
+            "expired" if c["expires_in"] <= 0 else "in " + seconds(c["expires_in"]),
+            c.get("note", ""),
+        ]
+        for c in claims
+    ]
+
+
+CLAIM_HEADERS = ("resource", "agent", "mode", "token", "expires", "note")

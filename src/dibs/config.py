@@ -1,0 +1,274 @@
+"""Settings: flags > environment (``DIBS_*``) > ``dibs.toml`` > defaults.
+
+``dibs.toml`` sits at the repository root and is committed: the team's settings. Parsing TOML
+costs 10 ms of imports on every CLI call, so the parsed values are cached as JSON in the store
+folder, keyed by the file's inode, size and modification time; the cache is only a cache.
+
+An unknown key or a bad value is an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from dibs.errors import InvalidSetting
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+FILE_NAME = "dibs.toml"
+_CACHE_NAME = "settings.cache.json"
+
+
+def _positive(limit: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "must be a number of seconds"
+        if not 0 < value <= limit:
+            return f"must be more than 0 and at most {limit:g}"
+        return None
+
+    return check
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "must be non-empty text"
+    return None
+
+
+def _branch_pattern(value: Any) -> str | None:
+    if _text(value) or "{issue}" not in value:
+        return "must be text containing {issue}, e.g. agent/{issue}"
+    return None
+
+
+def _folder(value: Any) -> str | None:
+    if _text(value):
+        return "must be a folder name relative to the repository root"
+    if os.path.isabs(value) or ".." in value.replace("\\", "/").split("/"):
+        return "must be relative to the repository root, without '..'"
+    return None
+
+
+def _gates(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a table of gate names to commands"
+    for name, command in value.items():
+        if name == "required":
+            if not isinstance(command, list) or not all(isinstance(g, str) for g in command):
+                return "required must be a list of gate names"
+        elif not isinstance(command, str) or not command.strip():
+            return f"gate {name!r} must be a command (text)"
+    return None
+
+
+def _store_url(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be text: a path, or postgresql://..."
+    return None
+
+
+class Setting:
+    """One setting: its default, its environment variable and its check."""
+
+    __slots__ = ("check", "default", "env", "meaning")
+
+    def __init__(
+        self, default: Any, check: Callable[[Any], str | None], env: str | None, meaning: str
+    ):
+        self.default = default
+        self.check = check
+        self.env = env
+        self.meaning = meaning
+
+
+#: Every known setting, by dotted key (``section.name``).
+SCHEMA: dict[str, Setting] = {
+    "leases.ttl": Setting(
+        90.0, _positive(7 * 86400), "DIBS_TTL", "seconds a lease lives without a heartbeat"
+    ),
+    "leases.heartbeat": Setting(
+        30.0, _positive(86400), "DIBS_HEARTBEAT", "seconds between heartbeats of `dibs run`"
+    ),
+    "worktrees.folder": Setting(
+        ".worktrees", _folder, None, "where agent worktrees go (kept out of git)"
+    ),
+    "worktrees.branch": Setting(
+        "agent/{issue}", _branch_pattern, None, "branch name for an issue's worktree"
+    ),
+    "merge.target": Setting("main", _text, "DIBS_TARGET", "the branch agents land on"),
+    "gates": Setting({}, _gates, None, 'named gate commands, e.g. tests = "pytest -q"'),
+    "store.url": Setting(
+        "", _store_url, "DIBS_STORE", "the store: empty for local, or postgresql://..."
+    ),
+}
+
+
+class Settings:
+    """Resolved settings; read them with ``settings["leases.ttl"]``."""
+
+    __slots__ = ("path", "values")
+
+    def __init__(self, values: dict[str, Any], path: str | None = None):
+        self.values = values
+        self.path = path
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """Every setting at its default."""
+        return cls({key: setting.default for key, setting in SCHEMA.items()})
+
+
+def _flatten(data: dict[str, Any], path: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section, body in data.items():
+        if section in SCHEMA:  # a whole-table setting such as [gates]
+            flat[section] = body
+            continue
+        if not isinstance(body, dict):
+            raise InvalidSetting(
+                f"{path}: unknown key {section!r}",
+                hint=f"known keys: {', '.join(SCHEMA)}",
+            )
+        for name, value in body.items():
+            flat[f"{section}.{name}"] = value
+    return flat
+
+
+def validate(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check *values* (dotted keys) against `SCHEMA`; *where* names the source in errors."""
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        setting = SCHEMA.get(key)
+        if setting is None:
+            raise InvalidSetting(
+                f"{where}: unknown key {key!r}", hint=f"known keys: {', '.join(SCHEMA)}"
+            )
+        problem = setting.check(value)
+        if problem:
+            raise InvalidSetting(f"{where}: {key} = {value!r} {problem}", hint=setting.meaning)
+        checked[key] = float(value) if isinstance(setting.default, float) else value
+    return checked
+
+
+def _parse_file(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidSetting(f"{path}: not valid TOML ({exc})", hint="fix the syntax") from exc
+    return validate(_flatten(data, path), path)
+
+
+def _file_values(path: str, cache_dir: str | None) -> dict[str, Any]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    key = [path, st.st_ino, st.st_size, st.st_mtime_ns]
+    cache = os.path.join(cache_dir, _CACHE_NAME) if cache_dir else None
+    if cache is not None:
+        try:
+            with open(cache, encoding="utf-8") as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return dict(cached["values"])
+        except (OSError, ValueError, AttributeError):
+            pass
+    values = _parse_file(path)
+    if cache is not None and os.path.isdir(cache_dir or ""):
+        tmp = f"{cache}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"key": key, "values": values}, f)
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # a cache we cannot write only costs time
+    return values
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, setting in SCHEMA.items():
+        if setting.env is None or setting.env not in environ:
+            continue
+        raw = environ[setting.env]
+        value: Any = raw
+        if isinstance(setting.default, float):
+            try:
+                value = float(raw)
+            except ValueError:
+                raise InvalidSetting(
+                    f"{setting.env}={raw!r} is not a number", hint=setting.meaning
+                ) from None
+        values.update(validate({key: value}, f"environment variable {setting.env}"))
+    return values
+
+
+def load(
+    root: str | None,
+    *,
+    cache_dir: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve settings for the repository at *root* (None: defaults and environment only)."""
+    values = {key: setting.default for key, setting in SCHEMA.items()}
+    path = os.path.join(root, FILE_NAME) if root else None
+    if path is not None:
+        values.update(_file_values(path, cache_dir))
+    values.update(_env_values(os.environ if environ is None else environ))
+    if flags:
+        values.update(validate({k: v for k, v in flags.items() if v is not None}, "flags"))
+    return Settings(values, path)
+
+
+TEMPLATE = """\
+# dibs settings for this repository (commit this file).
+# Precedence: command-line flags > environment (DIBS_*) > this file > defaults.
+
+[leases]
+# Seconds a lease lives without a heartbeat (DIBS_TTL).
+ttl = {ttl:g}
+# Seconds between the heartbeats `dibs run` sends while its command works (DIBS_HEARTBEAT).
+heartbeat = {heartbeat:g}
+
+[worktrees]
+# Where `dibs start` puts each agent's worktree; dibs keeps it out of git.
+folder = "{folder}"
+# The branch for an issue's worktree; {{issue}} is replaced by the issue name.
+branch = "{branch}"
+
+[merge]
+# The branch agents land their work on (DIBS_TARGET).
+target = "{target}"
+
+[gates]
+# Named commands a branch must pass before it lands, for example:
+# tests = "pytest -q"
+# lint = "ruff check"
+
+[store]
+# Empty: the local store in .git/dibs. For agents on several machines:
+# url = "postgresql://dibs@db.example/dibs" (or DIBS_STORE)
+"""
+
+
+def template(target: str) -> str:
+    """The commented ``dibs.toml`` that ``dibs init`` writes."""
+    return TEMPLATE.format(
+        ttl=SCHEMA["leases.ttl"].default,
+        heartbeat=SCHEMA["leases.heartbeat"].default,
+        folder=SCHEMA["worktrees.folder"].default,
+        branch=SCHEMA["worktrees.branch"].default,
+        target=target,
+    )

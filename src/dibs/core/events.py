@@ -1,0 +1,162 @@
+"""Events: one line of the log each, schema version 1.
+
+Every change dibs makes is an event, appended to the log before it is reported as done. The
+log is the truth; the current state is what `dibs.core.leases.apply` makes of it. The schema is
+documented in ``docs/reference/events.md``; a test checks the two agree.
+
+Events are plain dicts (JSON objects) typed with `Event`: decoding a line costs one
+``json.loads`` and no object building, which keeps replay and the CLI fast.
+
+Several events decided together (an all-or-nothing claim of several resources, evictions made
+on the way) form one transaction: each carries ``txn = [first_seq, count]``. Recovery drops an
+incomplete transaction at the tail as a whole, so a crash never leaves half a claim.
+
+Pure: no I/O and no clock reads; the time is passed in as a `Now`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from dibs.errors import CorruptLog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal, NotRequired, TypedDict
+
+    Op = Literal[
+        "register",
+        "unregister",
+        "heartbeat",
+        "acquire",
+        "renew",
+        "release",
+        "auto-evict",
+        "force-evict",
+        "record",
+    ]
+    Mode = Literal["exclusive", "shared"]
+    EvictReason = Literal["expired", "holder-dead", "rebooted", "replaced", "unregistered"]
+
+    class Event(TypedDict):
+        """One line of the log."""
+
+        schema_version: int
+        seq: int
+        op: str
+        wall: str
+        mono: int
+        boot: str
+        agent: NotRequired[str]
+        resource: NotRequired[str]
+        mode: NotRequired[str]
+        token: NotRequired[int]
+        ttl: NotRequired[float]
+        reason: NotRequired[str]
+        by: NotRequired[str]
+        note: NotRequired[str]
+        host: NotRequired[str]
+        pid: NotRequired[int | None]
+        pid_start: NotRequired[int | None]
+        secret: NotRequired[str]
+        waited: NotRequired[float]
+        txn: NotRequired[list[int]]
+        table: NotRequired[str]
+        key: NotRequired[str]
+        value: NotRequired[Any]
+        details: NotRequired[dict[str, Any]]
+
+
+SCHEMA_VERSION = 1
+OPS = (
+    "register",
+    "unregister",
+    "heartbeat",
+    "acquire",
+    "renew",
+    "release",
+    "auto-evict",
+    "force-evict",
+    "record",
+)
+_REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
+
+
+class Now:
+    """A reading of the one clock that decides: boot id, monotonic nanoseconds, wall seconds.
+
+    Lease expiry compares ``mono`` readings taken under the same ``boot`` only; ``wall`` is
+    for people. With PostgreSQL the database server supplies all three.
+    """
+
+    __slots__ = ("boot", "mono", "wall")
+
+    def __init__(self, boot: str, mono: int, wall: float):
+        self.boot = boot
+        self.mono = mono
+        self.wall = wall
+
+    def __repr__(self) -> str:
+        return f"Now(boot={self.boot!r}, mono={self.mono}, wall={self.wall})"
+
+    def iso(self) -> str:
+        """The wall time as ISO 8601 UTC with milliseconds."""
+        return iso_time(self.wall)
+
+
+def iso_time(wall: float) -> str:
+    """Format unix seconds as ``2026-11-23T10:00:00.123Z`` (no datetime import: it is slow)."""
+    import time
+
+    whole = int(wall)
+    millis = int((wall - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def new_event(op: str, now: Now, **fields: Any) -> Event:
+    """An event without its ``seq`` yet (the decision numbers its events in order)."""
+    event: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "seq": 0,
+        "op": op,
+        "wall": now.iso(),
+        "mono": now.mono,
+        "boot": now.boot,
+    }
+    event.update({name: value for name, value in fields.items() if value is not None})
+    return event  # type: ignore[return-value]
+
+
+def encode(event: Event) -> bytes:
+    """One log line, newline included."""
+    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes | str, *, where: str = "the log") -> Event:
+    """Parse one log line (without or with its newline) and check its shape.
+
+    Raises:
+        CorruptLog: the line is not a schema-1 event; the message names *where*.
+    """
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise CorruptLog(
+            f"{where}: not a JSON event ({exc.args[0] if exc.args else exc})",
+            hint="run `dibs doctor` to see the damage",
+        ) from exc
+    if not isinstance(event, dict):
+        raise CorruptLog(f"{where}: not a JSON object", hint="run `dibs doctor`")
+    missing = [name for name in _REQUIRED if name not in event]
+    if missing:
+        raise CorruptLog(
+            f"{where}: event lacks {', '.join(missing)}", hint="run `dibs doctor` to see the damage"
+        )
+    version = event["schema_version"]
+    if version != SCHEMA_VERSION:
+        raise CorruptLog(
+            f"{where}: event has schema version {version!r}; this dibs reads version "
+            f"{SCHEMA_VERSION}",
+            hint="upgrade dibs to read a log written by a newer version",
+        )
+    return event  # type: ignore[return-value]

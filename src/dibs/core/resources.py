@@ -1,0 +1,237 @@
+"""Resources: what can be claimed, written ``kind:name``.
+
+Kinds: ``issue:ROOSE-158``, ``path:src/auth/**``, ``path:src/app.py#L10-80``, ``worktree:3``,
+``lock:github-api``, ``stream:database-layer``.
+
+Path claims are gitignore-style globs anchored at the repository root (see `dibs.core.globs`),
+with an optional line range on a single file. Two resources *overlap* when one claim could
+stand in the other's way: same kind and same name for most kinds; for paths, some file could be
+covered by both patterns and, when both carry line ranges of that file, the ranges overlap (a
+whole-file claim covers every range in it).
+
+Pure: no I/O. Parsing is cached, so the same text always yields the same `Resource` object.
+"""
+
+from __future__ import annotations
+
+from dibs.core import globs
+from dibs.errors import InvalidResource
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+KINDS = ("issue", "path", "worktree", "lock", "stream")
+MAX_NAME = 200
+MAX_PATH = 1024
+EXAMPLES = "issue:ROOSE-158, path:src/auth/**, path:src/app.py#L10-80, worktree:3, lock:github-api"
+
+_cache: dict[str, Resource] = {}
+
+
+class Resource:
+    """One claimable thing, parsed and normalised.
+
+    Attributes:
+        text: the canonical form (``kind:name``), used as the key everywhere.
+        kind: one of `KINDS`.
+        name: the normalised name (for paths: the pattern without the line range).
+        lines: for a line-range path claim, the inclusive ``(first, last)`` lines; else None.
+    """
+
+    __slots__ = ("_glob", "kind", "lines", "name", "text")
+
+    def __init__(self, kind: str, name: str, lines: tuple[int, int] | None = None):
+        self.kind = kind
+        self.name = name
+        self.lines = lines
+        suffix = "" if lines is None else _format_lines(lines)
+        self.text = f"{kind}:{name}{suffix}"
+        self._glob: globs.Glob | None = globs.parse_glob(name) if kind == "path" else None
+
+    @property
+    def glob(self) -> globs.Glob:
+        """The parsed pattern of a path resource."""
+        if self._glob is None:
+            raise TypeError(f"{self.text} is not a path resource")
+        return self._glob
+
+    def __repr__(self) -> str:
+        return f"Resource({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Resource) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def _format_lines(lines: tuple[int, int]) -> str:
+    first, last = lines
+    return f"#L{first}" if first == last else f"#L{first}-{last}"
+
+
+def parse_resource(text: str) -> Resource:
+    """Parse and validate ``kind:name``; the same text always returns the same object.
+
+    Raises:
+        InvalidResource: with a message saying what is wrong and a hint on how to write it.
+    """
+    cached = _cache.get(text)
+    if cached is not None:
+        return cached
+    resource = _parse(text)
+    if len(_cache) > 100_000:
+        _cache.clear()
+    _cache[text] = resource
+    _cache.setdefault(resource.text, resource)
+    return resource
+
+
+def parse_resources(texts: Iterable[str]) -> list[Resource]:
+    """Parse several resources, dropping exact repeats and keeping the first order."""
+    seen: dict[str, Resource] = {}
+    for text in texts:
+        resource = parse_resource(text)
+        seen.setdefault(resource.text, resource)
+    return list(seen.values())
+
+
+def _parse(text: str) -> Resource:
+    if not isinstance(text, str):
+        raise InvalidResource(f"a resource must be text, not {type(text).__name__}")
+    if not text:
+        raise InvalidResource("empty resource", hint=f"write kind:name, e.g. {EXAMPLES}")
+    _refuse_control_characters(text, text)
+    kind, sep, name = text.partition(":")
+    if not sep:
+        raise InvalidResource(
+            f"{text!r} has no kind",
+            hint=f"write kind:name, e.g. path:{text} or issue:{text} (kinds: {', '.join(KINDS)})",
+        )
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise InvalidResource(
+            f"unknown kind {kind!r} in {text!r}",
+            hint=f"use one of {', '.join(KINDS)}, e.g. {EXAMPLES}",
+        )
+    if kind == "path":
+        return _parse_path(text, name)
+    if not name:
+        raise InvalidResource(f"{text!r} has an empty name", hint=f"e.g. {kind}:something")
+    if len(name) > MAX_NAME:
+        raise InvalidResource(
+            f"{kind} name is {len(name)} characters long; the limit is {MAX_NAME}",
+            hint="use a shorter name",
+        )
+    if any(ch.isspace() for ch in name):
+        raise InvalidResource(
+            f"{text!r} contains white space", hint="use - or _ instead of spaces in names"
+        )
+    return Resource(kind, name)
+
+
+def _refuse_control_characters(text: str, whole: str) -> None:
+    for ch in text:
+        if ord(ch) < 32 or ord(ch) == 127:
+            raise InvalidResource(
+                f"{whole!r} contains a control character ({ord(ch):#04x})",
+                hint="resource names are printable text",
+            )
+
+
+def _parse_path(text: str, raw: str) -> Resource:
+    pattern, lines = _split_line_range(text, raw)
+    if not pattern:
+        raise InvalidResource(
+            f"{text!r} has an empty path", hint="to claim the whole repository write path:**"
+        )
+    if len(pattern) > MAX_PATH:
+        raise InvalidResource(
+            f"path is {len(pattern)} characters long; the limit is {MAX_PATH}",
+            hint="claim a shorter pattern, e.g. a parent directory",
+        )
+    if pattern.startswith(("/", "~")) or (len(pattern) > 1 and pattern[1] == ":"):
+        raise InvalidResource(
+            f"{text!r} is an absolute path",
+            hint="write paths relative to the repository root, e.g. path:src/app.py",
+        )
+    segments = [s for s in pattern.split("/") if s not in ("", ".")]
+    if ".." in segments:
+        raise InvalidResource(
+            f"{text!r} contains '..'",
+            hint="paths must stay inside the repository; write them from the repository root",
+        )
+    if not segments:
+        raise InvalidResource(
+            f"{text!r} has an empty path", hint="to claim the whole repository write path:**"
+        )
+    if segments[0] == ".git":
+        raise InvalidResource(
+            f"{text!r} is inside .git", hint="claim files of the work tree, not git's own"
+        )
+    name = "/".join(segments)
+    if lines is not None and not globs.is_literal(name):
+        raise InvalidResource(
+            f"{text!r} puts a line range on a pattern",
+            hint="a line range needs one file, e.g. path:src/app.py#L10-80",
+        )
+    return Resource("path", name, lines)
+
+
+def _split_line_range(text: str, raw: str) -> tuple[str, tuple[int, int] | None]:
+    head, sep, tail = raw.rpartition("#")
+    if not sep or not tail.startswith("L"):
+        return raw, None
+    spec = tail[1:]
+    first_text, dash, last_text = spec.partition("-")
+    if not first_text.isdigit() or (dash and not last_text.isdigit()):
+        raise InvalidResource(
+            f"{text!r} has a malformed line range {'#' + tail!r}",
+            hint="write #L10 for one line or #L10-80 for lines 10 to 80",
+        )
+    first = int(first_text)
+    last = int(last_text) if dash else first
+    if first < 1 or last < first:
+        raise InvalidResource(
+            f"{text!r} has an empty line range (L{first}-{last})",
+            hint="lines count from 1 and the range is first-last with first <= last",
+        )
+    return head, (first, last)
+
+
+def overlaps(a: Resource, b: Resource) -> bool:
+    """Whether claims on *a* and *b* could stand in each other's way (modes aside)."""
+    if a.kind != b.kind:
+        return False
+    if a.kind != "path":
+        return a.name == b.name
+    if a.lines is not None and b.lines is not None:
+        return a.name == b.name and a.lines[0] <= b.lines[1] and b.lines[0] <= a.lines[1]
+    if a.lines is not None:
+        return globs.covers(b.glob, a.name)
+    if b.lines is not None:
+        return globs.covers(a.glob, b.name)
+    return globs.intersects(a.glob, b.glob)
+
+
+def covers_file(resource: Resource, path: str, lines: tuple[int, int] | None = None) -> bool:
+    """Whether a claim on *resource* covers file *path* (and, if given, some of *lines*)."""
+    if resource.kind != "path":
+        return False
+    if resource.lines is None:
+        return globs.covers(resource.glob, path)
+    if resource.name != path:
+        return False
+    if lines is None:
+        return True
+    return resource.lines[0] <= lines[1] and lines[0] <= resource.lines[1]
+
+
+def bucket(resource: Resource) -> str:
+    """The first literal path segment of a path resource, or ``*`` when it starts with a glob.
+
+    Two path resources can only overlap when they share a bucket or one of them is in ``*``.
+    """
+    prefix = globs.literal_prefix(resource.glob)
+    return prefix[0] if prefix else "*"

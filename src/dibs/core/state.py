@@ -1,0 +1,333 @@
+"""The current state and how events change it: ``apply(state, event)``.
+
+The state is what the log says now: registered agents, leases, the two counters (``seq`` and
+the last fencing token) and the integrations' tables. Replaying every event through `apply`
+from an empty `State` rebuilds it exactly; the local store's checkpoint is `State.to_json`.
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dibs.core import resources as res
+from dibs.core.events import SCHEMA_VERSION
+from dibs.errors import CorruptLog
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import Any, NotRequired, TypedDict
+
+    from dibs.core.events import Event
+    from dibs.core.resources import Resource
+
+    class LostRecord(TypedDict):
+        """Why an agent no longer holds a resource it held (kept to explain `LeaseLost`)."""
+
+        token: int
+        reason: str
+        seq: int
+        by: NotRequired[str]
+
+    class AgentRecord(TypedDict):
+        """A registered agent as the state keeps it."""
+
+        name: str
+        host: str
+        pid: int | None
+        pid_start: int | None
+        boot: str
+        secret: str
+        ttl: float
+        registered: str
+        seen: int
+        seen_boot: str
+        seen_wall: str
+        lost: dict[str, LostRecord]
+        worktree: NotRequired[str]
+        branch: NotRequired[str]
+
+    class LeaseRecord(TypedDict):
+        """One agent's hold on one resource."""
+
+        resource: str
+        agent: str
+        mode: str
+        token: int
+        ttl: float
+        acquired: str
+        acquired_mono: int
+        boot: str
+        expires: int
+        note: NotRequired[str]
+
+
+EXCLUSIVE = "exclusive"
+SHARED = "shared"
+NS = 1_000_000_000
+#: How many lost leases an agent remembers, to explain a later renew or release.
+MAX_LOST = 64
+
+
+def ttl_ns(ttl: float) -> int:
+    """A ttl in seconds as monotonic nanoseconds."""
+    return int(ttl * NS)
+
+
+class State:
+    """The current state: agents, leases, the counters, and the integrations' tables.
+
+    ``claims`` maps resource text to {agent: lease}. ``tables`` holds records that the
+    integrations (worktrees, queue, plans, ...) keep through ``record`` events. The path-bucket
+    and per-agent indexes are derived on load and kept current by `apply`; they are never
+    persisted.
+    """
+
+    __slots__ = ("_buckets", "_by_agent", "agents", "claims", "last_token", "seq", "tables")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last_token = 0
+        self.agents: dict[str, AgentRecord] = {}
+        self.claims: dict[str, dict[str, LeaseRecord]] = {}
+        self.tables: dict[str, dict[str, Any]] = {}
+        self._buckets: dict[str, set[str]] = {}
+        self._by_agent: dict[str, set[str]] = {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as a JSON-ready dict (the checkpoint format)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "seq": self.seq,
+            "last_token": self.last_token,
+            "agents": self.agents,
+            "claims": self.claims,
+            "tables": self.tables,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        """Rebuild a state from `to_json` output (the derived indexes are recomputed)."""
+        state = cls()
+        state.seq = int(data["seq"])
+        state.last_token = int(data["last_token"])
+        state.agents = data["agents"]
+        state.claims = data["claims"]
+        state.tables = data.get("tables", {})
+        for resource_text, holders in state.claims.items():
+            state._index(resource_text, holders)
+        return state
+
+    def _index(self, resource_text: str, holders: dict[str, LeaseRecord]) -> None:
+        if resource_text.startswith("path:"):
+            key = res.bucket(res.parse_resource(resource_text))
+            self._buckets.setdefault(key, set()).add(resource_text)
+        for agent in holders:
+            self._by_agent.setdefault(agent, set()).add(resource_text)
+
+    def leases(self) -> Iterator[LeaseRecord]:
+        """Every lease, expired or not (eviction is lazy)."""
+        for holders in self.claims.values():
+            yield from holders.values()
+
+    def leases_of(self, agent: str) -> list[LeaseRecord]:
+        """The leases *agent* holds, in resource order."""
+        return [self.claims[r][agent] for r in sorted(self._by_agent.get(agent, ()))]
+
+    def overlapping(self, resource: Resource) -> Iterator[LeaseRecord]:
+        """Leases on resources that overlap *resource* (any holder, any mode)."""
+        if resource.kind != "path":
+            yield from self.claims.get(resource.text, {}).values()
+            return
+        key = res.bucket(resource)
+        if key == "*":
+            candidates: set[str] = set().union(*self._buckets.values()) if self._buckets else set()
+        else:
+            candidates = self._buckets.get(key, set()) | self._buckets.get("*", set())
+        for text in sorted(candidates):
+            if res.overlaps(resource, res.parse_resource(text)):
+                yield from self.claims[text].values()
+
+
+def seal(events: list[Event], last_seq: int) -> list[Event]:
+    """Number *events* after *last_seq* and mark a multi-event batch as one transaction."""
+    first = last_seq + 1
+    for offset, event in enumerate(events):
+        event["seq"] = first + offset
+        if len(events) > 1:
+            event["txn"] = [first, len(events)]
+    return events
+
+
+# Applying events --------------------------------------------------------------------------
+
+
+def apply(state: State, event: Event) -> State:
+    """Fold *event* into *state* (in place) and return it.
+
+    Raises:
+        CorruptLog: the event does not follow the state (a gap in ``seq``, an unknown op).
+    """
+    seq = event["seq"]
+    if seq != state.seq + 1:
+        raise CorruptLog(
+            f"event seq {seq} does not follow {state.seq}",
+            hint="the log has a gap or a repeat; run `dibs doctor`",
+        )
+    op = event["op"]
+    handler = _APPLY.get(op)
+    if handler is not None:
+        handler(state, event)
+    elif "table" in event:
+        _apply_record(state, event)
+    else:
+        raise CorruptLog(
+            f"event seq {seq} has unknown op {op!r}",
+            hint="it may come from a newer dibs: upgrade, then run `dibs doctor`",
+        )
+    state.seq = seq
+    return state
+
+
+def _apply_register(state: State, event: Event) -> None:
+    name = event["agent"]
+    details = event.get("details", {})
+    record: AgentRecord = {
+        "name": name,
+        "host": event["host"],
+        "pid": event.get("pid"),
+        "pid_start": event.get("pid_start"),
+        "boot": event["boot"],
+        "secret": event["secret"],
+        "ttl": event["ttl"],
+        "registered": event["wall"],
+        "seen": event["mono"],
+        "seen_boot": event["boot"],
+        "seen_wall": event["wall"],
+        "lost": {},
+    }
+    if "worktree" in details:
+        record["worktree"] = details["worktree"]
+    if "branch" in details:
+        record["branch"] = details["branch"]
+    state.agents[name] = record
+
+
+def _apply_unregister(state: State, event: Event) -> None:
+    state.agents.pop(event["agent"], None)
+    for text in list(state._by_agent.pop(event["agent"], ())):
+        _drop_lease(state, text, event["agent"])
+
+
+def _seen(state: State, event: Event) -> None:
+    agent = state.agents.get(event["agent"])
+    if agent is not None:
+        agent["seen"] = event["mono"]
+        agent["seen_boot"] = event["boot"]
+        agent["seen_wall"] = event["wall"]
+
+
+def _apply_heartbeat(state: State, event: Event) -> None:
+    _seen(state, event)
+    for lease in state.leases_of(event["agent"]):
+        lease["expires"] = event["mono"] + ttl_ns(lease["ttl"])
+        lease["boot"] = event["boot"]
+
+
+def _apply_acquire(state: State, event: Event) -> None:
+    agent = event["agent"]
+    text = event["resource"]
+    lease: LeaseRecord = {
+        "resource": text,
+        "agent": agent,
+        "mode": event["mode"],
+        "token": event["token"],
+        "ttl": event["ttl"],
+        "acquired": event["wall"],
+        "acquired_mono": event["mono"],
+        "boot": event["boot"],
+        "expires": event["mono"] + ttl_ns(event["ttl"]),
+    }
+    if "note" in event:
+        lease["note"] = event["note"]
+    holders = state.claims.setdefault(text, {})
+    if not holders:
+        state._index(text, {})
+    holders[agent] = lease
+    state._by_agent.setdefault(agent, set()).add(text)
+    state.last_token = max(state.last_token, event["token"])
+    _seen(state, event)
+    record = state.agents.get(agent)
+    if record is not None:
+        record["lost"].pop(text, None)
+
+
+def _apply_renew(state: State, event: Event) -> None:
+    lease = state.claims[event["resource"]][event["agent"]]
+    if "ttl" in event:
+        lease["ttl"] = event["ttl"]
+    lease["expires"] = event["mono"] + ttl_ns(lease["ttl"])
+    lease["boot"] = event["boot"]
+    if "note" in event:
+        lease["note"] = event["note"]
+    _seen(state, event)
+
+
+def _drop_lease(state: State, text: str, agent: str) -> None:
+    holders = state.claims.get(text)
+    if holders is None or holders.pop(agent, None) is None:
+        return
+    owned = state._by_agent.get(agent)
+    if owned is not None:
+        owned.discard(text)
+        if not owned:
+            del state._by_agent[agent]
+    if not holders:
+        del state.claims[text]
+        if text.startswith("path:"):
+            key = res.bucket(res.parse_resource(text))
+            bucket = state._buckets.get(key)
+            if bucket is not None:
+                bucket.discard(text)
+                if not bucket:
+                    del state._buckets[key]
+
+
+def _apply_release(state: State, event: Event) -> None:
+    _drop_lease(state, event["resource"], event["agent"])
+
+
+def _apply_evict(state: State, event: Event) -> None:
+    _drop_lease(state, event["resource"], event["agent"])
+    record = state.agents.get(event["agent"])
+    if record is None:
+        return
+    lost: LostRecord = {"token": event["token"], "reason": event["reason"], "seq": event["seq"]}
+    if "by" in event:
+        lost["by"] = event["by"]
+    record["lost"][event["resource"]] = lost
+    while len(record["lost"]) > MAX_LOST:
+        del record["lost"][next(iter(record["lost"]))]
+
+
+def _apply_record(state: State, event: Event) -> None:
+    table = state.tables.setdefault(event["table"], {})
+    value = event.get("value")
+    if value is None:
+        table.pop(event["key"], None)
+        if not table:
+            del state.tables[event["table"]]
+    else:
+        table[event["key"]] = value
+
+
+_APPLY: dict[str, Callable[[State, Event], None]] = {
+    "register": _apply_register,
+    "unregister": _apply_unregister,
+    "heartbeat": _apply_heartbeat,
+    "acquire": _apply_acquire,
+    "renew": _apply_renew,
+    "release": _apply_release,
+    "auto-evict": _apply_evict,
+    "force-evict": _apply_evict,
+}

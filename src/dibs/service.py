@@ -1,0 +1,574 @@
+"""The service API: `Coordinator`, the one object every face (CLI, MCP, web, hooks) calls.
+
+It validates input before touching the store, turns each use case into one atomic
+`Store.transact` of the core rules, raises the decision's error, and shapes results as plain
+JSON-ready dicts (the same shapes the CLI prints with ``--json``).
+
+Example::
+
+    from dibs import Coordinator
+
+    with Coordinator.open(".") as dibs:
+        me = dibs.register("agent-1")           # remembers the session token
+        dibs.claim(["issue:ROOSE-158", "path:src/auth/**"], wait=30)
+        ...
+        dibs.release()                          # everything this agent holds
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from dibs import host
+from dibs.core import leases
+from dibs.core.leases import Context, Decision, agent_status, expires_in
+from dibs.core.resources import KINDS, parse_resource, parse_resources
+from dibs.core.state import EXCLUSIVE, NS, SHARED
+from dibs.errors import AuthError, Conflict, DibsError, LockTimeout, NotFound, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from types import TracebackType
+    from typing import Any
+
+    from dibs.config import Settings
+    from dibs.core.events import Event, Now
+    from dibs.core.state import AgentRecord, LeaseRecord, State
+    from dibs.git.discover import Repo
+    from dibs.store.base import Finding, Store
+
+AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+MAX_NOTE = 1000
+MAX_REASON = 1000
+MAX_TTL = 7 * 86400.0
+#: ``--wait`` with no number waits this long (seconds).
+DEFAULT_WAIT = 600.0
+_BACKOFF_FIRST = 0.05
+_BACKOFF_CAP = 1.0
+
+
+def secret_hash(token: str) -> str:
+    """The stored form of a session token (the token itself is never written down)."""
+    try:
+        # The builtin module: hashlib would load OpenSSL, 3 ms on every CLI call.
+        from _blake2 import blake2b
+    except ImportError:  # pragma: no cover - every CPython has _blake2
+        from hashlib import blake2b
+    return blake2b(token.encode(), digest_size=20).hexdigest()
+
+
+def check_agent_name(name: str) -> str:
+    """Validate an agent id: ``[a-z0-9][a-z0-9._-]{0,63}``."""
+    if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
+        raise UsageError(
+            f"{name!r} is not a valid agent name",
+            hint="use 1-64 characters: lower-case letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def check_ttl(ttl: float | None, what: str = "ttl") -> float | None:
+    """Validate a ttl in seconds (None passes: use the default)."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL:
+        raise UsageError(
+            f"{what} {ttl!r} is out of range",
+            hint=f"give seconds, more than 0, at most {MAX_TTL:g}",
+        )
+    return float(ttl)
+
+
+def _check_text(value: str | None, what: str, limit: int, *, required: bool = False) -> None:
+    if value is None:
+        if required:
+            raise UsageError(f"a {what} is required", hint=f"say why with --{what} TEXT")
+        return
+    if required and not value.strip():
+        raise UsageError(f"the {what} is empty", hint=f"say why with --{what} TEXT")
+    if len(value) > limit:
+        raise UsageError(f"the {what} is {len(value)} characters; the limit is {limit}")
+    if any(ord(ch) < 32 and ch != "\t" for ch in value):
+        raise UsageError(f"the {what} contains control characters", hint="use plain text")
+
+
+def _jitter() -> float:
+    """A number in [0.5, 1) from os.urandom (``random`` costs 3 ms to import)."""
+    return 0.5 + int.from_bytes(os.urandom(2), "big") / 131072
+
+
+def lease_view(lease: LeaseRecord, now: Now) -> dict[str, Any]:
+    """A lease as faces show it, with seconds left (``expires_in``)."""
+    view: dict[str, Any] = {
+        "resource": lease["resource"],
+        "agent": lease["agent"],
+        "mode": lease["mode"],
+        "token": lease["token"],
+        "ttl": lease["ttl"],
+        "acquired": lease["acquired"],
+        "expires_in": round(expires_in(lease, now), 3),
+    }
+    if "note" in lease:
+        view["note"] = lease["note"]
+    return view
+
+
+def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]:
+    """An agent as faces show it: status, seconds since last sign of life, claim count."""
+    seen = (ctx.now.mono - agent["seen"]) / NS if agent["seen_boot"] == ctx.now.boot else None
+    view: dict[str, Any] = {
+        "name": agent["name"],
+        "status": agent_status(agent, ctx),
+        "host": agent["host"],
+        "pid": agent["pid"],
+        "ttl": agent["ttl"],
+        "registered": agent["registered"],
+        "last_seen": agent["seen_wall"],
+        "seen_ago": None if seen is None else round(seen, 3),
+        "claims": len(state.leases_of(agent["name"])),
+    }
+    for key in ("worktree", "branch"):
+        if key in agent:
+            view[key] = agent.get(key)
+    return view
+
+
+class Coordinator:
+    """The dibs service: register agents, claim, renew, release, look, repair.
+
+    A coordinator acts for at most one agent at a time (``agent`` and ``token``); `register`
+    sets both. Queries need no identity. Not thread-safe for identity changes; share a store
+    rather than a coordinator between threads.
+
+    Args:
+        store: where events and state live (see `dibs.store`).
+        agent: the agent to act as (``DIBS_AGENT``).
+        token: that agent's session token (``DIBS_TOKEN``).
+        settings: resolved settings (default: the defaults).
+        repo: the repository, when there is one (worktree features need it).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        agent: str | None = None,
+        token: str | None = None,
+        settings: Settings | None = None,
+        repo: Repo | None = None,
+        liveness: Callable[[AgentRecord], bool | None] | None = None,
+    ):
+        if settings is None:
+            from dibs.config import Settings
+
+            settings = Settings.defaults()
+        self.store = store
+        self.agent = agent
+        self.token = token
+        self.settings = settings
+        self.repo = repo
+        self.liveness = liveness if liveness is not None else host.Liveness()
+
+    @classmethod
+    def open(
+        cls,
+        where: str | os.PathLike[str] | None = None,
+        *,
+        agent: str | None = None,
+        token: str | None = None,
+        store: Store | None = None,
+    ) -> Coordinator:
+        """Open the store of the repository at *where* (default: the current directory).
+
+        ``DIBS_STORE`` (or ``store.url`` in dibs.toml) names another store folder.
+        """
+        from dibs import config
+        from dibs.git.discover import find_repo
+
+        repo = find_repo(os.fspath(where) if where is not None else None)
+        settings = config.load(repo.root, cache_dir=repo.store_dir)
+        if store is None:
+            store = open_store(settings["store.url"], repo)
+        return cls(store, agent=agent, token=token, settings=settings, repo=repo)
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    # Plumbing ---------------------------------------------------------------------------
+
+    def context(self, now: Now) -> Context:
+        """A decision context at *now* that asks this host about holders' processes."""
+        return Context(now, self.liveness)
+
+    def transact(self, decide: Callable[[State, Context], Decision]) -> Decision:
+        """Run *decide* atomically against the store; raise its error after appending.
+
+        Integrations (worktrees, the merge queue, plans) build their use cases on this.
+        """
+        decision = self.store.transact(lambda state, now: decide(state, self.context(now)))
+        if decision.error is not None:
+            raise decision.error
+        return decision
+
+    def _command(self, command: object) -> Decision:
+        return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
+
+    def _identity(self) -> tuple[str, str]:
+        if not self.agent:
+            raise AuthError(
+                "no agent given",
+                hint="pass --agent NAME --token TOKEN, or set DIBS_AGENT and DIBS_TOKEN "
+                "(see `dibs agent register NAME --eval`)",
+            )
+        if not self.token:
+            raise AuthError(
+                f"no session token for agent {self.agent!r}",
+                hint="pass --token TOKEN or set DIBS_TOKEN (printed by `dibs agent register`)",
+            )
+        return self.agent, secret_hash(self.token)
+
+    def _default_ttl(self) -> float:
+        return float(self.settings["leases.ttl"])
+
+    # Agents -----------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        *,
+        ttl: float | None = None,
+        pid: int | None = None,
+        worktree: str | None = None,
+        branch: str | None = None,
+    ) -> dict[str, Any]:
+        """Register agent *name* and act as it from now on.
+
+        Args:
+            name: the agent id, ``[a-z0-9][a-z0-9._-]{0,63}``.
+            ttl: seconds its leases live without a heartbeat (default: settings).
+            pid: a long-lived process to watch: when it dies, the agent's claims are evicted
+                at once. Without one, the agent's leases expire by ttl alone.
+
+        Returns:
+            ``{"agent", "token", "ttl", "pid", "replaced"}``; keep the token secret.
+
+        Raises:
+            Conflict: a live agent already has that name.
+        """
+        check_agent_name(name)
+        ttl = check_ttl(ttl) or self._default_ttl()
+        pid_start = None
+        if pid is not None:
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+                raise UsageError(f"pid {pid!r} is not a process id")
+            pid_start = host.process_start(pid)
+            if pid_start is None:
+                raise UsageError(
+                    f"process {pid} is not running", hint="name a running process with --pid"
+                )
+        token = os.urandom(16).hex()
+        command = leases.Register(
+            name,
+            secret_hash(token),
+            host=host.host_id(),
+            ttl=ttl,
+            pid=pid,
+            pid_start=pid_start,
+            worktree=worktree,
+            branch=branch,
+        )
+        decision = self._command(command)
+        self.agent, self.token = name, token
+        return {
+            "agent": name,
+            "token": token,
+            "ttl": ttl,
+            "pid": pid,
+            "replaced": decision.result["replaced"],
+        }
+
+    def unregister(self) -> dict[str, Any]:
+        """Release everything this agent holds and forget it."""
+        agent, secret = self._identity()
+        decision = self._command(leases.Unregister(agent, secret))
+        result: dict[str, Any] = {"agent": agent, **decision.result}
+        self.token = None
+        return result
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every registered agent, by name."""
+        state, now = self.store.read()
+        ctx = self.context(now)
+        return [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
+
+    def agent_info(self, name: str) -> dict[str, Any]:
+        """One agent and its claims."""
+        state, now = self.store.read()
+        record = state.agents.get(name)
+        if record is None:
+            raise NotFound(f"no agent named {name!r}", hint="list agents with `dibs agent list`")
+        view = agent_view(record, state, self.context(now))
+        view["holding"] = [lease_view(lease, now) for lease in state.leases_of(name)]
+        return view
+
+    # Claims -----------------------------------------------------------------------------
+
+    def claim(
+        self,
+        resources: Iterable[str],
+        *,
+        shared: bool = False,
+        ttl: float | None = None,
+        wait: float | None = None,
+        note: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Claim every resource in *resources*, all or none.
+
+        Args:
+            resources: ``kind:name`` texts, e.g. ``issue:ROOSE-158``, ``path:src/**``.
+            shared: a shared claim (coexists with other shared claims, not exclusive ones).
+            ttl: seconds the lease lives without a heartbeat (default: the agent's).
+            wait: seconds to keep trying while held by others (exponential backoff with
+                jitter); None or 0 tries once.
+            note: a word for people about why.
+
+        Returns:
+            One lease view per resource, each with its fencing ``token``.
+
+        Raises:
+            Conflict: held by another agent (no wait).
+            LockTimeout: still held when the wait ran out.
+        """
+        parsed = parse_resources(list(resources) if not isinstance(resources, str) else [resources])
+        if not parsed:
+            raise UsageError("nothing to claim", hint="name resources, e.g. issue:ROOSE-158")
+        ttl = check_ttl(ttl)
+        _check_text(note, "note", MAX_NOTE)
+        if wait is not None and (isinstance(wait, bool) or not 0 <= wait <= 7 * 86400):
+            raise UsageError(f"wait {wait!r} is out of range", hint="give seconds, 0 or more")
+        agent, secret = self._identity()
+        mode = SHARED if shared else EXCLUSIVE
+        started = time.monotonic()
+        deadline = started + (wait or 0.0)
+        delay = _BACKOFF_FIRST
+        waited: float | None = None
+        while True:
+            command = leases.Acquire(
+                agent, secret, parsed, mode=mode, ttl=ttl, note=note, waited=waited
+            )
+            try:
+                decision = self._command(command)
+                break
+            except Conflict as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if not wait:
+                        raise
+                    raise LockTimeout(
+                        f"{exc.message}; gave up after waiting {time.monotonic() - started:.1f} s",
+                        hint="wait longer (--wait SECONDS) or pick other work",
+                        **exc.details,
+                    ) from exc
+                time.sleep(min(remaining, delay * _jitter()))
+                delay = min(delay * 2, _BACKOFF_CAP)
+                waited = round(time.monotonic() - started, 3)
+        state, now = self.store.read()
+        granted = {g["resource"]: g for g in decision.result}
+        out = []
+        for text, grant in granted.items():
+            lease = state.claims.get(text, {}).get(agent)
+            view = lease_view(lease, now) if lease is not None else {"resource": text}
+            view["token"] = grant["token"]
+            view["new"] = grant["new"]
+            out.append(view)
+        return out
+
+    def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
+        """Extend this agent's leases on *resources*.
+
+        Raises:
+            LeaseLost: one of them was evicted or expired (the others are still renewed).
+        """
+        parsed = parse_resources(resources)
+        if not parsed:
+            raise UsageError("nothing to renew", hint="name the resources you hold")
+        ttl = check_ttl(ttl)
+        agent, secret = self._identity()
+        decision = self._command(leases.Renew(agent, secret, parsed, ttl=ttl))
+        return list(decision.result)
+
+    def release(self, resources: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Let go of *resources*, or of everything this agent holds when None.
+
+        Raises:
+            LeaseLost: one of them had already been evicted (the others are released).
+        """
+        parsed = None if resources is None else parse_resources(resources)
+        if parsed is not None and not parsed:
+            raise UsageError("nothing to release", hint="name resources, or release --all")
+        agent, secret = self._identity()
+        decision = self._command(leases.Release(agent, secret, parsed))
+        return list(decision.result)
+
+    def heartbeat(self) -> dict[str, Any]:
+        """Renew every lease this agent holds; raises `LeaseLost` naming any already lost."""
+        agent, secret = self._identity()
+        decision = self._command(leases.Heartbeat(agent, secret))
+        return {"agent": agent, **decision.result}
+
+    def evict(
+        self, resource: str, *, reason: str, by: str | None = None, agent: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Force every hold on *resource* (or only *agent*'s) away, logged with who and why."""
+        parsed = parse_resource(resource)
+        _check_text(reason, "reason", MAX_REASON, required=True)
+        if agent is not None:
+            check_agent_name(agent)
+        who = by or self.agent or os.environ.get("USER") or "unknown"
+        command = leases.ForceEvict(parsed, by=who, reason=reason, agent=agent)
+        return list(self._command(command).result)
+
+    def claims(self, *, agent: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """Live claims (expired ones awaiting eviction are left out), by resource."""
+        if kind is not None and kind not in KINDS:
+            raise UsageError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+        state, now = self.store.read()
+        ctx = self.context(now)
+        out = []
+        for text in sorted(state.claims):
+            if kind is not None and not text.startswith(kind + ":"):
+                continue
+            for lease in state.claims[text].values():
+                if agent is not None and lease["agent"] != agent:
+                    continue
+                if leases.eviction_reason(state, lease, ctx) is None:
+                    out.append(lease_view(lease, now))
+        return out
+
+    # Looking ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Agents, claims (live and awaiting eviction) and a one-line summary."""
+        state, now = self.store.read()
+        ctx = self.context(now)
+        agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
+        live: list[dict[str, Any]] = []
+        stale: list[dict[str, Any]] = []
+        for text in sorted(state.claims):
+            for lease in state.claims[text].values():
+                reason = leases.eviction_reason(state, lease, ctx)
+                view = lease_view(lease, now)
+                if reason is None:
+                    live.append(view)
+                else:
+                    view["evictable"] = reason
+                    stale.append(view)
+        counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
+        parts = [f"{counts['live']} agents live"]
+        parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
+        summary = ", ".join(parts) + f"; {len(live)} claims"
+        if stale:
+            summary += f" ({len(stale)} expired, evicted on next touch)"
+        return {
+            "summary": summary,
+            "seq": state.seq,
+            "store": self.store.url,
+            "agents": agents,
+            "claims": live,
+            "expired": stale,
+        }
+
+    def log(
+        self,
+        *,
+        limit: int | None = None,
+        since: int = 0,
+        agent: str | None = None,
+        resource: str | None = None,
+        op: str | None = None,
+    ) -> list[Event]:
+        """Events, oldest first: the last *limit* of them, or all after *since*."""
+        match = _event_filter(agent, resource, op)
+        if limit is not None and since == 0 and match is None:
+            return self.store.tail(limit)
+        found = [e for e in self.store.events(since) if match is None or match(e)]
+        return found[-limit:] if limit is not None else found
+
+    def follow(
+        self,
+        *,
+        since: int | None = None,
+        poll: float = 0.2,
+        agent: str | None = None,
+        resource: str | None = None,
+        op: str | None = None,
+    ) -> Iterator[Event]:
+        """Yield events as they are appended (from *since*, default: now), forever."""
+        match = _event_filter(agent, resource, op)
+        last = self.store.read()[0].seq if since is None else since
+        while True:
+            seq = self.store.read()[0].seq
+            if seq > last:
+                for event in self.store.events(last):
+                    last = event["seq"]
+                    if match is None or match(event):
+                        yield event
+            time.sleep(poll)
+
+    def doctor(self, *, repair: bool = False) -> dict[str, Any]:
+        """Check the log and the cached state; with *repair*, mend what can be mended."""
+        findings: list[Finding] = self.store.check(repair=repair)
+        return {"store": self.store.url, "ok": not findings, "findings": findings}
+
+
+def _event_filter(
+    agent: str | None, resource: str | None, op: str | None
+) -> Callable[[Event], bool] | None:
+    if agent is None and resource is None and op is None:
+        return None
+    text = parse_resource(resource).text if resource is not None else None
+
+    def match(event: Event) -> bool:
+        return (
+            (agent is None or event.get("agent") == agent)
+            and (text is None or event.get("resource") == text)
+            and (op is None or event["op"] == op)
+        )
+
+    return match
+
+
+def open_store(url: str, repo: Repo | None) -> Store:
+    """The store named by *url*: empty for the repository's local store, or a folder path."""
+    if url.startswith(("postgres://", "postgresql://")):
+        raise DibsError(
+            "the PostgreSQL store is not available in this version",
+            hint="unset DIBS_STORE (or store.url) to use the local store",
+        )
+    from dibs.store.local import LocalStore
+
+    if url.startswith("memory:"):
+        from dibs.store.memory import MemoryStore
+
+        return MemoryStore()
+    if url:
+        return LocalStore(os.path.abspath(url.removeprefix("local:")))
+    if repo is None:
+        raise NotFound("no repository and no store given", hint="run inside a git repository")
+    return LocalStore(repo.store_dir)

@@ -1,0 +1,647 @@
+"""The local store: an append-only JSONL log under flock, with a checkpoint for fast opening.
+
+Layout, in ``$(git rev-parse --git-common-dir)/dibs/`` (shared by every worktree of a clone)::
+
+    lock                          flock target: never unlinked, never truncated
+    log/00000000000000000001.jsonl segments, named by the seq of their first event
+    index.json                    checkpoint: the state at some seq and where that seq ends
+
+Writing (under ``flock``): catch up with what others appended, repair a torn tail, read the
+clock, decide, append the events with one ``write`` and one ``fdatasync``, then apply them.
+An operation is acknowledged only after its fdatasync returns; nothing else is synced on that
+path (DESIGN.md Budgets: one fsync per operation).
+
+Reading (``status``, ``log``) takes no lock: it replays complete transactions only and leaves a
+torn or half-written tail for the next writer to judge.
+
+Opening does not replay history: it loads the checkpoint and replays the tail after it. A
+checkpoint is rewritten (temp file, fsync, rename) once the tail outgrows it, outside the lock,
+so its cost stays off the claim path and proportional to the live state, not to the history.
+The checkpoint is a cache: when it is missing or does not match the log it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import _thread
+import fcntl
+import json
+import os
+
+from dibs import host
+from dibs.core.events import decode, encode
+from dibs.core.state import State, apply, seal
+from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from dibs.core.events import Event, Now
+    from dibs.core.leases import Decision
+    from dibs.store.base import Clock, DecideFn, Finding
+
+SEGMENT_BYTES = 64 * 1024 * 1024
+CHECKPOINT_BYTES = 64 * 1024
+_SEGMENT_DIGITS = 20
+_READ_CHUNK = 1 << 20
+
+
+def _segment_name(first_seq: int) -> str:
+    return f"{first_seq:0{_SEGMENT_DIGITS}d}.jsonl"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dir(path: str) -> None:
+    """Create *path* (and parents) durably: a new directory entry is synced in its parent."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    _make_dir(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    _fsync_dir(parent)
+
+
+class _Batch:
+    """Complete transactions found in a run of log bytes."""
+
+    __slots__ = ("consumed", "events", "leftover")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.consumed = 0  # bytes up to the end of the last complete transaction
+        self.leftover = 0  # bytes after it: a torn line or an incomplete transaction
+
+
+class LocalStore:
+    """The default store: see the module docstring for the layout and the protocol.
+
+    Args:
+        root: the store folder (usually ``<git common dir>/dibs``); created on first write.
+        clock: the deciding clock (default: `dibs.host.now`).
+        segment_bytes: roll over to a new segment once the current one reaches this size.
+        checkpoint_bytes: rewrite the checkpoint once the tail after it reaches this size
+            (or the size of the checkpoint itself, whichever is larger).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        segment_bytes: int = SEGMENT_BYTES,
+        checkpoint_bytes: int = CHECKPOINT_BYTES,
+    ):
+        self.root = os.fspath(root)
+        self.url = f"local:{self.root}"
+        self.clock: Clock = clock if clock is not None else host.now
+        self.segment_bytes = segment_bytes
+        self.checkpoint_bytes = checkpoint_bytes
+        self.log_dir = os.path.join(self.root, "log")
+        self.index_path = os.path.join(self.root, "index.json")
+        #: Torn tails this process repaired (each a sentence for people).
+        self.repairs: list[str] = []
+        self._tlock = _thread.allocate_lock()
+        self._lock_fd = -1
+        self._state: State | None = None
+        self._segment = ""  # file name of the segment we are positioned in
+        self._offset = 0  # end of the last applied transaction in that segment
+        self._read_fd = -1
+        self._append_fd = -1
+        self._checkpoint_at = (0, 0)  # (seq, size in bytes) of the last checkpoint we know
+        self._since_checkpoint = 0  # log bytes applied after that checkpoint
+        self._mark = (0, "", 0)  # (seq, segment, offset): where a known seq ends, for events()
+
+    # Opening ----------------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Create the store folder and its lock file (durably); safe to call again."""
+        if self._lock_fd >= 0:
+            return
+        try:
+            _make_dir(self.log_dir)
+            # Never unlink or truncate the lock file: waiters would split across two inodes
+            # and both win.
+            self._lock_fd = os.open(
+                os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the store in {self.root}: {exc.strerror}",
+                hint="check that the repository is writable by you",
+            ) from exc
+
+    def _segments(self) -> list[str]:
+        try:
+            names = os.listdir(self.log_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if n.endswith(".jsonl") and n[:-6].isdigit())
+
+    def _open_segment(self, name: str, offset: int) -> None:
+        self._close_fds()
+        self._segment = name
+        self._offset = offset
+        self._read_fd = os.open(os.path.join(self.log_dir, name), os.O_RDONLY | os.O_CLOEXEC)
+
+    def _close_fds(self) -> None:
+        for fd in (self._read_fd, self._append_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._read_fd = self._append_fd = -1
+
+    def _load(self) -> State:
+        """Position at the checkpoint when it matches the log, else at the start of the log."""
+        self._state = state = State()
+        self._segment = ""
+        self._offset = 0
+        self._since_checkpoint = 0
+        self._close_fds()
+        segments = self._segments()
+        if not segments:
+            return state
+        checkpoint = self._read_checkpoint(segments)
+        if checkpoint is not None:
+            state, segment, offset, size = checkpoint
+            self._state = state
+            self._checkpoint_at = (state.seq, size)
+            self._open_segment(segment, offset)
+            self._mark = (state.seq, segment, offset)
+            return state
+        first = segments[0]
+        if int(first[:-6]) != 1:
+            raise CorruptLog(
+                f"the log in {self.log_dir} starts at seq {int(first[:-6])}, not 1, and there is "
+                "no checkpoint to start from",
+                hint="restore the missing segments from a backup",
+            )
+        self._open_segment(first, 0)
+        return state
+
+    def _read_checkpoint(self, segments: list[str]) -> tuple[State, str, int, int] | None:
+        try:
+            with open(self.index_path, "rb") as f:
+                raw = f.read()
+            data = json.loads(raw)
+            segment = data["segment"]
+            offset = int(data["offset"])
+            state = State.from_json(data["state"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if segment not in segments or not self._checkpoint_matches(segment, offset, state.seq):
+            return None
+        return state, segment, offset, len(raw)
+
+    def _checkpoint_matches(self, segment: str, offset: int, seq: int) -> bool:
+        """Whether the log really has event *seq* ending at *offset* of *segment*."""
+        path = os.path.join(self.log_dir, segment)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if offset == 0:
+                    return int(segment[:-6]) == seq + 1
+                if size < offset:
+                    return False
+                window = min(offset, 65536)
+                f.seek(offset - window)
+                chunk = f.read(window)
+        except OSError:
+            return False
+        if not chunk.endswith(b"\n"):
+            return False
+        start = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+        if start == 0 and window < offset:
+            return False  # a line longer than the window: let the replay decide
+        try:
+            return decode(chunk[start:])["seq"] == seq
+        except CorruptLog:
+            return False
+
+    # Catching up ------------------------------------------------------------------------
+
+    def _scan(self, data: bytes, state: State, where: str) -> _Batch:
+        """Complete transactions in *data*, checked for order; damage raises `CorruptLog`."""
+        batch = _Batch()
+        pending: list[Event] = []
+        pending_end = 0
+        expected = state.seq + 1
+        pos = 0
+        end = len(data)
+        while pos < end:
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                break  # a torn last line: no newline yet
+            line = data[pos:newline]
+            # A line with its newline was written whole: damage there is not a tear.
+            try:
+                event = decode(line, where=where)
+            except CorruptLog as exc:
+                exc.details["offset"] = pos
+                raise
+            if event["seq"] != expected:
+                raise CorruptLog(
+                    f"{where}: event seq {event['seq']} where {expected} was expected",
+                    hint="the log has a gap or a repeat; run `dibs doctor`",
+                    offset=pos,
+                )
+            expected += 1
+            pos = newline + 1
+            txn = event.get("txn")
+            pending.append(event)
+            pending_end = pos
+            if txn is None or event["seq"] == txn[0] + txn[1] - 1:
+                batch.events.extend(pending)
+                batch.consumed = pending_end
+                pending = []
+        batch.leftover = end - batch.consumed
+        return batch
+
+    def _catch_up(self, *, locked: bool) -> State:
+        """Apply what others appended since we last looked; under the lock, mend a torn tail."""
+        state = self._state if self._state is not None else self._load()
+        while True:
+            if not self._segment:
+                segments = self._segments()
+                if not segments:
+                    return state
+                self._open_segment(segments[0], 0)
+            size = os.fstat(self._read_fd).st_size
+            if size < self._offset:
+                # The log shrank under us (a failed append was rolled back): start afresh.
+                state = self._load()
+                continue
+            if size > self._offset:
+                data = os.pread(self._read_fd, size - self._offset, self._offset)
+                where = os.path.join(self.log_dir, self._segment)
+                try:
+                    batch = self._scan(data, state, where)
+                except CorruptLog as exc:
+                    exc.message = self._with_line_number(exc, where)
+                    raise
+                for event in batch.events:
+                    apply(state, event)
+                self._offset += batch.consumed
+                self._since_checkpoint += batch.consumed
+                self._mark = (state.seq, self._segment, self._offset)
+                if batch.leftover:
+                    if locked:
+                        self._truncate_torn_tail(batch.leftover)
+                    return state
+            following = _segment_name(state.seq + 1)
+            if following == self._segment or not os.path.exists(
+                os.path.join(self.log_dir, following)
+            ):
+                return state
+            self._open_segment(following, 0)
+
+    def _with_line_number(self, exc: CorruptLog, where: str) -> str:
+        offset = self._offset + int(exc.details.get("offset", 0))
+        try:
+            with open(where, "rb") as f:
+                line = f.read(offset).count(b"\n") + 1
+        except OSError:
+            return exc.message
+        exc.details["file"] = where
+        exc.details["line"] = line
+        return exc.message.replace(where + ":", f"{where} line {line}:", 1)
+
+    def _truncate_torn_tail(self, leftover: int) -> None:
+        path = os.path.join(self.log_dir, self._segment)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, self._offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.repairs.append(
+            f"removed a torn tail of {leftover} bytes from {path} (an interrupted write that "
+            "was never acknowledged)"
+        )
+
+    # Writing ----------------------------------------------------------------------------
+
+    def _append(self, data: bytes) -> None:
+        if self._append_fd < 0:
+            self._append_fd = os.open(
+                os.path.join(self.log_dir, self._segment),
+                os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC,
+            )
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._append_fd, data[written:])
+            os.fdatasync(self._append_fd)
+        except OSError as exc:
+            self._roll_back()
+            raise StoreIOError(
+                f"could not write the log {self._segment}: {exc.strerror}; nothing was done",
+                hint="free disk space or fix the disk, then retry; `dibs doctor` checks the log",
+            ) from exc
+
+    def _roll_back(self) -> None:
+        """After a failed write or fsync, cut the log back to what was acknowledged.
+
+        After a failed fsync the page cache can no longer be trusted to hold what we wrote,
+        so the unacknowledged bytes must go, or a reader could act on them.
+        """
+        try:
+            os.ftruncate(self._append_fd, self._offset)
+            os.fsync(self._append_fd)
+        except OSError:
+            # Cannot even cut it back: forget our position; the next writer repairs the tail.
+            pass
+        self._state = None
+        self._close_fds()
+
+    def _roll_over_if_full(self, state: State) -> None:
+        if self._segment and self._offset < self.segment_bytes:
+            return
+        name = _segment_name(state.seq + 1)
+        path = os.path.join(self.log_dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        os.close(fd)
+        _fsync_dir(self.log_dir)
+        self._open_segment(name, 0)
+
+    def transact(self, decide: DecideFn) -> Decision:
+        """Decide and append atomically (see `dibs.store.base.Store.transact`)."""
+        with self._tlock:
+            self.create()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                state = self._catch_up(locked=True)
+                decision = decide(state, self.clock())
+                if decision.events:
+                    data = b"".join(encode(e) for e in seal(decision.events, state.seq))
+                    try:
+                        self._roll_over_if_full(state)
+                    except OSError as exc:
+                        raise StoreIOError(
+                            f"could not start a new log segment: {exc.strerror}",
+                            hint="free disk space, then retry",
+                        ) from exc
+                    self._append(data)
+                    for event in decision.events:
+                        apply(state, event)
+                    self._offset += len(data)
+                    self._since_checkpoint += len(data)
+                    self._mark = (state.seq, self._segment, self._offset)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._maybe_checkpoint()
+            return decision
+
+    def _maybe_checkpoint(self) -> None:
+        if self._since_checkpoint < max(self.checkpoint_bytes, self._checkpoint_at[1]):
+            return
+        try:
+            self.write_checkpoint()
+        except OSError:
+            # The checkpoint is a cache: failing to write one costs speed, never data.
+            self._since_checkpoint = 0
+
+    def write_checkpoint(self) -> None:
+        """Write the current state as the checkpoint (temp file, fsync, atomic rename)."""
+        state = self._state
+        if state is None or not self._segment:
+            return
+        data = json.dumps(
+            {
+                "schema_version": 1,
+                "segment": self._segment,
+                "offset": self._offset,
+                "state": state.to_json(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        tmp = f"{self.index_path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.index_path)
+        self._checkpoint_at = (state.seq, len(data))
+        self._since_checkpoint = 0
+
+    # Reading ----------------------------------------------------------------------------
+
+    def read(self) -> tuple[State, Now]:
+        """Catch up without the lock and return the state (do not change it) and the time."""
+        with self._tlock:
+            try:
+                state = self._catch_up(locked=False)
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot read the store in {self.root}: {exc.strerror}",
+                    hint="check the permissions of the repository's .git folder",
+                ) from exc
+            return state, self.clock()
+
+    @property
+    def seq(self) -> int:
+        """The last seq this process has seen."""
+        return self._state.seq if self._state is not None else 0
+
+    def events(self, since: int = 0) -> Iterator[Event]:
+        """Events after *since*, oldest first (complete transactions only)."""
+        segments = self._segments()
+        mark_seq, mark_segment, mark_offset = self._mark
+        start, offset, expected = 0, 0, State()
+        if mark_segment and since >= mark_seq and mark_segment in segments:
+            # Start where a known event ends instead of rescanning the segment.
+            start, offset = segments.index(mark_segment), mark_offset
+            expected.seq = mark_seq
+        else:
+            for index, name in enumerate(segments):
+                if int(name[:-6]) <= since + 1:
+                    start = index
+            if segments:
+                expected.seq = int(segments[start][:-6]) - 1
+        for name in segments[start:]:
+            path = os.path.join(self.log_dir, name)
+            if int(name[:-6]) != expected.seq + 1:
+                return  # an incomplete transaction ends the previous segment: stop there
+            with open(path, "rb") as f:
+                f.seek(offset)
+                rest = b""
+                while True:
+                    chunk = f.read(_READ_CHUNK)
+                    if not chunk:
+                        break
+                    data = rest + chunk
+                    batch = self._scan(data, expected, path)
+                    for event in batch.events:
+                        expected.seq = event["seq"]
+                        if event["seq"] > since:
+                            yield event
+                    rest = data[batch.consumed :]
+            offset = 0
+
+    def tail(self, count: int) -> list[Event]:
+        """The last *count* events, read backwards from the end of the log."""
+        if count <= 0:
+            return []
+        found: list[Event] = []
+        for name in reversed(self._segments()):
+            path = os.path.join(self.log_dir, name)
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                window = 0
+                lines: list[bytes] = []
+                while True:
+                    window = min(size, max(window * 2, 65536))
+                    f.seek(size - window)
+                    data = f.read(window)
+                    if not data.endswith(b"\n"):
+                        data = data[: data.rfind(b"\n") + 1]
+                    lines = data.split(b"\n")[:-1]
+                    if window < size:
+                        lines = lines[1:]  # the first may be cut
+                    if len(lines) >= count - len(found) or window >= size:
+                        break
+            chunk = [decode(line, where=path) for line in lines if line.strip()]
+            found = chunk[-(count - len(found)) :] + found
+            if len(found) >= count:
+                break
+        return found[-count:]
+
+    # Checking ---------------------------------------------------------------------------
+
+    def check(self, *, repair: bool = False) -> list[Finding]:
+        """Verify every line, repair a torn tail, and compare the checkpoint with a replay."""
+        findings: list[Finding] = []
+        with self._tlock:
+            self.create()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                rebuilt, torn = self._replay_all()
+                if torn:
+                    segment, offset, leftover = torn
+                    findings.append(
+                        {
+                            "kind": "torn-tail",
+                            "message": f"{leftover} bytes of an interrupted write at the end of "
+                            f"{segment} (never acknowledged)",
+                            "repair": "truncate the log to its last complete transaction",
+                            "repaired": repair,
+                        }
+                    )
+                    if repair:
+                        fd = os.open(segment, os.O_WRONLY | os.O_CLOEXEC)
+                        try:
+                            os.ftruncate(fd, offset)
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                findings.extend(self._check_checkpoint(rebuilt, repair=repair))
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        return findings
+
+    def _replay_all(self) -> tuple[State, tuple[str, int, int] | None]:
+        """Replay every segment from seq 1; return the state and any torn tail found."""
+        state = State()
+        segments = self._segments()
+        torn: tuple[str, int, int] | None = None
+        for index, name in enumerate(segments):
+            path = os.path.join(self.log_dir, name)
+            if int(name[:-6]) != state.seq + 1:
+                raise CorruptLog(
+                    f"segment {path} starts at seq {int(name[:-6])} but the log before it ends "
+                    f"at {state.seq}",
+                    hint="a segment is missing; restore it from a backup",
+                )
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                batch = self._scan(data, state, path)
+            except CorruptLog as exc:
+                line = data[: int(exc.details.get("offset", 0))].count(b"\n") + 1
+                exc.message = exc.message.replace(path + ":", f"{path} line {line}:", 1)
+                exc.details.update(file=path, line=line)
+                raise
+            for event in batch.events:
+                apply(state, event)
+            if batch.leftover:
+                if index != len(segments) - 1:
+                    raise CorruptLog(
+                        f"{path}: {batch.leftover} bytes of an incomplete write in the middle "
+                        "of the log",
+                        hint="restore the log from a backup",
+                    )
+                torn = (path, batch.consumed, batch.leftover)
+        return state, torn
+
+    def _check_checkpoint(self, rebuilt: State, *, repair: bool) -> list[Finding]:
+        findings: list[Finding] = []
+        segments = self._segments()
+        checkpoint = self._read_checkpoint(segments) if segments else None
+        if checkpoint is None and os.path.exists(self.index_path):
+            findings.append(
+                {
+                    "kind": "checkpoint-invalid",
+                    "message": "the checkpoint (index.json) does not match the log",
+                    "repair": "rewrite the checkpoint from a full replay of the log",
+                    "repaired": repair,
+                }
+            )
+        elif checkpoint is None and self._log_bytes() >= self.checkpoint_bytes:
+            findings.append(
+                {
+                    "kind": "no-checkpoint",
+                    "message": "there is no checkpoint (index.json): opening replays the whole log",
+                    "repair": "write a checkpoint from a replay of the log",
+                    "repaired": repair,
+                }
+            )
+        elif checkpoint is not None:
+            state, segment, offset, size = checkpoint
+            self._state = state
+            self._checkpoint_at = (state.seq, size)
+            self._open_segment(segment, offset)
+            self._catch_up(locked=False)
+            if state.to_json() != rebuilt.to_json():
+                findings.append(
+                    {
+                        "kind": "checkpoint-differs",
+                        "message": "the checkpoint plus the log after it differs from a full "
+                        "replay of the log",
+                        "repair": "rewrite the checkpoint from a full replay of the log",
+                        "repaired": repair,
+                    }
+                )
+        if repair and (findings or checkpoint is None):
+            self._load_replayed(rebuilt)
+            self.write_checkpoint()
+        else:
+            self._state = None  # reload on next use: we moved our position around
+        return findings
+
+    def _log_bytes(self) -> int:
+        return sum(os.path.getsize(os.path.join(self.log_dir, n)) for n in self._segments())
+
+    def _load_replayed(self, state: State) -> None:
+        segments = self._segments()
+        self._state = state
+        if segments:
+            last = segments[-1]
+            self._open_segment(last, os.path.getsize(os.path.join(self.log_dir, last)))
+
+    def close(self) -> None:
+        """Close the files this store holds open."""
+        with self._tlock:
+            self._close_fds()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1

@@ -1,0 +1,218 @@
+"""The local store on disk: torn tails, damage, checkpoints, segments, failed writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from dibs.errors import CorruptLog, StoreIOError
+from dibs.service import Coordinator
+from dibs.store.local import LocalStore
+from tests.conftest import FakeClock, FakeLiveness
+
+
+def open_store(root: Path, clock: FakeClock, **kw: int) -> LocalStore:
+    return LocalStore(root, clock=clock, **kw)
+
+
+def use(store: LocalStore, agent: str = "a1") -> Coordinator:
+    c = Coordinator(store, liveness=FakeLiveness())
+    c.register(agent)
+    return c
+
+
+def segment(root: Path) -> Path:
+    return max((root / "log").iterdir())
+
+
+def test_store_lives_in_its_folder_with_a_lock_file(tmp_path: Path, clock: FakeClock) -> None:
+    """The first write creates the folder, the lock file and the first segment."""
+    root = tmp_path / "dibs"
+    use(open_store(root, clock))
+    assert (root / "lock").is_file()
+    assert ["00000000000000000001.jsonl"] == [p.name for p in (root / "log").iterdir()]
+
+
+def test_every_line_is_a_schema_1_event(tmp_path: Path, clock: FakeClock) -> None:
+    """The log is JSONL: one event per line, with the documented fields."""
+    root = tmp_path / "dibs"
+    use(open_store(root, clock)).claim(["issue:X"], note="why")
+    lines = segment(root).read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    acquire = events[-1]
+    assert 1 == acquire["schema_version"]
+    assert {
+        "seq",
+        "op",
+        "resource",
+        "agent",
+        "mode",
+        "token",
+        "ttl",
+        "wall",
+        "mono",
+        "boot",
+    } <= set(acquire)
+    assert "why" == acquire["note"]
+
+
+def test_torn_last_line_is_truncated_before_the_next_append(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A crash mid-write leaves a line without its newline: the next writer cuts it off."""
+    root = tmp_path / "dibs"
+    use(open_store(root, clock)).claim(["issue:X"])
+    path = segment(root)
+    good = path.read_bytes()
+    with open(path, "ab") as f:
+        f.write(b'{"schema_version":1,"seq":3,"op":"acq')
+    store = open_store(root, clock)
+    c = Coordinator(store, liveness=FakeLiveness())
+    c.register("a2")
+    assert any("torn tail of 37 bytes" in note for note in store.repairs)
+    data = path.read_bytes()
+    assert data.startswith(good)
+    assert [1, 2, 3] == [json.loads(line)["seq"] for line in data.splitlines()]
+
+
+def test_incomplete_transaction_at_the_tail_is_dropped_whole(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Half of an all-or-nothing claim never survives a crash."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock)
+    use(store).claim(["issue:A", "issue:B", "issue:C"])
+    path = segment(root)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))  # the crash lost the batch's last line
+    reader = open_store(root, clock)
+    assert [] == sorted(reader.read()[0].claims)  # readers never apply half a transaction
+    Coordinator(reader, liveness=FakeLiveness()).register("a2")
+    ops = [json.loads(line)["op"] for line in path.read_bytes().splitlines()]
+    assert ["register", "register"] == ops
+
+
+def test_damaged_line_inside_the_log_is_a_hard_error(tmp_path: Path, clock: FakeClock) -> None:
+    """A corrupt line that is not the torn tail names the file and line and stops everything."""
+    root = tmp_path / "dibs"
+    c = use(open_store(root, clock))
+    c.claim(["issue:X"])
+    c.claim(["issue:Y"])
+    path = segment(root)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b'{"this is": "not an event"\n'
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(CorruptLog) as info:
+        open_store(root, clock).read()
+    assert f"{path} line 2" in info.value.message
+    assert "dibs doctor" in (info.value.hint or "")
+    assert lines[2] == path.read_bytes().splitlines(keepends=True)[2]  # nothing was dropped
+
+
+def test_deleting_the_checkpoint_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    """The checkpoint is a cache: without it the state is rebuilt from the log, identically."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    for n in range(20):
+        c.claim([f"issue:{n}"])
+    assert (root / "index.json").exists()
+    expected = store.read()[0].to_json()
+    (root / "index.json").unlink()
+    assert expected == open_store(root, clock).read()[0].to_json()
+
+
+def test_opening_starts_from_the_checkpoint(tmp_path: Path, clock: FakeClock) -> None:
+    """Opening reads the checkpoint and only the tail after it (the head can be unreadable)."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    for n in range(5):
+        c.claim([f"issue:{n}"])
+    expected = store.read()[0].to_json()
+    path = segment(root)
+    data = bytearray(path.read_bytes())
+    data[2:10] = b"XXXXXXXX"  # damage the first line: only a full replay would see it
+    path.write_bytes(bytes(data))
+    assert expected == open_store(root, clock).read()[0].to_json()
+
+
+def test_checkpoint_not_matching_the_log_is_ignored(tmp_path: Path, clock: FakeClock) -> None:
+    """A checkpoint ahead of the log (power loss) is detected and the log replayed."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    for n in range(3):
+        c.claim([f"issue:{n}"])
+    path = segment(root)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]))  # the last event never reached the disk
+    state = open_store(root, clock).read()[0]
+    assert 3 == state.seq
+    assert ["issue:0", "issue:1"] == sorted(state.claims)
+
+
+def test_segments_roll_over_and_replay_across(tmp_path: Path, clock: FakeClock) -> None:
+    """A full segment is followed by a new one named by its first seq; readers follow."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, segment_bytes=600, checkpoint_bytes=10**9)
+    c = use(store)
+    for n in range(12):
+        c.claim([f"issue:{n}"])
+    names = sorted(p.name for p in (root / "log").iterdir())
+    assert len(names) > 2
+    assert "00000000000000000001.jsonl" == names[0]
+    fresh = open_store(root, clock)
+    assert store.read()[0].to_json() == fresh.read()[0].to_json()
+    assert list(range(1, 14)) == [e["seq"] for e in fresh.events()]
+    assert [11, 12, 13] == [e["seq"] for e in fresh.tail(3)]
+
+
+def test_failed_fsync_is_not_acknowledged_and_leaves_no_trace(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When fdatasync fails, the claim fails closed and the bytes are cut back off."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock)
+    c = use(store)
+    size = segment(root).stat().st_size
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(StoreIOError, match="Input/output error; nothing was done"):
+        c.claim(["issue:X"])
+    monkeypatch.undo()
+    assert size == segment(root).stat().st_size
+    assert {} == open_store(root, clock).read()[0].claims
+    assert "issue:X" == c.claim(["issue:X"])[0]["resource"]
+
+
+def test_doctor_rebuilds_a_damaged_checkpoint(tmp_path: Path, clock: FakeClock) -> None:
+    """check() reports a checkpoint that does not match; repair rewrites it."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    c.claim(["issue:X"])
+    (root / "index.json").write_text('{"schema_version": 1, "segment": "nope"}')
+    findings = open_store(root, clock).check()
+    assert ["checkpoint-invalid"] == [f["kind"] for f in findings]
+    assert [True] == [f["repaired"] for f in open_store(root, clock).check(repair=True)]
+    assert [] == open_store(root, clock).check()
+
+
+def test_doctor_reports_and_repairs_a_torn_tail(tmp_path: Path, clock: FakeClock) -> None:
+    """A torn tail is reported (not silently dropped) and removed by --repair."""
+    root = tmp_path / "dibs"
+    use(open_store(root, clock)).claim(["issue:X"])
+    with open(segment(root), "ab") as f:
+        f.write(b'{"schema_ver')
+    kinds = [f["kind"] for f in open_store(root, clock).check()]
+    assert "torn-tail" in kinds
+    open_store(root, clock).check(repair=True)
+    assert not segment(root).read_bytes().endswith(b"ver")
+    assert [] == [f for f in open_store(root, clock).check() if f["kind"] == "torn-tail"]
