@@ -28,7 +28,8 @@ WRITER = textwrap.dedent(
     from dibs.service import Coordinator
     from dibs.store.local import LocalStore
     root, name, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    dibs = Coordinator(LocalStore(root, checkpoint_bytes=4096))
+    # Small write pieces let a kill land in the middle of a batch (see LocalStore).
+    dibs = Coordinator(LocalStore(root, checkpoint_bytes=4096, write_chunk=61))
     dibs.register(name, ttl=3600)
     print("ready", flush=True)
     n = 0
@@ -60,6 +61,7 @@ def test_kill_9_at_random_points_loses_no_acknowledged_claim(
     root = tmp_path / "dibs"
     rng = random.Random(20261123)
     acknowledged: list[tuple[str, int]] = []
+    torn = 0
     for iteration in range(ITERATIONS):
         batch = rng.choice([1, 5, 40])
         proc = python(WRITER, str(root), f"w{iteration}", str(batch))
@@ -72,6 +74,7 @@ def test_kill_9_at_random_points_loses_no_acknowledged_claim(
         for line in out.splitlines():
             if line.startswith("["):
                 acknowledged.extend((r, t) for r, t in json.loads(line))
+        torn += ends_torn(root)
         if iteration % 20 == 19:
             # Opening after a crash must work, and a full check must find no damage.
             kinds = {f["kind"] for f in LocalStore(root).check(repair=True)}
@@ -90,6 +93,16 @@ def test_kill_9_at_random_points_loses_no_acknowledged_claim(
         apply(rebuilt, event)
     assert rebuilt.to_json() == state.to_json()
     assert len(acknowledged) > ITERATIONS  # the writers really wrote
+    assert torn > ITERATIONS // 20, f"only {torn} kills left a torn tail: the fault did not fire"
+
+
+def ends_torn(root: Path) -> int:
+    """1 when the log ends in a torn line or an incomplete transaction, else 0."""
+    data = max((root / "log").iterdir()).read_bytes()
+    if not data.endswith(b"\n"):
+        return 1
+    last = json.loads(data.splitlines()[-1])
+    return int("txn" in last and last["seq"] != last["txn"][0] + last["txn"][1] - 1)
 
 
 HOLDER = textwrap.dedent(
@@ -102,7 +115,8 @@ HOLDER = textwrap.dedent(
     print(claim["token"], flush=True)
     sys.stdin.readline()
     env = dict(os.environ, DIBS_AGENT="holder", DIBS_TOKEN=reg["token"])
-    out = subprocess.run([sys.argv[3], "renew", "issue:X"], env=env, capture_output=True, text=True)
+    argv = [sys.argv[3], "renew", "issue:X", "-C", sys.argv[1]]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True)
     print(out.returncode, out.stderr.strip().replace("\\n", " | "), flush=True)
     """
 )

@@ -91,6 +91,9 @@ class LocalStore:
         segment_bytes: roll over to a new segment once the current one reaches this size.
         checkpoint_bytes: rewrite the checkpoint once the tail after it reaches this size
             (or the size of the checkpoint itself, whichever is larger).
+        write_chunk: a test seam: write each batch in pieces of this many bytes, one system
+            call each, so that a process killed mid-write really leaves a torn tail (a single
+            small ``write`` is never cut short by SIGKILL).
     """
 
     def __init__(
@@ -100,12 +103,14 @@ class LocalStore:
         clock: Clock | None = None,
         segment_bytes: int = SEGMENT_BYTES,
         checkpoint_bytes: int = CHECKPOINT_BYTES,
+        write_chunk: int | None = None,
     ):
         self.root = os.fspath(root)
         self.url = f"local:{self.root}"
         self.clock: Clock = clock if clock is not None else host.now
         self.segment_bytes = segment_bytes
         self.checkpoint_bytes = checkpoint_bytes
+        self.write_chunk = write_chunk
         self.log_dir = os.path.join(self.root, "log")
         self.index_path = os.path.join(self.root, "index.json")
         #: Torn tails this process repaired (each a sentence for people).
@@ -336,9 +341,10 @@ class LocalStore:
                 os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC,
             )
         written = 0
+        step = self.write_chunk or len(data)
         try:
             while written < len(data):
-                written += os.write(self._append_fd, data[written:])
+                written += os.write(self._append_fd, data[written : written + step])
             os.fdatasync(self._append_fd)
         except OSError as exc:
             self._roll_back()
