@@ -14,8 +14,6 @@ imports this package on every editor hook.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dibs.core.resources import Resource, overlaps, parse_resource
@@ -96,6 +94,8 @@ def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dibs' has no attribute {name!r}")
+    import importlib  # here, not at the top: `import dibs` is on every CLI call
+
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -172,6 +172,7 @@ class Coordinator:
         self.settings = settings
         self.repo = repo
         self.liveness = liveness if liveness is not None else host.Liveness()
+        self._hashed: tuple[str | None, str] = (None, "")
 
     @classmethod
     def open(
@@ -241,7 +242,9 @@ class Coordinator:
                 f"no session token for agent {self.agent!r}",
                 hint="pass --token TOKEN or set DIBS_TOKEN (printed by `dibs agent register`)",
             )
-        return self.agent, secret_hash(self.token)
+        if self._hashed[0] != self.token:
+            self._hashed = (self.token, secret_hash(self.token))
+        return self.agent, self._hashed[1]
 
     def _default_ttl(self) -> float:
         return float(self.settings["leases.ttl"])
@@ -388,16 +391,7 @@ class Coordinator:
                 time.sleep(min(remaining, delay * _jitter()))
                 delay = min(delay * 2, _BACKOFF_CAP)
                 waited = round(time.monotonic() - started, 3)
-        state, now = self.store.read()
-        granted = {g["resource"]: g for g in decision.result}
-        out = []
-        for text, grant in granted.items():
-            lease = state.claims.get(text, {}).get(agent)
-            view = lease_view(lease, now) if lease is not None else {"resource": text}
-            view["token"] = grant["token"]
-            view["new"] = grant["new"]
-            out.append(view)
-        return out
+        return list(decision.result)
 
     def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
         """Extend this agent's leases on *resources*.

@@ -171,25 +171,48 @@ def test_segments_roll_over_and_replay_across(tmp_path: Path, clock: FakeClock) 
     assert [11, 12, 13] == [e["seq"] for e in fresh.tail(3)]
 
 
-def test_failed_fsync_is_not_acknowledged_and_leaves_no_trace(
+def test_failed_write_is_cut_back_and_not_acknowledged(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """When fdatasync fails, the claim fails closed and the bytes are cut back off."""
+    """A write that fails (disk full) fails closed and leaves no bytes behind."""
     root = tmp_path / "dibs"
     store = open_store(root, clock)
     c = use(store)
     size = segment(root).stat().st_size
+    real_write = os.write
 
-    def broken(fd: int) -> None:
-        raise OSError(5, "Input/output error")
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 20:
+            real_write(fd, data[:20])
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
 
-    monkeypatch.setattr(os, "fdatasync", broken)
-    with pytest.raises(StoreIOError, match="Input/output error; nothing was done"):
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(StoreIOError, match="No space left on device; nothing was done"):
         c.claim(["issue:X"])
     monkeypatch.undo()
     assert size == segment(root).stat().st_size
     assert {} == open_store(root, clock).read()[0].claims
     assert "issue:X" == c.claim(["issue:X"])[0]["resource"]
+
+
+def test_failed_sync_is_not_acknowledged(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When fdatasync fails, the claim is not reported as done, and the store stays usable."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock)
+    c = use(store)
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    with pytest.raises(StoreIOError, match="Input/output error; the operation was not ackn"):
+        c.claim(["issue:X"])
+    monkeypatch.undo()
+    assert [] == [f for f in open_store(root, clock).check() if f["kind"] != "no-checkpoint"]
+    assert "issue:Y" == c.claim(["issue:Y"])[0]["resource"]
 
 
 def test_doctor_rebuilds_a_damaged_checkpoint(tmp_path: Path, clock: FakeClock) -> None:
@@ -216,3 +239,32 @@ def test_doctor_reports_and_repairs_a_torn_tail(tmp_path: Path, clock: FakeClock
     open_store(root, clock).check(repair=True)
     assert not segment(root).read_bytes().endswith(b"ver")
     assert [] == [f for f in open_store(root, clock).check() if f["kind"] == "torn-tail"]
+
+
+def test_full_segments_are_sealed_read_only(tmp_path: Path, clock: FakeClock) -> None:
+    """A rolled-over segment loses its write bits: readers learn of the rollover from fstat."""
+    root = tmp_path / "dibs"
+    c = use(open_store(root, clock, segment_bytes=600))
+    for n in range(8):
+        c.claim([f"issue:{n}"])
+    *old, current = sorted((root / "log").iterdir())
+    assert old
+    assert all(0o444 == p.stat().st_mode & 0o777 for p in old)
+    assert current.stat().st_mode & 0o200
+
+
+def test_a_seal_without_a_next_segment_is_finished_by_the_next_writer(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A crash between sealing and creating the next segment: the next writer rolls over."""
+    root = tmp_path / "dibs"
+    c = use(open_store(root, clock))
+    c.claim(["issue:A"])
+    first = segment(root)
+    first.chmod(0o444)  # sealed, and the process died before creating the next segment
+    reader = open_store(root, clock)
+    assert ["issue:A"] == sorted(reader.read()[0].claims)
+    Coordinator(open_store(root, clock), liveness=FakeLiveness()).register("a2")
+    assert first != segment(root)
+    assert ["issue:A"] == sorted(reader.read()[0].claims)
+    assert 3 == reader.read()[0].seq

@@ -61,16 +61,46 @@ def top_help() -> str:
 def build_parser(name: str) -> argparse.ArgumentParser:
     """The parser of command *name* (used by `main` and by the docs generator)."""
     import argparse
-    import importlib
 
-    module = importlib.import_module(COMMANDS[name][0])
+    # argparse looks up a translation of each of its own strings through gettext, which
+    # imports locale and probes the disk for catalogues on every call (2 ms a CLI run).
+    # dibs speaks English only, and agents parse its messages: keep them untranslated.
+    argparse._ = argparse.ngettext = _untranslated  # type: ignore[attr-defined]
+
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's formatter without ``shutil``, which costs 3 ms to import.
+
+        argparse builds a formatter on every ``add_argument`` (to check the metavar) and its
+        default asks ``shutil.get_terminal_size``; ``os.get_terminal_size`` is enough.
+        """
+
+        def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24):
+            super().__init__(prog, indent_increment, max_help_position, _terminal_width())
+
+    module_name = COMMANDS[name][0]
+    __import__(module_name)
+    module = sys.modules[module_name]
     parser = argparse.ArgumentParser(
         prog=f"dibs {name}",
         description=COMMANDS[name][1][0].upper() + COMMANDS[name][1][1:] + ".",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     getattr(module, "configure_" + name)(parser)
     return parser
+
+
+def _untranslated(message: str, plural: str | None = None, n: int = 1) -> str:
+    return message if plural is None or n == 1 else plural
+
+
+def _terminal_width() -> int:
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(2).columns
+    except (ValueError, OSError):
+        columns = 80
+    return max(columns - 2, 40)
 
 
 def _unknown(name: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 def configure_agent(parser: argparse.ArgumentParser) -> None:
     """``dibs agent register|list|show|unregister``."""
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
 
-    register = sub.add_parser(
+    register = add(
         "register",
         help="register an agent and print its session token",
         description="Register an agent and print its secret session token.",
@@ -34,7 +36,6 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
         "  dibs agent register agent-2 --pid $$ --ttl 120\n\n"
         "Without --pid the agent's leases expire by ttl alone. With --pid, when that\n"
         "process dies its claims are evicted at once. Exit 3 when a live agent has the name.",
-        formatter_class=parser.formatter_class,
     )
     register.add_argument("name", metavar="NAME", help="agent id: [a-z0-9][a-z0-9._-]{0,63}")
     register.add_argument("--ttl", type=float, metavar="S", help="lease seconds (default 90)")
@@ -45,16 +46,16 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
     common(register)
     register.set_defaults(handler=run_register)
 
-    listing = sub.add_parser("list", help="list agents", description="List registered agents.")
+    listing = add("list", help="list agents", description="List registered agents.")
     common(listing)
     listing.set_defaults(handler=run_list)
 
-    show = sub.add_parser("show", help="one agent and its claims", description="Show an agent.")
+    show = add("show", help="one agent and its claims", description="Show an agent.")
     show.add_argument("name", metavar="NAME")
     common(show)
     show.set_defaults(handler=run_show)
 
-    unregister = sub.add_parser(
+    unregister = add(
         "unregister",
         help="release everything and forget the agent",
         description="Release everything the agent holds and forget it (needs its token).",

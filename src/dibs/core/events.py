@@ -79,7 +79,8 @@ OPS = (
     "force-evict",
     "record",
 )
-_REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
+#: Fields every event has.
+REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
 
 
 class Now:
@@ -104,13 +105,18 @@ class Now:
         return iso_time(self.wall)
 
 
+_second: list[object] = [None, ""]  # the last whole second formatted, and its text
+
+
 def iso_time(wall: float) -> str:
     """Format unix seconds as ``2026-11-23T10:00:00.123Z`` (no datetime import: it is slow)."""
-    import time
-
     whole = int(wall)
-    millis = int((wall - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    if _second[0] != whole:
+        import time
+
+        _second[0] = whole
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_second[1]}.{int((wall - whole) * 1000):03d}Z"
 
 
 def new_event(op: str, now: Now, **fields: Any) -> Event:
@@ -127,9 +133,12 @@ def new_event(op: str, now: Now, **fields: Any) -> Event:
     return event  # type: ignore[return-value]
 
 
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(event: Event) -> bytes:
     """One log line, newline included."""
-    return (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    return (_encoder.encode(event) + "\n").encode()
 
 
 def decode(line: bytes | str, *, where: str = "the log") -> Event:
@@ -147,7 +156,7 @@ def decode(line: bytes | str, *, where: str = "the log") -> Event:
         ) from exc
     if not isinstance(event, dict):
         raise CorruptLog(f"{where}: not a JSON object", hint="run `dibs doctor`")
-    missing = [name for name in _REQUIRED if name not in event]
+    missing = [name for name in REQUIRED if name not in event]
     if missing:
         raise CorruptLog(
             f"{where}: event lacks {', '.join(missing)}", hint="run `dibs doctor` to see the damage"

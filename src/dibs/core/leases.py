@@ -383,7 +383,7 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
                     note=cmd.note,
                 )
             )
-            granted.append({"resource": resource.text, "token": existing["token"], "new": False})
+            granted.append(_grant(existing, ttl, new=False))
             continue
         if existing is not None:
             # A mode change is a new hold: it gets a new fencing token.
@@ -411,8 +411,37 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
                 waited=cmd.waited,
             )
         )
-        granted.append({"resource": resource.text, "token": token, "new": True})
+        granted.append(
+            {
+                "resource": resource.text,
+                "agent": cmd.agent,
+                "mode": cmd.mode,
+                "token": token,
+                "ttl": ttl,
+                "acquired": events[-1]["wall"],
+                "expires_in": ttl,
+                **({"note": cmd.note} if cmd.note is not None else {}),
+                "new": True,
+            }
+        )
     return Decision(events, result=granted)
+
+
+def _grant(lease: LeaseRecord, ttl: float, *, new: bool) -> dict[str, Any]:
+    """What a claimant is told about a lease it now holds (``expires_in``: the full ttl)."""
+    view: dict[str, Any] = {
+        "resource": lease["resource"],
+        "agent": lease["agent"],
+        "mode": lease["mode"],
+        "token": lease["token"],
+        "ttl": ttl,
+        "acquired": lease["acquired"],
+        "expires_in": ttl,
+    }
+    if "note" in lease:
+        view["note"] = lease["note"]
+    view["new"] = new
+    return view
 
 
 def _lost_error(

@@ -7,9 +7,10 @@ Layout, in ``$(git rev-parse --git-common-dir)/dibs/`` (shared by every worktree
     index.json                    checkpoint: the state at some seq and where that seq ends
 
 Writing (under ``flock``): catch up with what others appended, repair a torn tail, read the
-clock, decide, append the events with one ``write`` and one ``fdatasync``, then apply them.
-An operation is acknowledged only after its fdatasync returns; nothing else is synced on that
-path (DESIGN.md Budgets: one fsync per operation).
+clock, decide, append the events with one ``write``, apply them, let go of the lock, then
+``fdatasync`` (group commit: concurrent writers' syncs overlap). An operation is acknowledged
+only after its fdatasync returns; nothing else is synced on that path (DESIGN.md Budgets: one
+fsync per operation).
 
 Reading (``status``, ``log``) takes no lock: it replays complete transactions only and leaves a
 torn or half-written tail for the next writer to judge.
@@ -28,7 +29,7 @@ import json
 import os
 
 from dibs import host
-from dibs.core.events import decode, encode
+from dibs.core.events import REQUIRED, SCHEMA_VERSION, decode, encode
 from dibs.core.state import State, apply, seal
 from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable
 
@@ -125,6 +126,8 @@ class LocalStore:
         self._checkpoint_at = (0, 0)  # (seq, size in bytes) of the last checkpoint we know
         self._since_checkpoint = 0  # log bytes applied after that checkpoint
         self._mark = (0, "", 0)  # (seq, segment, offset): where a known seq ends, for events()
+        self._sealed = False  # the current segment takes no more writes
+        self._index_seen = (0, 0)  # (inode, mtime) of the checkpoint when we last saw it
 
     # Opening ----------------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class LocalStore:
         self._close_fds()
         self._segment = name
         self._offset = offset
+        self._sealed = False
         self._read_fd = os.open(os.path.join(self.log_dir, name), os.O_RDONLY | os.O_CLOEXEC)
 
     def _close_fds(self) -> None:
@@ -195,6 +199,8 @@ class LocalStore:
     def _read_checkpoint(self, segments: list[str]) -> tuple[State, str, int, int] | None:
         try:
             with open(self.index_path, "rb") as f:
+                st = os.fstat(f.fileno())
+                self._index_seen = (st.st_ino, st.st_mtime_ns)
                 raw = f.read()
             data = json.loads(raw)
             segment = data["segment"]
@@ -234,7 +240,50 @@ class LocalStore:
     # Catching up ------------------------------------------------------------------------
 
     def _scan(self, data: bytes, state: State, where: str) -> _Batch:
-        """Complete transactions in *data*, checked for order; damage raises `CorruptLog`."""
+        """Complete transactions in *data*, checked for order; damage raises `CorruptLog`.
+
+        Every writer replays every other writer's events, so this is the hot loop under
+        contention: the whole run is parsed with one ``json.loads`` (JSON text never holds a
+        raw newline, so lines joined by commas are an array). Anything unexpected falls back
+        to the line-by-line scan, which names the damaged line.
+        """
+        last = data.rfind(b"\n")
+        if last < 0:
+            batch = _Batch()
+            batch.leftover = len(data)
+            return batch
+        try:
+            events = json.loads(b"[" + data[:last].replace(b"\n", b",") + b"]")
+        except ValueError:
+            return self._scan_lines(data, state, where)
+        expected = state.seq + 1
+        for offset, event in enumerate(events):
+            if (
+                type(event) is not dict
+                or event.get("schema_version") != SCHEMA_VERSION
+                or event.get("seq") != expected + offset
+                or not all(name in event for name in REQUIRED)
+            ):
+                return self._scan_lines(data, state, where)
+        if len(events) != data.count(b"\n", 0, last + 1):
+            return self._scan_lines(data, state, where)
+        batch = _Batch()
+        batch.events = events
+        batch.consumed = last + 1
+        tail = events[-1].get("txn") if events else None
+        if tail is not None and events[-1]["seq"] != tail[0] + tail[1] - 1:
+            # The run ends inside a transaction: keep its first lines for later.
+            keep = events[-1]["seq"] - tail[0] + 1
+            del batch.events[-keep:]
+            cut = last
+            for _ in range(keep):
+                cut = data.rfind(b"\n", 0, cut)
+            batch.consumed = cut + 1
+        batch.leftover = len(data) - batch.consumed
+        return batch
+
+    def _scan_lines(self, data: bytes, state: State, where: str) -> _Batch:
+        """`_scan` one line at a time, to say exactly which line is damaged."""
         batch = _Batch()
         pending: list[Event] = []
         pending_end = 0
@@ -279,7 +328,8 @@ class LocalStore:
                 if not segments:
                     return state
                 self._open_segment(segments[0], 0)
-            size = os.fstat(self._read_fd).st_size
+            st = os.fstat(self._read_fd)
+            size = st.st_size
             if size < self._offset:
                 # The log shrank under us (a failed append was rolled back): start afresh.
                 state = self._load()
@@ -301,6 +351,12 @@ class LocalStore:
                     if locked:
                         self._truncate_torn_tail(batch.leftover)
                     return state
+            # A full segment is sealed (write bits cleared, synced) before the next one is
+            # created, so a rollover shows in the fstat we made anyway; a segment past the
+            # size limit is checked too, in case a file system dropped the mode change.
+            self._sealed = not st.st_mode & 0o222
+            if not self._sealed and size < self.segment_bytes:
+                return state
             following = _segment_name(state.seq + 1)
             if following == self._segment or not os.path.exists(
                 os.path.join(self.log_dir, following)
@@ -334,7 +390,8 @@ class LocalStore:
 
     # Writing ----------------------------------------------------------------------------
 
-    def _append(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> None:
+        """Append *data* under the lock; on failure cut the log back and raise."""
         if self._append_fd < 0:
             self._append_fd = os.open(
                 os.path.join(self.log_dir, self._segment),
@@ -345,7 +402,6 @@ class LocalStore:
         try:
             while written < len(data):
                 written += os.write(self._append_fd, data[written : written + step])
-            os.fdatasync(self._append_fd)
         except OSError as exc:
             self._roll_back()
             raise StoreIOError(
@@ -354,11 +410,7 @@ class LocalStore:
             ) from exc
 
     def _roll_back(self) -> None:
-        """After a failed write or fsync, cut the log back to what was acknowledged.
-
-        After a failed fsync the page cache can no longer be trusted to hold what we wrote,
-        so the unacknowledged bytes must go, or a reader could act on them.
-        """
+        """After a failed write, cut the log back to where it was (we still hold the lock)."""
         try:
             os.ftruncate(self._append_fd, self._offset)
             os.fsync(self._append_fd)
@@ -368,9 +420,33 @@ class LocalStore:
         self._state = None
         self._close_fds()
 
+    def _sync(self, fd: int) -> None:
+        """Make what we appended durable; raise if the disk refused."""
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            # Others may have appended after us, so the bytes cannot be cut back: the
+            # operation is not acknowledged, and the log decides whether it happened.
+            self._state = None
+            self._close_fds()
+            raise StoreIOError(
+                f"could not sync the log {self._segment}: {exc.strerror}; the operation was "
+                "not acknowledged (it may or may not be recorded)",
+                hint="fix the disk; then `dibs doctor` checks the log and `dibs status` shows "
+                "what is held",
+            ) from exc
+
     def _roll_over_if_full(self, state: State) -> None:
-        if self._segment and self._offset < self.segment_bytes:
+        if self._segment and self._offset < self.segment_bytes and not self._sealed:
             return
+        if self._segment and not self._sealed:
+            # Seal durably first: readers only look for a next segment past a seal.
+            fd = os.open(os.path.join(self.log_dir, self._segment), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o444)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         name = _segment_name(state.seq + 1)
         path = os.path.join(self.log_dir, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -382,6 +458,11 @@ class LocalStore:
         """Decide and append atomically (see `dibs.store.base.Store.transact`)."""
         with self._tlock:
             self.create()
+            sync_fd = -1
+            # Absorb what others appended before taking the lock, so the lock is held only
+            # for the few events that arrive meanwhile: with many writers on few cores, a
+            # holder parsing everyone's events is descheduled while it holds the lock.
+            self._catch_up(locked=False)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 state = self._catch_up(locked=True)
@@ -395,19 +476,39 @@ class LocalStore:
                             f"could not start a new log segment: {exc.strerror}",
                             hint="free disk space, then retry",
                         ) from exc
-                    self._append(data)
-                    for event in decision.events:
-                        apply(state, event)
+                    self._write(data)
                     self._offset += len(data)
                     self._since_checkpoint += len(data)
-                    self._mark = (state.seq, self._segment, self._offset)
+                    sync_fd = self._append_fd
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if sync_fd >= 0:
+                # Only this process reads its copy of the state: apply outside the lock.
+                for event in decision.events:
+                    apply(state, event)
+                self._mark = (state.seq, self._segment, self._offset)
+                # Group commit: sync after letting go of the lock, so that concurrent
+                # writers' syncs overlap instead of queueing. Safe because the log is one
+                # append-only file: anyone's fdatasync also persists every byte before
+                # theirs, so whoever acts on our event before we sync makes it durable
+                # with their own sync. We acknowledge only after our own sync returns.
+                self._sync(sync_fd)
             self._maybe_checkpoint()
             return decision
 
     def _maybe_checkpoint(self) -> None:
         if self._since_checkpoint < max(self.checkpoint_bytes, self._checkpoint_at[1]):
+            return
+        try:
+            st = os.stat(self.index_path)
+            seen = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            seen = (0, 0)
+        if seen not in (self._index_seen, (0, 0)):
+            # Another process wrote a checkpoint since we last looked: every writer reads
+            # the whole log, so without this they would all checkpoint at the same moments.
+            self._index_seen = seen
+            self._since_checkpoint = 0
             return
         try:
             self.write_checkpoint()
@@ -439,6 +540,8 @@ class LocalStore:
         os.replace(tmp, self.index_path)
         self._checkpoint_at = (state.seq, len(data))
         self._since_checkpoint = 0
+        st = os.stat(self.index_path)
+        self._index_seen = (st.st_ino, st.st_mtime_ns)
 
     # Reading ----------------------------------------------------------------------------
 
