@@ -268,3 +268,23 @@ def test_a_seal_without_a_next_segment_is_finished_by_the_next_writer(
     assert first != segment(root)
     assert ["issue:A"] == sorted(reader.read()[0].claims)
     assert 3 == reader.read()[0].seq
+
+
+def test_doctor_reports_damage_it_cannot_repair(tmp_path: Path, clock: FakeClock) -> None:
+    """Damage inside the log is a finding naming file and line; --repair does not guess."""
+    root = tmp_path / "dibs"
+    c = use(open_store(root, clock))
+    c.claim(["issue:X"])
+    c.claim(["issue:Y"])
+    path = segment(root)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = b"not json\n"
+    path.write_bytes(b"".join(lines))
+    [finding] = open_store(root, clock).check(repair=True)
+    assert ("corrupt-log", False, False) == (
+        finding["kind"],
+        finding["repaired"],
+        finding.get("repairable"),
+    )
+    assert f"{path} line 2" in finding["message"]
+    assert b"not json\n" == path.read_bytes().splitlines(keepends=True)[1]

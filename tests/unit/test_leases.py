@@ -297,3 +297,18 @@ def test_apply_refuses_an_unknown_op() -> None:
     event = {"schema_version": 1, "seq": 1, "op": "teleport", "wall": "", "mono": 0, "boot": ""}
     with pytest.raises(CorruptLog, match="unknown op 'teleport'"):
         apply(State(), event)  # type: ignore[arg-type]
+
+
+def test_heartbeat_reports_leases_evicted_since_the_last_one(core: Core, clock: FakeClock) -> None:
+    """A lease taken over by someone else is reported by the next heartbeat, once."""
+    core.claim("a1", "issue:X", ttl=5)
+    core.ok(Heartbeat("a1", "secret-a1"))
+    clock.advance(6)
+    core.claim("a2", "issue:X")  # evicts a1's expired lease
+    first = core.run(Heartbeat("a1", "secret-a1"))
+    assert isinstance(first.error, LeaseLost)
+    assert ["issue:X"] == first.result["lost"]
+    assert "issue:X (expired" in first.error.message
+    again = core.run(Heartbeat("a1", "secret-a1"))
+    assert again.error is None
+    assert [] == again.result["lost"]

@@ -9,7 +9,6 @@ from dibs.cli.output import (
     claim_rows,
     common,
     coordinator,
-    notes,
     print_json,
     seconds,
     table,
@@ -71,7 +70,6 @@ def run_claim(args: argparse.Namespace) -> int:
         claims = dibs.claim(
             args.resources, shared=args.shared, ttl=args.ttl, wait=args.wait, note=args.note
         )
-        notes(dibs)
     if args.json:
         print_json(claims)
         return 0
@@ -97,7 +95,6 @@ def run_renew(args: argparse.Namespace) -> int:
     """Renew and print what was renewed."""
     with coordinator(args) as dibs:
         renewed = dibs.renew(args.resources, ttl=args.ttl)
-        notes(dibs)
     if args.json:
         print_json(renewed)
     else:
@@ -126,7 +123,6 @@ def run_release(args: argparse.Namespace) -> int:
         )
     with coordinator(args) as dibs:
         released = dibs.release(None if args.all else args.resources)
-        notes(dibs)
     if args.json:
         print_json(released)
     elif not released:
@@ -151,7 +147,6 @@ def run_heartbeat(args: argparse.Namespace) -> int:
     """Heartbeat and say how many leases were renewed."""
     with coordinator(args) as dibs:
         result = dibs.heartbeat()
-        notes(dibs)
     if args.json:
         print_json(result)
     else:

@@ -10,7 +10,6 @@ from dibs.cli.output import (
     common,
     coordinator,
     print_json,
-    seconds,
     table,
 )
 
@@ -64,8 +63,14 @@ def configure_log(parser: argparse.ArgumentParser) -> None:
 
 def _line(event: Event) -> str:
     fields: dict[str, object] = dict(event)
-    parts = [f"{event['seq']:>6}", event["wall"], f"{event['op']:<11}"]
-    parts += [str(fields[key]) for key in ("agent", "resource") if key in fields]
+    parts = [
+        f"{event['seq']:>6}",
+        event["wall"].replace("T", " ").removesuffix("Z"),
+        f"{event['op']:<11}",
+        f"{event.get('agent', '-'):<12}",
+    ]
+    if "resource" in event:
+        parts.append(f"{event['resource']:<24}")
     if "token" in event:
         parts.append(f"token={event['token']}")
     if event.get("mode") == "shared":
@@ -73,7 +78,7 @@ def _line(event: Event) -> str:
     parts += [f"{key}={fields[key]}" for key in ("reason", "by", "note") if key in fields]
     if "waited" in event:
         parts.append(f"waited={event['waited']}s")
-    return "  ".join(parts) + "\n"
+    return "  ".join(parts).rstrip() + "\n"
 
 
 def run_log(args: argparse.Namespace) -> int:
@@ -169,13 +174,11 @@ def run_doctor(args: argparse.Namespace) -> int:
         sys.stdout.write(f"ok: {report['store']} is healthy\n")
     else:
         for item in findings:
-            done = (
-                "repaired: " + item["repair"]
-                if item["repaired"]
-                else "--repair would " + item["repair"]
-            )
+            if item["repaired"]:
+                done = "repaired: " + item["repair"]
+            elif item.get("repairable", True):
+                done = "--repair would " + item["repair"]
+            else:
+                done = "cannot be repaired automatically: " + item["repair"]
             sys.stdout.write(f"{item['kind']}: {item['message']}\n  {done}\n")
     return 0 if all(item["repaired"] for item in findings) else 1
-
-
-__all__ = ["seconds"]

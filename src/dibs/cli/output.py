@@ -34,13 +34,18 @@ def common(parser: argparse.ArgumentParser, *, identity: bool = False) -> None:
         )
 
 
+_opened: list[Coordinator] = []
+
+
 def coordinator(args: argparse.Namespace) -> Coordinator:
     """Open the coordinator for this invocation (repository from -C or the current folder)."""
     from dibs.service import Coordinator
 
     agent = getattr(args, "agent", None) or os.environ.get("DIBS_AGENT") or None
     token = getattr(args, "token", None) or os.environ.get("DIBS_TOKEN") or None
-    return Coordinator.open(args.directory, agent=agent, token=token)
+    opened = Coordinator.open(args.directory, agent=agent, token=token)
+    _opened.append(opened)
+    return opened
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -65,6 +70,8 @@ def run_command(args: argparse.Namespace) -> int:
             "hint: run again with -v for the traceback, and please report it\n"
         )
         return EXIT_ERROR
+    finally:
+        notes()
 
 
 def report_error(args: argparse.Namespace, exc: DibsError) -> int:
@@ -86,10 +93,12 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def notes(dibs: Coordinator) -> None:
-    """Tell people about repairs the store made on the way (a torn tail after a crash)."""
-    for note in getattr(dibs.store, "repairs", ()):
-        sys.stderr.write(f"dibs: note: {note}\n")
+def notes() -> None:
+    """Tell people about repairs the stores made on the way (a torn tail after a crash)."""
+    for opened in _opened:
+        for note in getattr(opened.store, "repairs", ()):
+            sys.stderr.write(f"dibs: note: {note}\n")
+    _opened.clear()
 
 
 def seconds(value: float | None) -> str:

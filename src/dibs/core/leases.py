@@ -575,6 +575,12 @@ def _heartbeat(state: State, cmd: Heartbeat, ctx: Context) -> Decision:
         )
     lost = [lease["resource"] for lease in leases if ev.check(lease)]
     kept = [lease for lease in leases if lease["resource"] not in lost]
+    # Leases others evicted since the last heartbeat: say so once, never renew in silence.
+    lost += [
+        text
+        for text, why in agent["lost"].items()
+        if why["seq"] > agent["heartbeat_seq"] and text not in lost
+    ]
     fresh = {e["resource"]: e["reason"] for e in ev.events}
     events = [*ev.events, new_event("heartbeat", ctx.now, agent=cmd.agent)]
     result = {"renewed": [lease["resource"] for lease in kept], "lost": lost}

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         seen: int
         seen_boot: str
         seen_wall: str
+        heartbeat_seq: int
         lost: dict[str, LostRecord]
         worktree: NotRequired[str]
         branch: NotRequired[str]
@@ -204,6 +205,7 @@ def _apply_register(state: State, event: Event) -> None:
         "seen": event["mono"],
         "seen_boot": event["boot"],
         "seen_wall": event["wall"],
+        "heartbeat_seq": event["seq"],
         "lost": {},
     }
     if "worktree" in details:
@@ -229,6 +231,9 @@ def _seen(state: State, event: Event) -> None:
 
 def _apply_heartbeat(state: State, event: Event) -> None:
     _seen(state, event)
+    agent = state.agents.get(event["agent"])
+    if agent is not None:
+        agent["heartbeat_seq"] = event["seq"]
     for lease in state.leases_of(event["agent"]):
         lease["expires"] = event["mono"] + ttl_ns(lease["ttl"])
         lease["boot"] = event["boot"]

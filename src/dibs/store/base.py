@@ -11,7 +11,7 @@ Stores shipped: `dibs.store.memory.MemoryStore` (a real fake, for tests and embe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -31,12 +31,13 @@ class Clock(Protocol):
 
 
 class Finding(TypedDict):
-    """One thing `Store.check` found: what, what ``--repair`` does about it, and if it did."""
+    """One thing a check found: what, what ``--repair`` does (or what a person must do)."""
 
     kind: str
     message: str
     repair: str
     repaired: bool
+    repairable: NotRequired[bool]  # False: --repair cannot mend it; `repair` says who can
 
 
 class Store(Protocol):

@@ -634,7 +634,19 @@ class LocalStore:
             self.create()
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                rebuilt, torn = self._replay_all()
+                try:
+                    rebuilt, torn = self._replay_all()
+                except CorruptLog as exc:
+                    return [
+                        {
+                            "kind": "corrupt-log",
+                            "message": exc.message,
+                            "repair": "restore that segment from a backup, or fix the line "
+                            "by hand: dropping it would lose a record",
+                            "repaired": False,
+                            "repairable": False,
+                        }
+                    ]
                 if torn:
                     segment, offset, leftover = torn
                     findings.append(
