@@ -517,12 +517,10 @@ class Coordinator:
         match = _event_filter(agent, resource, op)
         last = self.store.read()[0].seq if since is None else since
         while True:
-            seq = self.store.read()[0].seq
-            if seq > last:
-                for event in self.store.events(last):
-                    last = event["seq"]
-                    if match is None or match(event):
-                        yield event
+            for event in self.store.events(last):
+                last = event["seq"]
+                if match is None or match(event):
+                    yield event
             time.sleep(poll)
 
     def doctor(self, *, repair: bool = False) -> dict[str, Any]:

@@ -288,3 +288,21 @@ def test_doctor_reports_damage_it_cannot_repair(tmp_path: Path, clock: FakeClock
     )
     assert f"{path} line 2" in finding["message"]
     assert b"not json\n" == path.read_bytes().splitlines(keepends=True)[1]
+
+
+def test_polling_events_yields_each_new_event_once_across_segments(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Following the log (events after the last one seen) works across segment rollovers."""
+    root = tmp_path / "dibs"
+    writer = use(open_store(root, clock, segment_bytes=700))
+    reader = open_store(root, clock, segment_bytes=700)
+    seen: list[int] = []
+    last = 0
+    for n in range(15):
+        writer.claim([f"issue:{n}"])
+        for event in reader.events(last):
+            seen.append(event["seq"])
+            last = event["seq"]
+    assert list(range(1, 17)) == seen
+    assert len(list((root / "log").iterdir())) > 3

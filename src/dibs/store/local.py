@@ -128,6 +128,7 @@ class LocalStore:
         self._mark = (0, "", 0)  # (seq, segment, offset): where a known seq ends, for events()
         self._sealed = False  # the current segment takes no more writes
         self._index_seen = (0, 0)  # (inode, mtime) of the checkpoint when we last saw it
+        self._events_end = (0, "", 0)  # (seq, segment, offset) where events() last stopped
 
     # Opening ----------------------------------------------------------------------------
 
@@ -563,14 +564,18 @@ class LocalStore:
         return self._state.seq if self._state is not None else 0
 
     def events(self, since: int = 0) -> Iterator[Event]:
-        """Events after *since*, oldest first (complete transactions only)."""
+        """Events after *since*, oldest first (complete transactions only).
+
+        Starts from the nearest known position (where this process last caught up, or
+        where the previous call ended) instead of rescanning a segment from its start, so
+        polling for new events (``dibs log --follow``) costs only the new bytes.
+        """
         segments = self._segments()
-        mark_seq, mark_segment, mark_offset = self._mark
         start, offset, expected = 0, 0, State()
-        if mark_segment and since >= mark_seq and mark_segment in segments:
-            # Start where a known event ends instead of rescanning the segment.
-            start, offset = segments.index(mark_segment), mark_offset
-            expected.seq = mark_seq
+        known = [p for p in (self._mark, self._events_end) if p[1] in segments and p[0] <= since]
+        if known:
+            seq, segment, offset = max(known)
+            start, expected.seq = segments.index(segment), seq
         else:
             for index, name in enumerate(segments):
                 if int(name[:-6]) <= since + 1:
@@ -579,7 +584,7 @@ class LocalStore:
                 expected.seq = int(segments[start][:-6]) - 1
         for name in segments[start:]:
             path = os.path.join(self.log_dir, name)
-            if int(name[:-6]) != expected.seq + 1:
+            if int(name[:-6]) != expected.seq + 1 and offset == 0:
                 return  # an incomplete transaction ends the previous segment: stop there
             with open(path, "rb") as f:
                 f.seek(offset)
@@ -594,7 +599,9 @@ class LocalStore:
                         expected.seq = event["seq"]
                         if event["seq"] > since:
                             yield event
+                    offset += batch.consumed
                     rest = data[batch.consumed :]
+                    self._events_end = (expected.seq, name, offset)
             offset = 0
 
     def tail(self, count: int) -> list[Event]:
