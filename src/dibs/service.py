@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from dibs.git.discover import Repo
     from dibs.store.base import Finding, Store
 
-AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+AGENT_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
 MAX_NOTE = 1000
 MAX_REASON = 1000
 MAX_TTL = 7 * 86400.0
@@ -62,7 +62,7 @@ def secret_hash(token: str) -> str:
 
 def check_agent_name(name: str) -> str:
     """Validate an agent id: ``[a-z0-9][a-z0-9._-]{0,63}``."""
-    if not isinstance(name, str) or not AGENT_NAME.fullmatch(name):
+    if not isinstance(name, str) or not re.fullmatch(AGENT_NAME, name):
         raise UsageError(
             f"{name!r} is not a valid agent name",
             hint="use 1-64 characters: lower-case letters, digits, '.', '_' and '-', "

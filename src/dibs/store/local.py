@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock, DecideFn, Finding
 
 SEGMENT_BYTES = 64 * 1024 * 1024
-CHECKPOINT_BYTES = 64 * 1024
+# Small, so that a fresh CLI process replays little after the checkpoint; the threshold
+# grows with the checkpoint itself (see _maybe_checkpoint), so big states rewrite rarely.
+CHECKPOINT_BYTES = 16 * 1024
 _SEGMENT_DIGITS = 20
 _READ_CHUNK = 1 << 20
 
