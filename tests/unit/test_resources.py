@@ -82,6 +82,9 @@ def test_parse_resources_drops_exact_repeats_in_order() -> None:
         ("path:src/app.py#L10-80", "path:src/*.py", True),
         ("path:src/app.py#L10-80", "path:src/other.py", False),
         ("path:src/app.py", "path:src/app.py#L1", True),
+        ("path:src/a\\*.py#L1-5", "path:src/*.py", True),
+        ("path:src/a\\*.py#L1-5", "path:src/ab.py", False),
+        ("path:src/a\\*.py#L1-5", "path:src/a[*].py#L5", True),
     ],
 )
 def test_overlap(a: str, b: str, expected: bool) -> None:
@@ -98,3 +101,4 @@ def test_covers_file_with_lines() -> None:
     assert not covers_file(ranged, "src/app.py", (21, 30))
     assert covers_file(parse_resource("path:src/**"), "src/a/b.py", (1, 1))
     assert not covers_file(parse_resource("issue:src/a.py"), "src/a.py")
+    assert covers_file(parse_resource("path:src/a\\*.py#L1-5"), "src/a*.py", (5, 9))

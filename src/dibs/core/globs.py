@@ -1,24 +1,30 @@
-"""Gitignore-style globs anchored at the repository root, and whether two can meet.
+"""Gitignore-style globs anchored at the repository root, and whether two of them can meet.
 
-Syntax (patterns arrive normalised: relative, ``/``-separated, no empty, ``.`` or ``..``
-segments):
+Patterns and paths arrive normalised: relative, ``/``-separated, with no empty, ``.`` or ``..``
+segment. A pattern is a run of segments:
 
-* a segment that is exactly ``**`` matches zero or more whole segments;
-* ``*`` matches any run of characters except ``/`` (``**`` inside a longer segment is ``*``);
-* ``?`` matches one character except ``/``;
-* ``[...]`` matches one character from a class: ranges ``a-z``, negation with a leading ``!`` or
-  ``^``, ``]`` first is a literal, backslash escapes; it never matches ``/``;
-* a backslash makes the next character literal.
+* a segment that is exactly ``**`` matches zero or more whole path segments (so ``src/**``
+  also matches ``src`` itself);
+* in any other segment ``*`` matches any run of characters, ``?`` exactly one character, and
+  ``[...]`` one character of a class: ranges ``a-z``, negation by a leading ``!`` or ``^``, a
+  ``]`` first (after the negation mark, if any) is a literal, a backslash escapes. ``**`` or
+  ``***`` inside a segment is just ``*``. None of them ever matches ``/``;
+* a backslash makes the next character literal (``\\*`` is a star).
+
+Characters compare by code point: no case folding, no Unicode normalisation.
+
+An unclosed ``[`` (``[]`` and ``[!]`` are unclosed, by the ``]``-first rule), a reversed range
+such as ``[z-a]`` (it matches nothing) and a backslash at the end of a segment (``/`` cannot be
+escaped) are refused with `InvalidResource`.
 
 **Containment** (gitignore's rule): a pattern *covers* a file when it matches the file or any
-folder above it, so ``src/auth`` covers ``src/auth/login.py``. In other words every pattern ends
-with an implicit, optional ``/**``.
+folder above it, so ``src/auth`` covers ``src/auth/login.py`` and ``*.py`` covers
+``x.py/inner`` but not ``src/a.py``. Every pattern ends with an implicit, optional ``/**``.
 
-`intersects` decides whether some file is covered by both patterns. It is exact, not a
-heuristic: a memoised search over pairs of positions (segments, then characters) in which a
-``**`` or a ``*`` either matches nothing or swallows one unit of the other side. A shortest
-common file never needs both stars to swallow the same unit, so the search is finite and
-complete; `witness` returns the file it finds.
+`intersects` decides exactly whether some file is covered by both patterns: a search over
+pairs of positions, first in the two lists of segments, then in the two token lists of a pair
+of segments, where a star (``**`` or ``*``) either ends or swallows one unit (a segment, a
+character) that the other side's token accepts. `witness` returns the file found on the way.
 
 Pure: no I/O.
 """
@@ -32,310 +38,349 @@ from dibs.errors import InvalidResource
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    # Every token is (kind, negated, ranges): "c" a literal (one range of one character),
-    # "[" a class, "?" any character (a negated empty class), "*" any run of characters.
-    Token = tuple[str, bool, tuple[tuple[str, str], ...]]
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
+    # A set of characters: (negated, inclusive code-point ranges). A literal is one positive
+    # one-character range; "?" is the negated empty set.
+    CharSet = tuple[bool, tuple[tuple[int, int], ...]]
+    Token = CharSet | None  # None is "*"
     Segment = tuple[Token, ...]
     Part = Segment | None  # None is a whole "**" segment
 
-_STAR: Token = ("*", False, ())
-_ANY: Token = ("?", True, ())
-_DSTAR = None
-# Characters tried first when a witness needs "some character": printable, never "/".
-_POOL = "xa0_Z~"
+_ANY: CharSet = (True, ())
+_STAR_SEGMENT: Segment = (None,)
+_SLASH = ord("/")
+_MAX_CODE_POINT = 0x10FFFF
+# Tried first when a witness needs some character, so witnesses read as plain names.
+_PREFERRED = tuple(map(ord, "xyzab_0"))
 
 
 class Glob:
-    """A parsed pattern: its text and its segments (``None`` for a ``**`` segment)."""
+    """A parsed pattern: its ``text`` and its ``segments`` (``None`` for a ``**`` segment).
 
-    __slots__ = ("_regex", "parts", "text")
+    Each other segment is a tuple of tokens: ``None`` for ``*``, else a character set
+    ``(negated, ((first, last), ...))`` over code points. Immutable by convention.
+    """
 
-    def __init__(self, text: str, parts: tuple[Part, ...]):
+    __slots__ = ("_match", "segments", "text")
+
+    def __init__(self, text: str, segments: tuple[Part, ...]):
         self.text = text
-        self.parts = parts
-        self._regex: re.Pattern[str] | None = None
+        self.segments = segments
+        self._match: Callable[[str], re.Match[str] | None] | None = None
 
     def __repr__(self) -> str:
         return f"Glob({self.text!r})"
 
-    @property
-    def regex(self) -> re.Pattern[str]:
-        """Matches ``"/" + path`` when the pattern covers path (containment included)."""
-        if self._regex is None:
-            body = "".join(
-                "(?:/[^/]+)*" if part is _DSTAR else "/" + _segment_regex(part)
-                for part in self.parts
-            )
-            self._regex = re.compile(body + "(?:/[^/]+)*", re.DOTALL)
-        return self._regex
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Glob) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
 
 
-def _error(text: str, problem: str, hint: str) -> InvalidResource:
+# Parsing ------------------------------------------------------------------------------------
+
+
+def _refuse(text: str, problem: str, hint: str) -> InvalidResource:
     return InvalidResource(f"path pattern {text!r}: {problem}", hint=hint)
 
 
-def _parse_class(segment: str, start: int, text: str) -> tuple[Token, int]:
-    """Parse ``[...]`` beginning at *start* (the ``[``); return the token and the next index."""
-    i = start + 1
+def _lone_backslash(text: str, segment: str) -> InvalidResource:
+    return _refuse(
+        text,
+        f"segment {segment!r} ends with a backslash that escapes nothing",
+        "write \\\\ for a literal backslash; '/' always separates segments and cannot be escaped",
+    )
+
+
+def _class_char(text: str, segment: str, i: int) -> tuple[int, int]:
+    """The code point at *i* inside a class (a backslash escapes) and the index after it."""
+    if segment[i] != "\\":
+        return ord(segment[i]), i + 1
+    if i + 1 == len(segment):
+        raise _lone_backslash(text, segment)
+    return ord(segment[i + 1]), i + 2
+
+
+def _parse_class(text: str, segment: str, i: int) -> tuple[CharSet, int]:
+    """The class whose body starts at *i* (just after ``[``) and the index after its ``]``."""
     negated = i < len(segment) and segment[i] in "!^"
     if negated:
         i += 1
-    ranges: list[tuple[str, str]] = []
-    first = True
+    body_start = i
+    ranges: list[tuple[int, int]] = []
     while True:
-        if i >= len(segment):
-            raise _error(
+        if i == len(segment):
+            raise _refuse(
                 text,
-                "'[' is never closed",
-                "close the character class with ']', or write \\[ for a literal bracket "
-                "(a class cannot contain '/')",
+                f"segment {segment!r} has a '[' that is never closed",
+                "close the class with ']' or write \\[ for a literal bracket; a ']' right "
+                "after '[' or '[!' is a member, so '[]' and '[!]' are not closed",
             )
-        ch = segment[i]
-        if ch == "]" and not first:
-            return ("[", negated, tuple(ranges)), i + 1
-        first = False
-        if ch == "\\":
-            if i + 1 >= len(segment):
-                raise _error(text, "ends with a lone backslash", "escape a character: \\*")
-            i += 1
-            ch = segment[i]
-        lo = ch
-        if i + 2 < len(segment) and segment[i + 1] == "-" and segment[i + 2] != "]":
-            hi = segment[i + 2]
-            if hi == "\\" and i + 3 < len(segment):
-                hi = segment[i + 3]
-                i += 1
-            if hi < lo:
-                raise _error(text, f"range {lo}-{hi} is reversed", f"write {hi}-{lo}")
-            ranges.append((lo, hi))
-            i += 3
-        else:
-            ranges.append((lo, lo))
-            i += 1
+        if segment[i] == "]" and i > body_start:
+            return (negated, tuple(ranges)), i + 1
+        first, i = _class_char(text, segment, i)
+        last = first
+        if i + 1 < len(segment) and segment[i] == "-" and segment[i + 1] != "]":
+            last, i = _class_char(text, segment, i + 1)
+            if last < first:
+                raise _refuse(
+                    text,
+                    f"range {chr(first)}-{chr(last)} in segment {segment!r} is reversed and "
+                    "matches nothing",
+                    f"write {chr(last)}-{chr(first)}",
+                )
+        ranges.append((first, last))
 
 
-def _literal(ch: str) -> Token:
-    return ("c", False, ((ch, ch),))
-
-
-def _parse_segment(segment: str, text: str) -> Segment:
+def _parse_segment(text: str, segment: str) -> Segment:
     tokens: list[Token] = []
     i = 0
     while i < len(segment):
         ch = segment[i]
         if ch == "*":
-            if not tokens or tokens[-1] != _STAR:
-                tokens.append(_STAR)
+            if not tokens or tokens[-1] is not None:  # "a**b" is "a*b"
+                tokens.append(None)
             i += 1
         elif ch == "?":
             tokens.append(_ANY)
             i += 1
         elif ch == "[":
-            token, i = _parse_class(segment, i, text)
-            tokens.append(token)
-        elif ch == "\\":
-            if i + 1 >= len(segment):
-                raise _error(text, "ends with a lone backslash", "escape a character: \\*")
-            tokens.append(_literal(segment[i + 1]))
-            i += 2
+            charset, i = _parse_class(text, segment, i + 1)
+            tokens.append(charset)
         else:
-            tokens.append(_literal(ch))
+            if ch == "\\":
+                i += 1
+                if i == len(segment):
+                    raise _lone_backslash(text, segment)
+            code = ord(segment[i])
+            tokens.append((False, ((code, code),)))
             i += 1
     return tuple(tokens)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=16384)
 def parse_glob(text: str) -> Glob:
-    """Parse a normalised pattern.
+    """Parse a normalised pattern; the same text returns the same `Glob` while it is cached.
 
     Raises:
-        InvalidResource: an unclosed ``[``, a reversed range or a lone trailing backslash.
+        InvalidResource: an empty pattern, an unclosed ``[``, a reversed range or a backslash
+            at the end of a segment.
     """
     if not text:
-        raise _error(text, "is empty", "to claim the whole repository write **")
-    parts: list[Part] = []
+        raise _refuse(text, "is empty", "to claim the whole repository write **")
+    segments: list[Part] = []
     for segment in text.split("/"):
-        if segment == "**":
-            if parts and parts[-1] is _DSTAR:
-                continue  # a/**/**/b is a/**/b
-            parts.append(_DSTAR)
-        else:
-            parts.append(_parse_segment(segment, text))
-    return Glob(text, tuple(parts))
+        if segment != "**":
+            segments.append(_parse_segment(text, segment))
+        elif not segments or segments[-1] is not None:  # "a/**/**/b" is "a/**/b"
+            segments.append(None)
+    return Glob(text, tuple(segments))
 
 
-def is_literal(text: str) -> bool:
-    """Whether *text* has no wildcard at all (escaped characters count as literal)."""
-    return all(
-        part is not _DSTAR and all(token[0] == "c" for token in part)
-        for part in parse_glob(text).parts
+def _is_literal_segment(part: Part) -> bool:
+    return part is not None and all(
+        token is not None
+        and not token[0]
+        and len(token[1]) == 1
+        and token[1][0][0] == token[1][0][1]
+        for token in part
     )
 
 
+def is_literal(text: str) -> bool:
+    """Whether *text* names one path, with no wildcard (escaped characters are literal).
+
+    Raises:
+        InvalidResource: *text* is not a valid pattern.
+    """
+    return all(_is_literal_segment(part) for part in parse_glob(text).segments)
+
+
 def literal_prefix(glob: Glob) -> tuple[str, ...]:
-    """The leading segments that are plain names, without wildcards."""
-    prefix = []
-    for part in glob.parts:
-        if part is _DSTAR or any(token[0] != "c" for token in part):
+    """The leading segments that are plain names (escapes resolved), for bucketing."""
+    prefix: list[str] = []
+    for part in glob.segments:
+        if part is None or not _is_literal_segment(part):
             break
-        prefix.append("".join(token[2][0][0] for token in part))
+        prefix.append("".join(chr(token[1][0][0]) for token in part if token is not None))
     return tuple(prefix)
 
 
-def covers(glob: Glob, path: str) -> bool:
-    """Whether *glob* matches file *path* or a folder above it."""
-    return glob.regex.fullmatch("/" + path) is not None
+# Matching -----------------------------------------------------------------------------------
+
+
+def _charset_regex(charset: CharSet) -> str:
+    negated, ranges = charset
+    if not negated and len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
+        return re.escape(chr(ranges[0][0]))
+    body = []
+    for first, last in ranges:
+        # A range such as ".-0" spans "/", which must stay a segment separator.
+        pieces = (
+            [(first, last)]
+            if negated
+            else [(first, min(last, _SLASH - 1)), (max(first, _SLASH + 1), last)]
+        )
+        body += [
+            re.escape(chr(a)) + ("" if a == b else "-" + re.escape(chr(b)))
+            for a, b in pieces
+            if a <= b
+        ]
+    return "[^/" + "".join(body) + "]" if negated else "[" + "".join(body) + "]"
 
 
 def _segment_regex(segment: Segment) -> str:
-    out = []
-    for kind, negated, ranges in segment:
-        if kind == "c":
-            out.append(re.escape(ranges[0][0]))
-        elif kind == "?":
-            out.append("[^/]")
-        elif kind == "*":
-            out.append("[^/]*")
+    chunks: list[str] = [""]
+    for token in segment:
+        if token is None:
+            chunks.append("")
         else:
-            body = "".join(
-                re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}"
-                for lo, hi in ranges
-            )
-            out.append(f"[^/{body}]" if negated else f"(?!/)[{body}]")
-    return "".join(out)
+            chunks[-1] += _charset_regex(token)
+    out = chunks[0]
+    if len(chunks) > 1:
+        # Hazard: plain backtracking over "*a*a*a*b" is polynomial in the name's length with the
+        # number of stars as the degree. A fixed-length chunk between stars may always take its
+        # leftmost fit (any match with it further right still matches with it there), so each
+        # such chunk is found lazily and committed to with an atomic group.
+        out += "".join(f"(?>[^/]*?{chunk})" for chunk in chunks[1:-1])
+        out += "[^/]*" + chunks[-1]
+    return "/" + out + "(?![^/])"
 
 
-# Intersection -----------------------------------------------------------------------------
+def _compile(glob: Glob) -> Callable[[str], re.Match[str] | None]:
+    """A matcher of ``"/" + path`` that succeeds exactly when *glob* covers the path.
+
+    It is a prefix match ending at a segment boundary, which is containment. Each run of
+    segments after a ``**`` is followed by another ``**`` (the implicit one at least), so it
+    too may take its leftmost fit and commit, as stars do inside a segment.
+    """
+    chunks: list[str] = [""]
+    for part in glob.segments:
+        if part is None:
+            chunks.append("")
+        else:
+            chunks[-1] += _segment_regex(part)
+    out = chunks[0] + "".join(f"(?>(?:/[^/]++)*?{chunk})" for chunk in chunks[1:] if chunk)
+    return re.compile(out).match
 
 
-def _char_ok(token: Token, ch: str) -> bool:
-    kind, negated, ranges = token
-    if ch == "/":
-        return False
-    if kind == "*":
-        return True
-    return any(lo <= ch <= hi for lo, hi in ranges) != negated
+def covers(pattern: Glob, path: str) -> bool:
+    """Whether *pattern* matches file *path* or a folder above it."""
+    match = pattern._match
+    if match is None:
+        match = pattern._match = _compile(pattern)
+    return match("/" + path) is not None
+
+
+# Intersection -------------------------------------------------------------------------------
+
+
+def _contains(charset: CharSet, code: int) -> bool:
+    negated, ranges = charset
+    return any(first <= code <= last for first, last in ranges) != negated
 
 
 def _char_meet(a: Token, b: Token) -> str | None:
-    """A character both single-character tokens accept, or None.
+    """A character other than ``/`` that both tokens accept (``*`` as any one), or None.
 
-    The candidates are enough: a positive class meets another set at one of its range ends,
-    or just past the end of a range the other excludes; two negated classes (both infinite)
-    meet just past the largest character either excludes.
+    The shared characters form a union of intervals; its least member is 0, "0" (just past
+    "/"), the first of a range of a positive set, or just past a range a negated set excludes,
+    so those candidates decide it.
     """
-    candidates = list(_POOL)
-    highest = "/"
-    for _, _, ranges in (a, b):
-        for lo, hi in ranges:
-            candidates += [lo, hi, chr(ord(hi) + 1), chr(max(ord(lo) - 1, 0))]
-            highest = max(highest, hi)
-    candidates.append(chr(ord(highest) + 1))
-    for ch in candidates:
-        if _char_ok(a, ch) and _char_ok(b, ch):
-            return ch
+    sa = _ANY if a is None else a
+    sb = _ANY if b is None else b
+    candidates = [*_PREFERRED, 0]
+    for _, ranges in (sa, sb):
+        for first, last in ranges:
+            candidates += (first, last + 1)
+    for code in candidates:
+        if (
+            code not in (_SLASH, _MAX_CODE_POINT + 1)
+            and _contains(sa, code)
+            and _contains(sb, code)
+        ):
+            return chr(code)
     return None
 
 
-@functools.lru_cache(maxsize=65536)
-def _segment_meet(a: Segment, b: Segment) -> str | None:
-    """A non-empty segment name both segment patterns match, or None."""
-    memo: dict[tuple[int, int], str | None] = {}
+def _search(
+    a: tuple[T | None, ...],
+    b: tuple[T | None, ...],
+    meet: Callable[[T | None, T | None], str | None],
+) -> list[str] | None:
+    """The units of one word both *a* and *b* accept, or None when they share no word.
 
-    def meet(i: int, j: int) -> str | None:
-        key = (i, j)
-        if key in memo:
-            return memo[key]
-        result: str | None = None
-        if i == len(a) and j == len(b):
-            result = ""
-        elif i < len(a) and a[i] == _STAR:
-            result = meet(i + 1, j)
-            if result is None and j < len(b):
-                if b[j] == _STAR:
-                    result = meet(i, j + 1)
-                else:
-                    ch = _char_meet(_STAR, b[j])
-                    rest = meet(i, j + 1) if ch is not None else None
-                    result = None if rest is None or ch is None else ch + rest
-        elif j < len(b) and b[j] == _STAR:
-            result = meet(i, j + 1)
-            if result is None and i < len(a):
-                ch = _char_meet(a[i], _STAR)
-                rest = meet(i + 1, j) if ch is not None else None
-                result = None if rest is None or ch is None else ch + rest
-        elif i < len(a) and j < len(b):
-            ch = _char_meet(a[i], b[j])
-            rest = meet(i + 1, j + 1) if ch is not None else None
-            result = None if rest is None or ch is None else ch + rest
-        memo[key] = result
-        return result
-
-    found = meet(0, 0)
-    # Both patterns match "" only if both are all stars, and then both match "x" too.
-    return "x" if found == "" else found
-
-
-def _path_meet(a: tuple[Part, ...], b: tuple[Part, ...]) -> list[str] | None:
-    """Segment names of a path both part lists match, or None."""
-    memo: dict[tuple[int, int], list[str] | None] = {}
-
-    def meet(i: int, j: int) -> list[str] | None:
-        key = (i, j)
-        if key in memo:
-            return memo[key]
-        result: list[str] | None = None
-        if i == len(a) and j == len(b):
-            result = []
-        elif i < len(a) and a[i] is _DSTAR:
-            result = meet(i + 1, j)
-            if result is None and j < len(b):
-                part = b[j]
-                if part is _DSTAR:
-                    result = meet(i, j + 1)
-                else:
-                    name = _segment_meet(part, (_STAR,))
-                    rest = meet(i, j + 1) if name is not None else None
-                    result = None if rest is None or name is None else [name, *rest]
-        elif j < len(b) and b[j] is _DSTAR:
-            result = meet(i, j + 1)
-            part = a[i] if i < len(a) else None
-            if result is None and part is not None:
-                name = _segment_meet(part, (_STAR,))
-                rest = meet(i + 1, j) if name is not None else None
-                result = None if rest is None or name is None else [name, *rest]
-        elif i < len(a) and j < len(b):
-            pa, pb = a[i], b[j]
-            if pa is not None and pb is not None:
-                name = _segment_meet(pa, pb)
-                rest = meet(i + 1, j + 1) if name is not None else None
-                result = None if rest is None or name is None else [name, *rest]
-        memo[key] = result
-        return result
-
-    return meet(0, 0)
+    *a* and *b* are lists of items where ``None`` is a star, taking any number of units, and
+    ``meet(x, y)`` names one unit both items accept (at most one of them a star). A state is a
+    pair of positions. A star may end, or swallow one unit the other side accepts. Both stars
+    swallowing the same unit is never needed: without that unit both still accept the word.
+    Iterative on purpose: a 1,000-character name would overflow a recursive search.
+    """
+    goal = (len(a), len(b))
+    came_from: dict[tuple[int, int], tuple[tuple[int, int], str]] = {(0, 0): ((0, 0), "")}
+    queue = [(0, 0)]
+    k = 0
+    while k < len(queue):
+        state = queue[k]
+        k += 1
+        if state == goal:
+            units: list[str] = []
+            while state != (0, 0):
+                state, unit = came_from[state]
+                if unit:
+                    units.append(unit)
+            units.reverse()
+            return units
+        i, j = state
+        a_star = i < goal[0] and a[i] is None
+        b_star = j < goal[1] and b[j] is None
+        moves: list[tuple[tuple[int, int], str]] = []
+        if a_star:
+            moves.append(((i + 1, j), ""))
+        if b_star:
+            moves.append(((i, j + 1), ""))
+        if i < goal[0] and j < goal[1] and not (a_star and b_star):
+            shared = meet(a[i], b[j])
+            if shared is not None:
+                moves.append(((i if a_star else i + 1, j if b_star else j + 1), shared))
+        for nxt, label in moves:
+            if nxt not in came_from:
+                came_from[nxt] = (state, label)
+                queue.append(nxt)
+    return None
 
 
-def _with_containment(parts: tuple[Part, ...]) -> tuple[Part, ...]:
-    return parts if parts and parts[-1] is _DSTAR else (*parts, _DSTAR)
-
-
-@functools.lru_cache(maxsize=65536)
-def _witness(a: Glob, b: Glob) -> str | None:
-    names = _path_meet(_with_containment(a.parts), _with_containment(b.parts))
-    if names is None:
+@functools.lru_cache(maxsize=16384)
+def _segment_meet(a: Part, b: Part) -> str | None:
+    """A segment name both segment patterns match (``None`` stands for ``*``), or None."""
+    chars = _search(
+        _STAR_SEGMENT if a is None else a, _STAR_SEGMENT if b is None else b, _char_meet
+    )
+    if chars is None:
         return None
-    # Only two all-"**" patterns meet on the empty path, and they cover "x" as well.
-    return "/".join(names) if names else "x"
+    # Only two "*" patterns share the empty word, and they share "x" as well.
+    return "".join(chars) or "x"
 
 
+def _with_containment(segments: tuple[Part, ...]) -> tuple[Part, ...]:
+    return segments if segments[-1] is None else (*segments, None)
+
+
+@functools.lru_cache(maxsize=16384)
 def witness(a: Glob, b: Glob) -> str | None:
     """A file path covered by both *a* and *b*, or None when there is none."""
-    return _witness(a, b)
+    names = _search(_with_containment(a.segments), _with_containment(b.segments), _segment_meet)
+    if names is None:
+        return None
+    # Only two "**" patterns share the empty path, and they cover "x" as well.
+    return "/".join(names) or "x"
 
 
 def intersects(a: Glob, b: Glob) -> bool:
     """Whether some file is covered by both *a* and *b* (containment included)."""
-    if a.text == b.text:
-        return True
-    return _witness(a, b) is not None
+    # Every valid pattern covers some file, so a pattern always meets itself.
+    return a == b or witness(a, b) is not None

@@ -37,9 +37,11 @@ class Resource:
         kind: one of `KINDS`.
         name: the normalised name (for paths: the pattern without the line range).
         lines: for a line-range path claim, the inclusive ``(first, last)`` lines; else None.
+        file: for a line-range claim, the file it names (escapes resolved: the pattern
+            ``src/a\\*.py`` names the file ``src/a*.py``); else None.
     """
 
-    __slots__ = ("_glob", "kind", "lines", "name", "text")
+    __slots__ = ("_glob", "file", "kind", "lines", "name", "text")
 
     def __init__(self, kind: str, name: str, lines: tuple[int, int] | None = None):
         self.kind = kind
@@ -48,6 +50,11 @@ class Resource:
         suffix = "" if lines is None else _format_lines(lines)
         self.text = f"{kind}:{name}{suffix}"
         self._glob: globs.Glob | None = globs.parse_glob(name) if kind == "path" else None
+        self.file = (
+            "/".join(globs.literal_prefix(self._glob))
+            if self._glob is not None and lines is not None
+            else None
+        )
 
     @property
     def glob(self) -> globs.Glob:
@@ -206,12 +213,12 @@ def overlaps(a: Resource, b: Resource) -> bool:
         return False
     if a.kind != "path":
         return a.name == b.name
-    if a.lines is not None and b.lines is not None:
-        return a.name == b.name and a.lines[0] <= b.lines[1] and b.lines[0] <= a.lines[1]
-    if a.lines is not None:
-        return globs.covers(b.glob, a.name)
-    if b.lines is not None:
-        return globs.covers(a.glob, b.name)
+    if a.file is not None and a.lines is not None and b.file is not None and b.lines is not None:
+        return a.file == b.file and a.lines[0] <= b.lines[1] and b.lines[0] <= a.lines[1]
+    if a.file is not None:
+        return globs.covers(b.glob, a.file)
+    if b.file is not None:
+        return globs.covers(a.glob, b.file)
     return globs.intersects(a.glob, b.glob)
 
 
@@ -219,9 +226,9 @@ def covers_file(resource: Resource, path: str, lines: tuple[int, int] | None = N
     """Whether a claim on *resource* covers file *path* (and, if given, some of *lines*)."""
     if resource.kind != "path":
         return False
-    if resource.lines is None:
+    if resource.lines is None or resource.file is None:
         return globs.covers(resource.glob, path)
-    if resource.name != path:
+    if resource.file != path:
         return False
     if lines is None:
         return True
