@@ -35,7 +35,7 @@ typecheck: $(STAMP_DEV)
 	$(BIN)/mypy --strict src/dibs
 
 pytest: $(STAMP_DEV) compile
-	$(BIN)/python -m pytest -q -m "not soak"
+	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
 

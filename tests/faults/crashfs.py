@@ -110,45 +110,51 @@ class Model:
         self.offsets: dict[int, int] = {}
 
     def apply(self, op: tuple[Any, ...]) -> None:
-        kind = op[0]
-        if kind == "open":
-            _, path, fd, flags = op
-            inode = self.cache.get(path)
-            if inode is None and flags & os.O_CREAT:
-                inode = self.cache[path] = Inode()
-            elif inode is None:  # a directory made by mkdir, or the base
-                inode = self.cache.setdefault(path, Inode(is_dir=True))
-            if flags & os.O_TRUNC:
-                inode.data = bytearray()
-            self.fds[fd] = (inode, path, bool(flags & os.O_APPEND))
-            self.offsets[fd] = 0
-        elif kind == "close":
-            self.fds.pop(op[1], None)
-        elif kind == "write":
-            _, fd, data = op
-            inode, _, append = self.fds[fd]
-            at = len(inode.data) if append else self.offsets[fd]
-            inode.data[at : at + len(data)] = data
-            self.offsets[fd] = at + len(data)
-        elif kind == "truncate":
-            _, fd, length = op
-            inode = self.fds[fd][0]
-            del inode.data[length:]
-        elif kind in ("fsync", "fdatasync"):
-            inode, path, _ = self.fds[op[1]]
-            if inode.is_dir:
-                self._sync_dir(path)
-            else:
-                inode.synced = bytes(inode.data)
-                if kind == "fsync":
-                    inode.synced_mode = inode.mode
-        elif kind == "chmod":
-            self.fds[op[1]][0].mode = op[2]
-        elif kind == "mkdir":
-            self.cache[op[1]] = Inode(is_dir=True)
-        elif kind == "rename":
-            _, src, dst = op
-            self.cache[dst] = self.cache.pop(src)
+        getattr(self, "_" + op[0])(*op[1:])
+
+    def _open(self, path: str, fd: int, flags: int) -> None:
+        inode = self.cache.get(path)
+        if inode is None and flags & os.O_CREAT:
+            inode = self.cache[path] = Inode()
+        elif inode is None:  # a directory made by mkdir, or the base
+            inode = self.cache.setdefault(path, Inode(is_dir=True))
+        if flags & os.O_TRUNC:
+            inode.data = bytearray()
+        self.fds[fd] = (inode, path, bool(flags & os.O_APPEND))
+        self.offsets[fd] = 0
+
+    def _close(self, fd: int) -> None:
+        self.fds.pop(fd, None)
+
+    def _write(self, fd: int, data: bytes) -> None:
+        inode, _, append = self.fds[fd]
+        at = len(inode.data) if append else self.offsets[fd]
+        inode.data[at : at + len(data)] = data
+        self.offsets[fd] = at + len(data)
+
+    def _truncate(self, fd: int, length: int) -> None:
+        del self.fds[fd][0].data[length:]
+
+    def _fsync(self, fd: int, *, metadata: bool = True) -> None:
+        inode, path, _ = self.fds[fd]
+        if inode.is_dir:
+            self._sync_dir(path)
+            return
+        inode.synced = bytes(inode.data)
+        if metadata:
+            inode.synced_mode = inode.mode
+
+    def _fdatasync(self, fd: int) -> None:
+        self._fsync(fd, metadata=False)
+
+    def _chmod(self, fd: int, mode: int) -> None:
+        self.fds[fd][0].mode = mode
+
+    def _mkdir(self, path: str) -> None:
+        self.cache[path] = Inode(is_dir=True)
+
+    def _rename(self, src: str, dst: str) -> None:
+        self.cache[dst] = self.cache.pop(src)
 
     def _sync_dir(self, path: str) -> None:
         for name in set(self.cache) | set(self.disk):
