@@ -153,7 +153,8 @@ class FencedRegister:
     """A counter in a file, guarded by a claim: each write presents the writer's fencing token.
 
     The storage checks, under its own flock, that the token is still the live lease on the
-    resource (asking the store) and is not lower than any token it has seen; only then does it
+    resource (asking the store) and is not lower than any token it has seen for that resource
+    (so each resource guards its own slot); only then does it
     count the write, remembering the store's ``seq`` at that moment, so that the checker can
     prove from the log that the holder really held the lease then. A refused write is a stale
     writer caught.
@@ -162,9 +163,7 @@ class FencedRegister:
     def __init__(self, folder: Path):
         self.path = folder / "register.json"
         if not self.path.exists():
-            self.path.write_text(
-                json.dumps({"value": 0, "max_token": 0, "refused": 0, "writes": []})
-            )
+            self.path.write_text(json.dumps({"value": 0, "max": {}, "refused": 0, "writes": []}))
 
     def write(self, resource: str, token: int, current: Callable[[], tuple[bool, int]]) -> bool:
         """Add one under *token*; *current* says whether the token is live, and the seq."""
@@ -172,10 +171,11 @@ class FencedRegister:
             fcntl.flock(f, fcntl.LOCK_EX)
             state = json.loads(f.read())
             live, seq = current()
-            accepted = live and token >= state["max_token"]
+            # Each resource guards its own value: tokens are compared per resource.
+            accepted = live and token >= state["max"].get(resource, 0)
             if accepted:
                 state["value"] += 1
-                state["max_token"] = token
+                state["max"][resource] = token
                 state["writes"].append([resource, token, seq])
             else:
                 state["refused"] += 1
