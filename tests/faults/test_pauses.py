@@ -32,7 +32,8 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     from tests.faults.history import FencedRegister, History
 
-    root, index, ops, ttl, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+    root, out = sys.argv[1], sys.argv[5]
+    index, ops, ttl = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     rng = random.Random(index)
     me = f"w{index}"
     dibs = Coordinator(LocalStore(root))
