@@ -39,11 +39,12 @@ pytest: $(STAMP_DEV) compile
 
 test: lint typecheck pytest
 
-soak: $(STAMP_DEV)
-	$(BIN)/python -m pytest -q -m soak
+soak: $(STAMP_DEV) compile
+	$(BIN)/python -m pytest -q -s -m soak
 
 bench: $(STAMP_DEV) compile
 	$(BIN)/python bench/claims.py
+	$(BIN)/python bench/recovery.py
 
 docs: $(STAMP_DEV)
 	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md
