@@ -30,6 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "log": ("dibs.cli.info", "show or follow the event log"),
     "evict": ("dibs.cli.info", "force a claim away (logged with who and why)"),
     "doctor": ("dibs.cli.info", "check the log and state; --repair mends them"),
+    "hooks": ("dibs.cli.guards", "install, remove or show the commit and edit guards"),
+    "guard": ("dibs.cli.guards", "what the hooks run: refuse edits of files others hold"),
+    "check": ("dibs.cli.guards", "compare a branch's changes with the agent's claims"),
     "demo": ("dibs.cli.demo", "watch agents race for issues on a throw-away repository"),
 }
 

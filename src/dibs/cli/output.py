@@ -7,6 +7,7 @@ import os
 import sys
 
 from dibs.errors import EXIT_ERROR, DibsError
+from dibs.humanize import seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -99,19 +100,6 @@ def notes() -> None:
         for note in getattr(opened.store, "repairs", ()):
             sys.stderr.write(f"dibs: note: {note}\n")
     _opened.clear()
-
-
-def seconds(value: float | None) -> str:
-    """A duration for people: ``74 s``, ``3 min``, ``2 h``."""
-    if value is None:
-        return "?"
-    if value < 100:
-        return f"{value:.0f} s"
-    if value < 6000:
-        return f"{value / 60:.0f} min"
-    if value < 172800:
-        return f"{value / 3600:.0f} h"
-    return f"{value / 86400:.0f} d"
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -26,6 +26,7 @@ MAX_NAME = 200
 MAX_PATH = 1024
 EXAMPLES = "issue:ROOSE-158, path:src/auth/**, path:src/app.py#L10-80, worktree:3, lock:github-api"
 
+_GLOB_CHARS = frozenset("*?[\\")
 _cache: dict[str, Resource] = {}
 
 
@@ -41,7 +42,7 @@ class Resource:
             ``src/a\\*.py`` names the file ``src/a*.py``); else None.
     """
 
-    __slots__ = ("_glob", "file", "kind", "lines", "name", "text")
+    __slots__ = ("_glob", "file", "kind", "lines", "literal", "name", "text")
 
     def __init__(self, kind: str, name: str, lines: tuple[int, int] | None = None):
         self.kind = kind
@@ -49,18 +50,23 @@ class Resource:
         self.lines = lines
         suffix = "" if lines is None else _format_lines(lines)
         self.text = f"{kind}:{name}{suffix}"
-        self._glob: globs.Glob | None = globs.parse_glob(name) if kind == "path" else None
-        self.file = (
-            "/".join(globs.literal_prefix(self._glob))
-            if self._glob is not None and lines is not None
-            else None
-        )
+        # Most path claims name plain files or folders: they need no glob parsing, which
+        # matters when a guard loads a thousand claims on every edit.
+        self.literal = kind == "path" and not any(ch in _GLOB_CHARS for ch in name)
+        self._glob: globs.Glob | None = None
+        if kind == "path" and not self.literal:
+            self._glob = globs.parse_glob(name)  # validates the pattern now
+        self.file: str | None = None
+        if lines is not None:
+            self.file = name if self.literal else "/".join(globs.literal_prefix(self.glob))
 
     @property
     def glob(self) -> globs.Glob:
         """The parsed pattern of a path resource."""
         if self._glob is None:
-            raise TypeError(f"{self.text} is not a path resource")
+            if self.kind != "path":
+                raise TypeError(f"{self.text} is not a path resource")
+            self._glob = globs.parse_glob(self.name)
         return self._glob
 
     def __repr__(self) -> str:
@@ -216,10 +222,17 @@ def overlaps(a: Resource, b: Resource) -> bool:
     if a.file is not None and a.lines is not None and b.file is not None and b.lines is not None:
         return a.file == b.file and a.lines[0] <= b.lines[1] and b.lines[0] <= a.lines[1]
     if a.file is not None:
-        return globs.covers(b.glob, a.file)
+        return covers_file(b, a.file)
     if b.file is not None:
-        return globs.covers(a.glob, b.file)
+        return covers_file(a, b.file)
+    if a.literal and b.literal:
+        return _beneath(a.name, b.name) or _beneath(b.name, a.name)
     return globs.intersects(a.glob, b.glob)
+
+
+def _beneath(path: str, folder: str) -> bool:
+    """Whether *path* is *folder* or inside it (containment for a literal claim)."""
+    return path == folder or path.startswith(folder + "/")
 
 
 def covers_file(resource: Resource, path: str, lines: tuple[int, int] | None = None) -> bool:
@@ -227,6 +240,8 @@ def covers_file(resource: Resource, path: str, lines: tuple[int, int] | None = N
     if resource.kind != "path":
         return False
     if resource.lines is None or resource.file is None:
+        if resource.literal:
+            return _beneath(path, resource.name)
         return globs.covers(resource.glob, path)
     if resource.file != path:
         return False
@@ -240,5 +255,5 @@ def bucket(resource: Resource) -> str:
 
     Two path resources can only overlap when they share a bucket or one of them is in ``*``.
     """
-    prefix = globs.literal_prefix(resource.glob)
-    return prefix[0] if prefix else "*"
+    first = resource.name.split("/", 1)[0]
+    return "*" if any(ch in _GLOB_CHARS for ch in first) else first

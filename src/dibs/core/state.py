@@ -135,6 +135,14 @@ class State:
         """The leases *agent* holds, in resource order."""
         return [self.claims[r][agent] for r in sorted(self._by_agent.get(agent, ()))]
 
+    def path_candidates(self, path: str) -> Iterator[tuple[LeaseRecord, Resource]]:
+        """Leases on path claims that may cover file *path*: same first segment, or a glob."""
+        for key in (path.split("/", 1)[0], "*"):
+            for text in sorted(self._buckets.get(key, ())):
+                resource = res.parse_resource(text)
+                for lease in self.claims[text].values():
+                    yield lease, resource
+
     def overlapping(self, resource: Resource) -> Iterator[LeaseRecord]:
         """Leases on resources that overlap *resource* (any holder, any mode)."""
         if resource.kind != "path":
