@@ -102,14 +102,15 @@ def notes() -> None:
     _opened.clear()
 
 
-def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
-    """Rows as aligned columns under *headers*."""
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, upper: bool = True) -> str:
+    """Rows as aligned columns under *headers* (upper-cased unless they are names)."""
     text = [[str(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in text:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    shown = [h.upper() if upper else h for h in headers]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(shown, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in text]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
