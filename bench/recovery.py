@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dibs-recovery-") as tmp:
         root = Path(tmp) / "dibs"
         build(root, args.records)
-        index = root / "index.json"
+        index = root / "checkpoint"
         saved = index.read_bytes()
         segment = max((root / "log").iterdir())
 

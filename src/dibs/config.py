@@ -66,6 +66,17 @@ def _gates(value: Any) -> str | None:
     return None
 
 
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+    return check
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def _store_url(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be text: a path, or postgresql://..."
@@ -102,6 +113,15 @@ SCHEMA: dict[str, Setting] = {
     ),
     "merge.target": Setting("main", _text, "DIBS_TARGET", "the branch agents land on"),
     "gates": Setting({}, _gates, None, 'named gate commands, e.g. tests = "pytest -q"'),
+    "guard.mode": Setting(
+        "block", _choice("block", "warn"), "DIBS_GUARD_MODE", "block or warn on a held file"
+    ),
+    "guard.auto_claim": Setting(
+        False, _boolean, "DIBS_AUTO_CLAIM", "claim a free file on an agent's first edit"
+    ),
+    "guard.auto_claim_ttl": Setting(
+        1800.0, _positive(7 * 86400), None, "seconds an auto-claimed file stays claimed"
+    ),
     "store.url": Setting(
         "", _store_url, "DIBS_STORE", "the store: empty for local, or postgresql://..."
     ),
@@ -203,7 +223,15 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         raw = environ[setting.env]
         value: Any = raw
-        if isinstance(setting.default, float):
+        if isinstance(setting.default, bool):
+            words = {"1": True, "true": True, "yes": True, "on": True}
+            words.update({"0": False, "false": False, "no": False, "off": False})
+            if raw.strip().lower() not in words:
+                raise InvalidSetting(
+                    f"{setting.env}={raw!r} is not true or false", hint=setting.meaning
+                )
+            value = words[raw.strip().lower()]
+        elif isinstance(setting.default, float):
             try:
                 value = float(raw)
             except ValueError:
@@ -256,6 +284,14 @@ target = "{target}"
 # Named commands a branch must pass before it lands, for example:
 # tests = "pytest -q"
 # lint = "ruff check"
+
+[guard]
+# What the edit and commit guards do when a file is held by another agent: "block" or "warn".
+mode = "block"
+# Claim a free file for the agent that edits it first (agents that never call dibs directly
+# are still kept apart), for this many seconds.
+auto_claim = false
+auto_claim_ttl = 1800
 
 [store]
 # Empty: the local store in .git/dibs. For agents on several machines:

@@ -227,10 +227,10 @@ def test_doctor_rebuilds_a_deleted_index(cli: Cli, repo: Path) -> None:
         return [(c["resource"], c["token"]) for c in cli.json("claims")]
 
     before = claims()
-    (store_dir(repo) / "index.json").unlink(missing_ok=True)
+    (store_dir(repo) / "checkpoint").unlink(missing_ok=True)
     assert before == claims()
     assert 0 == cli("doctor", "--repair").returncode
-    assert (store_dir(repo) / "index.json").exists()
+    assert (store_dir(repo) / "checkpoint").exists()
     assert before == claims()
 
 

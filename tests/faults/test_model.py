@@ -163,7 +163,7 @@ class StoreVersusModel(RuleBasedStateMachine):
 
     @rule(lose=st.booleans())
     def compact(self, lose: bool) -> None:
-        index = self.folder / "dibs" / "index.json"
+        index = self.folder / "dibs" / "checkpoint"
         if lose:
             index.unlink(missing_ok=True)
         else:

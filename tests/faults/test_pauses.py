@@ -54,7 +54,9 @@ WORKER = textwrap.dedent(
             return live, state.seq
         return ask
 
+    due = False
     for k in range(ops):
+        due = due or k % 20 == 3  # 5% of operations pause, at the next claim that succeeds
         resource = f"issue:{rng.randrange(6)}"
         op = history.record(me, "acquire", resource)
         try:
@@ -63,7 +65,8 @@ WORKER = textwrap.dedent(
             history.done(op, "refused")
             continue
         history.done(op, "ok", grant["token"])
-        if rng.random() < 0.05:
+        if due:
+            due = False
             pauses += 1
             # A stopped process cannot wake itself: a helper sends SIGCONT after 1.5 ttl.
             subprocess.Popen(["sh", "-c", f"sleep {1.5 * ttl}; kill -CONT {os.getpid()}"])

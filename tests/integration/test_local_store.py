@@ -119,9 +119,9 @@ def test_deleting_the_checkpoint_loses_nothing(tmp_path: Path, clock: FakeClock)
     c = use(store)
     for n in range(20):
         c.claim([f"issue:{n}"])
-    assert (root / "index.json").exists()
+    assert (root / "checkpoint").exists()
     expected = store.read()[0].to_json()
-    (root / "index.json").unlink()
+    (root / "checkpoint").unlink()
     assert expected == open_store(root, clock).read()[0].to_json()
 
 
@@ -221,7 +221,7 @@ def test_doctor_rebuilds_a_damaged_checkpoint(tmp_path: Path, clock: FakeClock) 
     store = open_store(root, clock, checkpoint_bytes=1)
     c = use(store)
     c.claim(["issue:X"])
-    (root / "index.json").write_text('{"schema_version": 1, "segment": "nope"}')
+    (root / "checkpoint").write_text('{"schema_version": 1, "segment": "nope"}')
     findings = open_store(root, clock).check()
     assert ["checkpoint-invalid"] == [f["kind"] for f in findings]
     assert [True] == [f["repaired"] for f in open_store(root, clock).check(repair=True)]

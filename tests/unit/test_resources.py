@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from dibs.core.globs import covers, intersects, parse_glob
 from dibs.core.resources import covers_file, overlaps, parse_resource, parse_resources
 from dibs.errors import InvalidResource
 
@@ -102,3 +105,17 @@ def test_covers_file_with_lines() -> None:
     assert covers_file(parse_resource("path:src/**"), "src/a/b.py", (1, 1))
     assert not covers_file(parse_resource("issue:src/a.py"), "src/a.py")
     assert covers_file(parse_resource("path:src/a\\*.py#L1-5"), "src/a*.py", (5, 9))
+
+
+names = st.text(alphabet="ab", min_size=1, max_size=2)
+literal_paths = st.lists(names, min_size=1, max_size=3).map("/".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(literal_paths, literal_paths)
+def test_literal_fast_paths_agree_with_the_glob_engine(a: str, b: str) -> None:
+    """Plain names skip glob parsing; the answers are those of the general engine."""
+    ra, rb = parse_resource(f"path:{a}"), parse_resource(f"path:{b}")
+    assert ra.literal
+    assert intersects(parse_glob(a), parse_glob(b)) == overlaps(ra, rb)
+    assert covers(parse_glob(a), b) == covers_file(ra, b)

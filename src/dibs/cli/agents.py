@@ -12,9 +12,9 @@ from dibs.cli.output import (
     common,
     coordinator,
     print_json,
-    seconds,
     table,
 )
+from dibs.humanize import seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

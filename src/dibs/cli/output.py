@@ -7,6 +7,7 @@ import os
 import sys
 
 from dibs.errors import EXIT_ERROR, DibsError
+from dibs.humanize import seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -101,27 +102,15 @@ def notes() -> None:
     _opened.clear()
 
 
-def seconds(value: float | None) -> str:
-    """A duration for people: ``74 s``, ``3 min``, ``2 h``."""
-    if value is None:
-        return "?"
-    if value < 100:
-        return f"{value:.0f} s"
-    if value < 6000:
-        return f"{value / 60:.0f} min"
-    if value < 172800:
-        return f"{value / 3600:.0f} h"
-    return f"{value / 86400:.0f} d"
-
-
-def table(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
-    """Rows as aligned columns under *headers*."""
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, upper: bool = True) -> str:
+    """Rows as aligned columns under *headers* (upper-cased unless they are names)."""
     text = [[str(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in text:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    shown = [h.upper() if upper else h for h in headers]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(shown, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in text]
     return "\n".join(line.rstrip() for line in lines) + "\n"
 

@@ -78,6 +78,10 @@ OPS = (
     "auto-evict",
     "force-evict",
     "record",
+    "plan-add",
+    "plan-drop",
+    "plan-commit",
+    "archive",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")

@@ -79,12 +79,12 @@ class State:
     """The current state: agents, leases, the counters, and the integrations' tables.
 
     ``claims`` maps resource text to {agent: lease}. ``tables`` holds records that the
-    integrations (worktrees, queue, plans, ...) keep through ``record`` events. The path-bucket
+    integrations (worktrees, queue, plans, ...) keep through ``record`` events. The path-prefix
     and per-agent indexes are derived on load and kept current by `apply`; they are never
     persisted.
     """
 
-    __slots__ = ("_buckets", "_by_agent", "agents", "claims", "last_token", "seq", "tables")
+    __slots__ = ("_by_agent", "_prefixes", "agents", "claims", "last_token", "seq", "tables")
 
     def __init__(self) -> None:
         self.seq = 0
@@ -92,7 +92,7 @@ class State:
         self.agents: dict[str, AgentRecord] = {}
         self.claims: dict[str, dict[str, LeaseRecord]] = {}
         self.tables: dict[str, dict[str, Any]] = {}
-        self._buckets: dict[str, set[str]] = {}
+        self._prefixes: dict[str, set[str]] = {}  # literal prefix -> path resource texts
         self._by_agent: dict[str, set[str]] = {}
 
     def to_json(self) -> dict[str, Any]:
@@ -108,21 +108,39 @@ class State:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> State:
-        """Rebuild a state from `to_json` output (the derived indexes are recomputed)."""
+        """Rebuild a state from `to_json` or `to_checkpoint` output.
+
+        A checkpoint carries the derived indexes too, which saves rebuilding them on every
+        open (a guard opens the store on every edit); without them they are recomputed.
+        """
         state = cls()
         state.seq = int(data["seq"])
         state.last_token = int(data["last_token"])
         state.agents = data["agents"]
         state.claims = data["claims"]
         state.tables = data.get("tables", {})
-        for resource_text, holders in state.claims.items():
-            state._index(resource_text, holders)
+        indexes = data.get("indexes")
+        if indexes is not None:
+            state._prefixes = {k: set(v) for k, v in indexes["prefixes"].items()}
+            state._by_agent = {k: set(v) for k, v in indexes["by_agent"].items()}
+        else:
+            for resource_text, holders in state.claims.items():
+                state._index(resource_text, holders)
         return state
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """`to_json` plus the derived indexes, for a fast `from_json`."""
+        data = self.to_json()
+        data["indexes"] = {
+            "prefixes": {k: sorted(v) for k, v in self._prefixes.items()},
+            "by_agent": {k: sorted(v) for k, v in self._by_agent.items()},
+        }
+        return data
 
     def _index(self, resource_text: str, holders: dict[str, LeaseRecord]) -> None:
         if resource_text.startswith("path:"):
-            key = res.bucket(res.parse_resource(resource_text))
-            self._buckets.setdefault(key, set()).add(resource_text)
+            key = res.prefix_key(resource_text)
+            self._prefixes.setdefault(key, set()).add(resource_text)
         for agent in holders:
             self._by_agent.setdefault(agent, set()).add(resource_text)
 
@@ -135,16 +153,28 @@ class State:
         """The leases *agent* holds, in resource order."""
         return [self.claims[r][agent] for r in sorted(self._by_agent.get(agent, ()))]
 
+    def path_candidates(self, path: str) -> Iterator[tuple[LeaseRecord, Resource]]:
+        """Leases on path claims that may cover file *path*: those indexed under a prefix of it."""
+        parts = path.split("/")
+        for size in range(len(parts) + 1):
+            for text in sorted(self._prefixes.get("/".join(parts[:size]), ())):
+                resource = res.parse_resource(text)
+                for lease in self.claims[text].values():
+                    yield lease, resource
+
     def overlapping(self, resource: Resource) -> Iterator[LeaseRecord]:
         """Leases on resources that overlap *resource* (any holder, any mode)."""
         if resource.kind != "path":
             yield from self.claims.get(resource.text, {}).values()
             return
-        key = res.bucket(resource)
-        if key == "*":
-            candidates: set[str] = set().union(*self._buckets.values()) if self._buckets else set()
-        else:
-            candidates = self._buckets.get(key, set()) | self._buckets.get("*", set())
+        # Two patterns can only meet when one's literal prefix lies on the other's path.
+        key = res.prefix_key(resource.text)
+        parts = key.split("/") if key else []
+        ancestors = {"/".join(parts[:size]) for size in range(len(parts) + 1)}
+        candidates: set[str] = set()
+        for prefix, texts in self._prefixes.items():
+            if prefix in ancestors or not key or prefix.startswith(key + "/"):
+                candidates |= texts
         for text in sorted(candidates):
             if res.overlaps(resource, res.parse_resource(text)):
                 yield from self.claims[text].values()
@@ -290,12 +320,12 @@ def _drop_lease(state: State, text: str, agent: str) -> None:
     if not holders:
         del state.claims[text]
         if text.startswith("path:"):
-            key = res.bucket(res.parse_resource(text))
-            bucket = state._buckets.get(key)
+            key = res.prefix_key(text)
+            bucket = state._prefixes.get(key)
             if bucket is not None:
                 bucket.discard(text)
                 if not bucket:
-                    del state._buckets[key]
+                    del state._prefixes[key]
 
 
 def _apply_release(state: State, event: Event) -> None:

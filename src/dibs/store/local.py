@@ -4,7 +4,7 @@ Layout, in ``$(git rev-parse --git-common-dir)/dibs/`` (shared by every worktree
 
     lock                          flock target: never unlinked, never truncated
     log/00000000000000000001.jsonl segments, named by the seq of their first event
-    index.json                    checkpoint: the state at some seq and where that seq ends
+    checkpoint                    the state at some seq and where that seq ends (a cache)
 
 Writing (under ``flock``): catch up with what others appended, repair a torn tail, read the
 clock, decide, append the events with one ``write``, apply them, let go of the lock, then
@@ -26,6 +26,7 @@ from __future__ import annotations
 import _thread
 import fcntl
 import json
+import marshal
 import os
 
 from dibs import host
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock, DecideFn, Finding
 
 SEGMENT_BYTES = 64 * 1024 * 1024
+# The checkpoint is a cache, read on every CLI call and every guarded edit: marshal (built in)
+# parses it in half the time of JSON. Its format is Python's, so the header names the format;
+# a checkpoint another Python cannot read is simply ignored and the log replayed. It is no
+# more trusted than the log beside it: both live in .git, which only the user can write.
+_CHECKPOINT_HEADER = b"dibs checkpoint 1 marshal 4\n"
 # Small, so that a fresh CLI process replays little after the checkpoint; the threshold
 # grows with the checkpoint itself (see _maybe_checkpoint), so big states rewrite rarely.
 CHECKPOINT_BYTES = 16 * 1024
@@ -115,7 +121,7 @@ class LocalStore:
         self.checkpoint_bytes = checkpoint_bytes
         self.write_chunk = write_chunk
         self.log_dir = os.path.join(self.root, "log")
-        self.index_path = os.path.join(self.root, "index.json")
+        self.index_path = os.path.join(self.root, "checkpoint")
         #: Torn tails this process repaired (each a sentence for people).
         self.repairs: list[str] = []
         self._tlock = _thread.allocate_lock()
@@ -205,11 +211,13 @@ class LocalStore:
                 st = os.fstat(f.fileno())
                 self._index_seen = (st.st_ino, st.st_mtime_ns)
                 raw = f.read()
-            data = json.loads(raw)
+            if not raw.startswith(_CHECKPOINT_HEADER):
+                return None
+            data = marshal.loads(raw[len(_CHECKPOINT_HEADER) :])  # noqa: S302 -- see _CHECKPOINT_HEADER
             segment = data["segment"]
             offset = int(data["offset"])
             state = State.from_json(data["state"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
             return None
         if segment not in segments or not self._checkpoint_matches(segment, offset, state.seq):
             return None
@@ -524,15 +532,8 @@ class LocalStore:
         state = self._state
         if state is None or not self._segment:
             return
-        data = json.dumps(
-            {
-                "schema_version": 1,
-                "segment": self._segment,
-                "offset": self._offset,
-                "state": state.to_json(),
-            },
-            separators=(",", ":"),
-        ).encode()
+        payload = {"segment": self._segment, "offset": self._offset, "state": state.to_checkpoint()}
+        data = _CHECKPOINT_HEADER + marshal.dumps(payload, 4)
         tmp = f"{self.index_path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
@@ -721,7 +722,7 @@ class LocalStore:
             findings.append(
                 {
                     "kind": "checkpoint-invalid",
-                    "message": "the checkpoint (index.json) does not match the log",
+                    "message": "the checkpoint does not match the log",
                     "repair": "rewrite the checkpoint from a full replay of the log",
                     "repaired": repair,
                 }
@@ -730,7 +731,7 @@ class LocalStore:
             findings.append(
                 {
                     "kind": "no-checkpoint",
-                    "message": "there is no checkpoint (index.json): opening replays the whole log",
+                    "message": "there is no checkpoint: opening replays the whole log",
                     "repair": "write a checkpoint from a replay of the log",
                     "repaired": repair,
                 }
