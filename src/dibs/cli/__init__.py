@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "log": ("dibs.cli.info", "show or follow the event log"),
     "evict": ("dibs.cli.info", "force a claim away (logged with who and why)"),
     "doctor": ("dibs.cli.info", "check the log and state; --repair mends them"),
+    "store": ("dibs.cli.setup", "move the store: copy the local store into PostgreSQL"),
     "demo": ("dibs.cli.demo", "watch agents race for issues on a throw-away repository"),
 }
 
