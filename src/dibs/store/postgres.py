@@ -36,6 +36,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -85,6 +86,12 @@ def _read_queries() -> dict[str, str]:
 
 
 Q = _read_queries()
+
+# psycopg logs a warning for each pipeline it tears down on a lost connection; this store
+# recovers from those and says so itself (`repairs`), so keep them off people's terminals
+# unless the application configured that logger.
+if logging.getLogger("psycopg").level == logging.NOTSET:
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -476,7 +483,9 @@ class PostgresStore:
                 except _Reload:
                     self._state = None
 
-    def _begin(self, conn: psycopg.Connection[Any], since: int) -> tuple[Any, Any]:
+    def _begin(
+        self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline, since: int
+    ) -> tuple[Any, Any]:
         """Round trip 1: lock the namespace, then read the clock and the events after *since*."""
         if self._listening:
             conn.execute(Q["unlisten"])
@@ -484,6 +493,10 @@ class PostgresStore:
         conn.execute(Q["begin"])
         lock = conn.execute(Q["lock_namespace"], {"ns": self.namespace})
         caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": since})
+        # A Sync, not a mere flush: only after a Sync is the session "idle in transaction"
+        # on the server, so that idle_in_transaction_session_timeout ends it (and frees the
+        # namespace lock) if this client stops before it commits.
+        pipeline.sync()
         row = lock.fetchone()
         if row is None:
             raise _Reload
@@ -503,8 +516,8 @@ class PostgresStore:
         state = self._state if self._state is not None else self._load(conn)
         pending: tuple[Decision, list[Event]] | None = None
         try:
-            with conn.pipeline():
-                micros, bodies = self._begin(conn, state.seq)
+            with conn.pipeline() as pipeline:
+                micros, bodies = self._begin(conn, pipeline, state.seq)
                 if bodies:
                     self._apply_bodies(state, bodies.split("\n"))
                 now = self._now(micros)
