@@ -513,9 +513,9 @@ class PostgresStore:
         return micros, bodies
 
     def _step(self, conn: psycopg.Connection[Any], decide: DecideFn, request: str) -> Decision:
-        state = self._state if self._state is not None else self._load(conn)
         pending: tuple[Decision, list[Event]] | None = None
         try:
+            state = self._state if self._state is not None else self._load(conn)
             with conn.pipeline() as pipeline:
                 micros, bodies = self._begin(conn, pipeline, state.seq)
                 if bodies:
