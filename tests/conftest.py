@@ -174,13 +174,18 @@ PG_ADMIN = os.environ.get("DIBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/
 _PG_PREFIX = f"dibs_t{os.getpid()}_"
 
 
-def pg_url(dbname: str) -> str:
-    """The admin URL with another database."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+def pg_url(dbname: str, password: str | None = None) -> str:
+    """The admin server as a ``postgresql://`` URL to another database."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
 
     params = conninfo_to_dict(PG_ADMIN)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
+    user = quote(str(params.get("user", "postgres")), safe="")
+    if password is not None:
+        user += ":" + quote(password, safe="")
+    where = f"{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}"
+    return f"postgresql://{user}@{where}/{quote(dbname, safe='')}"
 
 
 def pg_admin() -> Any:

@@ -294,9 +294,9 @@ def test_client_paused_past_its_ttl_is_refused_on_waking(pg_database: str, where
             os.kill(child.pid, signal.SIGSTOP)
         else:
             ours.send("go")
-            deadline = time.monotonic() + 30
-            while not _stopped(child.pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+        deadline = time.monotonic() + 30
+        while not _stopped(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert _stopped(child.pid)
         time.sleep(1.5)  # past the 1 s ttl (and the 1 s lock_hold of the stopped client)
         other = Coordinator(other_store, liveness=FakeLiveness())

@@ -491,19 +491,23 @@ class PostgresStore:
             conn.execute(Q["unlisten"])
             self._listening = False
         conn.execute(Q["begin"])
-        lock = conn.execute(Q["lock_namespace"], {"ns": self.namespace})
-        caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": since})
+        params = {"ns": self.namespace, "since": since}
+        locked = conn.execute(Q["lock_and_catch_up"], params)
         # A Sync, not a mere flush: only after a Sync is the session "idle in transaction"
         # on the server, so that idle_in_transaction_session_timeout ends it (and frees the
         # namespace lock) if this client stops before it commits.
         pipeline.sync()
-        row = lock.fetchone()
+        row = locked.fetchone()
         if row is None:
             raise _Reload
-        seq, _last_token, boot, offset = row
+        seq, boot, offset, micros, count, bodies = row
         if boot != self._boot or int(offset) != self._offset or seq < since:
             raise _Reload
-        micros, count, bodies = _one(caught)
+        if count != seq - since:
+            # We waited for the lock: read what the writer before us added (see the query).
+            caught = conn.execute(Q["catch_up"], params)
+            pipeline.sync()
+            micros, count, bodies = _one(caught)
         if count != seq - since:
             raise CorruptLog(
                 f"namespace {self.namespace!r} in {self.where} is at seq {seq} but has "
@@ -525,10 +529,8 @@ class PostgresStore:
                 events = seal(decision.events, state.seq)
                 if events:
                     pending = (decision, events)
-                    added = conn.execute(Q["append"], self._append_params(state, events, request))
-                    if any(e["op"] in _FREEING for e in events):
-                        payload = f"{self.namespace}:{events[-1]['seq']}"
-                        conn.execute(Q["notify"], {"payload": payload})
+                    params = self._append_params(state, events, request)
+                    added = conn.execute(Q["append"], params)
                     conn.execute(Q["commit"])
                     self._check_appended(_one(added)[0], len(events))
                 else:
@@ -540,7 +542,8 @@ class PostgresStore:
             raise
         for event in events:
             apply(state, event)
-        self._since_checkpoint += sum(len(encode(e)) for e in events)
+        if events:
+            self._since_checkpoint += sum(len(body) for body in params["bodies"])
         self._maybe_checkpoint(conn)
         return decision
 
@@ -559,7 +562,9 @@ class PostgresStore:
 
     def _append_params(self, state: State, events: list[Event], request: str) -> dict[str, Any]:
         tokens = [e.get("token") for e in events]
+        freeing = any(e["op"] in _FREEING for e in events)
         return {
+            "notify": f"{self.namespace}:{events[-1]['seq']}" if freeing else "",
             "ns": self.namespace,
             "expected": state.seq,
             "first": events[0]["seq"],

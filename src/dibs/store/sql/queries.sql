@@ -47,6 +47,23 @@ ROLLBACK;
 -- (READ COMMITTED takes a new snapshot per statement).
 SELECT seq, last_token, boot, mono_offset FROM dibs.namespaces WHERE name = %(ns)s FOR UPDATE;
 
+-- name: lock_and_catch_up
+-- Round trip 1 of a write, in one statement: lock the namespace row (writers of a namespace
+-- take turns until COMMIT), then the clock (read after the lock is granted) and every event
+-- after %(since)s. The events come from the statement's snapshot, taken before any wait for
+-- the lock: when this statement had to wait, the events of the writer it waited for may be
+-- missing, which shows as fewer events than the locked row's seq says. The caller then reads
+-- them again with catch_up, a later statement, whose snapshot has them.
+SELECT n.seq, n.boot, n.mono_offset,
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+       e.count, e.bodies
+FROM (
+    SELECT seq, boot, mono_offset FROM dibs.namespaces WHERE name = %(ns)s FOR UPDATE
+) n, LATERAL (
+    SELECT count(*) AS count, coalesce(string_agg(body, E'\n' ORDER BY seq), '') AS bodies
+    FROM dibs.events WHERE namespace = %(ns)s AND seq > %(since)s
+) e;
+
 -- name: catch_up
 -- The deciding clock (server time in microseconds) and every event after %(since)s, joined
 -- by newlines: one row, whatever the number of events.
@@ -57,7 +74,7 @@ FROM dibs.events
 WHERE namespace = %(ns)s AND seq > %(since)s;
 
 -- name: append
--- Append a decision's events and move the namespace's counters, in one statement. The
+-- Append a decision's events (the arrays travel in binary: no quoting of JSON text) and move the namespace's counters, in one statement. The
 -- update matches only when the namespace is where the decision saw it; the events are
 -- inserted only through that match, so a stale decision inserts nothing (and is refused).
 WITH moved AS (
@@ -70,12 +87,14 @@ WITH moved AS (
     SELECT moved.name, e.seq, e.op, e.agent, e.resource, e.token,
            CASE WHEN e.seq = %(first)s THEN %(request)s END, e.body
     FROM moved,
-         unnest(%(seqs)s::bigint[], %(ops)s::text[], %(agents)s::text[],
-                %(resources)s::text[], %(tokens)s::bigint[], %(bodies)s::text[])
+         unnest(%(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[],
+                %(resources)b::text[], %(tokens)b::bigint[], %(bodies)b::text[])
              AS e(seq, op, agent, resource, token, body)
     RETURNING 1
 )
-SELECT count(*) FROM added;
+SELECT (SELECT count(*) FROM added),
+       -- Wake `dibs claim --wait` in other clients when something was released.
+       (SELECT count(*) FROM (SELECT pg_notify('dibs', %(notify)s)) n WHERE %(notify)s <> '');
 
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
