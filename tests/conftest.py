@@ -223,8 +223,9 @@ def pg_template() -> Iterator[str]:
     except ImportError:
         pytest.fail("psycopg is not installed: `make test` installs it (the dev extra)")
     except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[-1].strip()
         message = (
-            f"no PostgreSQL server at {PG_ADMIN} ({str(exc).strip().splitlines()[-1]}); set "
+            f"no PostgreSQL server at {PG_ADMIN} ({reason}); set "
             "DIBS_TEST_PG=postgresql://USER@HOST:PORT/DB (a user that may create databases) "
             "to run the PostgreSQL store's tests"
         )
