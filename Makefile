@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest soak bench docs clean compile
+.PHONY: demo test lint typecheck pytest soak bench bench-postgres docs clean compile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ soak: $(STAMP_DEV) compile
 bench: $(STAMP_DEV) compile
 	$(BIN)/python bench/claims.py
 	$(BIN)/python bench/recovery.py
+
+# Needs a PostgreSQL server: DIBS_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres).
+bench-postgres: $(STAMP_DEV) compile
+	$(BIN)/python bench/postgres.py
 
 docs: $(STAMP_DEV)
 	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from dibs.setup import init
     from dibs.store.local import LocalStore
     from dibs.store.memory import MemoryStore
+    from dibs.store.postgres import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ _EXPORTS = {
     "LockTimeout": "dibs.errors",
     "MemoryStore": "dibs.store.memory",
     "NotFound": "dibs.errors",
+    "PostgresStore": "dibs.store.postgres",
     "Refused": "dibs.errors",
     "Resource": "dibs.core.resources",
     "StoreError": "dibs.errors",
@@ -77,6 +79,7 @@ __all__ = [
     "LockTimeout",
     "MemoryStore",
     "NotFound",
+    "PostgresStore",
     "Refused",
     "Resource",
     "StoreError",

@@ -83,6 +83,16 @@ def _store_url(value: Any) -> str | None:
     return None
 
 
+def _namespace(value: Any) -> str | None:
+    import re
+
+    if not isinstance(value, str) or not (
+        value == "" or re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", value)
+    ):
+        return "must be 1-64 lower-case letters, digits, '.', '_' or '-'"
+    return None
+
+
 class Setting:
     """One setting: its default, its environment variable and its check."""
 
@@ -124,6 +134,13 @@ SCHEMA: dict[str, Setting] = {
     ),
     "store.url": Setting(
         "", _store_url, "DIBS_STORE", "the store: empty for local, or postgresql://..."
+    ),
+    "store.namespace": Setting(
+        "",
+        _namespace,
+        "DIBS_NAMESPACE",
+        "the repository's namespace in a shared PostgreSQL database (default: from its first "
+        "commit)",
     ),
 }
 
@@ -295,7 +312,9 @@ auto_claim_ttl = 1800
 
 [store]
 # Empty: the local store in .git/dibs. For agents on several machines:
-# url = "postgresql://dibs@db.example/dibs" (or DIBS_STORE)
+# url = "postgresql://dibs@db.example/dibs" (or DIBS_STORE; the password goes in ~/.pgpass)
+# The repository's namespace in that database (default: from its first commit, so every
+# clone of one repository shares it): namespace = "myproject" (or DIBS_NAMESPACE)
 """
 
 

@@ -94,7 +94,9 @@ class Liveness:
         pid = agent["pid"]
         if pid is None or agent["host"] != self.host:
             return None
-        if agent["boot"] != self.boot:
+        # The host's boot at registration: ``host_boot`` when the deciding clock is not this
+        # host's (PostgreSQL: the server's clock), else the event's own boot id.
+        if agent.get("host_boot", agent["boot"]) != self.boot:
             # Registered in an earlier boot of this host: that process is long gone.
             return False
         return process_alive(pid, agent["pid_start"])

@@ -48,6 +48,8 @@ MAX_TTL = 7 * 86400.0
 DEFAULT_WAIT = 600.0
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
+#: With a store that wakes waiters on a release, the longest wait between two tries.
+_WAKE_POLL = 5.0
 
 
 def secret_hash(token: str) -> str:
@@ -193,7 +195,7 @@ class Coordinator:
         repo = find_repo(os.fspath(where) if where is not None else None)
         settings = config.load(repo.root, cache_dir=repo.store_dir)
         if store is None:
-            store = open_store(settings["store.url"], repo)
+            store = open_store(settings["store.url"], repo, namespace=settings["store.namespace"])
         return cls(store, agent=agent, token=token, settings=settings, repo=repo)
 
     def __enter__(self) -> Coordinator:
@@ -290,6 +292,7 @@ class Coordinator:
             name,
             secret_hash(token),
             host=host.host_id(),
+            host_boot=host.boot_id(),
             ttl=ttl,
             pid=pid,
             pid_start=pid_start,
@@ -388,10 +391,20 @@ class Coordinator:
                         hint="wait longer (--wait SECONDS) or pick other work",
                         **exc.details,
                     ) from exc
-                time.sleep(min(remaining, delay * _jitter()))
+                self._wait_for_change(min(remaining, delay * _jitter()), remaining)
                 delay = min(delay * 2, _BACKOFF_CAP)
                 waited = round(time.monotonic() - started, 3)
         return list(decision.result)
+
+    def _wait_for_change(self, backoff: float, remaining: float) -> None:
+        """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
+        PostgreSQL store's LISTEN/NOTIFY), until something is released (polling every
+        `_WAKE_POLL` seconds in case a notification is lost)."""
+        wait = getattr(self.store, "wait_for_change", None)
+        if wait is None:
+            time.sleep(backoff)
+        else:
+            wait(min(remaining, _WAKE_POLL))
 
     def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
         """Extend this agent's leases on *resources*.
@@ -546,13 +559,39 @@ def _event_filter(
     return match
 
 
-def open_store(url: str, repo: Repo | None) -> Store:
-    """The store named by *url*: empty for the repository's local store, or a folder path."""
-    if url.startswith(("postgres://", "postgresql://")):
-        raise DibsError(
-            "the PostgreSQL store is not available in this version",
-            hint="unset DIBS_STORE (or store.url) to use the local store",
+def is_postgres_url(url: str) -> bool:
+    """Whether *url* names a PostgreSQL store."""
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def default_namespace(repo: Repo | None) -> str:
+    """The namespace of *repo* in a shared database: ``git-`` and its first commit's id."""
+    from dibs.git.discover import root_commit
+
+    root = root_commit(repo) if repo is not None else None
+    if root is None:
+        raise UsageError(
+            "cannot name this repository's namespace in the shared store: "
+            + ("it has no commit yet" if repo is not None else "there is no repository"),
+            hint="commit something first, or set store.namespace in dibs.toml (or DIBS_NAMESPACE)",
         )
+    return f"git-{root[:12]}"
+
+
+def open_store(url: str, repo: Repo | None, *, namespace: str = "") -> Store:
+    """The store named by *url*: empty for the repository's local store, a folder path, or
+    ``postgresql://...`` (in *namespace*, by default the repository's `default_namespace`).
+    """
+    if is_postgres_url(url):
+        try:
+            from dibs.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise DibsError(
+                "the PostgreSQL store needs psycopg, which is not installed",
+                hint="pip install 'dibs[postgres]', or unset DIBS_STORE (and store.url) to use "
+                "the local store",
+            ) from exc
+        return PostgresStore(url, namespace=namespace or default_namespace(repo))
     from dibs.store.local import LocalStore
 
     if url.startswith("memory:"):

@@ -1,6 +1,8 @@
 """One contract, every store: what the service relies on, checked the same way for each.
 
-Add a store by adding a parameter to the ``backend`` fixture.
+Add a store by adding a parameter to the ``backend`` fixture. The PostgreSQL store runs each
+test in its own database (see ``pg_database`` in tests/conftest.py), with the fake clock in
+place of the server's so that tests can move time.
 """
 
 from __future__ import annotations
@@ -32,12 +34,20 @@ class Backend:
         return self.store if not self.shared else self._make()
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Backend]:
     if request.param == "memory":
         b = Backend(lambda: MemoryStore(clock=clock), shared=False)
-    else:
+    elif request.param == "local":
         b = Backend(lambda: LocalStore(tmp_path / "dibs", clock=clock), shared=True)
+    else:
+        from dibs.store.postgres import PostgresStore
+
+        url = request.getfixturevalue("pg_database")
+        setup = PostgresStore(url, namespace="contract")
+        setup.create()
+        setup.close()
+        b = Backend(lambda: PostgresStore(url, namespace="contract", clock=clock), shared=True)
     try:
         yield b
     finally:

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("dibs.cli.guards", "compare a branch's changes with the agent's claims"),
     "plan": ("dibs.cli.plans", "declare intended files, see collisions, claim a plan at once"),
     "archive": ("dibs.cli.plans", "copy a finished swarm's events to history/, clear its plans"),
+    "store": ("dibs.cli.setup", "move the store: copy the local store into PostgreSQL"),
     "demo": ("dibs.cli.demo", "watch agents race for issues on a throw-away repository"),
 }
 

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
         host: NotRequired[str]
         pid: NotRequired[int | None]
         pid_start: NotRequired[int | None]
+        host_boot: NotRequired[str]
         secret: NotRequired[str]
         waited: NotRequired[float]
         txn: NotRequired[list[int]]

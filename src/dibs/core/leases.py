@@ -101,7 +101,17 @@ class Decision:
 class Register:
     """Register agent *name* with the hash of its new session token."""
 
-    __slots__ = ("branch", "host", "name", "pid", "pid_start", "secret", "ttl", "worktree")
+    __slots__ = (
+        "branch",
+        "host",
+        "host_boot",
+        "name",
+        "pid",
+        "pid_start",
+        "secret",
+        "ttl",
+        "worktree",
+    )
 
     def __init__(
         self,
@@ -114,10 +124,14 @@ class Register:
         pid_start: int | None = None,
         worktree: str | None = None,
         branch: str | None = None,
+        host_boot: str | None = None,
     ):
         self.name = name
         self.secret = secret
         self.host = host
+        #: The boot id of the agent's host, when the deciding clock's is another one (the
+        #: PostgreSQL store's clock is the server's): liveness by pid compares against it.
+        self.host_boot = host_boot
         self.ttl = ttl
         self.pid = pid
         self.pid_start = pid_start
@@ -621,6 +635,7 @@ def _register(state: State, cmd: Register, ctx: Context) -> Decision:
             pid_start=cmd.pid_start,
             secret=cmd.secret,
             ttl=cmd.ttl,
+            host_boot=cmd.host_boot if cmd.host_boot != ctx.now.boot else None,
             details={k: v for k, v in (("worktree", cmd.worktree), ("branch", cmd.branch)) if v}
             or None,
         )

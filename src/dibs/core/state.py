@@ -47,6 +47,7 @@ if TYPE_CHECKING:
         lost: dict[str, LostRecord]
         worktree: NotRequired[str]
         branch: NotRequired[str]
+        host_boot: NotRequired[str]
 
     class LeaseRecord(TypedDict):
         """One agent's hold on one resource."""
@@ -238,6 +239,8 @@ def _apply_register(state: State, event: Event) -> None:
         "heartbeat_seq": event["seq"],
         "lost": {},
     }
+    if "host_boot" in event:
+        record["host_boot"] = event["host_boot"]
     if "worktree" in details:
         record["worktree"] = details["worktree"]
     if "branch" in details:

@@ -45,6 +45,24 @@ class Repo:
         return f"Repo(root={self.root!r}, git_dir={self.git_dir!r})"
 
 
+def root_commit(repo: Repo) -> str | None:
+    """The first commit of *repo*'s history (the smallest, if there are several roots).
+
+    Every clone of a repository has it, whatever its remotes or folder are called, so it names
+    the repository in a shared store. None when the repository has no commit yet.
+    """
+    import subprocess
+
+    out = subprocess.run(
+        ["git", "-C", repo.root, "rev-list", "--max-parents=0", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    roots = sorted(out.stdout.split()) if out.returncode == 0 else []
+    return roots[0] if roots else None
+
+
 def _read_gitfile(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:

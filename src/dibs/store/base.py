@@ -6,7 +6,12 @@ decision function, appends the decision's events durably, and only then applies 
 store runs the same `dibs.core` code inside that step, so no store can bend a rule.
 
 Stores shipped: `dibs.store.memory.MemoryStore` (a real fake, for tests and embedding),
-`dibs.store.local.LocalStore` (the default: JSONL log + flock in the git common dir).
+`dibs.store.local.LocalStore` (the default: JSONL log + flock in the git common dir),
+`dibs.store.postgres.PostgresStore` (agents on several machines; needs psycopg).
+
+A store may also offer ``wait_for_change(timeout) -> bool`` (`Waiter`): block until something
+may have been released since its last decision. ``Coordinator.claim(wait=...)`` uses it between
+tries when present (PostgreSQL: LISTEN/NOTIFY) and sleeps with backoff otherwise.
 """
 
 from __future__ import annotations
@@ -77,4 +82,13 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release files, connections and locks."""
+        ...
+
+
+class Waiter(Protocol):
+    """The optional hook of a store that can tell waiters when something was released."""
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block until something may have been released since the last decision, or until
+        *timeout* seconds passed; True when woken by a release."""
         ...

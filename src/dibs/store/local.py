@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from dibs.core.leases import Decision
     from dibs.store.base import Clock, DecideFn, Finding
 
+#: Written by `dibs store migrate` once the log is copied: the store takes no more writes.
+MOVED = "MOVED"
 SEGMENT_BYTES = 64 * 1024 * 1024
 # The checkpoint is a cache, read on every CLI call and every guarded edit: marshal (built in)
 # parses it in half the time of JSON. Its format is Python's, so the header names the format;
@@ -477,6 +479,7 @@ class LocalStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 state = self._catch_up(locked=True)
+                self._refuse_if_moved()
                 decision = decide(state, self.clock())
                 if decision.events:
                     data = b"".join(encode(e) for e in seal(decision.events, state.seq))
@@ -506,6 +509,32 @@ class LocalStore:
                 self._sync(sync_fd)
             self._maybe_checkpoint()
             return decision
+
+    def lock(self) -> None:
+        """Take the writers' lock: every writer waits until `unlock` (`dibs store migrate`)."""
+        self.create()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        """Let writers go on after `lock`."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _refuse_if_moved(self) -> None:
+        """After `dibs store migrate` this store is a read-only backup: writing here would split
+        the agents between two stores."""
+        try:
+            with open(os.path.join(self.root, MOVED), encoding="utf-8") as f:
+                target = json.load(f).get("to", "another store")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError):
+            target = "another store"
+        raise StoreUnavailable(
+            f"this local store ({self.root}) was moved to {target} by `dibs store migrate`; it "
+            "is kept as a read-only backup",
+            hint="use the new store (store.url in dibs.toml, or DIBS_STORE); restart agents that "
+            "were started before the move",
+        )
 
     def _maybe_checkpoint(self) -> None:
         if self._since_checkpoint < max(self.checkpoint_bytes, self._checkpoint_at[1]):

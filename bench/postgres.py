@@ -1,0 +1,232 @@
+"""PostgreSQL store benchmarks: every figure as a ratio to a baseline measured in the same run.
+
+    python bench/postgres.py [--quick] [--json FILE] [--url postgresql://USER@HOST/DB]
+
+The baseline ("raw") is the cheapest transaction that still serialises on one row: a single
+autocommit ``UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n`` (one round trip, one
+commit), from the same number of clients, against the same server, in the same run.
+
+1. Claim latency, 1 client: p50 and p99 of ``Coordinator.claim`` (each claim on a new
+   resource, released between measurements) / raw. Goal: p50 at most 2x.
+2. Throughput with 4, 16 and 64 client processes, each claiming and releasing its own
+   resources in a loop (operations per second, a claim or a release each) / raw with the same
+   clients. Goal: at least 0.5x at 16 clients.
+3. The same two figures for the local store (on this machine's disk), in the same run, for the
+   README's "when to switch" advice.
+
+The server is DIBS_TEST_PG's (default postgresql://postgres@127.0.0.1:5432/postgres); the
+benchmark creates and drops its own database. Never run as a test: figures go in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dibs.errors import Conflict
+from dibs.service import Coordinator
+from dibs.store.local import LocalStore
+from dibs.store.postgres import PostgresStore
+
+ADMIN = os.environ.get("DIBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+RAW = b"UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n"
+ctx = multiprocessing.get_context("fork")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def with_db(url: str, dbname: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def make_store(target: str) -> Any:
+    if target.startswith("local:"):
+        return LocalStore(target[len("local:") :])
+    return PostgresStore(target, namespace="bench")
+
+
+# Latency ------------------------------------------------------------------------------------
+
+
+def raw_latency(url: str, n: int) -> list[float]:
+    out = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(20):
+            conn.execute(RAW).fetchone()
+        for _ in range(n):
+            t = time.perf_counter()
+            conn.execute(RAW).fetchone()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def claim_latency(target: str, n: int) -> list[float]:
+    out = []
+    with Coordinator(make_store(target)) as dibs:
+        dibs.register(f"lat{os.getpid()}", ttl=3600)
+        for i in range(n + 20):
+            t = time.perf_counter()
+            dibs.claim([f"issue:lat-{i}"])
+            elapsed = time.perf_counter() - t
+            dibs.release([f"issue:lat-{i}"])
+            if i >= 20:
+                out.append(elapsed)
+    return out
+
+
+# Throughput ---------------------------------------------------------------------------------
+
+
+def _raw_worker(url: str, start: Any, seconds: float, out: Any) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(RAW).fetchone()
+        start.wait()
+        deadline = time.monotonic() + seconds
+        ops = 0
+        while time.monotonic() < deadline:
+            conn.execute(RAW).fetchone()
+            ops += 1
+    out.put(ops)
+
+
+def _dibs_worker(target: str, start: Any, seconds: float, out: Any) -> None:
+    ops = 0
+    with Coordinator(make_store(target)) as dibs:
+        dibs.register(f"tp{os.getpid()}", ttl=3600)
+        start.wait()
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            text = f"issue:{os.getpid()}-{i}"
+            try:
+                dibs.claim([text])
+                dibs.release([text])
+                ops += 2
+            except Conflict:  # pragma: no cover - every client claims its own resources
+                pass
+            i += 1
+    out.put(ops)
+
+
+def throughput(target: str, clients: int, seconds: float, raw: bool) -> float:
+    start = ctx.Barrier(clients + 1)
+    out = ctx.Queue()
+    worker = _raw_worker if raw else _dibs_worker
+    procs = [ctx.Process(target=worker, args=(target, start, seconds, out)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    start.wait()
+    total = sum(out.get(timeout=seconds + 300) for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+# Main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, shorter runs")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--url", default=ADMIN, help="an admin URL (may create databases)")
+    args = parser.parse_args()
+    n = 300 if args.quick else 2000
+    seconds = 1.5 if args.quick else 4.0
+    dbname = f"dibs_bench_{os.getpid()}"
+    with psycopg.connect(args.url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    url = with_db(args.url, dbname)
+    folder = tempfile.mkdtemp(prefix="dibs-bench-")
+    local = f"local:{folder}/dibs"
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "rows": []}
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(b"CREATE TABLE counter (id int PRIMARY KEY, n bigint NOT NULL)")
+            conn.execute(b"INSERT INTO counter VALUES (1, 0)")
+        store = PostgresStore(url, namespace="bench")
+        store.create()
+        store.close()
+        with psycopg.connect(url) as conn:
+            version = conn.execute(b"SHOW server_version").fetchone()
+        results["server"] = version[0] if version else "?"
+
+        raw = raw_latency(url, n)
+        pg = claim_latency(url, n)
+        loc = claim_latency(local, n)
+        rows = results["rows"]
+        print(f"PostgreSQL {results['server']}, {os.cpu_count()} cores; {n} samples")
+        print(f"{'figure':<44}{'dibs':>12}{'raw':>12}{'ratio':>8}{'local':>12}")
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            ours, base, lo = pct(pg, q) * 1e3, pct(raw, q) * 1e3, pct(loc, q) * 1e3
+            rows.append(
+                {
+                    "figure": f"claim latency {name}, 1 client",
+                    "dibs_ms": ours,
+                    "raw_ms": base,
+                    "ratio": ours / base,
+                    "local_ms": lo,
+                }
+            )
+            print(
+                f"{'claim latency ' + name + ', 1 client (ms)':<44}{ours:>12.3f}{base:>12.3f}"
+                f"{ours / base:>7.2f}x{lo:>12.3f}"
+            )
+        print(
+            f"{'(mean claim latency, ms)':<44}{statistics.mean(pg) * 1e3:>12.3f}"
+            f"{statistics.mean(raw) * 1e3:>12.3f}{'':>8}{statistics.mean(loc) * 1e3:>12.3f}"
+        )
+        for clients in (4, 16, 64):
+            base = throughput(url, clients, seconds, raw=True)
+            ours = throughput(url, clients, seconds, raw=False)
+            lo = throughput(local, clients, seconds, raw=False)
+            rows.append(
+                {
+                    "figure": f"throughput, {clients} clients",
+                    "dibs_ops": ours,
+                    "raw_ops": base,
+                    "ratio": ours / base,
+                    "local_ops": lo,
+                }
+            )
+            print(
+                f"{f'throughput, {clients} clients (ops/s)':<44}{ours:>12.0f}{base:>12.0f}"
+                f"{ours / base:>7.2f}x{lo:>12.0f}"
+            )
+        p50 = rows[0]["ratio"]
+        t16 = next(r for r in rows if r["figure"] == "throughput, 16 clients")["ratio"]
+        print(
+            f"goals: p50 <= 2x raw at 1 client: {p50:.2f}x "
+            f"({'met' if p50 <= 2 else 'missed'}); "
+            f"throughput >= 0.5x raw at 16 clients: {t16:.2f}x "
+            f"({'met' if t16 >= 0.5 else 'missed'})"
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+    finally:
+        with psycopg.connect(args.url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+            )
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

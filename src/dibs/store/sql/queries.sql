@@ -1,0 +1,162 @@
+-- Named queries of the PostgreSQL store (dibs.store.postgres). Each starts with a line
+-- `-- name: NAME`; parameters are psycopg's %(name)s placeholders, never string formatting.
+
+-- name: schema_exists
+-- Whether dibs was ever set up in this database.
+SELECT to_regclass('dibs.schema_version') IS NOT NULL;
+
+-- name: schema_version
+SELECT max(version) FROM dibs.schema_version;
+
+-- name: migrate_lock
+-- Serialises concurrent `dibs init` runs (transaction-level: released at COMMIT).
+SELECT pg_advisory_xact_lock(7465, 1);
+
+-- name: record_migration
+INSERT INTO dibs.schema_version (version, dibs) VALUES (%(version)s, %(dibs)s);
+
+-- name: create_namespace
+INSERT INTO dibs.namespaces (name, boot, mono_offset)
+VALUES (%(ns)s, %(boot)s, %(mono_offset)s)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: open
+-- Everything a new client needs in one round trip: the schema version, the namespace's
+-- clock and counters, and its latest checkpoint (if any).
+SELECT (SELECT max(version) FROM dibs.schema_version),
+       n.boot, n.mono_offset, n.seq, c.seq, c.state
+FROM dibs.namespaces n
+LEFT JOIN LATERAL (
+    SELECT seq, state FROM dibs.checkpoints
+    WHERE namespace = n.name ORDER BY seq DESC LIMIT 1
+) c ON true
+WHERE n.name = %(ns)s;
+
+-- name: begin
+BEGIN;
+
+-- name: commit
+COMMIT;
+
+-- name: rollback
+ROLLBACK;
+
+-- name: lock_namespace
+-- Taken first in every write: serialises writers of one namespace until COMMIT. The next
+-- statement in the transaction then sees every event committed before the lock was granted
+-- (READ COMMITTED takes a new snapshot per statement).
+SELECT seq, last_token, boot, mono_offset FROM dibs.namespaces WHERE name = %(ns)s FOR UPDATE;
+
+-- name: lock_and_catch_up
+-- Round trip 1 of a write, in one statement: lock the namespace row (writers of a namespace
+-- take turns until COMMIT), then the clock (read after the lock is granted) and every event
+-- after %(since)s. The events come from the statement's snapshot, taken before any wait for
+-- the lock: when this statement had to wait, the events of the writer it waited for may be
+-- missing, which shows as fewer events than the locked row's seq says. The caller then reads
+-- them again with catch_up, a later statement, whose snapshot has them.
+SELECT n.seq, n.boot, n.mono_offset,
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+       e.count, e.bodies
+FROM (
+    SELECT seq, boot, mono_offset FROM dibs.namespaces WHERE name = %(ns)s FOR UPDATE
+) n, LATERAL (
+    SELECT count(*) AS count, coalesce(string_agg(body, E'\n' ORDER BY seq), '') AS bodies
+    FROM dibs.events WHERE namespace = %(ns)s AND seq > %(since)s
+) e;
+
+-- name: catch_up
+-- The deciding clock (server time in microseconds) and every event after %(since)s, joined
+-- by newlines: one row, whatever the number of events.
+SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+       count(*),
+       coalesce(string_agg(body, E'\n' ORDER BY seq), '')
+FROM dibs.events
+WHERE namespace = %(ns)s AND seq > %(since)s;
+
+-- name: append
+-- Append a decision's events (the arrays travel in binary: no quoting of JSON text) and move the namespace's counters, in one statement. The
+-- update matches only when the namespace is where the decision saw it; the events are
+-- inserted only through that match, so a stale decision inserts nothing (and is refused).
+WITH moved AS (
+    UPDATE dibs.namespaces
+    SET seq = %(last)s, last_token = greatest(last_token, %(token)s)
+    WHERE name = %(ns)s AND seq = %(expected)s
+    RETURNING name
+), added AS (
+    INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body)
+    SELECT moved.name, e.seq, e.op, e.agent, e.resource, e.token,
+           CASE WHEN e.seq = %(first)s THEN %(request)s END, e.body
+    FROM moved,
+         unnest(%(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[],
+                %(resources)b::text[], %(tokens)b::bigint[], %(bodies)b::text[])
+             AS e(seq, op, agent, resource, token, body)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added),
+       -- Wake `dibs claim --wait` in other clients when something was released.
+       (SELECT count(*) FROM (SELECT pg_notify('dibs', %(notify)s)) n WHERE %(notify)s <> '');
+
+-- name: notify
+-- Wake `dibs claim --wait` in other clients: something was released in this namespace.
+SELECT pg_notify('dibs', %(payload)s);
+
+-- name: listen
+LISTEN dibs;
+
+-- name: unlisten
+UNLISTEN dibs;
+
+-- name: find_request
+-- Whether the transaction with this idempotency key was committed, and where.
+SELECT seq FROM dibs.events WHERE namespace = %(ns)s AND request = %(request)s;
+
+-- name: events_page
+SELECT seq, body FROM dibs.events
+WHERE namespace = %(ns)s AND seq > %(since)s
+ORDER BY seq LIMIT %(limit)s;
+
+-- name: tail
+SELECT body FROM (
+    SELECT seq, body FROM dibs.events WHERE namespace = %(ns)s ORDER BY seq DESC LIMIT %(count)s
+) t ORDER BY seq;
+
+-- name: counters
+SELECT n.seq, n.last_token, (SELECT count(*) FROM dibs.events e WHERE e.namespace = n.name),
+       (SELECT max(seq) FROM dibs.events e WHERE e.namespace = n.name)
+FROM dibs.namespaces n WHERE n.name = %(ns)s;
+
+-- name: set_last_token
+UPDATE dibs.namespaces SET last_token = %(token)s WHERE name = %(ns)s;
+
+-- name: checkpoints
+SELECT seq, state FROM dibs.checkpoints WHERE namespace = %(ns)s ORDER BY seq;
+
+-- name: save_checkpoint
+INSERT INTO dibs.checkpoints (namespace, seq, state) VALUES (%(ns)s, %(seq)s, %(state)s)
+ON CONFLICT (namespace, seq) DO NOTHING;
+
+-- name: prune_checkpoints
+-- Keep the two newest checkpoints of the namespace.
+DELETE FROM dibs.checkpoints
+WHERE namespace = %(ns)s AND seq < ALL (
+    SELECT seq FROM dibs.checkpoints WHERE namespace = %(ns)s ORDER BY seq DESC LIMIT 2
+);
+
+-- name: drop_checkpoint
+DELETE FROM dibs.checkpoints WHERE namespace = %(ns)s AND seq = %(seq)s;
+
+-- name: import_events
+-- `dibs store migrate`: copy events as they are (seq included) into an empty namespace.
+INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, body)
+SELECT %(ns)s, e.seq, e.op, e.agent, e.resource, e.token, e.body
+FROM unnest(%(seqs)s::bigint[], %(ops)s::text[], %(agents)s::text[],
+            %(resources)s::text[], %(tokens)s::bigint[], %(bodies)s::text[])
+    AS e(seq, op, agent, resource, token, body);
+
+-- name: import_counters
+UPDATE dibs.namespaces
+SET seq = %(seq)s, last_token = %(token)s, boot = %(boot)s, mono_offset = %(mono_offset)s
+WHERE name = %(ns)s AND seq = 0;
+
+-- name: server_clock
+SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint;

@@ -1,0 +1,428 @@
+"""The PostgreSQL store's own promises, against a real server: set-up errors, the server's clock,
+namespaces, idempotent retries, LISTEN/NOTIFY, checkpoints, doctor."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from dibs import host
+from dibs.core.events import Now
+from dibs.errors import Conflict, LeaseLost, StoreUnavailable, UsageError
+from dibs.service import Coordinator
+from dibs.store.postgres import PostgresStore
+from tests.conftest import FakeLiveness, pg_admin
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def url(pg_database: str) -> str:
+    """A database with dibs's schema and the namespace ``repo``."""
+    store = PostgresStore(pg_database, namespace="repo")
+    store.create()
+    store.close()
+    return pg_database
+
+
+@pytest.fixture
+def stores(url: str) -> Iterator[list[PostgresStore]]:
+    """Stores opened by the test (closed afterwards)."""
+    opened: list[PostgresStore] = []
+    try:
+        yield opened
+    finally:
+        for store in opened:
+            store.close()
+
+
+def open_store(stores: list[PostgresStore], url: str, **kwargs: Any) -> PostgresStore:
+    kwargs.setdefault("namespace", "repo")
+    store = PostgresStore(url, **kwargs)
+    stores.append(store)
+    return store
+
+
+def coordinator(store: PostgresStore) -> Coordinator:
+    return Coordinator(store, liveness=FakeLiveness())
+
+
+def sql(url: str, statement: str, *params: Any) -> list[Any]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement.encode(), params or None)
+        return cur.fetchall() if cur.description else []
+
+
+# Setting up ---------------------------------------------------------------------------------
+
+
+def test_database_without_dibs_is_a_clear_error_and_stays_untouched(
+    pg_empty_database: str,
+) -> None:
+    """Opening a database where dibs was never set up says to run `dibs init`; writes nothing."""
+    store = PostgresStore(pg_empty_database, namespace="repo")
+    try:
+        with pytest.raises(StoreUnavailable, match="not set up") as caught:
+            coordinator(store).register("a1")
+        assert "dibs init --store" in (caught.value.hint or "")
+    finally:
+        store.close()
+    assert [] == sql(pg_empty_database, "SELECT 1 FROM pg_namespace WHERE nspname = 'dibs'")
+
+
+def test_unknown_namespace_is_a_clear_error(url: str, stores: list[PostgresStore]) -> None:
+    """A namespace nobody created is refused with the way to create it."""
+    store = open_store(stores, url, namespace="elsewhere")
+    with pytest.raises(StoreUnavailable, match="namespace 'elsewhere' does not exist"):
+        store.read()
+
+
+def test_newer_schema_is_refused_at_start_up(url: str, stores: list[PostgresStore]) -> None:
+    """A database migrated by a newer dibs is refused by this one, on open and on init."""
+    sql(url, "INSERT INTO dibs.schema_version (version, dibs) VALUES (2, 'future')")
+    with pytest.raises(StoreUnavailable, match="version 2; this dibs knows up to version 1"):
+        open_store(stores, url).read()
+    with pytest.raises(StoreUnavailable, match="version 2"):
+        open_store(stores, url).create()
+
+
+def test_create_is_idempotent_and_records_the_schema_version(url: str) -> None:
+    """Running init again applies nothing twice."""
+    store = PostgresStore(url, namespace="repo")
+    store.create()
+    store.create()
+    store.close()
+    assert [(1,)] == sql(url, "SELECT version FROM dibs.schema_version")
+
+
+def test_unreachable_server_fails_at_once_with_what_to_check() -> None:
+    """A closed port gives StoreUnavailable naming the server and what to check."""
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/nothing", namespace="repo")
+    with pytest.raises(StoreUnavailable, match="cannot connect to PostgreSQL at") as caught:
+        store.read()
+    assert "host, port, user, password" in (caught.value.hint or "")
+
+
+def test_bad_url_and_bad_namespace_are_usage_errors() -> None:
+    """Malformed input is refused before any connection is tried."""
+    with pytest.raises(UsageError, match="not a valid PostgreSQL URL"):
+        PostgresStore("postgresql://h/db?nonsense=1", namespace="repo")
+    with pytest.raises(UsageError, match="not a valid namespace"):
+        PostgresStore("postgresql://h/db", namespace="Bad Name")
+
+
+def test_password_never_appears_in_the_store_description() -> None:
+    """The store's url (printed by status) leaves the password out."""
+    store = PostgresStore("postgresql://me:hunter2@db.example:5433/dibs", namespace="repo")
+    assert "hunter2" not in store.url
+    assert "postgresql://me@db.example:5433/dibs (namespace repo)" == store.url
+
+
+# Rules across clients -----------------------------------------------------------------------
+
+
+def test_namespaces_in_one_database_are_independent(url: str, stores: list[PostgresStore]) -> None:
+    """Two repositories sharing a database never see each other's claims or counters."""
+    other = open_store(stores, url, namespace="other")
+    other.create()
+    a = coordinator(open_store(stores, url))
+    b = coordinator(other)
+    a.register("agent")
+    b.register("agent")
+    assert 1 == a.claim(["issue:1"])[0]["token"]
+    assert 1 == b.claim(["issue:1"])[0]["token"]
+    assert ["issue:1"] == [c["resource"] for c in b.claims()]
+
+
+def test_overlapping_globs_exclude_across_clients(url: str, stores: list[PostgresStore]) -> None:
+    """Exclusion is decided by glob intersection, whichever client holds the other pattern."""
+    a = coordinator(open_store(stores, url))
+    b = coordinator(open_store(stores, url))
+    a.register("a1")
+    b.register("a2")
+    a.claim(["path:src/**/test_*.py"])
+    with pytest.raises(Conflict, match="held by a1"):
+        b.claim(["path:src/foo/*.py"])
+    assert "a2" == b.claim(["path:docs/*.md"])[0]["agent"]
+
+
+def test_the_database_clock_decides_not_the_clients(
+    url: str, stores: list[PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose own clock is years off still gets leases timed by the server."""
+    monkeypatch.setattr(host, "now", lambda: Now("wrong-boot", 5, 0.0))
+    server_now = sql(url, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
+    c = coordinator(open_store(stores, url))
+    c.register("a1")
+    [claim] = c.claim(["issue:1"], ttl=60)
+    event = c.log(limit=1)[0]
+    assert abs(event["mono"] / 1e9 - server_now) < 60
+    assert event["wall"].startswith(host_year(server_now))
+    assert 50 < c.claims()[0]["expires_in"] <= 60
+    assert claim["token"] == 1
+
+
+def host_year(epoch: float) -> str:
+    import time
+
+    return time.strftime("%Y-", time.gmtime(epoch))
+
+
+def test_leases_expire_by_the_server_clock(url: str, stores: list[PostgresStore]) -> None:
+    """Without a heartbeat a lease ends after its ttl as the server counts it."""
+    a = coordinator(open_store(stores, url))
+    b = coordinator(open_store(stores, url))
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1"], ttl=0.3)
+    threading.Event().wait(0.5)
+    assert "a2" == b.claim(["issue:1"])[0]["agent"]
+    assert "expired" == next(e for e in b.log() if e["op"] == "auto-evict")["reason"]
+    with pytest.raises(LeaseLost):
+        a.renew(["issue:1"])
+
+
+def test_holder_on_this_host_is_evicted_when_its_process_dies(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """Pid liveness works under the server's clock: host_boot is this host's boot id."""
+    watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        a = Coordinator(open_store(stores, url))
+        a.register("a1", pid=watched.pid)
+        a.claim(["issue:1"])
+        b = Coordinator(open_store(stores, url))
+        b.register("a2")
+        with pytest.raises(Conflict):
+            b.claim(["issue:1"])
+    finally:
+        watched.kill()
+        watched.wait()
+    assert "a2" == b.claim(["issue:1"])[0]["agent"]
+    evicted = [e for e in b.log() if e["op"] == "auto-evict"]
+    assert ["holder-dead"] == [e["reason"] for e in evicted]
+    assert host.boot_id() == next(e for e in b.log() if e["op"] == "register")["host_boot"]
+
+
+def test_holder_on_another_host_is_judged_by_ttl_only(
+    url: str, stores: list[PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead pid evicts its holder only as seen from the holder's own host."""
+    watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setenv("DIBS_HOST", "machine-a")
+        a = Coordinator(open_store(stores, url))
+        a.register("a1", pid=watched.pid)
+        a.claim(["issue:1"])
+    finally:
+        watched.kill()
+        watched.wait()
+    monkeypatch.setenv("DIBS_HOST", "machine-b")
+    b = Coordinator(open_store(stores, url), liveness=host.Liveness())
+    b.register("a2")
+    with pytest.raises(Conflict, match="held by a1"):
+        b.claim(["issue:1"])
+    monkeypatch.setenv("DIBS_HOST", "machine-a")
+    c = Coordinator(open_store(stores, url), liveness=host.Liveness())
+    c.register("a3")
+    assert "a3" == c.claim(["issue:1"])[0]["agent"]
+
+
+# Faults and retries -------------------------------------------------------------------------
+
+
+def terminate(url: str, pid: int) -> None:
+    with pg_admin() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_backend_killed_mid_transaction_is_retried_once(
+    url: str, stores: list[PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pg_terminate_backend while the namespace is locked: the claim is redone, exactly once."""
+    store = open_store(stores, url)
+    c = coordinator(store)
+    c.register("a1")
+    killed: list[int] = []
+    real_now = PostgresStore._now
+
+    def now_then_kill(self: PostgresStore, micros: int) -> Now:
+        if not killed and self._conn is not None:
+            killed.append(self._conn.info.backend_pid)
+            terminate(url, killed[0])
+        return real_now(self, micros)
+
+    monkeypatch.setattr(PostgresStore, "_now", now_then_kill)
+    [claim] = c.claim(["issue:1"])
+    assert 1 == len(killed)
+    assert 1 == claim["token"]
+    assert ["register", "acquire"] == [e["op"] for e in c.log()]
+    assert 1 == len(store.repairs)
+    assert "reconnected" in store.repairs[0]
+
+
+def test_lost_commit_answer_is_settled_by_the_idempotency_key(
+    url: str, stores: list[PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT landed but its answer was lost: the retry finds the grant, never doubles it."""
+    store = open_store(stores, url)
+    c = coordinator(store)
+    c.register("a1")
+    lost: list[bool] = []
+    real_check = PostgresStore._check_appended
+
+    def commit_then_lose_the_answer(self: PostgresStore, added: int, expected: int) -> None:
+        real_check(self, added, expected)
+        if not lost and self._conn is not None:
+            lost.append(True)
+            terminate(url, self._conn.info.backend_pid)
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(PostgresStore, "_check_appended", commit_then_lose_the_answer)
+    claim = c.claim(["issue:1", "issue:2"])[0]
+    assert [True] == lost
+    assert ["register", "acquire", "acquire"] == [e["op"] for e in c.log()]
+    assert 1 == claim["token"]
+    other = coordinator(open_store(stores, url))
+    other.register("a2")
+    with pytest.raises(Conflict, match="held by a1"):
+        other.claim(["issue:2"])
+
+
+def test_client_paused_inside_a_transaction_cannot_stall_the_others(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """A client that stops while holding the namespace lock loses it after lock_hold seconds."""
+    stuck = open_store(stores, url, lock_hold=0.5)
+    c = coordinator(stuck)
+    c.register("a1")
+    released = threading.Event()
+
+    def stall(state: Any, now: Now) -> Any:
+        released.wait(10)  # inside the transaction, the namespace row locked
+        from dibs.core.leases import Decision
+
+        return Decision()
+
+    thread = threading.Thread(target=lambda: stuck.transact(stall))
+    thread.start()
+    try:
+        other = coordinator(open_store(stores, url))
+        other.register("a2")
+        assert "a2" == other.claim(["issue:1"])[0]["agent"]
+    finally:
+        released.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_events_table_is_append_only(url: str, stores: list[PostgresStore]) -> None:
+    """The database itself refuses to change or delete an event."""
+    c = coordinator(open_store(stores, url))
+    c.register("a1")
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        sql(url, "UPDATE dibs.events SET op = 'x'")
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        sql(url, "DELETE FROM dibs.events")
+
+
+# Waiting ------------------------------------------------------------------------------------
+
+
+def test_waiter_wakes_on_a_release_notification(url: str, stores: list[PostgresStore]) -> None:
+    """wait_for_change returns True (woken) when another client releases, before its timeout."""
+    a = coordinator(open_store(stores, url))
+    waiting_store = open_store(stores, url)
+    b = coordinator(waiting_store)
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1"])
+    with pytest.raises(Conflict):
+        b.claim(["issue:1"])
+    woke: list[bool] = []
+    listening = threading.Event()
+    real_wait = waiting_store.wait_for_change
+
+    def wait() -> None:
+        listening.set()
+        woke.append(real_wait(60))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    listening.wait(10)
+    a.release(["issue:1"])
+    thread.join(60)
+    assert [True] == woke
+    assert "a2" == b.claim(["issue:1"])[0]["agent"]
+
+
+def test_release_before_listening_is_not_missed(url: str, stores: list[PostgresStore]) -> None:
+    """A release between the refused claim and the LISTEN wakes the waiter from the log."""
+    a = coordinator(open_store(stores, url))
+    waiting_store = open_store(stores, url)
+    b = coordinator(waiting_store)
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1"])
+    with pytest.raises(Conflict):
+        b.claim(["issue:1"])
+    a.release(["issue:1"])
+    assert waiting_store.wait_for_change(60) is True
+
+
+def test_claim_with_wait_is_granted_after_the_release(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """Coordinator.claim(wait=...) uses the store's wake-up and records how long it waited."""
+    a = coordinator(open_store(stores, url))
+    b = coordinator(open_store(stores, url))
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1"])
+    timer = threading.Timer(0.3, lambda: a.release(["issue:1"]))
+    timer.start()
+    try:
+        [claim] = b.claim(["issue:1"], wait=60)
+    finally:
+        timer.cancel()
+    assert "a2" == claim["agent"]
+    assert 0 < [e for e in b.log() if e["op"] == "acquire"][-1]["waited"] < 60
+
+
+# Checkpoints and doctor ---------------------------------------------------------------------
+
+
+def test_new_client_starts_from_a_checkpoint(url: str, stores: list[PostgresStore]) -> None:
+    """Checkpoints are written as the log grows; a new client loads one plus the tail."""
+    writer = open_store(stores, url, checkpoint_bytes=2000)
+    c = coordinator(writer)
+    c.register("a1")
+    for n in range(40):
+        c.claim([f"issue:{n}"])
+    checkpoints = sql(url, "SELECT seq FROM dibs.checkpoints WHERE namespace = 'repo'")
+    assert 1 <= len(checkpoints) <= 2
+    reader = open_store(stores, url)
+    state, _ = reader.read()
+    assert reader._checkpoint_at[0] == max(seq for (seq,) in checkpoints)
+    assert writer.read()[0].to_json() == state.to_json()
+    assert [] == reader.check()
+
+
+def test_doctor_finds_and_drops_a_bad_checkpoint(url: str, stores: list[PostgresStore]) -> None:
+    """A checkpoint that disagrees with the log is reported, and --repair deletes it."""
+    c = coordinator(open_store(stores, url))
+    c.register("a1")
+    c.claim(["issue:1"])
+    bogus = '{"schema_version":1,"seq":2,"last_token":9,"agents":{},"claims":{},"tables":{}}'
+    sql(url, "INSERT INTO dibs.checkpoints (namespace, seq, state) VALUES ('repo', 2, %s)", bogus)
+    store = open_store(stores, url)
+    assert ["checkpoint-differs"] == [f["kind"] for f in store.check()]
+    assert ["checkpoint-differs"] == [f["kind"] for f in store.check(repair=True)]
+    assert [] == store.check()
+    assert ["issue:1"] == [lease["resource"] for lease in coordinator(store).claims()]
