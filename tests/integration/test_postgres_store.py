@@ -426,3 +426,39 @@ def test_doctor_finds_and_drops_a_bad_checkpoint(url: str, stores: list[Postgres
     assert ["checkpoint-differs"] == [f["kind"] for f in store.check(repair=True)]
     assert [] == store.check()
     assert ["issue:1"] == [lease["resource"] for lease in coordinator(store).claims()]
+
+
+def test_an_estimate_ahead_of_the_server_clock_is_refused_and_corrected(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """The one-round-trip path decides at an estimate of the server's clock; the server refuses
+    an estimate it has not reached, and the client decides again at the server's time."""
+    store = open_store(stores, url)
+    c = coordinator(store)
+    c.register("a1")
+    assert store._synced is not None  # the next decisions take the optimistic path
+    micros, at = store._synced
+    store._synced = (micros + 3_600_000_000, at)  # believe the server is an hour ahead
+    c.claim(["issue:1"], ttl=60)
+    server_now = sql(url, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
+    acquire = c.log(limit=1)[0]
+    assert "acquire" == acquire["op"]
+    assert acquire["mono"] / 1e9 <= server_now
+    assert 50 < c.claims()[0]["expires_in"] <= 60
+
+
+def test_a_stale_client_never_decides_on_what_it_missed(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """Two clients whose caches fall behind each other still agree: a refusal decided on a
+    stale cache is re-checked, and a grant decided on one is refused by the write itself."""
+    a, b = coordinator(open_store(stores, url)), coordinator(open_store(stores, url))
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1"])
+    with pytest.raises(Conflict):
+        b.claim(["issue:1"])  # b's cache learns that a holds it
+    a.release(["issue:1"])
+    assert "a2" == b.claim(["issue:1"])[0]["agent"]  # b's cache said held: it was not
+    with pytest.raises(Conflict):
+        a.claim(["issue:1"])  # a's cache said free: it was not

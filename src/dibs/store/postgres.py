@@ -61,6 +61,11 @@ if TYPE_CHECKING:
 SCHEMA = 1
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
+# An optimistic decision that meets a namespace moved by someone else catches up and tries
+# again this many times before taking the namespace lock (which always makes progress).
+_OPTIMISTIC_TRIES = 2
+_PESSIMISTIC_AFTER_MISS = 16
+_CLOCK_MARGIN_US = 1000
 _PAGE = 5000
 #: Ops that free a resource: a decision holding one wakes `dibs claim --wait` elsewhere.
 _FREEING = frozenset(("release", "auto-evict", "force-evict", "unregister"))
@@ -230,6 +235,10 @@ class PostgresStore:
         self._offset = 0
         self._checkpoint_at = (0, 0)  # (seq, bytes) of the newest checkpoint we know
         self._since_checkpoint = 0
+        # (server clock in microseconds, our monotonic_ns then): to estimate the server's
+        # clock without asking it, for the optimistic path (see _optimistic).
+        self._synced: tuple[int, int] | None = None
+        self._pessimistic = 0  # decisions left to take the lock for, after optimism missed
 
     # Connections ------------------------------------------------------------------------
 
@@ -517,11 +526,83 @@ class PostgresStore:
         return micros, bodies
 
     def _step(self, conn: psycopg.Connection[Any], decide: DecideFn, request: str) -> Decision:
+        """One decision: optimistically in one round trip, else under the namespace lock.
+
+        Optimism pays when writers rarely meet; when they do, each miss costs round trips,
+        so after a miss the next decisions take the lock straight away for a while.
+        """
+        if (self.clock is not None or self._synced is not None) and self._pessimistic <= 0:
+            for _ in range(_OPTIMISTIC_TRIES):
+                decision = self._optimistic(conn, decide, request)
+                if decision is not None:
+                    return decision
+            self._pessimistic = _PESSIMISTIC_AFTER_MISS
+        self._pessimistic -= 1
+        return self._locked(conn, decide, request)
+
+    def _sync(self, micros: int) -> None:
+        self._synced = (int(micros), time.monotonic_ns())
+
+    def _estimate(self) -> tuple[Now, int | None]:
+        """The deciding time for an optimistic decision, and what the server must check."""
+        if self.clock is not None:
+            return self.clock(), None
+        assert self._synced is not None  # noqa: S101 -- _step only comes here once synced
+        micros, at = self._synced
+        # Stay a little behind the server: a time it has not reached would be refused.
+        estimate = micros + (time.monotonic_ns() - at) // 1000 - _CLOCK_MARGIN_US
+        return self._now(estimate), estimate
+
+    def _optimistic(
+        self, conn: psycopg.Connection[Any], decide: DecideFn, request: str
+    ) -> Decision | None:
+        """Decide on the cached state; prove it current with the write itself (or a read).
+
+        Returns None when the state was not current: it has caught up, decide again. No
+        lock is held across a round trip, so a slow or paused client stalls nobody.
+        """
+        pending: tuple[Decision, list[Event]] | None = None
+        state = self._state if self._state is not None else self._load(conn)
+        try:
+            if self._listening:
+                conn.execute(Q["unlisten"])
+                self._listening = False
+            now, decided_us = self._estimate()
+            decision = decide(state, now)
+            events = seal(decision.events, state.seq)
+            if events:
+                pending = (decision, events)
+                params = self._append_params(state, events, request)
+                params["decided_us"] = decided_us
+                added, micros, _ = _one(conn.execute(Q["append_if_current"], params))
+                self._sync(micros)
+                if added:
+                    self._check_appended(added, len(events))
+                    for event in events:
+                        apply(state, event)
+                    self._since_checkpoint += sum(len(b) for b in params["bodies"])
+                    self._maybe_checkpoint(conn)
+                    return decision
+            caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
+            micros, count, bodies = _one(caught)
+            self._sync(micros)
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, pending) from exc
+        if not events and count == 0:
+            # Nothing was written since the state we decided on: the answer stands.
+            return decision
+        if count:
+            self._apply_bodies(state, bodies.split("\n"))
+        return None
+
+    def _locked(self, conn: psycopg.Connection[Any], decide: DecideFn, request: str) -> Decision:
+        """The pessimistic path: two round trips holding the namespace lock in between."""
         pending: tuple[Decision, list[Event]] | None = None
         try:
             state = self._state if self._state is not None else self._load(conn)
             with conn.pipeline() as pipeline:
                 micros, bodies = self._begin(conn, pipeline, state.seq)
+                self._sync(micros)
                 if bodies:
                     self._apply_bodies(state, bodies.split("\n"))
                 now = self._now(micros)

@@ -96,6 +96,35 @@ SELECT (SELECT count(*) FROM added),
        -- Wake `dibs claim --wait` in other clients when something was released.
        (SELECT count(*) FROM (SELECT pg_notify('dibs', %(notify)s)) n WHERE %(notify)s <> '');
 
+-- name: append_if_current
+-- The optimistic write: one autocommit statement, no lock held across a round trip. It
+-- appends the events only if the namespace is still at %(expected)s (nobody wrote since the
+-- client's cached state) and the server's clock has reached the time the client decided at
+-- (%(decided_us)s, an estimate kept below the server's clock; NULL with a test clock), so a
+-- decision never uses a time the deciding clock has not reached. Returns the number of events
+-- added (0: not current, the client catches up and decides again) and the server's clock.
+WITH moved AS (
+    UPDATE dibs.namespaces
+    SET seq = %(last)s, last_token = greatest(last_token, %(token)s)
+    WHERE name = %(ns)s AND seq = %(expected)s
+      AND (%(decided_us)s::bigint IS NULL
+           OR %(decided_us)s::bigint <= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+    RETURNING name
+), added AS (
+    INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body)
+    SELECT moved.name, e.seq, e.op, e.agent, e.resource, e.token,
+           CASE WHEN e.seq = %(first)s THEN %(request)s END, e.body
+    FROM moved,
+         unnest(%(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[],
+                %(resources)b::text[], %(tokens)b::bigint[], %(bodies)b::text[])
+             AS e(seq, op, agent, resource, token, body)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added),
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+       (SELECT count(*) FROM (SELECT pg_notify('dibs', %(notify)s)) n
+        WHERE %(notify)s <> '' AND EXISTS (SELECT 1 FROM moved));
+
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
 SELECT pg_notify('dibs', %(payload)s);
