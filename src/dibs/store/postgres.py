@@ -193,6 +193,10 @@ class PostgresStore:
             for longer.
         lock_wait: seconds a write waits for the namespace's lock before giving up.
         connect_timeout: seconds to wait for a connection.
+        op_timeout: seconds to wait for the server's answer to one request before treating the
+            connection as lost (then reconnect, and settle an unanswered write by its
+            idempotency key). A network that swallows packets gives no error at all; without
+            this a client would wait for as long as the partition lasts, its leases expiring.
         checkpoint_bytes: write a checkpoint once this many bytes of events were applied after
             the last one (or the size of the last one, whichever is larger).
     """
@@ -207,6 +211,7 @@ class PostgresStore:
         lock_hold: float = 5.0,
         lock_wait: float = 60.0,
         connect_timeout: float = 5.0,
+        op_timeout: float = 10.0,
         checkpoint_bytes: int = CHECKPOINT_BYTES,
     ):
         self.namespace = check_namespace(namespace)
@@ -239,6 +244,14 @@ class PostgresStore:
         # clock without asking it, for the optimistic path (see _optimistic).
         self._synced: tuple[int, int] | None = None
         self._pessimistic = 0  # decisions left to take the lock for, after optimism missed
+        self.op_timeout = op_timeout
+        #: Requests the watchdog gave up on (no answer within op_timeout).
+        self.timeouts = 0
+        #: Writes whose answer was lost and were settled by their idempotency key.
+        self.settled = 0
+        self._armed: tuple[float, Any] | None = None  # (deadline, connection) of a request
+        self._watchdog: Any = None
+        self._closing = False
 
     # Connections ------------------------------------------------------------------------
 
@@ -268,17 +281,57 @@ class PostgresStore:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
-    def _retrying(self, work: Any) -> Any:
-        """Run ``work(conn)``; after a lost connection, reconnect and run it again."""
+    def _arm(self, conn: psycopg.Connection[Any], seconds: float | None = None) -> None:
+        """Expect an answer on *conn* within *seconds* (default op_timeout)."""
+        self._armed = (time.monotonic() + (seconds or self.op_timeout), conn)
+        if self._watchdog is None:
+            import threading
+
+            self._watchdog = threading.Thread(target=self._watch, daemon=True)
+            self._watchdog.start()
+
+    def _disarm(self) -> None:
+        self._armed = None
+
+    def _watch(self) -> None:
+        """Shut a connection down when its request outlives its deadline.
+
+        Arming is one assignment, so requests pay nothing; the watchdog looks four times per
+        op_timeout. Shutting the socket down wakes the waiting request with a lost
+        connection, which the store already handles: reconnect, settle, or give up saying so.
+        """
+        import socket
+
+        while not self._closing:
+            time.sleep(self.op_timeout / 4)
+            armed = self._armed
+            if armed is None or time.monotonic() < armed[0] or self._armed is not armed:
+                continue
+            conn = armed[1]
+            self.timeouts += 1
+            with (
+                contextlib.suppress(OSError, ValueError, psycopg.Error),
+                socket.socket(fileno=os.dup(conn.fileno())) as sock,
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _retrying(self, work: Any, *, allow: float = 0.0) -> Any:
+        """Run ``work(conn)``; after a lost connection, reconnect and run it again.
+
+        *allow* is extra time the work may take on top of op_timeout (a wait for a release).
+        """
         deadline = 0.0
         delay = 0.05
         while True:
             try:
                 conn = self._connect()
+                self._arm(conn, self.op_timeout + allow)
                 try:
                     return work(conn)
                 except psycopg.Error as exc:
                     raise self._translate(conn, exc, None) from exc
+                finally:
+                    self._disarm()
             except _Lost as lost:
                 self._drop()
                 deadline = deadline or time.monotonic() + self.retry_for
@@ -319,8 +372,9 @@ class PostgresStore:
 
     def _gave_up(self, lost: _Lost) -> StoreUnavailable:
         unknown = lost.pending is not None
+        silent = f" (no answer within {self.op_timeout:g} s)" if self.timeouts else ""
         return StoreUnavailable(
-            f"lost the connection to PostgreSQL at {self.where} and could not reconnect "
+            f"lost the connection to PostgreSQL at {self.where}{silent} and could not reconnect "
             f"within {self.retry_for:g} s: {_first_line(lost.cause)}"
             + ("; the operation may or may not have been recorded" if unknown else ""),
             hint=("see what happened with `dibs status` and `dibs log`; " if unknown else "")
@@ -471,12 +525,17 @@ class PostgresStore:
             while True:
                 try:
                     conn = self._connect()
-                    if pending is not None:
-                        decision = self._settle(conn, request, pending)
-                        if decision is not None:
-                            return decision
-                        pending = None  # it did not happen: decide again
-                    return self._step(conn, decide, request)
+                    self._arm(conn)
+                    try:
+                        if pending is not None:
+                            decision = self._settle(conn, request, pending)
+                            self.settled += 1
+                            if decision is not None:
+                                return decision
+                            pending = None  # it did not happen: decide again
+                        return self._step(conn, decide, request)
+                    finally:
+                        self._disarm()
                 except _Lost as lost:
                     self._drop()
                     pending = lost.pending or pending
@@ -742,7 +801,7 @@ class PostgresStore:
             return False
 
         with self._tlock:
-            return bool(self._retrying(wait))
+            return bool(self._retrying(wait, allow=timeout))
 
     # Reading ----------------------------------------------------------------------------
 
@@ -942,6 +1001,7 @@ class PostgresStore:
         return int(_one(conn.execute(Q["server_clock"]))[0])
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and stop the watchdog)."""
+        self._closing = True
         with self._tlock:
             self._drop()

@@ -1,0 +1,101 @@
+"""A TCP proxy between database clients and the server, with network faults on demand.
+
+Modes, switchable while clients run (`FaultProxy.mode`):
+
+* ``pass``: bytes flow both ways;
+* ``blackhole``: connections stay open but nothing is forwarded (the proxy stops reading, so
+  bytes wait in socket buffers, as a partition that later heals would leave them);
+* ``reset``: every open connection is reset (RST), and new ones are reset on arrival;
+* ``latency``: bytes flow after an added delay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import threading
+import time
+
+
+class FaultProxy:
+    """Listen on 127.0.0.1:<port>, forward to *target*; see the module docstring."""
+
+    def __init__(self, target: tuple[str, int], *, latency: float = 0.05):
+        self.target = target
+        self.latency = latency
+        self.mode = "pass"
+        self.switches = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def set(self, mode: str) -> None:
+        """Switch to *mode*; ``reset`` resets every open connection at once."""
+        self.mode = mode
+        self.switches += 1
+        if mode == "reset":
+            with self._lock:
+                for sock in list(self._open):
+                    self._reset(sock)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        with self._lock:
+            for sock in list(self._open):
+                self._reset(sock)
+
+    def _reset(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        self._open.discard(sock)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.mode == "reset":
+                self._reset(client)
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                self._reset(client)
+                continue
+            with self._lock:
+                self._open |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.mode == "blackhole":
+                    time.sleep(0.02)  # leave the bytes where they are
+                    continue
+                ready, _, _ = select.select([source], [], [], 0.05)
+                if not ready or self.mode == "blackhole":
+                    if source not in self._open:
+                        return
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self.mode == "latency":
+                    time.sleep(self.latency)
+                sink.sendall(data)
+        except (OSError, ValueError):  # a socket reset and closed under us
+            pass
+        finally:
+            with self._lock:
+                self._reset(source)
+                self._reset(sink)
