@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli
+from dibs.store.local import LocalStore
+from tests.conftest import Cli, store_dir
+from tests.faults.history import check
 
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 TTL = 1.5
@@ -53,6 +55,7 @@ def test_wall_clock_faults_neither_shorten_nor_extend_leases(
     time.sleep(max(0.0, TTL + 0.2 - (time.monotonic() - taken_at)))
     late = cli("claim", "issue:own", env=honest)
     assert 0 == late.returncode, "a skewed agent's lease outlived its ttl"
+    check(LocalStore(store_dir(repo)).events()).assert_clean()
     walls = [e["wall"] for e in cli.jsonl("log", "--agent", "skewed", "--op", "acquire")]
     if spec != "+0 x10":
         # The fault really fired: the skewed agent's events carry its faked wall time.

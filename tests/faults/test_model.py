@@ -27,6 +27,7 @@ from dibs.errors import Conflict, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness
+from tests.faults.history import check
 
 AGENTS = ["a1", "a2", "a3"]
 RESOURCES = ["issue:A", "issue:B", "lock:x", "path:src/**", "path:src/app.py", "path:docs/a.md"]
@@ -108,6 +109,7 @@ class StoreVersusModel(RuleBasedStateMachine):
         return Coordinator(self.store, agent=agent, token=token, liveness=FakeLiveness())
 
     def teardown(self) -> None:
+        check(self.store.events()).assert_clean()
         self.store.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
