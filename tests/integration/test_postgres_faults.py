@@ -29,7 +29,7 @@ from dibs.errors import Conflict, LeaseLost
 from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore
 from tests.conftest import FakeLiveness, pg_admin
-from tests.integration.test_postgres_races import assert_one_holder_at_a_time
+from tests.faults.history import check
 
 pytestmark = pytest.mark.postgres
 
@@ -115,7 +115,7 @@ def check_reports(url: str, reports: list[Any]) -> int:
             assert [] == errors
             missing = [a for a in acked if (*a, f"w{index}") not in logged]
             assert [] == missing, "an acknowledged act is missing from the log"
-        assert_one_holder_at_a_time(events)
+        check(events).assert_clean()
         assert [] == store.check()
         assert sum(len(acked) for _, acked, _, _ in reports) > 0
     finally:
@@ -310,7 +310,7 @@ def test_client_paused_past_its_ttl_is_refused_on_waking(pg_database: str, where
         assert answer.startswith("lease-lost"), answer
         assert "expired" in answer
         events = list(other_store.events())
-        assert_one_holder_at_a_time(events)
+        check(events).assert_clean()
         assert ["awake"] == [c["agent"] for c in other.claims()]
     finally:
         with contextlib.suppress(ProcessLookupError):

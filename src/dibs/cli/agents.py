@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 
@@ -12,6 +11,7 @@ from dibs.cli.output import (
     common,
     coordinator,
     print_json,
+    subcommands,
     table,
 )
 from dibs.humanize import seconds
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 
 def configure_agent(parser: argparse.ArgumentParser) -> None:
     """``dibs agent register|list|show|unregister``."""
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
+    add = subcommands(parser)
 
     register = add(
         "register",

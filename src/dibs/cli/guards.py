@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, print_json
+from dibs.cli.output import common, coordinator, print_json, subcommands
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -13,10 +13,7 @@ if TYPE_CHECKING:
 
 def configure_hooks(parser: argparse.ArgumentParser) -> None:
     """``dibs hooks install [--git] [--claude] [--mode block|warn] | uninstall | status``."""
-    import functools
-
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
+    add = subcommands(parser)
     install = add(
         "install",
         help="install the guards (both when neither --git nor --claude is given)",
@@ -118,10 +115,7 @@ def run_hooks_status(args: argparse.Namespace) -> int:
 
 def configure_guard(parser: argparse.ArgumentParser) -> None:
     """``dibs guard commit | dibs guard claude``."""
-    import functools
-
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
+    add = subcommands(parser)
     commit = add(
         "commit",
         help="what the git pre-commit hook runs",

@@ -35,6 +35,14 @@ def common(parser: argparse.ArgumentParser, *, identity: bool = False) -> None:
         )
 
 
+def subcommands(parser: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
+    """A function adding verbs under *parser* (``dibs agent register``), with its formatter."""
+    import functools
+
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    return functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
+
+
 _opened: list[Coordinator] = []
 
 

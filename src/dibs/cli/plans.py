@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, print_json, table
+from dibs.cli.output import common, coordinator, print_json, subcommands, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -13,15 +13,12 @@ if TYPE_CHECKING:
 
 def configure_plan(parser: argparse.ArgumentParser) -> None:
     """``dibs plan add|check|commit|list|drop``."""
-    import functools
-
     parser.epilog = (
         "The workflow: each agent (or an orchestrator) adds a plan, `plan check` shows\n"
         "the collisions and how to resolve them, then each agent commits its plan: every\n"
         "path is claimed at once, or none is."
     )
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
+    add = subcommands(parser)
     adding = add(
         "add",
         help="declare the files an agent means to touch (nothing is claimed)",

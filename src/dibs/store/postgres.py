@@ -670,7 +670,8 @@ class PostgresStore:
                 if events:
                     pending = (decision, events)
                     params = self._append_params(state, events, request)
-                    added = conn.execute(Q["append"], params)
+                    params["decided_us"] = None  # decided at the server's own reading
+                    added = conn.execute(Q["append_if_current"], params)
                     conn.execute(Q["commit"])
                     self._check_appended(_one(added)[0], len(events))
                 else:

@@ -73,36 +73,15 @@ SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
 FROM dibs.events
 WHERE namespace = %(ns)s AND seq > %(since)s;
 
--- name: append
--- Append a decision's events (the arrays travel in binary: no quoting of JSON text) and move the namespace's counters, in one statement. The
--- update matches only when the namespace is where the decision saw it; the events are
--- inserted only through that match, so a stale decision inserts nothing (and is refused).
-WITH moved AS (
-    UPDATE dibs.namespaces
-    SET seq = %(last)s, last_token = greatest(last_token, %(token)s)
-    WHERE name = %(ns)s AND seq = %(expected)s
-    RETURNING name
-), added AS (
-    INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body)
-    SELECT moved.name, e.seq, e.op, e.agent, e.resource, e.token,
-           CASE WHEN e.seq = %(first)s THEN %(request)s END, e.body
-    FROM moved,
-         unnest(%(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[],
-                %(resources)b::text[], %(tokens)b::bigint[], %(bodies)b::text[])
-             AS e(seq, op, agent, resource, token, body)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM added),
-       -- Wake `dibs claim --wait` in other clients when something was released.
-       (SELECT count(*) FROM (SELECT pg_notify('dibs', %(notify)s)) n WHERE %(notify)s <> '');
-
 -- name: append_if_current
--- The optimistic write: one autocommit statement, no lock held across a round trip. It
--- appends the events only if the namespace is still at %(expected)s (nobody wrote since the
--- client's cached state) and the server's clock has reached the time the client decided at
--- (%(decided_us)s, an estimate kept below the server's clock; NULL with a test clock), so a
--- decision never uses a time the deciding clock has not reached. Returns the number of events
--- added (0: not current, the client catches up and decides again) and the server's clock.
+-- Append a decision's events and move the namespace's counters, in one statement (the arrays
+-- travel in binary: no quoting of JSON text). The events go in only if the namespace is still
+-- at %(expected)s, the state the decision was made on, and the server's clock has reached the
+-- time it was made at (%(decided_us)s; NULL when the server's own reading was used, or with a
+-- test clock): a stale decision inserts nothing. Used alone in autocommit (the optimistic
+-- path: no lock held across a round trip) and inside the locked transaction. Returns the
+-- number of events added (0: not current; decide again) and the server's clock; it wakes
+-- `dibs claim --wait` in other clients when something was released.
 WITH moved AS (
     UPDATE dibs.namespaces
     SET seq = %(last)s, last_token = greatest(last_token, %(token)s)
