@@ -26,6 +26,7 @@ results as ``gate`` events on table ``gates`` (key: the issue).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -85,9 +86,9 @@ def required_gates(settings: Any) -> tuple[dict[str, str], list[str]]:
 def issue_of_branch(pattern: str, branch: str) -> str | None:
     """The issue a branch named by *pattern* (``agent/{issue}``) is for, if it is one."""
     prefix, _, suffix = pattern.partition("{issue}")
-    if len(branch) > len(prefix) + len(suffix) and branch.startswith(prefix):
-        if branch.endswith(suffix):
-            return branch[len(prefix) : len(branch) - len(suffix)]
+    fits = branch.startswith(prefix) and branch.endswith(suffix)
+    if fits and len(branch) > len(prefix) + len(suffix):
+        return branch[len(prefix) : len(branch) - len(suffix)]
     return None
 
 
@@ -100,7 +101,9 @@ def _check_issue(issue: str) -> str:
 def _issue_lease(state: State, issue: str, ctx: Context, agent: str | None) -> dict[str, Any]:
     """The live lease on ``issue:ISSUE`` the entry will be fenced by."""
     holders = state.claims.get("issue:" + issue, {})
-    live = {name: lease for name, lease in holders.items() if not eviction_reason(state, lease, ctx)}
+    live = {
+        name: lease for name, lease in holders.items() if not eviction_reason(state, lease, ctx)
+    }
     if agent is not None:
         if agent not in live:
             raise LeaseLost(
@@ -189,7 +192,14 @@ def enqueue(
         )
     if git(repo.root, "check-ref-format", "--branch", branch, check=False).strip() != branch:
         raise UsageError(f"{branch!r} is not a branch name", hint="see `git branch`")
-    head = git(repo.root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}", check=False).strip()
+    head = git(
+        repo.root,
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"refs/heads/{branch}^{{commit}}",
+        check=False,
+    ).strip()
     if not head:
         raise NotFound(f"no branch {branch!r} here", hint="see `git branch`")
     if issue is None:
@@ -241,8 +251,10 @@ def enqueue(
         done = sorted(
             (e for e in table.values() if e["state"] not in OPEN), key=lambda e: e["number"]
         )
-        for old in done[: max(0, len(done) - KEEP_FINISHED + 1)]:
-            events.append(new_event("record", ctx.now, table=QUEUE, key=old["id"], value=None))
+        events += [
+            new_event("record", ctx.now, table=QUEUE, key=old["id"], value=None)
+            for old in done[: max(0, len(done) - KEEP_FINISHED + 1)]
+        ]
         return Decision(events, result=value)
 
     return dict(dibs.transact(decide).result)
@@ -342,7 +354,8 @@ def record_gate(
     result = {"result": "pass" if passed else "fail", "commit": sha.strip(), "by": by}
     if note:
         result["note"] = note
-    return _record_results(dibs, [issue], {gate: result})[issue][gate]
+    recorded: dict[str, Any] = _record_results(dibs, [issue], {gate: result})[issue][gate]
+    return recorded
 
 
 def _record_results(
@@ -381,7 +394,9 @@ def gates(dibs: Coordinator, issue: str) -> dict[str, Any]:
                 "gate": name,
                 "kind": "command" if name in commands else "manual",
                 "required": name in required,
-                "state": "missing" if result is None else ("passed" if result["result"] == "pass" else "failed"),
+                "state": "missing"
+                if result is None
+                else ("passed" if result["result"] == "pass" else "failed"),
                 **({} if result is None else {k: v for k, v in result.items() if k != "result"}),
             }
         )
@@ -527,10 +542,8 @@ class _Processor:
             import shutil
 
             shutil.rmtree(self.workdir, ignore_errors=True)
-        try:
+        with contextlib.suppress(DibsError):  # the lock was taken from us: nothing to let go
             self.me.unregister()
-        except DibsError:
-            pass  # the lock was taken from us: nothing of ours to let go
 
     # The run ----------------------------------------------------------------------------
 
@@ -543,8 +556,8 @@ class _Processor:
             self.keep_lock(now=True)
             group = pending[: self.batch]
             ready = []
-            for item in group:
-                item = self._mark(item, "land-start", state="running", processor=self.name)
+            for waiting in group:
+                item = self._mark(waiting, "land-start", state="running", processor=self.name)
                 try:
                     self._precheck(item)
                 except _Failed as failed:
@@ -686,9 +699,9 @@ class _Processor:
 
         self._fetch(item)
         head = item["head"]
-        if self._git("merge-base", base, head).strip() == base:
-            if self.strategy == "rebase" or base == head:
-                return head  # already on the tip: the very commit that was queued
+        on_tip = self._git("merge-base", base, head).strip() == base
+        if on_tip and (self.strategy == "rebase" or base == head):
+            return str(head)  # already on the tip: the very commit that was queued
         work = self._worktree(head if self.strategy == "rebase" else base)
         try:
             if self.strategy == "rebase":
@@ -698,7 +711,9 @@ class _Processor:
                 self._git("merge", "--quiet", "--no-ff", "-m", message, head, cwd=work)
         except GitError:
             files = self._git("diff", "--name-only", "--diff-filter=U", cwd=work).split()
-            self._git("rebase" if self.strategy == "rebase" else "merge", "--abort", cwd=work, check=False)
+            self._git(
+                "rebase" if self.strategy == "rebase" else "merge", "--abort", cwd=work, check=False
+            )
             raise _Failed(
                 f"conflicts with {self.target} in {', '.join(files) or 'the history'}",
                 files=files,
@@ -749,7 +764,9 @@ class _Processor:
             if attempt >= MAX_ATTEMPTS:
                 for item in items:
                     self._finish(
-                        item, "failed", reason=f"{self.target} kept moving: gave up after {attempt} tries"
+                        item,
+                        "failed",
+                        reason=f"{self.target} kept moving: gave up after {attempt} tries",
                     )
                 return tip
             new_tip = self._tip()
@@ -764,9 +781,7 @@ class _Processor:
             second = self._stack([item for item, _ in second], after)
         return self._settle(second, after, attempt)
 
-    def _run_gates(
-        self, commit: str, items: list[dict[str, Any]]
-    ) -> dict[str, Any] | None:
+    def _run_gates(self, commit: str, items: list[dict[str, Any]]) -> dict[str, Any] | None:
         """Run every required command gate on *commit*; the first failure, or None."""
         names = [g for g in self.required if g in self.commands]
         if not names:
@@ -777,14 +792,24 @@ class _Processor:
         failure = None
         for name in names:
             code, tail, seconds = self._run(self.commands[name], work, commit, items)
-            result = {"result": "pass" if code == 0 else "fail", "commit": commit, "by": self.name}
-            result.update(exit=code, seconds=seconds)
+            result: dict[str, Any] = {
+                "result": "pass" if code == 0 else "fail",
+                "commit": commit,
+                "by": self.name,
+                "exit": code,
+                "seconds": seconds,
+            }
             if code != 0:
                 result["tail"] = tail
             results[name] = result
             if code != 0:
                 said = "timed out" if code == "timeout" else f"exited {code}"
-                failure = {"reason": f"gate {name} {said}", "gate": name, "exit": code, "tail": tail}
+                failure = {
+                    "reason": f"gate {name} {said}",
+                    "gate": name,
+                    "exit": code,
+                    "tail": tail,
+                }
                 break
         _record_results(self.dibs, sorted({item["issue"] for item in items}), results)
         return failure
@@ -851,10 +876,19 @@ class _Processor:
                 self._git("push", "--quiet", lease, self.remote, f"{new}:refs/heads/{self.target}")
             except GitError:
                 return False
-            local = self._git("rev-parse", "--verify", "--quiet", f"refs/heads/{self.target}", check=False).strip()
+            local = self._git(
+                "rev-parse", "--verify", "--quiet", f"refs/heads/{self.target}", check=False
+            ).strip()
             if not local or self._git("merge-base", local, new).strip() == local:
-                self._git("update-ref", "-m", message, f"refs/heads/{self.target}", new, *(
-                    [local] if local else []), check=False)
+                self._git(
+                    "update-ref",
+                    "-m",
+                    message,
+                    f"refs/heads/{self.target}",
+                    new,
+                    *([local] if local else []),
+                    check=False,
+                )
                 self._sync_checkouts(local or old, new)
             return True
         try:
@@ -905,7 +939,11 @@ def conflicts(dibs: Coordinator) -> dict[str, Any]:
     pattern = str(dibs.settings["worktrees.branch"])
     prefix = pattern.partition("{issue}")[0]
     listing = git(
-        repo.root, "for-each-ref", "--format=%(refname:short)", "--no-merged", target,
+        repo.root,
+        "for-each-ref",
+        "--format=%(refname:short)",
+        "--no-merged",
+        target,
         f"refs/heads/{prefix}" if prefix else "refs/heads/",
     )
     names |= {n for n in listing.split() if issue_of_branch(pattern, n) is not None}
@@ -922,9 +960,9 @@ def conflicts(dibs: Coordinator) -> dict[str, Any]:
         pairs = [target] + [b for b in branches[i + 1 :] if _overlap(changed[a], changed[b])]
         for b in pairs:
             checked += 1
-            files = _merge_tree(repo.root, b, a)
-            if files:
-                found.append({"a": a, "b": b, "files": files, "with_target": b == target})
+            clashing = _merge_tree(repo.root, b, a)
+            if clashing:
+                found.append({"a": a, "b": b, "files": clashing, "with_target": b == target})
     return {"target": target, "branches": branches, "pairs_checked": checked, "conflicts": found}
 
 

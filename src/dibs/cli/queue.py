@@ -67,7 +67,11 @@ def run_land(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"{item['id']}: {item['branch']} {item['state']}{where}\n")
 
         item = queue.land(
-            dibs, args.branch, issue=args.issue, batch=args.batch, wait=args.wait,
+            dibs,
+            args.branch,
+            issue=args.issue,
+            batch=args.batch,
+            wait=args.wait,
             on_change=progress,
         )
     if args.json:
@@ -121,8 +125,17 @@ def run_queue(args: argparse.Namespace) -> int:
         took = f"{seconds(item['seconds'])}" if "seconds" in item else ""
         said = item.get("reason", "") if item["state"] != "landed" else item["commit"][:12]
         rows.append(
-            [item["id"], item.get("position", ""), item["state"], item["branch"], item["issue"],
-             item["agent"], item["enqueued"][11:19], took, said]
+            [
+                item["id"],
+                item.get("position", ""),
+                item["state"],
+                item["branch"],
+                item["issue"],
+                item["agent"],
+                item["enqueued"][11:19],
+                took,
+                said,
+            ]
         )
     headers = ("entry", "pos", "state", "branch", "issue", "agent", "queued", "took", "result")
     sys.stdout.write(table(rows, headers))
@@ -190,8 +203,14 @@ def run_gates(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         rows = [
-            [g["gate"], g["kind"], "yes" if g["required"] else "no", g["state"],
-             g.get("commit", "")[:12], g.get("note", "") or g.get("tail", "").split("\n")[-1]]
+            [
+                g["gate"],
+                g["kind"],
+                "yes" if g["required"] else "no",
+                g["state"],
+                g.get("commit", "")[:12],
+                g.get("note", "") or g.get("tail", "").split("\n")[-1],
+            ]
             for g in report["gates"]
         ]
         if rows:
