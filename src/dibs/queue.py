@@ -358,24 +358,29 @@ def record_gate(
     return recorded
 
 
+def _gate_events(
+    state: State, ctx: Context, issues: list[str], results: dict[str, dict[str, Any]]
+) -> list[Any]:
+    table = state.tables.get(GATES, {})
+    events = []
+    for issue in issues:
+        value = dict(table.get(issue) or {})
+        for gate, result in results.items():
+            value[gate] = {**result, "at": ctx.now.iso()}
+        events.append(
+            new_event(
+                "gate", ctx.now, resource=f"issue:{issue}", table=GATES, key=issue, value=value
+            )
+        )
+    return events
+
+
 def _record_results(
     dibs: Coordinator, issues: list[str], results: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     def decide(state: State, ctx: Context) -> Decision:
-        table = state.tables.get(GATES, {})
-        events = []
-        out = {}
-        for issue in issues:
-            value = dict(table.get(issue) or {})
-            for gate, result in results.items():
-                value[gate] = {**result, "at": ctx.now.iso()}
-            out[issue] = value
-            events.append(
-                new_event(
-                    "gate", ctx.now, resource=f"issue:{issue}", table=GATES, key=issue, value=value
-                )
-            )
-        return Decision(events, result=out)
+        events = _gate_events(state, ctx, issues, results)
+        return Decision(events, result={e["key"]: e["value"] for e in events})
 
     return dict(dibs.transact(decide).result)
 
@@ -513,8 +518,13 @@ class _Processor:
         self.ttl = float(dibs.settings["leases.ttl"])
         self.renewed = 0.0
         self.workdir: str | None = None
+        self.at = ""  # the commit the temporary worktree has checked out
+        self.dirty = False  # gates ran there since (they may leave files behind)
+        self.checkout: str | None = None  # a worktree with the target checked out
         self.env: dict[str, str] = {}
         self.outcome = Outcome()
+        #: Gate results to record with the next entry events: (issues, {gate: result}).
+        self.results: tuple[list[str], dict[str, dict[str, Any]]] | None = None
 
     # The lock ---------------------------------------------------------------------------
 
@@ -528,11 +538,20 @@ class _Processor:
         self.renewed = time.monotonic()
         return True
 
-    def keep_lock(self, *, now: bool = False) -> None:
-        """Renew the lock when a third of its ttl has gone (or *now*); raises LeaseLost."""
-        if now or time.monotonic() - self.renewed > self.ttl / 3:
+    def keep_lock(self, *, check: bool = False) -> None:
+        """Renew the lock when a third of its ttl has gone; with *check*, make sure it is
+        still ours even if not (a read, no write). Raises LeaseLost."""
+        if time.monotonic() - self.renewed > self.ttl / 3:
             self.me.renew([LOCK])
             self.renewed = time.monotonic()
+        elif check:
+            state, now = self.dibs.store.read()
+            lease = state.claims.get(LOCK, {}).get(self.name)
+            if lease is None or eviction_reason(state, lease, self.dibs.context(now)):
+                raise LeaseLost(
+                    f"{self.name} lost {LOCK} (paused or partitioned past its ttl)",
+                    hint="another `dibs land` is processing the queue now",
+                )
 
     def close(self) -> None:
         from dibs.git.run import git
@@ -553,7 +572,7 @@ class _Processor:
             pending = _entries(state, finished=False)
             if not pending:
                 return
-            self.keep_lock(now=True)
+            self.keep_lock()
             group = pending[: self.batch]
             ready = []
             for waiting in group:
@@ -569,24 +588,40 @@ class _Processor:
                 self._settle(self._stack(ready, tip), tip, attempt=1)
 
     def _mark(self, item: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
-        def decide(state: State, ctx: Context) -> Decision:
-            current = state.tables.get(QUEUE, {}).get(item["id"], item)
-            value = {**current, **fields}
-            if op == "land-start":
-                value.setdefault("started", ctx.now.iso())
-                value["started_wall"] = ctx.now.wall
-            else:
-                value["finished"] = ctx.now.iso()
-                started = value.get("started_wall") or value.get("enqueued_wall") or ctx.now.wall
-                value["seconds"] = round(ctx.now.wall - started, 3)
-                value["queued_seconds"] = round(started - value["enqueued_wall"], 3)
-            return Decision([_entry_event(op, ctx, value)], result=value)
+        return dict(self._write([(item, op, fields)])[0])
 
-        return dict(self.dibs.transact(decide).result)
+    def _write(self, changes: list[tuple[dict[str, Any], str, dict[str, Any]]]) -> list[Any]:
+        """Entry events (and the gate results not yet recorded) in one transaction."""
+        results, self.results = self.results, None
+
+        def decide(state: State, ctx: Context) -> Decision:
+            events = [] if results is None else _gate_events(state, ctx, *results)
+            values = []
+            for item, op, fields in changes:
+                value = {**state.tables.get(QUEUE, {}).get(item["id"], item), **fields}
+                if op == "land-start":
+                    value.setdefault("started", ctx.now.iso())
+                    value["started_wall"] = ctx.now.wall
+                else:
+                    value["finished"] = ctx.now.iso()
+                    started = value.get("started_wall") or value["enqueued_wall"]
+                    value["seconds"] = round(ctx.now.wall - started, 3)
+                    value["queued_seconds"] = round(started - value["enqueued_wall"], 3)
+                events.append(_entry_event(op, ctx, value))
+                values.append(value)
+            return Decision(events, result=values)
+
+        return list(self.dibs.transact(decide).result)
 
     def _finish(self, item: dict[str, Any], state: str, **fields: Any) -> None:
-        op = "land-done" if state == "landed" else "land-fail"
-        self.outcome.handled.append(self._mark(item, op, state=state, **fields))
+        self._conclude([(item, state, fields)])
+
+    def _conclude(self, outcomes: list[tuple[dict[str, Any], str, dict[str, Any]]]) -> None:
+        changes = [
+            (item, "land-done" if state == "landed" else "land-fail", {**fields, "state": state})
+            for item, state, fields in outcomes
+        ]
+        self.outcome.handled += self._write(changes)
 
     def _precheck(self, item: dict[str, Any]) -> None:
         self._check_fence(item)
@@ -657,9 +692,11 @@ class _Processor:
             self._sweep(base)
             self.workdir = os.path.join(base, self.name)
             self._git("worktree", "add", "--quiet", "--detach", self.workdir, commit)
-            return self.workdir
-        self._git("reset", "--quiet", "--hard", commit, cwd=self.workdir)
-        self._git("clean", "-ffdq", cwd=self.workdir)
+        elif self.at != commit or self.dirty:
+            self._git("reset", "--quiet", "--hard", commit, cwd=self.workdir)
+            if self.dirty:
+                self._git("clean", "-ffdq", cwd=self.workdir)
+        self.at, self.dirty = commit, False
         return self.workdir
 
     def _sweep(self, base: str) -> None:
@@ -697,11 +734,11 @@ class _Processor:
         """*item*'s commit put on *base* (rebased or merged); raises _Failed on a conflict."""
         from dibs.git.run import GitError
 
-        self._fetch(item)
-        head = item["head"]
-        on_tip = self._git("merge-base", base, head).strip() == base
-        if on_tip and (self.strategy == "rebase" or base == head):
-            return str(head)  # already on the tip: the very commit that was queued
+        if self.remote:
+            self._fetch(item)
+        head = str(item["head"])
+        if head == base:
+            return head
         work = self._worktree(head if self.strategy == "rebase" else base)
         try:
             if self.strategy == "rebase":
@@ -709,17 +746,20 @@ class _Processor:
             else:
                 message = f"Merge {item['branch']} (issue {item['issue']}) via dibs land"
                 self._git("merge", "--quiet", "--no-ff", "-m", message, head, cwd=work)
-        except GitError:
+        except GitError as exc:
             files = self._git("diff", "--name-only", "--diff-filter=U", cwd=work).split()
-            self._git(
-                "rebase" if self.strategy == "rebase" else "merge", "--abort", cwd=work, check=False
-            )
+            verb = "rebase" if self.strategy == "rebase" else "merge"
+            self._git(verb, "--abort", cwd=work, check=False)
+            self.at = ""
+            if not files:
+                raise _Failed(f"cannot {verb} {item['branch']}: {exc.message}") from None
             raise _Failed(
-                f"conflicts with {self.target} in {', '.join(files) or 'the history'}",
+                f"conflicts with {self.target} in {', '.join(files)}",
                 files=files,
                 hint=f"rebase {item['branch']} onto {self.target}, resolve, and land again",
             ) from None
-        return self._git("rev-parse", "HEAD", cwd=work).strip()
+        self.at = self._git("rev-parse", "HEAD", cwd=work).strip()
+        return self.at
 
     def _stack(self, items: list[dict[str, Any]], base: str) -> list[tuple[dict[str, Any], str]]:
         """Put each of *items* on the one before (the first on *base*); failures leave."""
@@ -757,8 +797,8 @@ class _Processor:
                 rest = [item for item, _ in stack if item["id"] not in lost]
                 return self._settle(self._stack(rest, tip), tip, attempt)
             if self._move(tip, top):
-                for item, commit in stack:
-                    self._finish(item, "landed", commit=commit, onto=tip, attempts=attempt)
+                done = {"onto": tip, "attempts": attempt}
+                self._conclude([(item, "landed", {**done, "commit": c}) for item, c in stack])
                 return top
             items = [item for item, _ in stack]
             if attempt >= MAX_ATTEMPTS:
@@ -787,7 +827,11 @@ class _Processor:
         if not names:
             return None
         self.outcome.gate_runs += 1
+        if self.results is not None:  # an earlier run's, not yet recorded with an outcome
+            _record_results(self.dibs, *self.results)
+            self.results = None
         work = self._worktree(commit)
+        self.dirty = True
         results: dict[str, dict[str, Any]] = {}
         failure = None
         for name in names:
@@ -811,7 +855,7 @@ class _Processor:
                     "tail": tail,
                 }
                 break
-        _record_results(self.dibs, sorted({item["issue"] for item in items}), results)
+        self.results = (sorted({item["issue"] for item in items}), results)
         return failure
 
     def _run(
@@ -866,7 +910,7 @@ class _Processor:
         """Move the target from *old* to *new* if it is still at *old* (compare and swap)."""
         from dibs.git.run import GitError
 
-        self.keep_lock(now=True)  # a processor that lost the lock stops here
+        self.keep_lock(check=True)  # a processor that lost the lock stops here
         if old == new:
             return True
         message = f"dibs land: {self.target} {old[:12]} -> {new[:12]}"
@@ -905,13 +949,16 @@ class _Processor:
         out; ``read-tree -m -u OLD NEW`` carries that worktree forward, keeping local changes
         to files the landing did not touch (and refusing, harmlessly, when it would lose one).
         """
-        listing = self._git("worktree", "list", "--porcelain")
-        path = None
-        for line in listing.splitlines():
-            if line.startswith("worktree "):
-                path = line[len("worktree ") :]
-            elif line == f"branch refs/heads/{self.target}" and path is not None:
-                self._git("read-tree", "-m", "-u", old, new, cwd=path, check=False)
+        if self.checkout is None:
+            self.checkout = ""
+            path = None
+            for line in self._git("worktree", "list", "--porcelain").splitlines():
+                if line.startswith("worktree "):
+                    path = line[len("worktree ") :]
+                elif line == f"branch refs/heads/{self.target}" and path is not None:
+                    self.checkout = path
+        if self.checkout:
+            self._git("read-tree", "-m", "-u", old, new, cwd=self.checkout, check=False)
 
 
 # Conflict prediction ----------------------------------------------------------------------
