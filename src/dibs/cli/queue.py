@@ -122,7 +122,10 @@ def run_queue(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for item in found:
-        took = f"{seconds(item['seconds'])}" if "seconds" in item else ""
+        took = ""
+        if "seconds" in item:
+            spent = item["seconds"]
+            took = f"{spent:.1f} s" if spent < 60 else seconds(spent)
         said = item.get("reason", "") if item["state"] != "landed" else item["commit"][:12]
         rows.append(
             [
