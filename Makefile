@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest soak bench bench-postgres docs clean compile
+.PHONY: demo test lint typecheck pytest soak bench bench-postgres bench-queue docs clean compile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench: $(STAMP_DEV) compile
 # Needs a PostgreSQL server: DIBS_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres).
 bench-postgres: $(STAMP_DEV) compile
 	$(BIN)/python bench/postgres.py
+
+bench-queue: $(STAMP_DEV) compile
+	$(BIN)/python bench/queue.py
 
 docs: $(STAMP_DEV)
 	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md

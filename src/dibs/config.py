@@ -73,6 +73,23 @@ def _choice(*allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _count(limit: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            return f"must be a whole number from 1 to {limit}"
+        return None
+
+    return check
+
+
+def _remote(value: Any) -> str | None:
+    import re
+
+    if not isinstance(value, str) or not (value == "" or re.fullmatch(r"[\w.][\w./-]*", value)):
+        return "must be a git remote name such as origin, or empty for no push"
+    return None
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -122,6 +139,16 @@ SCHEMA: dict[str, Setting] = {
         "agent/{issue}", _branch_pattern, None, "branch name for an issue's worktree"
     ),
     "merge.target": Setting("main", _text, "DIBS_TARGET", "the branch agents land on"),
+    "merge.strategy": Setting(
+        "rebase", _choice("rebase", "merge"), None, "rebase a branch onto the target, or merge it"
+    ),
+    "merge.batch": Setting(1, _count(64), None, "entries the queue tests and lands together"),
+    "merge.gate_timeout": Setting(
+        600.0, _positive(7 * 86400), None, "seconds a gate may run before it counts as failed"
+    ),
+    "merge.remote": Setting(
+        "", _remote, "DIBS_REMOTE", "a remote to land on with --force-with-lease (empty: local)"
+    ),
     "gates": Setting({}, _gates, None, 'named gate commands, e.g. tests = "pytest -q"'),
     "guard.mode": Setting(
         "block", _choice("block", "warn"), "DIBS_GUARD_MODE", "block or warn on a held file"
@@ -296,11 +323,22 @@ branch = "{branch}"
 [merge]
 # The branch agents land their work on (DIBS_TARGET).
 target = "{target}"
+# How `dibs land` puts a branch on the target: "rebase" (linear history) or "merge".
+strategy = "rebase"
+# Entries tested and landed together; on a failure the batch is split to find the culprit.
+batch = 1
+# Seconds a gate may run before it counts as failed.
+gate_timeout = 600
+# A remote to land on (pushed with --force-with-lease), e.g. "origin"; empty: this clone only.
+remote = ""
 
 [gates]
-# Named commands a branch must pass before it lands, for example:
+# Named commands a branch must pass, on the exact commit that will become the target's tip:
 # tests = "pytest -q"
 # lint = "ruff check"
+# Gates every branch needs; names without a command are manual (`dibs gate pass ISSUE review`).
+# Without this list every command above is required.
+# required = ["tests", "lint", "review"]
 
 [guard]
 # What the edit and commit guards do when a file is held by another agent: "block" or "warn".

@@ -113,8 +113,33 @@ def _shared_store(url: str, repo: Repo) -> Store:
     return store
 
 
+def _union_merge(repo: Repo, glob: str) -> str | None:
+    """Give *glob* git's union merge in ``.gitattributes``; the line added, or None if there."""
+    if not glob.strip() or any(c.isspace() for c in glob) or glob.startswith("#"):
+        raise UsageError(f"{glob!r} is not a file pattern", hint="e.g. --union-merge '*.jsonl'")
+    path = os.path.join(repo.root, ".gitattributes")
+    line = f"{glob} merge=union"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    if line in text.splitlines():
+        return None
+    with open(path, "a", encoding="utf-8") as f:
+        if text and not text.endswith("\n"):
+            f.write("\n")
+        f.write(
+            f"# dibs: append-only logs merge by union (both sides' new lines are kept)\n{line}\n"
+        )
+    return line
+
+
 def init(
-    where: str | os.PathLike[str] | None = None, *, store: str | None = None
+    where: str | os.PathLike[str] | None = None,
+    *,
+    store: str | None = None,
+    union_merge: str | None = None,
 ) -> dict[str, Any]:
     """Set up dibs in the repository at *where*; safe to run again.
 
@@ -125,6 +150,8 @@ def init(
         store: a ``postgresql://`` URL: create dibs's tables there (or migrate them), create
             the repository's namespace, and record the URL (without password) as ``store.url``
             in dibs.toml. Checked before anything is written.
+        union_merge: a file pattern (``*.jsonl``) to give git's union merge in
+            ``.gitattributes``: append-only logs then merge without conflicts.
 
     Returns:
         What was done: ``{"root", "store", "settings", "created_settings", "excluded"}``.
@@ -134,6 +161,8 @@ def init(
     repo = find_repo(os.fspath(where) if where is not None else None)
     settings_path = os.path.join(repo.root, config.FILE_NAME)
     shared = None
+    if union_merge is not None and (not union_merge.strip() or " " in union_merge):
+        raise UsageError(f"{union_merge!r} is not a file pattern", hint="e.g. '*.jsonl'")
     if store is not None:
         current = _store_url_in(settings_path)
         if current and current not in (store, _strip(store)):
@@ -154,7 +183,9 @@ def init(
         excluded = _exclude(repo, "/" + folder)
         dibs.store.create()
         url = dibs.store.url
+    union = _union_merge(repo, union_merge) if union_merge is not None else None
     return {
+        "union_merge": union,
         "root": repo.root,
         "store": url,
         "settings": settings_path,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, store_dir
+from tests.conftest import BIN, Cli, git, store_dir
 
 pytestmark = pytest.mark.postgres
 
@@ -136,3 +136,59 @@ def test_store_migrate_into_a_used_namespace_changes_nothing(
     assert "is not empty" in out.stderr
     assert 0 == cli("claim", "issue:1", env=env).returncode
     assert "url" not in tomllib.loads((repo / "dibs.toml").read_text()).get("store", {})
+
+
+def test_two_hosts_land_through_one_queue_to_a_shared_remote(
+    tmp_path: Path, repo: Path, pg_database: str
+) -> None:
+    """Two clones (host ids a and b) share one queue in PostgreSQL and land on one bare remote
+    at the same moment: both branches land, the remote's main has both, each exactly once."""
+    remote = tmp_path / "shared.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    a = Cli(repo, env={"DIBS_HOST": "host-a"})
+    assert 0 == a("init", "--store", pg_database).returncode
+    text = (repo / "dibs.toml").read_text().replace('remote = ""', 'remote = "origin"')
+    text = text.replace('# tests = "pytest -q"', 'tests = "test -f README.md"')
+    (repo / "dibs.toml").write_text(text)
+    git(repo, "add", "dibs.toml")
+    git(repo, "commit", "-q", "-m", "share the store and the remote")
+    git(repo, "remote", "add", "origin", str(remote))
+    git(repo, "push", "-q", "origin", "main")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(remote), str(clone))
+    git(clone, "config", "user.email", "b@dibs.invalid")
+    git(clone, "config", "user.name", "host b")
+    b = Cli(clone, env={"DIBS_HOST": "host-b"})
+    procs = []
+    for cli, where, name in ((a, repo, "A-1"), (b, clone, "B-1")):
+        env = cli.register(f"agent-{name.lower()}")
+        assert 0 == cli("claim", f"issue:{name}", env=env).returncode
+        git(where, "checkout", "-q", "-b", f"agent/{name}")
+        (where / f"{name}.txt").write_text(f"{name}\n")
+        git(where, "add", f"{name}.txt")
+        git(where, "commit", "-q", "-m", f"work on {name}")
+        git(where, "checkout", "-q", "main")
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "dibs"), "land", f"agent/{name}", "--json"],
+                cwd=where,
+                env={**cli.env, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [0, 0] == [p.returncode for p in procs], outs
+    files = git(remote, "ls-tree", "-r", "--name-only", "main").split()
+    assert {"A-1.txt", "B-1.txt"} <= set(files)
+    log = git(remote, "log", "--format=%s", "main").splitlines()
+    assert 1 == log.count("work on A-1")
+    assert 1 == log.count("work on B-1")
+    assert {"landed"} == {e["state"] for e in a.json("queue")}
+    tip = git(remote, "rev-parse", "main").strip()
+    assert tip in {e["commit"] for e in a.json("queue")}
+    for where in (repo, clone):  # a clone's own main moved only if it processed, never astray
+        git(where, "fetch", "-q", "origin")
+        mine = git(where, "rev-parse", "main").strip()
+        assert mine == git(where, "merge-base", mine, "origin/main").strip()

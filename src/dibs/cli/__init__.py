@@ -36,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("dibs.cli.guards", "compare a branch's changes with the agent's claims"),
     "plan": ("dibs.cli.plans", "declare intended files, see collisions, claim a plan at once"),
     "archive": ("dibs.cli.plans", "copy a finished swarm's events to history/, clear its plans"),
+    "land": ("dibs.cli.queue", "queue a branch to land on the target, and see it through"),
+    "queue": ("dibs.cli.queue", "the merge queue: entries, state, timings; cancel one"),
+    "gate": ("dibs.cli.queue", "record a manual gate (a review) as passed or failed"),
+    "gates": ("dibs.cli.queue", "which gates an issue passed, failed or still needs"),
+    "conflicts": ("dibs.cli.queue", "predict conflicts among live branches and the target"),
     "store": ("dibs.cli.setup", "move the store: copy the local store into PostgreSQL"),
     "demo": ("dibs.cli.demo", "watch agents race for issues on a throw-away repository"),
 }

@@ -22,12 +22,23 @@ def configure_init(parser: argparse.ArgumentParser) -> None:
         "store: dibs creates (or migrates) its tables in that database, creates this\n"
         "repository's namespace, and records the URL (never its password: use ~/.pgpass\n"
         "or PGPASSWORD) as store.url in dibs.toml. Commit dibs.toml so other clones follow.\n\n"
+        "With --union-merge, append-only JSONL files (agents' logs, task lists) get git's\n"
+        "union merge in .gitattributes, so two branches that each appended lines merge\n"
+        "without a conflict (commit .gitattributes).\n\n"
         "examples:\n"
         "  dibs init\n"
+        "  dibs init --union-merge              # *.jsonl merge=union\n"
         "  dibs init --store postgresql://dibs@db.internal:5432/dibs"
     )
     parser.add_argument(
         "--store", metavar="URL", help="a shared PostgreSQL store: postgresql://USER@HOST/DB"
+    )
+    parser.add_argument(
+        "--union-merge",
+        nargs="?",
+        const="*.jsonl",
+        metavar="GLOB",
+        help="use git's union merge for these append-only files (bare: *.jsonl)",
     )
     common(parser)
     parser.set_defaults(handler=run_init)
@@ -37,7 +48,7 @@ def run_init(args: argparse.Namespace) -> int:
     """Set up and say what was done."""
     from dibs.setup import init
 
-    result = init(args.directory, store=args.store)
+    result = init(args.directory, store=args.store, union_merge=args.union_merge)
     if args.json:
         print_json(result)
         return 0
@@ -52,6 +63,10 @@ def run_init(args: argparse.Namespace) -> int:
         lines.append("  the password was left out of dibs.toml: put it in ~/.pgpass or PGPASSWORD")
     if result["excluded"]:
         lines.append(f"  added {result['excluded']} to .git/info/exclude")
+    if result.get("union_merge"):
+        lines.append(f"  added `{result['union_merge']}` to .gitattributes (commit it)")
+    elif args.union_merge is None:
+        lines.append("  tip: `dibs init --union-merge` merges append-only *.jsonl files by union")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

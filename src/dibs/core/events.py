@@ -83,6 +83,12 @@ OPS = (
     "plan-drop",
     "plan-commit",
     "archive",
+    "land-enqueue",
+    "land-start",
+    "land-done",
+    "land-fail",
+    "land-cancel",
+    "gate",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")

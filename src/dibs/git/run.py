@@ -6,6 +6,7 @@ module, never the claim path.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from dibs.errors import DibsError
@@ -17,8 +18,16 @@ class GitError(DibsError):
     code = "git"
 
 
-def git(cwd: str, *args: str, check: bool = True, input: str | None = None) -> str:  # noqa: A002
+def git(
+    cwd: str,
+    *args: str,
+    check: bool = True,
+    input: str | None = None,  # noqa: A002
+    env: dict[str, str] | None = None,
+) -> str:
     """Run ``git *args`` in *cwd* and return its standard output.
+
+    *env* adds variables to the environment (for example a committer identity).
 
     Raises:
         GitError: git is missing, or (with *check*) exited non-zero; the message names the
@@ -32,6 +41,7 @@ def git(cwd: str, *args: str, check: bool = True, input: str | None = None) -> s
             text=True,
             input=input,
             check=False,
+            env=None if env is None else {**os.environ, **env},
         )
     except FileNotFoundError as exc:
         raise GitError("git is not installed", hint="install git and try again") from exc
