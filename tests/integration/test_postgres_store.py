@@ -462,3 +462,37 @@ def test_a_stale_client_never_decides_on_what_it_missed(
     assert "a2" == b.claim(["issue:1"])[0]["agent"]  # b's cache said held: it was not
     with pytest.raises(Conflict):
         a.claim(["issue:1"])  # a's cache said free: it was not
+
+
+def _wait_into(store: PostgresStore, started: threading.Event, woke: list[bool]) -> None:
+    started.set()
+    woke.append(store.wait_for_change(30))
+
+
+def test_a_release_right_after_the_first_listen_is_never_missed(url: str) -> None:
+    """LISTEN only counts once committed: a release that commits between the waiter's catch-up
+    and that commit must still wake it. Raced many times on fresh connections (each first wait
+    is the one at risk); before the fix about one in ten was missed."""
+    for round_ in range(30):
+        a_store, b_store = (
+            PostgresStore(url, namespace="repo"),
+            PostgresStore(url, namespace="repo"),
+        )
+        try:
+            a, b = coordinator(a_store), coordinator(b_store)
+            a.register(f"a{round_}")
+            b.register(f"b{round_}")
+            a.claim([f"issue:{round_}"])
+            with pytest.raises(Conflict):
+                b.claim([f"issue:{round_}"])
+            woke: list[bool] = []
+            started = threading.Event()
+            thread = threading.Thread(target=_wait_into, args=(b_store, started, woke))
+            thread.start()
+            started.wait(10)
+            a.release([f"issue:{round_}"])
+            thread.join(60)
+            assert [True] == woke, f"round {round_}: the release was missed"
+        finally:
+            a_store.close()
+            b_store.close()

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import select
 import time
 
 import psycopg
@@ -68,6 +69,8 @@ _PESSIMISTIC_AFTER_MISS = 16
 _CLOCK_MARGIN_US = 1000
 _PAGE = 5000
 #: Ops that free a resource: a decision holding one wakes `dibs claim --wait` elsewhere.
+#: Seconds between pings while waiting for a notification (see `wait_for_change`).
+_PING_EVERY = 1.0
 _FREEING = frozenset(("release", "auto-evict", "force-evict", "unregister"))
 _SQL_DIR = os.path.join(os.path.dirname(__file__), "sql")
 _HINT = (
@@ -235,6 +238,8 @@ class PostgresStore:
         self._conn: psycopg.Connection[Any] | None = None
         self._connected_once = False
         self._listening = False
+        #: Releases notified in this namespace since the last wait began (see `_noted`).
+        self._notes = 0
         self._state: State | None = None
         self._boot = ""
         self._offset = 0
@@ -269,9 +274,20 @@ class PostgresStore:
                     hint=_HINT,
                 ) from exc
             raise _Lost(exc, None) from exc
+        conn.add_notify_handler(self._noted)
         self._conn = conn
         self._connected_once = True
         return conn
+
+    def _noted(self, note: psycopg.Notify) -> None:
+        """Count a release notification, whenever psycopg receives it.
+
+        psycopg hands notifications that arrive while a query runs (the LISTEN and catch-up
+        of `wait_for_change` itself) only to handlers, never to ``notifies()``, so dibs waits
+        with a handler alone: a release landing in that moment is counted, not missed.
+        """
+        if note.payload.startswith(self.namespace + ":"):
+            self._notes += 1
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -781,9 +797,15 @@ class PostgresStore:
 
         def wait(conn: psycopg.Connection[Any]) -> bool:
             state = self._state if self._state is not None else self._load(conn)
-            with conn.pipeline():
+            self._notes = 0  # earlier ones are in the log the catch-up below reads
+            with conn.pipeline() as pipeline:
                 if not self._listening:
+                    # LISTEN takes effect when its transaction commits, and a pipeline runs
+                    # everything up to a Sync as one implicit transaction: sync here, or a
+                    # release committed between the catch-up's snapshot and that commit
+                    # would be neither in the catch-up nor notified.
                     conn.execute(Q["listen"])
+                    pipeline.sync()
                 caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
                 bodies: str = _one(caught)[2]
             self._listening = True
@@ -793,13 +815,14 @@ class PostgresStore:
                 freed = any(f'"op":"{op}"' in bodies for op in _FREEING)
                 if freed and state.seq > before:
                     return True
-            prefix = self.namespace + ":"
             deadline = time.monotonic() + timeout
-            while (remaining := deadline - time.monotonic()) > 0:
-                for note in conn.notifies(timeout=remaining, stop_after=1):
-                    if note.payload.startswith(prefix):
-                        return True
-            return False
+            while not self._notes and (remaining := deadline - time.monotonic()) > 0:
+                # When the socket is readable a notification (or anything) arrived; a ping
+                # makes psycopg read it and hand it to `_noted`. A ping at least every second
+                # also delivers one that libpq had already read into its buffer.
+                select.select([conn.fileno()], [], [], min(remaining, _PING_EVERY))
+                conn.execute(Q["ping"])
+            return bool(self._notes)
 
         with self._tlock:
             return bool(self._retrying(wait, allow=timeout))

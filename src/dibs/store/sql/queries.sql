@@ -108,6 +108,10 @@ SELECT (SELECT count(*) FROM added),
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
 SELECT pg_notify('dibs', %(payload)s);
 
+-- name: ping
+-- Read what the server sent (a notification is handed to the client's handler).
+SELECT 1;
+
 -- name: listen
 LISTEN dibs;
 
