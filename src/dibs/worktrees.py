@@ -65,8 +65,28 @@ def _issue(issue: str) -> str:
 
 
 def branch_for(dibs: Coordinator, issue: str) -> str:
-    """The branch an issue's worktree gets (``worktrees.branch``, default ``agent/{issue}``)."""
-    return str(dibs.settings["worktrees.branch"]).replace("{issue}", issue)
+    """The branch an issue's worktree gets (``worktrees.branch``, default ``agent/{issue}``).
+
+    Raises:
+        UsageError: the name breaks git's rules for branch names (``git check-ref-format``).
+    """
+    branch = str(dibs.settings["worktrees.branch"]).replace("{issue}", issue)
+    parts = branch.split("/")
+    bad = (
+        any(c in branch for c in " ~^:?*[\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in branch)
+        or ".." in branch
+        or "@{" in branch
+        or branch.endswith((".", ".lock"))
+        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
+        or branch.startswith("-")
+    )
+    if bad:
+        raise UsageError(
+            f"{branch!r} is not a valid git branch name",
+            hint="name the issue without '..', spaces, ~^:?*[ or a leading '.' or '-'",
+        )
+    return branch
 
 
 def _folder(dibs: Coordinator, root: str) -> str:
@@ -98,10 +118,20 @@ def _checked_out(root: str) -> dict[str, str]:
     return out
 
 
+def _worktree_git_dir(path: str) -> str:
+    """A linked worktree's own git dir, read from its ``.git`` file as git does."""
+    try:
+        with open(os.path.join(path, ".git"), encoding="utf-8") as f:
+            line = f.read().strip()
+    except (IsADirectoryError, FileNotFoundError):
+        return _git(path, "rev-parse", "--absolute-git-dir").strip()
+    found = line.removeprefix("gitdir: ")
+    return os.path.normpath(os.path.join(path, found))
+
+
 def write_identity(path: str, agent: str, token: str) -> str:
     """Record who works in the worktree at *path*, in its own git dir (0600); returns the file."""
-    git_dir = _git(path, "rev-parse", "--absolute-git-dir").strip()
-    target = os.path.join(git_dir, IDENTITY_FILE)
+    target = os.path.join(_worktree_git_dir(path), IDENTITY_FILE)
     fd = os.open(target + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({"agent": agent, "token": token}, f)
@@ -166,8 +196,6 @@ def start(
     name, registered = _acting(dibs, agent, "agent-" + issue.lower().replace("_", "-")[:58])
     token = _token(dibs)
     branch = branch_for(dibs, issue)
-    if _git(root, "check-ref-format", "--branch", branch, check=False).strip() != branch:
-        raise UsageError(f"{branch!r} is not a valid branch name", hint="check worktrees.branch")
     path = os.path.join(_folder(dibs, root), name, issue)
     rel = os.path.relpath(path, root)
     state, _ = dibs.store.read()
@@ -212,25 +240,33 @@ def start(
 
 
 def _make_worktree(dibs: Coordinator, root: str, path: str, branch: str, base: str | None) -> bool:
-    """Add the worktree at *path* on *branch* (made from the base if new); True if made."""
-    elsewhere = _checked_out(root).get(branch)
-    if elsewhere is not None:
-        raise Refused(
-            f"branch {branch} is already checked out in {elsewhere}",
-            hint="finish that worktree first (dibs finish), or use another branch name",
-        )
+    """Add the worktree at *path* on a new *branch* from the base; True if the branch is new.
+
+    The happy path is one git call; the checks that explain a failure run only after one.
+    """
+    from dibs.git.run import GitError
+
     if os.path.lexists(path):
         raise Refused(f"{path} already exists", hint="remove it, or run `dibs doctor` to see why")
-    tip = _target_tip(dibs, root, base)
+    start_point = base or f"refs/heads/{dibs.settings['merge.target']}"
+    try:
+        _git(root, "worktree", "add", "--quiet", "-b", branch, path, start_point)
+    except GitError:
+        pass
+    else:
+        return True
     exists = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
     if exists.strip():
-        _git(root, "worktree", "add", "--quiet", path, branch)
+        elsewhere = _checked_out(root).get(branch)
+        if elsewhere is not None:
+            raise Refused(
+                f"branch {branch} is already checked out in {elsewhere}",
+                hint="finish that worktree first (dibs finish), or use another branch name",
+            )
+        _git(root, "worktree", "add", "--quiet", path, branch)  # an earlier start's branch
         return False
-    try:
-        _git(root, "worktree", "add", "--quiet", "-b", branch, path, tip)
-    except DibsError:
-        _git(root, "branch", "-D", branch, check=False)
-        raise
+    tip = _target_tip(dibs, root, base)  # a clear error when the base is not a commit
+    _git(root, "worktree", "add", "--quiet", "-b", branch, path, tip)
     return True
 
 
@@ -286,18 +322,22 @@ def lost_work(root: str, path: str, branch: str, target: str) -> dict[str, list[
     A commit counts as landed when the target has it or an equivalent patch (``git cherry``),
     so a branch the merge queue rebased and landed is not reported.
     """
+    from dibs.git.run import GitError
+
     changed = []
     if os.path.isdir(path):
         status = _git(path, "status", "--porcelain", "--untracked-files=all")
         changed = [line[3:] for line in status.splitlines() if line.strip()]
-    unlanded = []
-    if _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False).strip():
-        has_target = _git(
-            root, "rev-parse", "--verify", "--quiet", f"refs/heads/{target}", check=False
+    try:
+        cherry = _git(root, "cherry", f"refs/heads/{target}", f"refs/heads/{branch}")
+    except GitError:  # no such branch (nothing to lose), or no target: compare with HEAD
+        branch_exists = _git(
+            root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False
         )
-        upstream = target if has_target.strip() else "HEAD"
-        cherry = _git(root, "cherry", upstream, f"refs/heads/{branch}")
-        unlanded = [line[2:] for line in cherry.splitlines() if line.startswith("+ ")]
+        cherry = (
+            _git(root, "cherry", "HEAD", f"refs/heads/{branch}") if branch_exists.strip() else ""
+        )
+    unlanded = [line[2:] for line in cherry.splitlines() if line.startswith("+ ")]
     return {"changed": changed, "unlanded": unlanded}
 
 
