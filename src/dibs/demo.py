@@ -89,6 +89,33 @@ def agent_main(repo: str, name: str, issues: int, work: float, hold_forever: boo
     say("all issues done: unregistered")
 
 
+def worktree_agent_main(repo: str, name: str, issue: str, hold_forever: bool) -> None:
+    """Act two: start an issue in its own worktree, commit, land on main, finish."""
+    from dibs import queue, worktrees
+    from dibs.service import Coordinator
+
+    say = _printer(name)
+    with Coordinator.open(repo) as dibs:
+        dibs.register(name, pid=os.getpid(), ttl=30)
+        started = worktrees.start(dibs, issue, agent=name)
+        path = started["path"]
+        say(f"dibs start {issue}: {os.path.relpath(path, repo)} on {started['branch']}")
+        with open(os.path.join(path, f"{issue}.txt"), "w", encoding="utf-8") as f:
+            f.write(f"{issue}, done by {name}\n")
+        _git(path, "add", f"{issue}.txt")
+        _git(path, "commit", "-q", "-m", f"{issue}: the work")
+        say("committed in its worktree")
+        if hold_forever:
+            say("... (about to be killed)")
+            time.sleep(3600)
+        time.sleep(1.0)  # the work takes a moment: long enough to show in `dibs status`
+        landed = queue.land(dibs, started["branch"])
+        say(f"dibs land: {landed['state']} on main at {landed['commit'][:12]}")
+        done = worktrees.finish(dibs, issue)
+        say(f"dibs finish: released {len(done['released'])} claims, worktree removed")
+        dibs.unregister()
+
+
 def _printer(name: str) -> Callable[[str], None]:
     def say(text: str) -> None:
         sys.stdout.write(f"  [{name:>8}] {text}\n")
@@ -168,6 +195,7 @@ def run(
         print(f"    {issue:<16} {done[issue]}")
     print("\n$ dibs doctor")
     print(_indent(_dibs(repo, "doctor")))
+    landed = _act_two(repo)
     if not keep:
         import shutil
 
@@ -182,7 +210,46 @@ def run(
             for e in evictions
         ],
         "tokens": tokens,
+        "landed": landed,
     }
+
+
+def _act_two(repo: str) -> list[str]:
+    """Three agents, each in its own worktree; one is killed mid-work, two land and finish."""
+    print("Act two: three agents each `dibs start` an issue in a worktree of its own;")
+    print("wt-2 is killed mid-work, the others land on main and `dibs finish`.\n")
+    code = "from dibs.demo import worktree_agent_main; worktree_agent_main({!r}, {!r}, {!r}, {})"
+    victim = subprocess.Popen(
+        [sys.executable, "-c", code.format(repo, "wt-2", "WT-2", True)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in victim.stdout or ():  # wait until it has started and committed
+        sys.stdout.write(line)
+        if "about to be killed" in line:
+            break
+    others = [
+        subprocess.Popen([sys.executable, "-c", code.format(repo, f"wt-{n}", f"WT-{n}", False)])
+        for n in (1, 3)
+    ]
+    time.sleep(0.5)
+    print("\n$ dibs status")
+    print(_indent(_dibs(repo, "status")))
+    print(f"$ kill -9 {victim.pid}   # wt-2 dies in its worktree\n")
+    victim.kill()
+    victim.communicate()
+    for proc in others:
+        proc.wait()
+    print("\n$ dibs worktrees   # wt-2's work is still there, its agent dead")
+    print(_indent(_dibs(repo, "worktrees")))
+    print("$ dibs doctor --repair")
+    print(_indent(_dibs(repo, "doctor", "--repair")))
+    print("$ git log --oneline main")
+    log = subprocess.run(
+        ["git", "log", "--oneline", "main"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    print(_indent(log.stdout))
+    return [line.split(" ", 1)[1] for line in log.stdout.splitlines()]
 
 
 def _indent(text: str) -> str:

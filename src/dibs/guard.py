@@ -27,6 +27,7 @@ from dibs.core.leases import Context, eviction_reason, expires_in
 from dibs.core.resources import covers_file
 from dibs.core.state import EXCLUSIVE
 from dibs.errors import DibsError, UsageError
+from dibs.git.discover import worktree_identity
 from dibs.humanize import seconds
 
 TYPE_CHECKING = False
@@ -46,7 +47,6 @@ EDIT_TOOLS = {
     "MultiEdit": "file_path",
     "NotebookEdit": "notebook_path",
 }
-IDENTITY_FILE = "dibs-agent.json"
 
 
 class Block:
@@ -114,16 +114,6 @@ def relative_path(repo: Repo, path: str, cwd: str | None = None) -> str | None:
         return None
     relative = os.path.relpath(full, root).replace(os.sep, "/")
     return None if relative == "." or relative.split("/")[0] == ".git" else relative
-
-
-def worktree_identity(repo: Repo) -> tuple[str, str] | None:
-    """The agent and token `dibs start` recorded for the worktree *repo* is in, if any."""
-    try:
-        with open(os.path.join(repo.git_dir, IDENTITY_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-        return str(data["agent"]), str(data["token"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def identity(

@@ -136,6 +136,9 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]
     for key in ("worktree", "branch"):
         if key in agent:
             view[key] = agent.get(key)
+    for path, record in state.tables.get("worktrees", {}).items():
+        if record.get("agent") == agent["name"]:
+            view.update(worktree=path, branch=record.get("branch"), issue=record.get("issue"))
     return view
 
 

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("dibs.cli.setup", "set up dibs in this repository (store, settings, excludes)"),
     "agent": ("dibs.cli.agents", "register, list, show and unregister agents"),
+    "start": ("dibs.cli.worktrees", "claim an issue and make its worktree and branch"),
+    "finish": ("dibs.cli.worktrees", "release, remove the worktree; never lose work"),
+    "run": ("dibs.cli.worktrees", "run a command as an agent: start, heartbeat, release"),
+    "pool": ("dibs.cli.worktrees", "a pool of reusable worktrees: init, take, give, status"),
+    "worktrees": ("dibs.cli.worktrees", "every worktree: path, branch, agent, issue, health"),
     "claim": ("dibs.cli.claims", "claim resources for an agent, all or none"),
     "renew": ("dibs.cli.claims", "extend leases you hold"),
     "release": ("dibs.cli.claims", "let go of claims you hold"),

@@ -12,7 +12,9 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Makes a throw-away git repository, starts several agent processes that race for\n"
         "the same issues, kills one with SIGKILL while it holds an issue, and shows that its\n"
-        "claim is evicted at once and every issue is done exactly once."
+        "claim is evicted at once and every issue is done exactly once. Then three agents\n"
+        "each `dibs start` an issue in a worktree of their own; one is killed mid-work, the\n"
+        "others land on main through the merge queue and `dibs finish`."
     )
     parser.add_argument("--agents", type=int, default=4, metavar="N", help="agents (4)")
     parser.add_argument("--issues", type=int, default=8, metavar="M", help="issues (8)")

@@ -155,8 +155,12 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
     """``dibs doctor [--repair]``."""
     parser.epilog = (
         "Checks every line of the log, the checkpoint against a full replay, and a torn\n"
-        "tail left by a crash. Without --repair it only reports (exit 1 when something is\n"
-        "wrong); with --repair it mends what it can and says what it did."
+        "tail left by a crash; then compares the store with `git worktree list` and this\n"
+        "host's processes: claims whose worktree is gone (release), worktrees nobody owns\n"
+        "(remove if clean and landed), dead agents still holding claims (evict), prunable\n"
+        "worktree entries (git worktree prune), anything held twice (report).\n"
+        "Without --repair it only reports (exit 1 when something is wrong); with --repair\n"
+        "it mends what it can, logs each act with by and reason, and says what it did."
     )
     parser.add_argument("--repair", action="store_true", help="mend what can be mended")
     common(parser)
@@ -167,6 +171,11 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Report findings; exit 1 when something is wrong and was not repaired."""
     with coordinator(args) as dibs:
         report = dibs.doctor(repair=args.repair)
+        if dibs.repo is not None:
+            from dibs.worktrees import reconcile
+
+            report["findings"] = list(report["findings"]) + reconcile(dibs, repair=args.repair)
+            report["ok"] = not report["findings"]
     findings = report["findings"]
     if args.json:
         print_json(report)

@@ -53,6 +53,13 @@ def coordinator(args: argparse.Namespace) -> Coordinator:
     agent = getattr(args, "agent", None) or os.environ.get("DIBS_AGENT") or None
     token = getattr(args, "token", None) or os.environ.get("DIBS_TOKEN") or None
     opened = Coordinator.open(args.directory, agent=agent, token=token)
+    if agent is None and opened.repo is not None:
+        # Inside a worktree `dibs start` made: act as the agent it recorded there.
+        from dibs.git.discover import worktree_identity
+
+        recorded = worktree_identity(opened.repo)
+        if recorded is not None:
+            opened.agent, opened.token = recorded
     _opened.append(opened)
     return opened
 

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
+#: The file `dibs start` writes in a worktree's own git dir: who works there.
+IDENTITY_FILE = "dibs-agent.json"
+
+
 class Repo:
     """Where a repository's pieces live.
 
@@ -114,3 +118,15 @@ def find_repo(start: str | None = None, environ: Mapping[str, str] | None = None
                 hint="run dibs inside a git work tree (or `git init` one), or pass -C DIR",
             )
         current = parent
+
+
+def worktree_identity(repo: Repo) -> tuple[str, str] | None:
+    """The agent and token `dibs start` recorded for the worktree *repo* is in, if any."""
+    import json
+
+    try:
+        with open(os.path.join(repo.git_dir, IDENTITY_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+        return str(data["agent"]), str(data["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

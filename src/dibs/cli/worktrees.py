@@ -1,0 +1,234 @@
+"""``dibs start | finish | run | pool | worktrees``: an agent's worktree, from start to finish."""
+
+from __future__ import annotations
+
+import sys
+
+from dibs.cli.output import common, coordinator, print_json, subcommands, table
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+
+def configure_start(parser: argparse.ArgumentParser) -> None:
+    """``dibs start ISSUE [--agent A] [--files GLOB...] [--base REF]``."""
+    parser.epilog = (
+        "examples:\n"
+        "  dibs start ROOSE-158 --agent alice\n"
+        "  cd \"$(dibs start ROOSE-158 --files 'src/auth/**')\"\n\n"
+        "Claims the issue (and the files, all or nothing), makes the worktree\n"
+        ".worktrees/<agent>/<issue> on a new branch (worktrees.branch, default agent/<issue>)\n"
+        "from the target's tip, and prints its path. Inside it, dibs commands act as the\n"
+        "agent without flags. Run again, it resumes. Without --agent (or DIBS_AGENT) the\n"
+        "agent is named after the issue and registered now; --json shows its token."
+    )
+    parser.add_argument("issue", metavar="ISSUE", help="the issue to work on, e.g. ROOSE-158")
+    parser.add_argument("--files", nargs="+", default=[], metavar="GLOB", help="paths to claim")
+    parser.add_argument("--base", metavar="REF", help="start from REF instead of the target's tip")
+    common(parser, identity=True)
+    parser.set_defaults(handler=run_start)
+
+
+def run_start(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        result = worktrees.start(
+            dibs, args.issue, agent=args.agent, files=args.files, base=args.base
+        )
+    if args.json:
+        print_json(result)
+    else:
+        said = "resumed" if result["resumed"] else "started"
+        sys.stderr.write(
+            f"{said} {result['issue']} as {result['agent']} on branch {result['branch']}\n"
+        )
+        sys.stdout.write(result["path"] + "\n")
+    return 0
+
+
+def configure_finish(parser: argparse.ArgumentParser) -> None:
+    """``dibs finish [ISSUE] [--keep-worktree] [--force]``."""
+    parser.epilog = (
+        "Never destroys work: refuses (exit 3, listing what would be lost) when the\n"
+        "worktree has uncommitted changes or the branch has commits not on the target\n"
+        "(landed commits count, even rebased), unless --force; even then an unlanded\n"
+        "branch is kept. Otherwise releases the agent's claims, removes the worktree and\n"
+        "deletes the branch."
+    )
+    parser.add_argument("issue", nargs="?", metavar="ISSUE", help="default: this worktree's")
+    parser.add_argument("--keep-worktree", action="store_true", help="release, keep the folder")
+    parser.add_argument("--force", action="store_true", help="drop uncommitted changes")
+    common(parser, identity=True)
+    parser.set_defaults(handler=run_finish)
+
+
+def run_finish(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        result = worktrees.finish(
+            dibs, args.issue, keep_worktree=args.keep_worktree, force=args.force
+        )
+    if args.json:
+        print_json(result)
+        return 0
+    lines = [f"finished {result['issue']} ({result['agent']})"]
+    if result["released"]:
+        lines.append(f"  released {', '.join(result['released'])}")
+    if result["removed_worktree"]:
+        lines.append(f"  removed {result['path']}")
+    if result["deleted_branch"]:
+        lines.append(f"  deleted branch {result['branch']} (landed)")
+    elif result["kept_branch"]:
+        lines.append(f"  kept branch {result['branch']}: it has commits not on the target")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    """``dibs run [--agent A] [--issue ISSUE] [--files GLOB...] -- CMD [ARGS...]``."""
+    parser.epilog = (
+        "examples:\n"
+        "  dibs run --agent alice --issue ROOSE-158 -- claude -p 'fix ROOSE-158'\n"
+        "  dibs run --files 'docs/**' -- make docs\n\n"
+        "Registers the agent (watching this process), starts the issue's worktree when\n"
+        "--issue is given, runs CMD there with DIBS_AGENT, DIBS_TOKEN and DIBS_WORKTREE set,\n"
+        "heartbeats every leases.heartbeat seconds, passes SIGINT/SIGTERM on, and releases\n"
+        "everything when CMD ends. Exits with CMD's exit code. Killed with SIGKILL, its\n"
+        "claims are evicted by the next operation anyone makes."
+    )
+    parser.add_argument("--agent", metavar="NAME", help="the agent's name (default: run-PID)")
+    parser.add_argument("--issue", metavar="ISSUE", help="start this issue's worktree first")
+    parser.add_argument("--files", nargs="+", default=[], metavar="GLOB", help="paths to claim")
+    parser.add_argument("command", nargs="+", metavar="CMD", help="the command (after --)")
+    common(parser)
+    parser.set_defaults(handler=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    args.agent = args.agent or None
+    with coordinator(args) as dibs:
+        dibs.agent = dibs.token = None  # `run` registers its own session
+        return worktrees.run(dibs, command, agent=args.agent, issue=args.issue, files=args.files)
+
+
+def configure_pool(parser: argparse.ArgumentParser) -> None:
+    """``dibs pool init N | take [--agent A] [--wait [S]] | give [SLOT] | status``."""
+    parser.epilog = (
+        "A pool of reusable worktrees (.worktrees/pool/N): `take` claims a free slot\n"
+        "(worktree:N) and checks out a fresh branch pool/N/<agent> there; `give` resets it\n"
+        "and releases. Two agents never get one slot."
+    )
+    verb = subcommands(parser)
+    init = verb("init", help="make sure the pool has N worktrees")
+    init.add_argument("slots", type=int, metavar="N")
+    common(init)
+    init.set_defaults(handler=run_pool_init)
+    take = verb("take", help="claim a free slot; prints its path")
+    take.add_argument(
+        "--wait", nargs="?", type=float, const=600.0, metavar="S", help="wait while all are busy"
+    )
+    common(take, identity=True)
+    take.set_defaults(handler=run_pool_take)
+    give = verb("give", help="reset your slot and release it")
+    give.add_argument("slot", nargs="?", metavar="SLOT", help="default: the agent's slot")
+    give.add_argument("--force", action="store_true", help="drop uncommitted changes")
+    common(give, identity=True)
+    give.set_defaults(handler=run_pool_give)
+    status = verb("status", help="every slot and who holds it")
+    common(status)
+    status.set_defaults(handler=run_pool_status)
+
+
+def run_pool_init(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        made = worktrees.pool_init(dibs, args.slots)
+    if args.json:
+        print_json(made)
+    else:
+        sys.stdout.write(f"the pool has {args.slots} slots ({len(made)} new)\n")
+    return 0
+
+
+def run_pool_take(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        slot = worktrees.pool_take(dibs, agent=args.agent, wait=args.wait)
+        slot["token"] = dibs.token
+    if args.json:
+        print_json(slot)
+    else:
+        sys.stderr.write(f"took slot {slot['slot']} as {slot['agent']} ({slot['branch']})\n")
+        sys.stdout.write(slot["path"] + "\n")
+    return 0
+
+
+def run_pool_give(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        result = worktrees.pool_give(dibs, args.slot, force=args.force)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(f"gave slot {result['slot']} back\n")
+    return 0
+
+
+def run_pool_status(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        rows = worktrees.pool_status(dibs)
+    if args.json:
+        print_json(rows)
+    elif not rows:
+        sys.stdout.write("the pool is empty (dibs pool init N)\n")
+    else:
+        busy = sum(1 for r in rows if r["agent"])
+        sys.stdout.write(f"{busy} of {len(rows)} slots taken\n")
+        cells = [[r["slot"], r["agent"] or "free", r["branch"] or "", r["path"]] for r in rows]
+        sys.stdout.write(table(cells, ("slot", "agent", "branch", "path")))
+    return 0
+
+
+def configure_worktrees(parser: argparse.ArgumentParser) -> None:
+    """``dibs worktrees``."""
+    parser.epilog = (
+        "Every worktree git knows and every one dibs remembers, with its health: ok, agent\n"
+        "stale or dead, missing (gone from disk), prunable, unknown to dibs."
+    )
+    common(parser)
+    parser.set_defaults(handler=run_worktrees)
+
+
+def run_worktrees(args: argparse.Namespace) -> int:
+    from dibs import worktrees
+
+    with coordinator(args) as dibs:
+        rows = worktrees.listing(dibs)
+    if args.json:
+        print_json(rows)
+    else:
+        cells = [
+            [
+                r["path"],
+                r["branch"],
+                r["agent"] or "",
+                r["issue"] or r.get("slot") or "",
+                r["health"],
+            ]
+            for r in rows
+        ]
+        sys.stdout.write(table(cells, ("path", "branch", "agent", "issue", "health")))
+    return 0

@@ -1,0 +1,835 @@
+"""Worktrees and the agent lifecycle: start, finish, the pool, and agreeing with git.
+
+`start` gives an agent its issue, its own worktree and branch in one step, all or nothing;
+`finish` cleans up without ever destroying work; the pool keeps reusable worktrees that agents
+take and give back. Each worktree `start` makes knows its agent: the identity is written to the
+worktree's own git dir (``dibs-agent.json``, mode 0600), so commands run inside it need no
+flags.
+
+The store remembers worktrees in table ``worktrees`` (key: the path relative to the
+repository root) and pool slots in table ``pool`` (key: the slot number), through ``record``
+events; `reconcile` (``dibs doctor``) compares both with git's own list and the processes on
+this host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from dibs.core.events import new_event
+from dibs.core.leases import Decision, ForceEvict, agent_status, eviction_reason
+from dibs.errors import Conflict, DibsError, LockTimeout, NotFound, Refused, UsageError
+from dibs.git.discover import IDENTITY_FILE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+    from dibs.core.leases import Context
+    from dibs.core.state import State
+    from dibs.git.discover import Repo
+    from dibs.service import Coordinator
+
+TABLE = "worktrees"
+POOL = "pool"
+POOL_FOLDER = "pool"
+
+
+def _repo(dibs: Coordinator) -> Repo:
+    if dibs.repo is None:
+        raise UsageError("worktrees need a git repository", hint="run dibs inside one")
+    return dibs.repo
+
+
+def main_root(repo: Repo) -> str:
+    """The main worktree's folder (where ``.worktrees/`` lives), from any worktree."""
+    common = os.path.normpath(repo.common_dir)
+    if os.path.basename(common) == ".git":
+        return os.path.dirname(common)
+    return repo.root  # a bare repository's linked worktree: use where we are
+
+
+def _git(cwd: str, *args: str, check: bool = True) -> str:
+    from dibs.git.run import git
+
+    return git(cwd, *args, check=check)
+
+
+def _issue(issue: str) -> str:
+    from dibs.core.resources import parse_resource
+
+    return parse_resource("issue:" + issue.removeprefix("issue:")).name
+
+
+def branch_for(dibs: Coordinator, issue: str) -> str:
+    """The branch an issue's worktree gets (``worktrees.branch``, default ``agent/{issue}``).
+
+    Raises:
+        UsageError: the name breaks git's rules for branch names (``git check-ref-format``).
+    """
+    branch = str(dibs.settings["worktrees.branch"]).replace("{issue}", issue)
+    parts = branch.split("/")
+    bad = (
+        any(c in branch for c in " ~^:?*[\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in branch)
+        or ".." in branch
+        or "@{" in branch
+        or branch.endswith((".", ".lock"))
+        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
+        or branch.startswith("-")
+    )
+    if bad:
+        raise UsageError(
+            f"{branch!r} is not a valid git branch name",
+            hint="name the issue without '..', spaces, ~^:?*[ or a leading '.' or '-'",
+        )
+    return branch
+
+
+def _folder(dibs: Coordinator, root: str) -> str:
+    return os.path.join(root, str(dibs.settings["worktrees.folder"]).rstrip("/"))
+
+
+def _target_tip(dibs: Coordinator, root: str, base: str | None) -> str:
+    ref = base or f"refs/heads/{dibs.settings['merge.target']}"
+    tip = _git(root, "rev-parse", "--verify", "--quiet", ref + "^{commit}", check=False).strip()
+    if not tip and base is None:
+        tip = _git(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False).strip()
+    if not tip:
+        raise NotFound(
+            f"cannot start from {base or dibs.settings['merge.target']!r}: not a commit",
+            hint="pass --base REF, or set merge.target in dibs.toml",
+        )
+    return tip
+
+
+def _checked_out(root: str) -> dict[str, str]:
+    """branch -> path of every worktree that has a branch checked out."""
+    out: dict[str, str] = {}
+    path = ""
+    for line in _git(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            path = line[len("worktree ") :]
+        elif line.startswith("branch refs/heads/"):
+            out[line[len("branch refs/heads/") :]] = path
+    return out
+
+
+def _worktree_git_dir(path: str) -> str:
+    """A linked worktree's own git dir, read from its ``.git`` file as git does."""
+    try:
+        with open(os.path.join(path, ".git"), encoding="utf-8") as f:
+            line = f.read().strip()
+    except (IsADirectoryError, FileNotFoundError):
+        return _git(path, "rev-parse", "--absolute-git-dir").strip()
+    found = line.removeprefix("gitdir: ")
+    return os.path.normpath(os.path.join(path, found))
+
+
+def write_identity(path: str, agent: str, token: str) -> str:
+    """Record who works in the worktree at *path*, in its own git dir (0600); returns the file."""
+    target = os.path.join(_worktree_git_dir(path), IDENTITY_FILE)
+    fd = os.open(target + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"agent": agent, "token": token}, f)
+    os.replace(target + ".tmp", target)
+    return target
+
+
+def _acting(dibs: Coordinator, agent: str | None, default: str) -> tuple[str, bool]:
+    """Make sure the coordinator acts as an agent with a token; True when it registered now."""
+    from dibs.service import check_agent_name
+
+    name = agent or dibs.agent or default
+    check_agent_name(name)
+    if dibs.agent == name and dibs.token:
+        return name, False
+    dibs.register(name)
+    return name, True
+
+
+def _token(dibs: Coordinator) -> str:
+    if not dibs.token:
+        from dibs.errors import AuthError
+
+        raise AuthError("no session token", hint="register the agent first")
+    return dibs.token
+
+
+def _record(dibs: Coordinator, table: str, key: str, value: dict[str, Any] | None) -> None:
+    def decide(_state: State, ctx: Context) -> Decision:
+        return Decision([new_event("record", ctx.now, table=table, key=key, value=value)])
+
+    dibs.transact(decide)
+
+
+# start / finish ---------------------------------------------------------------------------
+
+
+def start(
+    dibs: Coordinator,
+    issue: str,
+    *,
+    agent: str | None = None,
+    files: Iterable[str] = (),
+    base: str | None = None,
+) -> dict[str, Any]:
+    """Claim *issue* (and *files*), make its worktree and branch, and say where it is.
+
+    Run again by the same agent, it resumes: the claims are renewed and the worktree kept.
+    On any failure nothing is left half-made: new claims are released, a new branch deleted.
+
+    Returns:
+        ``{"agent", "token", "issue", "path", "branch", "base", "claims", "resumed"}``.
+
+    Raises:
+        Conflict: the issue or a file is held by another agent (exit 3).
+        Refused: the branch is checked out elsewhere, or the path is taken (exit 3).
+    """
+    repo = _repo(dibs)
+    issue = _issue(issue)
+    globs = [g if g.startswith("path:") else f"path:{g}" for g in files]
+    root = main_root(repo)
+    name, registered = _acting(dibs, agent, "agent-" + issue.lower().replace("_", "-")[:58])
+    token = _token(dibs)
+    branch = branch_for(dibs, issue)
+    path = os.path.join(_folder(dibs, root), name, issue)
+    rel = os.path.relpath(path, root)
+    state, _ = dibs.store.read()
+    known = state.tables.get(TABLE, {}).get(rel)
+    resumed = known is not None and known["agent"] == name and os.path.isdir(path)
+    held_before = {lease["resource"] for lease in state.leases_of(name)}
+    claims = dibs.claim([f"issue:{issue}", *globs], note=f"start {issue}")
+    made_branch = False
+    try:
+        if not resumed:
+            made_branch = _make_worktree(dibs, root, path, branch, base)
+        write_identity(path, name, token)
+        value = {
+            "path": rel,
+            "agent": name,
+            "issue": issue,
+            "branch": branch,
+            "files": globs,
+            "base": base or str(dibs.settings["merge.target"]),
+        }
+        if not resumed:
+            _record(dibs, TABLE, rel, value)
+    except BaseException:
+        _undo(
+            dibs,
+            root,
+            path,
+            branch,
+            made_branch=made_branch and not resumed,
+            held_before=held_before,
+            registered=registered,
+        )
+        raise
+    return {
+        **value,
+        "path": path,
+        "token": dibs.token,
+        "claims": claims,
+        "resumed": resumed,
+        "registered": registered,
+    }
+
+
+def _make_worktree(dibs: Coordinator, root: str, path: str, branch: str, base: str | None) -> bool:
+    """Add the worktree at *path* on a new *branch* from the base; True if the branch is new.
+
+    The happy path is one git call; the checks that explain a failure run only after one.
+    """
+    from dibs.git.run import GitError
+
+    if os.path.lexists(path):
+        raise Refused(f"{path} already exists", hint="remove it, or run `dibs doctor` to see why")
+    start_point = base or f"refs/heads/{dibs.settings['merge.target']}"
+    try:
+        _git(root, "worktree", "add", "--quiet", "-b", branch, path, start_point)
+    except GitError:
+        pass
+    else:
+        return True
+    exists = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+    if exists.strip():
+        elsewhere = _checked_out(root).get(branch)
+        if elsewhere is not None:
+            raise Refused(
+                f"branch {branch} is already checked out in {elsewhere}",
+                hint="finish that worktree first (dibs finish), or use another branch name",
+            )
+        _git(root, "worktree", "add", "--quiet", path, branch)  # an earlier start's branch
+        return False
+    tip = _target_tip(dibs, root, base)  # a clear error when the base is not a commit
+    _git(root, "worktree", "add", "--quiet", "-b", branch, path, tip)
+    return True
+
+
+def _undo(
+    dibs: Coordinator,
+    root: str,
+    path: str,
+    branch: str,
+    *,
+    made_branch: bool,
+    held_before: set[str],
+    registered: bool,
+) -> None:
+    """Leave nothing half-made: new claims released, a new worktree and branch removed."""
+    import contextlib
+
+    with contextlib.suppress(DibsError):
+        if registered:
+            dibs.unregister()
+        else:
+            mine = {lease["resource"] for lease in dibs.store.read()[0].leases_of(str(dibs.agent))}
+            new = sorted(mine - held_before)
+            if new:
+                dibs.release(new)
+        if made_branch:
+            _git(root, "worktree", "remove", "--force", path, check=False)
+            _git(root, "branch", "-D", branch, check=False)
+
+
+def _find(dibs: Coordinator, state: State, issue: str | None) -> tuple[str, dict[str, Any]]:
+    """The worktree record to finish: by issue, the one we are in, or the agent's only one."""
+    table = state.tables.get(TABLE, {})
+    repo = _repo(dibs)
+    root = main_root(repo)
+    if issue is not None:
+        issue = _issue(issue)
+        found = [(k, v) for k, v in table.items() if v["issue"] == issue]
+    else:
+        here = os.path.relpath(os.path.realpath(repo.root), os.path.realpath(root))
+        found = [(k, v) for k, v in table.items() if k == here]
+        if not found and dibs.agent:
+            found = [(k, v) for k, v in table.items() if v["agent"] == dibs.agent]
+    if len(found) != 1:
+        which = f"issue {issue}" if issue else "this worktree or agent"
+        said = "no worktree" if not found else f"{len(found)} worktrees"
+        raise NotFound(f"{said} for {which}", hint="name the issue: dibs finish ISSUE")
+    return found[0]
+
+
+def lost_work(root: str, path: str, branch: str, target: str) -> dict[str, list[str]]:
+    """What removing a worktree (and its branch) would lose: changed files, unlanded commits.
+
+    A commit counts as landed when the target has it or an equivalent patch (``git cherry``),
+    so a branch the merge queue rebased and landed is not reported.
+    """
+    from dibs.git.run import GitError
+
+    changed = []
+    if os.path.isdir(path):
+        status = _git(path, "status", "--porcelain", "--untracked-files=all")
+        changed = [line[3:] for line in status.splitlines() if line.strip()]
+    try:
+        cherry = _git(root, "cherry", f"refs/heads/{target}", f"refs/heads/{branch}")
+    except GitError:  # no such branch (nothing to lose), or no target: compare with HEAD
+        branch_exists = _git(
+            root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False
+        )
+        cherry = (
+            _git(root, "cherry", "HEAD", f"refs/heads/{branch}") if branch_exists.strip() else ""
+        )
+    unlanded = [line[2:] for line in cherry.splitlines() if line.startswith("+ ")]
+    return {"changed": changed, "unlanded": unlanded}
+
+
+def finish(
+    dibs: Coordinator,
+    issue: str | None = None,
+    *,
+    keep_worktree: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Release the agent's claims, remove its worktree, delete its branch if landed.
+
+    Refuses (exit 3, listing what would be lost) when the worktree has uncommitted changes
+    or the branch has commits the target lacks, unless *force*; even then an unlanded branch
+    is kept (only the worktree goes).
+    """
+    repo = _repo(dibs)
+    root = main_root(repo)
+    state, _ = dibs.store.read()
+    rel, record = _find(dibs, state, issue)
+    path = os.path.join(root, rel)
+    target = str(dibs.settings["merge.target"])
+    lost = lost_work(root, path, record["branch"], target)
+    if (lost["changed"] or lost["unlanded"]) and not force and not keep_worktree:
+        parts = []
+        if lost["changed"]:
+            parts.append(f"{len(lost['changed'])} uncommitted: {', '.join(lost['changed'][:10])}")
+        if lost["unlanded"]:
+            parts.append(f"{len(lost['unlanded'])} commits not on {target}")
+        raise Refused(
+            f"finishing {record['issue']} would lose work ({'; '.join(parts)})",
+            hint="commit and land it (dibs land), or pass --force to drop the worktree "
+            "(an unlanded branch is kept)",
+            **lost,
+        )
+    released = _release_for(dibs, state, record)
+    removed = False
+    if not keep_worktree and os.path.isdir(path):
+        _git(root, "worktree", "remove", "--force", path)
+        removed = True
+    deleted = False
+    if not keep_worktree and not lost["unlanded"]:
+        _git(root, "branch", "-D", record["branch"], check=False)
+        deleted = True
+    _record(dibs, TABLE, rel, None if not keep_worktree else {**record, "finished": True})
+    return {
+        "issue": record["issue"],
+        "agent": record["agent"],
+        "path": path,
+        "branch": record["branch"],
+        "released": released,
+        "removed_worktree": removed,
+        "deleted_branch": deleted,
+        "kept_branch": bool(lost["unlanded"]) and not keep_worktree,
+        "root": root,
+    }
+
+
+def _release_for(dibs: Coordinator, state: State, record: dict[str, Any]) -> list[str]:
+    """Release the finishing agent's claims (as it, or by eviction when someone else acts)."""
+    agent = record["agent"]
+    held = [lease["resource"] for lease in state.leases_of(agent)]
+    if not held:
+        return []
+    if dibs.agent == agent and dibs.token:
+        try:
+            return [r["resource"] for r in dibs.release()]
+        except DibsError:
+            return []
+    who = dibs.agent or os.environ.get("USER") or "unknown"
+    for resource in held:
+        dibs.evict(resource, reason=f"finish {record['issue']}", by=who, agent=agent)
+    return held
+
+
+# The pool ---------------------------------------------------------------------------------
+
+
+def pool_init(dibs: Coordinator, slots: int) -> list[dict[str, Any]]:
+    """Make sure the pool has *slots* reusable worktrees (detached at the target's tip)."""
+    if isinstance(slots, bool) or not 1 <= slots <= 256:
+        raise UsageError(f"{slots!r} slots is out of range", hint="give 1 to 256")
+    repo = _repo(dibs)
+    root = main_root(repo)
+    tip = _target_tip(dibs, root, None)
+    state, _ = dibs.store.read()
+    table = state.tables.get(POOL, {})
+    made = []
+    for n in range(1, slots + 1):
+        key = str(n)
+        path = os.path.join(_folder(dibs, root), POOL_FOLDER, key)
+        if key in table and os.path.isdir(path):
+            continue
+        if not os.path.isdir(path):
+            _git(root, "worktree", "add", "--quiet", "--detach", path, tip)
+        value = {"slot": key, "path": os.path.relpath(path, root)}
+        _record(dibs, POOL, key, value)
+        made.append(value)
+    return made
+
+
+def _pool_branch(slot: str, agent: str) -> str:
+    return f"pool/{slot}/{agent}"
+
+
+def pool_take(
+    dibs: Coordinator, *, agent: str | None = None, wait: float | None = None
+) -> dict[str, Any]:
+    """Claim a free pool slot (``worktree:N``) and check out a fresh branch there.
+
+    Two agents never get one slot: the claim decides. With *wait*, keep trying with backoff
+    and jitter while every slot is busy; the seconds waited are recorded with the slot.
+    """
+    from dibs.service import _jitter
+
+    repo = _repo(dibs)
+    root = main_root(repo)
+    name, _ = _acting(dibs, agent, f"pool-{os.getpid()}")
+    started = time.monotonic()
+    deadline = started + (wait or 0.0)
+    delay = 0.05
+    while True:
+        state, now = dibs.store.read()
+        ctx = dibs.context(now)
+        slots = sorted(state.tables.get(POOL, {}), key=int)
+        if not slots:
+            raise NotFound("the pool has no slots", hint="make some: dibs pool init N")
+        mine = [s for s in slots if name in state.claims.get(f"worktree:{s}", {})]
+        free = mine or [
+            s
+            for s in slots
+            if not any(
+                not eviction_reason(state, lease, ctx)
+                for lease in state.claims.get(f"worktree:{s}", {}).values()
+            )
+        ]
+        for slot in free:
+            try:
+                dibs.claim([f"worktree:{slot}"], note="pool slot")
+            except Conflict:
+                continue
+            waited = round(time.monotonic() - started, 3)
+            return _check_out_slot(dibs, root, slot, name, waited)
+        if time.monotonic() >= deadline:
+            if wait:
+                raise LockTimeout(
+                    f"every one of {len(slots)} pool slots is still busy after {wait:g} s",
+                    hint="wait longer, or grow the pool: dibs pool init N",
+                )
+            raise Conflict(
+                f"every one of {len(slots)} pool slots is busy",
+                hint="wait for one (dibs pool take --wait), or grow the pool: dibs pool init N",
+            )
+        time.sleep(min(delay * _jitter(), max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 2.0)
+
+
+def _check_out_slot(
+    dibs: Coordinator, root: str, slot: str, agent: str, waited: float
+) -> dict[str, Any]:
+    state, _ = dibs.store.read()
+    record = dict(state.tables.get(POOL, {}).get(slot) or {})
+    path = os.path.join(root, record.get("path") or os.path.join(".worktrees", POOL_FOLDER, slot))
+    branch = _pool_branch(slot, agent)
+    if record.get("agent") != agent or record.get("branch") != branch:
+        if not os.path.isdir(path):
+            _git(
+                root, "worktree", "add", "--quiet", "--detach", path, _target_tip(dibs, root, None)
+            )
+        tip = _target_tip(dibs, root, None)
+        _git(path, "checkout", "--quiet", "-B", branch, tip)
+        write_identity(path, agent, _token(dibs))
+        record.update(slot=slot, agent=agent, branch=branch, waited=waited)
+        record["taken"] = time.time()
+        _record(dibs, POOL, slot, record)
+    return {**record, "path": path}
+
+
+def pool_give(dibs: Coordinator, slot: str | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Reset the agent's slot (detached at the target) and release it.
+
+    Refuses, like `finish`, when that would lose uncommitted changes or unlanded commits.
+    """
+    repo = _repo(dibs)
+    root = main_root(repo)
+    state, _ = dibs.store.read()
+    table = state.tables.get(POOL, {})
+    if slot is None:
+        mine = [s for s, r in table.items() if r.get("agent") == dibs.agent]
+        if len(mine) != 1:
+            raise NotFound("which slot?", hint="name it: dibs pool give SLOT")
+        slot = mine[0]
+    record = table.get(str(slot))
+    if record is None:
+        raise NotFound(f"no pool slot {slot!r}", hint="see `dibs pool status`")
+    path = os.path.join(root, record["path"])
+    branch = record.get("branch")
+    target = str(dibs.settings["merge.target"])
+    if branch and not force:
+        lost = lost_work(root, path, branch, target)
+        if lost["changed"] or lost["unlanded"]:
+            raise Refused(
+                f"giving slot {slot} back would lose work "
+                f"({len(lost['changed'])} uncommitted files, {len(lost['unlanded'])} commits "
+                f"not on {target})",
+                hint="commit and land it first, or pass --force (an unlanded branch is kept)",
+                **lost,
+            )
+    if os.path.isdir(path):
+        _git(path, "checkout", "--quiet", "--force", "--detach", _target_tip(dibs, root, None))
+        _git(path, "clean", "-ffdq")
+        git_dir = _git(path, "rev-parse", "--absolute-git-dir").strip()
+        with __import__("contextlib").suppress(FileNotFoundError):
+            os.unlink(os.path.join(git_dir, IDENTITY_FILE))
+    if branch and not lost_work(root, path, branch, target)["unlanded"]:
+        _git(root, "branch", "-D", branch, check=False)
+    holders = state.claims.get(f"worktree:{slot}", {})
+    if dibs.agent in holders and dibs.token:
+        dibs.release([f"worktree:{slot}"])
+    elif holders:
+        who = dibs.agent or os.environ.get("USER") or "unknown"
+        dibs.evict(f"worktree:{slot}", reason="pool give", by=who)
+    _record(dibs, POOL, str(slot), {"slot": str(slot), "path": record["path"]})
+    return {"slot": str(slot), "path": path, "released": True}
+
+
+def pool_status(dibs: Coordinator) -> list[dict[str, Any]]:
+    """Every slot: its path, and who holds it since when."""
+    state, now = dibs.store.read()
+    ctx = dibs.context(now)
+    out = []
+    for slot in sorted(state.tables.get(POOL, {}), key=int):
+        record = state.tables[POOL][slot]
+        holders = [
+            lease
+            for lease in state.claims.get(f"worktree:{slot}", {}).values()
+            if not eviction_reason(state, lease, ctx)
+        ]
+        row = {"slot": slot, "path": record["path"], "agent": None, "branch": None}
+        if holders:
+            row.update(
+                agent=holders[0]["agent"],
+                branch=record.get("branch"),
+                since=record.get("taken"),
+                waited=record.get("waited"),
+            )
+        out.append(row)
+    return out
+
+
+# Looking and reconciling ------------------------------------------------------------------
+
+
+def _git_worktrees(root: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for block in _git(root, "worktree", "list", "--porcelain").split("\n\n"):
+        entry: dict[str, Any] = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            entry[key] = value or True
+        if "worktree" in entry:
+            entries.append(entry)
+    return entries
+
+
+def listing(dibs: Coordinator) -> list[dict[str, Any]]:
+    """Every worktree git knows and every one dibs remembers: path, branch, agent, issue, health."""
+    repo = _repo(dibs)
+    root = main_root(repo)
+    state, now = dibs.store.read()
+    ctx = dibs.context(now)
+    known = dict(state.tables.get(TABLE, {}))
+    pool = {r["path"]: r for r in state.tables.get(POOL, {}).values()}
+    rows = []
+    for entry in _git_worktrees(root):
+        path = entry["worktree"]
+        rel = os.path.relpath(path, root)
+        record = known.pop(rel, None) or pool.get(rel)
+        branch = str(entry.get("branch", "")).removeprefix("refs/heads/") or "(detached)"
+        row = {"path": path, "branch": branch, "agent": None, "issue": None}
+        if rel == ".":
+            row["health"] = "main"
+        elif entry.get("prunable"):
+            row["health"] = "prunable"
+        elif record is None:
+            row["health"] = "unknown to dibs"
+        else:
+            row.update(
+                agent=record.get("agent"), issue=record.get("issue"), slot=record.get("slot")
+            )
+            row["health"] = _health(state, ctx, record)
+        rows.append(row)
+    for rel, record in known.items():
+        rows.append(
+            {
+                "path": os.path.join(root, rel),
+                "branch": record["branch"],
+                "agent": record["agent"],
+                "issue": record["issue"],
+                "health": "missing",
+            }
+        )
+    return rows
+
+
+def _health(state: State, ctx: Context, record: dict[str, Any]) -> str:
+    agent = record.get("agent")
+    if agent is None:
+        return "free"
+    info = state.agents.get(agent)
+    if info is None:
+        return "agent gone"
+    status = agent_status(info, ctx)
+    return "ok" if status == "live" else f"agent {status}"
+
+
+def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Compare the store with git's worktrees and this host's processes.
+
+    Each finding says what ``--repair`` does; with *repair* it is done and logged (evictions
+    carry ``by: doctor`` and the reason).
+    """
+    repo = _repo(dibs)
+    root = main_root(repo)
+    findings: list[dict[str, Any]] = []
+    state, now = dibs.store.read()
+    ctx = dibs.context(now)
+    entries = {os.path.relpath(e["worktree"], root): e for e in _git_worktrees(root)}
+
+    def found(kind: str, message: str, fix: str, act: Any = None, repairable: bool = True) -> None:
+        item = {"kind": kind, "message": message, "repair": fix, "repairable": repairable}
+        item["repaired"] = False
+        if repair and act is not None:
+            act()
+            item["repaired"] = True
+        findings.append(item)
+
+    for rel, record in sorted(state.tables.get(TABLE, {}).items()):
+        if rel in entries and os.path.isdir(os.path.join(root, rel)):
+            continue
+        held = [lease["resource"] for lease in state.leases_of(record["agent"])]
+
+        def gone(rel: str = rel, record: dict[str, Any] = record, held: list[str] = held) -> None:
+            for resource in held:
+                _evict(dibs, resource, record["agent"], "worktree gone")
+            _record(dibs, TABLE, rel, None)
+
+        found(
+            "worktree-gone",
+            f"{rel} ({record['agent']}, issue {record['issue']}) is gone from disk",
+            f"release {', '.join(held) or 'nothing'} and forget the worktree",
+            gone,
+        )
+    folder = os.path.relpath(_folder(dibs, root), root)
+    owned = set(state.tables.get(TABLE, {})) | {
+        r["path"] for r in state.tables.get(POOL, {}).values()
+    }
+    for rel, entry in sorted(entries.items()):
+        if entry.get("prunable"):
+            found(
+                "prunable",
+                f"git lists {entry['worktree']}, which no longer exists",
+                "git worktree prune",
+                lambda: _git(root, "worktree", "prune"),
+            )
+            continue
+        if not rel.startswith(folder + os.sep) or rel in owned:
+            continue
+        branch = str(entry.get("branch", "")).removeprefix("refs/heads/")
+        lost = lost_work(root, entry["worktree"], branch, str(dibs.settings["merge.target"]))
+        clean = not lost["changed"] and not lost["unlanded"]
+
+        def remove(path: str = entry["worktree"]) -> None:
+            _git(root, "worktree", "remove", path)
+
+        found(
+            "orphan-worktree",
+            f"{entry['worktree']} is in {folder}/ but no agent owns it"
+            + ("" if clean else " (it has work not on the target)"),
+            "remove it (clean and landed)" if clean else "keep it: decide yourself",
+            remove if clean else None,
+            repairable=clean,
+        )
+    for name in sorted(state.agents):
+        record = state.agents[name]
+        if agent_status(record, ctx) != "dead" or not state.leases_of(name):
+            continue
+        held = [lease["resource"] for lease in state.leases_of(name)]
+
+        def dead(name: str = name, held: list[str] = held) -> None:
+            for resource in held:
+                _evict(dibs, resource, name, "holder-dead")
+
+        found(
+            "dead-agent",
+            f"{name}'s process {record['pid']} is gone, and it still holds {', '.join(held)}",
+            "evict its claims",
+            dead,
+        )
+    for text, holders in sorted(state.claims.items()):
+        exclusive = [a for a, lease in holders.items() if lease["mode"] == "exclusive"]
+        if len(exclusive) > 1:
+            found(
+                "held-twice",
+                f"{text} is held exclusively by {', '.join(exclusive)} at once: this must never"
+                " happen; please report it with the log",
+                "nothing automatic: evict one by hand (dibs evict)",
+                repairable=False,
+            )
+    return findings
+
+
+def _evict(dibs: Coordinator, resource: str, agent: str, reason: str) -> None:
+    from dibs.core.leases import decide
+    from dibs.core.resources import parse_resource
+
+    command = ForceEvict(parse_resource(resource), by="doctor", reason=reason, agent=agent)
+    dibs.transact(lambda state, ctx: decide(state, command, ctx))
+
+
+# run --------------------------------------------------------------------------------------
+
+
+def run(
+    dibs: Coordinator,
+    command: list[str],
+    *,
+    agent: str | None = None,
+    issue: str | None = None,
+    files: Iterable[str] = (),
+) -> int:
+    """Run *command* as an agent: register, start the issue, heartbeat, release on exit.
+
+    The agent watches this process: killed with SIGKILL, its claims are evicted by the next
+    operation anyone makes (pid and start time), without waiting for the ttl. SIGINT and
+    SIGTERM are passed on to *command*. Returns *command*'s exit code (128 + N for signal N).
+    """
+    import signal
+    import subprocess
+    import sys
+
+    from dibs.service import check_agent_name
+
+    if not command:
+        raise UsageError("no command to run", hint="dibs run -- CMD [ARGS...]")
+    name = agent or f"run-{os.getpid()}"
+    check_agent_name(name)
+    globs = list(files)
+    dibs.register(name, pid=os.getpid())
+    try:
+        cwd = None
+        env = dict(os.environ)
+        if issue is not None:
+            started = start(dibs, issue, agent=name, files=globs)
+            cwd = started["path"]
+            env["DIBS_WORKTREE"] = cwd
+        elif globs:
+            dibs.claim([g if g.startswith("path:") else f"path:{g}" for g in globs])
+        env.update(DIBS_AGENT=name, DIBS_TOKEN=_token(dibs))
+        interactive = sys.stdin.isatty()
+        try:
+            child = subprocess.Popen(
+                command, cwd=cwd, env=env, process_group=None if interactive else 0
+            )
+        except OSError as exc:
+            raise NotFound(
+                f"cannot run {command[0]!r}: {exc.strerror}", hint="check the command"
+            ) from None
+
+        def forward(signum: int, _frame: Any) -> None:
+            # At a terminal, Ctrl-C reaches the command directly (same process group).
+            if not (interactive and signum == signal.SIGINT):
+                child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            every = float(dibs.settings["leases.heartbeat"])
+            while True:
+                try:
+                    code = child.wait(timeout=every)
+                    break
+                except subprocess.TimeoutExpired:
+                    try:
+                        dibs.heartbeat()
+                    except DibsError as exc:
+                        sys.stderr.write(f"dibs run: heartbeat failed: {exc.message}\n")
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return code if code >= 0 else 128 - code
+    finally:
+        import contextlib
+
+        with contextlib.suppress(DibsError):
+            dibs.unregister()
