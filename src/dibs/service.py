@@ -377,9 +377,19 @@ class Coordinator:
         deadline = started + (wait or 0.0)
         delay = _BACKOFF_FIRST
         waited: float | None = None
+        tries = 0
         while True:
+            tries += 1
             command = leases.Acquire(
-                agent, secret, parsed, mode=mode, ttl=ttl, note=note, waited=waited
+                agent,
+                secret,
+                parsed,
+                mode=mode,
+                ttl=ttl,
+                note=note,
+                waited=waited,
+                log_refusal=not wait,
+                tries=tries if wait else None,
             )
             try:
                 decision = self._command(command)
@@ -389,6 +399,13 @@ class Coordinator:
                 if remaining <= 0:
                     if not wait:
                         raise
+                    waited = round(time.monotonic() - started, 3)
+                    self._log_refusal(
+                        leases.Acquire(
+                            agent, secret, parsed, mode=mode, waited=waited, tries=tries
+                        ),
+                        exc,
+                    )
                     raise LockTimeout(
                         f"{exc.message}; gave up after waiting {time.monotonic() - started:.1f} s",
                         hint="wait longer (--wait SECONDS) or pick other work",
@@ -398,6 +415,21 @@ class Coordinator:
                 delay = min(delay * 2, _BACKOFF_CAP)
                 waited = round(time.monotonic() - started, 3)
         return list(decision.result)
+
+    def _log_refusal(self, command: leases.Acquire, exc: Conflict) -> None:
+        """Record that a waiting claim call gave up (its tries were not logged one by one)."""
+        import contextlib
+
+        text = exc.details.get("resource") or command.resources[0].text
+        holders = [{"agent": h["agent"]} for h in exc.details.get("holders", [])]
+
+        def decide(_state: State, ctx: Context) -> Decision:
+            blockers: Any = holders
+            event = leases.refusal(command, parse_resource(text), blockers, ctx)
+            return Decision([event])
+
+        with contextlib.suppress(DibsError):  # a record of a refusal must not hide it
+            self.transact(decide)
 
     def _wait_for_change(self, backoff: float, remaining: float) -> None:
         """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
