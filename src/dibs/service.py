@@ -46,6 +46,8 @@ MAX_REASON = 1000
 MAX_TTL = 7 * 86400.0
 #: ``--wait`` with no number waits this long (seconds).
 DEFAULT_WAIT = 600.0
+#: Queue entries still to be handled (see dibs.queue).
+OPEN_ENTRIES = ("queued", "running")
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
@@ -527,6 +529,20 @@ class Coordinator:
         summary = ", ".join(parts) + f"; {len(live)} claims"
         if stale:
             summary += f" ({len(stale)} expired, evicted on next touch)"
+        queue = sorted(
+            (e for e in state.tables.get("queue", {}).values() if e["state"] in OPEN_ENTRIES),
+            key=lambda e: e["number"],
+        )
+        summary += f"; queue {len(queue)}"
+        busy = {
+            c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")
+        }
+        pool = [
+            {**slot, "agent": slot.get("agent") if key in busy else None}
+            for key, slot in sorted(state.tables.get("pool", {}).items(), key=lambda kv: kv[0])
+        ]
+        if pool:
+            summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
         return {
             "summary": summary,
             "seq": state.seq,
@@ -534,6 +550,8 @@ class Coordinator:
             "agents": agents,
             "claims": live,
             "expired": stale,
+            "queue": queue,
+            "pool": pool,
         }
 
     def log(

@@ -450,9 +450,7 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
     return Decision(events, result=granted)
 
 
-def refusal(
-    cmd: Acquire, resource: Resource, blockers: list[LeaseRecord], ctx: Context
-) -> Event:
+def refusal(cmd: Acquire, resource: Resource, blockers: list[LeaseRecord], ctx: Context) -> Event:
     """The ``refuse`` event of a claim call that ended refused (one per call, not per try)."""
     return new_event(
         "refuse",
