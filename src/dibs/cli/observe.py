@@ -57,8 +57,10 @@ def run_metrics(args: argparse.Namespace) -> int:
         ],
         [
             "lock wait time",
-            f"p50 {_s(claims['lock_wait_seconds']['p50'])}, "
-            f"p99 {_s(claims['lock_wait_seconds']['p99'])}",
+            (
+                f"p50 {_s(claims['lock_wait_seconds']['p50'])}, "
+                f"p99 {_s(claims['lock_wait_seconds']['p99'])}"
+            ),
         ],
         [
             "lease hold time",
@@ -68,13 +70,17 @@ def run_metrics(args: argparse.Namespace) -> int:
         ["crash / stale rate", f"{ev['crash_rate']:.1%} / {ev['stale_rate']:.1%}"],
         [
             "pool",
-            f"{pool['slots']} slots, {pool['utilization']:.0%} used, allocation p50 "
-            f"{_s(pool['allocation_seconds']['p50'])}",
+            (
+                f"{pool['slots']} slots, {pool['utilization']:.0%} used, allocation p50 "
+                f"{_s(pool['allocation_seconds']['p50'])}"
+            ),
         ],
         [
             "queue",
-            f"{queue['landed']} landed, {queue['failed']} failed "
-            f"({queue['failure_rate']:.0%}), {queue['landings_per_hour']}/h",
+            (
+                f"{queue['landed']} landed, {queue['failed']} failed "
+                f"({queue['failure_rate']:.0%}), {queue['landings_per_hour']}/h"
+            ),
         ],
     ]
     if queue["failed_by"]:
