@@ -287,6 +287,7 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(512)  # from here on a connection waits in the backlog, never refused
     except OSError as exc:
         raise UsageError(
             f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --port"
