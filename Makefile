@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest soak bench bench-postgres bench-queue docs clean compile
+.PHONY: demo test lint typecheck pytest soak bench bench-postgres bench-queue bench-dashboard docs clean compile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-postgres: $(STAMP_DEV) compile
 
 bench-queue: $(STAMP_DEV) compile
 	$(BIN)/python bench/queue.py
+
+bench-dashboard: $(STAMP_DEV) compile
+	$(BIN)/python bench/dashboard.py
 
 docs: $(STAMP_DEV)
 	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md

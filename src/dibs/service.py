@@ -46,6 +46,8 @@ MAX_REASON = 1000
 MAX_TTL = 7 * 86400.0
 #: ``--wait`` with no number waits this long (seconds).
 DEFAULT_WAIT = 600.0
+#: Queue entries still to be handled (see dibs.queue).
+OPEN_ENTRIES = ("queued", "running")
 _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
@@ -377,9 +379,19 @@ class Coordinator:
         deadline = started + (wait or 0.0)
         delay = _BACKOFF_FIRST
         waited: float | None = None
+        tries = 0
         while True:
+            tries += 1
             command = leases.Acquire(
-                agent, secret, parsed, mode=mode, ttl=ttl, note=note, waited=waited
+                agent,
+                secret,
+                parsed,
+                mode=mode,
+                ttl=ttl,
+                note=note,
+                waited=waited,
+                log_refusal=not wait,
+                tries=tries if wait else None,
             )
             try:
                 decision = self._command(command)
@@ -389,6 +401,13 @@ class Coordinator:
                 if remaining <= 0:
                     if not wait:
                         raise
+                    waited = round(time.monotonic() - started, 3)
+                    self._log_refusal(
+                        leases.Acquire(
+                            agent, secret, parsed, mode=mode, waited=waited, tries=tries
+                        ),
+                        exc,
+                    )
                     raise LockTimeout(
                         f"{exc.message}; gave up after waiting {time.monotonic() - started:.1f} s",
                         hint="wait longer (--wait SECONDS) or pick other work",
@@ -398,6 +417,21 @@ class Coordinator:
                 delay = min(delay * 2, _BACKOFF_CAP)
                 waited = round(time.monotonic() - started, 3)
         return list(decision.result)
+
+    def _log_refusal(self, command: leases.Acquire, exc: Conflict) -> None:
+        """Record that a waiting claim call gave up (its tries were not logged one by one)."""
+        import contextlib
+
+        text = exc.details.get("resource") or command.resources[0].text
+        holders = [{"agent": h["agent"]} for h in exc.details.get("holders", [])]
+
+        def decide(_state: State, ctx: Context) -> Decision:
+            blockers: Any = holders
+            event = leases.refusal(command, parse_resource(text), blockers, ctx)
+            return Decision([event])
+
+        with contextlib.suppress(DibsError):  # a record of a refusal must not hide it
+            self.transact(decide)
 
     def _wait_for_change(self, backoff: float, remaining: float) -> None:
         """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
@@ -495,6 +529,20 @@ class Coordinator:
         summary = ", ".join(parts) + f"; {len(live)} claims"
         if stale:
             summary += f" ({len(stale)} expired, evicted on next touch)"
+        queue = sorted(
+            (e for e in state.tables.get("queue", {}).values() if e["state"] in OPEN_ENTRIES),
+            key=lambda e: e["number"],
+        )
+        summary += f"; queue {len(queue)}"
+        busy = {
+            c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")
+        }
+        pool = [
+            {**slot, "agent": slot.get("agent") if key in busy else None}
+            for key, slot in sorted(state.tables.get("pool", {}).items(), key=lambda kv: kv[0])
+        ]
+        if pool:
+            summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
         return {
             "summary": summary,
             "seq": state.seq,
@@ -502,6 +550,8 @@ class Coordinator:
             "agents": agents,
             "claims": live,
             "expired": stale,
+            "queue": queue,
+            "pool": pool,
         }
 
     def log(

@@ -81,7 +81,8 @@ def test_transact_numbers_events_contiguously(backend: Backend) -> None:
 def test_refused_decision_appends_nothing_but_its_evictions(
     backend: Backend, clock: FakeClock
 ) -> None:
-    """A refusal is returned, not raised, by the store; its evictions are still appended."""
+    """A refusal is returned, not raised, by the store; its evictions are still appended, and
+    the refusal itself is recorded (one ``refuse`` event for the claim call)."""
     c1, c2 = coordinator(backend.store), coordinator(backend.store)
     c1.register("a1")
     c2.register("a2")
@@ -91,8 +92,9 @@ def test_refused_decision_appends_nothing_but_its_evictions(
     before = backend.store.read()[0].seq
     with pytest.raises(Conflict):
         c2.claim(["issue:X", "issue:Y"])
-    ops = [e["op"] for e in backend.store.events(before)]
-    assert ["auto-evict"] == ops
+    events = list(backend.store.events(before))
+    assert ["auto-evict", "refuse"] == [e["op"] for e in events]
+    assert "issue:Y" == events[-1]["resource"]
 
 
 def test_decision_with_no_events_changes_nothing(backend: Backend) -> None:

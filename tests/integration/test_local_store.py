@@ -306,3 +306,27 @@ def test_polling_events_yields_each_new_event_once_across_segments(
             last = event["seq"]
     assert list(range(1, 17)) == seen
     assert len(list((root / "log").iterdir())) > 3
+
+
+def test_events_reads_transactions_longer_than_a_read(tmp_path: Path, clock: FakeClock) -> None:
+    """A transaction spanning several 1 MiB reads comes out whole, once, in order (and is not
+    re-parsed for every read: scanning resumes only when the buffer has doubled)."""
+    from dibs.core.events import new_event
+    from dibs.core.leases import Decision
+
+    store = open_store(tmp_path / "store", clock)
+    dibs = Coordinator(store, liveness=FakeLiveness())
+    dibs.register("bulk")
+    note = "x" * 200
+
+    def bulk(_state: object, ctx: object) -> Decision:
+        now = ctx.now  # type: ignore[attr-defined]
+        return Decision(
+            [new_event("record", now, table="t", key=str(k), value=note) for k in range(12_000)]
+        )
+
+    dibs.transact(bulk)
+    dibs.claim(["issue:after"])
+    seqs = [e["seq"] for e in LocalStore(tmp_path / "store", clock=clock).events(0)]
+    assert list(range(1, 12_003)) == seqs
+    assert (tmp_path / "store" / "log").stat().st_size > 0

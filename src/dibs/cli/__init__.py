@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "claims": ("dibs.cli.claims", "list live claims"),
     "status": ("dibs.cli.info", "who holds what: agents, claims and a summary"),
     "log": ("dibs.cli.info", "show or follow the event log"),
+    "metrics": ("dibs.cli.observe", "coordination figures from the log: conflicts, waits, holds"),
+    "dashboard": ("dibs.cli.observe", "a live web page of agents, claims, queue, and metrics"),
     "evict": ("dibs.cli.info", "force a claim away (logged with who and why)"),
     "doctor": ("dibs.cli.info", "check the log and state; --repair mends them"),
     "hooks": ("dibs.cli.guards", "install, remove or show the commit and edit guards"),

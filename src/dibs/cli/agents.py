@@ -91,13 +91,14 @@ def _agent_rows(agents: list[dict[str, Any]]) -> list[list[Any]]:
             "" if a["seen_ago"] is None else seconds(a["seen_ago"]) + " ago",
             a["pid"] or "",
             a["host"],
+            a.get("issue", ""),
             a.get("worktree", ""),
         ]
         for a in agents
     ]
 
 
-AGENT_HEADERS = ("agent", "status", "claims", "last seen", "pid", "host", "worktree")
+AGENT_HEADERS = ("agent", "status", "claims", "last seen", "pid", "host", "issue", "worktree")
 
 
 def run_list(args: argparse.Namespace) -> int:

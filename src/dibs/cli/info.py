@@ -43,6 +43,18 @@ def run_status(args: argparse.Namespace) -> int:
     if status["expired"]:
         rows = [[c["resource"], c["agent"], c["evictable"]] for c in status["expired"]]
         out += ["\nawaiting eviction:\n", table(rows, ("resource", "agent", "reason"))]
+    if status["pool"]:
+        rows = [
+            [p["slot"], p["agent"] or "free", p.get("branch", "") if p["agent"] else ""]
+            for p in status["pool"]
+        ]
+        out += ["\npool:\n", table(rows, ("slot", "agent", "branch"))]
+    if status["queue"]:
+        rows = [
+            [e["id"], n, e["state"], e["branch"], e["issue"], e["agent"]]
+            for n, e in enumerate(status["queue"], 1)
+        ]
+        out += ["\nqueue:\n", table(rows, ("entry", "pos", "state", "branch", "issue", "agent"))]
     sys.stdout.write("".join(out))
     return 0
 

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         host_boot: NotRequired[str]
         secret: NotRequired[str]
         waited: NotRequired[float]
+        tries: NotRequired[int]
         txn: NotRequired[list[int]]
         table: NotRequired[str]
         key: NotRequired[str]
@@ -79,6 +80,7 @@ OPS = (
     "auto-evict",
     "force-evict",
     "record",
+    "refuse",
     "plan-add",
     "plan-drop",
     "plan-commit",

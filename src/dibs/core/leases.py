@@ -162,7 +162,7 @@ class Heartbeat(_AgentCommand):
 class Acquire(_AgentCommand):
     """Claim *resources* for *agent*, all or none."""
 
-    __slots__ = ("mode", "note", "resources", "ttl", "waited")
+    __slots__ = ("log_refusal", "mode", "note", "resources", "tries", "ttl", "waited")
 
     def __init__(
         self,
@@ -174,6 +174,8 @@ class Acquire(_AgentCommand):
         ttl: float | None = None,
         note: str | None = None,
         waited: float | None = None,
+        log_refusal: bool = False,
+        tries: int | None = None,
     ):
         super().__init__(agent, secret)
         self.resources = resources
@@ -181,6 +183,10 @@ class Acquire(_AgentCommand):
         self.ttl = ttl
         self.note = note
         self.waited = waited
+        #: Record a refusal as a ``refuse`` event (the last try of a claim call), so the
+        #: conflict rate can be computed from the log alone.
+        self.log_refusal = log_refusal
+        self.tries = tries
 
 
 class Renew(_AgentCommand):
@@ -373,7 +379,10 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
         error = _conflict_error(resource, blockers, ctx)
         if len(blocked) > 1:
             error.details["blocked"] = [r.text for r, _ in blocked]
-        return Decision(ev.events, error)
+        events = ev.events
+        if cmd.log_refusal:
+            events.append(refusal(cmd, resource, blockers, ctx))
+        return Decision(events, error)
 
     ttl = cmd.ttl if cmd.ttl is not None else agent["ttl"]
     events = ev.events
@@ -439,6 +448,20 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
             }
         )
     return Decision(events, result=granted)
+
+
+def refusal(cmd: Acquire, resource: Resource, blockers: list[LeaseRecord], ctx: Context) -> Event:
+    """The ``refuse`` event of a claim call that ended refused (one per call, not per try)."""
+    return new_event(
+        "refuse",
+        ctx.now,
+        agent=cmd.agent,
+        resource=resource.text,
+        mode=cmd.mode,
+        by=",".join(sorted({lease["agent"] for lease in blockers})),
+        waited=cmd.waited,
+        tries=cmd.tries,
+    )
 
 
 def _grant(lease: LeaseRecord, ttl: float, *, new: bool) -> dict[str, Any]:

@@ -359,7 +359,12 @@ def _apply_record(state: State, event: Event) -> None:
         table[event["key"]] = value
 
 
+def _apply_nothing(state: State, event: Event) -> None:
+    """Events that record what happened without changing who holds what (``refuse``)."""
+
+
 _APPLY: dict[str, Callable[[State, Event], None]] = {
+    "refuse": _apply_nothing,
     "register": _apply_register,
     "unregister": _apply_unregister,
     "heartbeat": _apply_heartbeat,

@@ -82,6 +82,9 @@ def _make_dir(path: str) -> None:
     _fsync_dir(parent)
 
 
+_REQUIRED = frozenset(REQUIRED)
+
+
 class _Batch:
     """Complete transactions found in a run of log bytes."""
 
@@ -275,7 +278,7 @@ class LocalStore:
                 type(event) is not dict
                 or event.get("schema_version") != SCHEMA_VERSION
                 or event.get("seq") != expected + offset
-                or not all(name in event for name in REQUIRED)
+                or not event.keys() >= _REQUIRED
             ):
                 return self._scan_lines(data, state, where)
         if len(events) != data.count(b"\n", 0, last + 1):
@@ -621,9 +624,13 @@ class LocalStore:
             with open(path, "rb") as f:
                 f.seek(offset)
                 rest = b""
+                scanned = 0  # bytes of `rest` already scanned in vain (inside one transaction)
                 while True:
                     chunk = f.read(_READ_CHUNK)
-                    if not chunk:
+                    if chunk and len(rest) + len(chunk) < 2 * scanned:
+                        rest += chunk  # a long transaction: scan again only at twice the size
+                        continue
+                    if not chunk and (not rest or len(rest) == scanned):
                         break
                     data = rest + chunk
                     batch = self._scan(data, expected, path)
@@ -633,7 +640,10 @@ class LocalStore:
                             yield event
                     offset += batch.consumed
                     rest = data[batch.consumed :]
+                    scanned = len(rest) if batch.consumed == 0 else 0
                     self._events_end = (expected.seq, name, offset)
+                    if not chunk:
+                        break
             offset = 0
 
     def tail(self, count: int) -> list[Event]:

@@ -1,0 +1,299 @@
+"""The dashboard: a read-only web face on a coordinator (Starlette + uvicorn).
+
+Routes (all GET):
+
+* ``/``                    the live page (static HTML, CSS and a small script; no build step)
+* ``/api/state``           agents, claims, queue, pool, worktrees, summary (JSON)
+* ``/api/events?since=S``  events after seq S (JSON; ``limit`` caps them, default 1,000)
+* ``/api/metrics``         `dibs.metrics.compute` over the log (``?since=2h``)
+* ``/api/stream``          server-sent events: ``seq`` whenever the log grows
+* ``/metrics``             Prometheus text (prometheus_client)
+
+With a token, every request must carry it (``Authorization: Bearer T`` or ``?token=T``);
+without one a 401 that says nothing else. Binding to anything but loopback needs a token.
+
+Starlette, uvicorn and prometheus_client are imported only here (``pip install 'dibs[web]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+
+from dibs.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from typing import Any
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from dibs.service import Coordinator
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+#: Seconds between looks at the log for the live stream.
+POLL = 0.25
+
+
+def _missing(exc: ImportError) -> UsageError:
+    return UsageError(
+        f"the dashboard needs the web extra ({exc.name} is not installed)",
+        hint="pip install 'dibs[web]'",
+    )
+
+
+def state(dibs: Coordinator) -> dict[str, Any]:
+    """Everything the page shows, in one JSON-able dict."""
+    status = dibs.status()
+    store_state, now = dibs.store.read()
+    worktrees = [
+        {"path": path, **record}
+        for path, record in sorted(store_state.tables.get("worktrees", {}).items())
+    ]
+    return {**status, "worktrees": worktrees, "now": now.iso()}
+
+
+def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
+    """The Starlette application serving *dibs* (read-only)."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.responses import (
+            FileResponse,
+            JSONResponse,
+            PlainTextResponse,
+            StreamingResponse,
+        )
+        from starlette.responses import Response as PlainResponse
+        from starlette.routing import Route
+        from starlette.staticfiles import StaticFiles
+    except ImportError as exc:
+        raise _missing(exc) from None
+
+    class Auth:
+        """401 for any request without the token; compared in constant time."""
+
+        def __init__(self, inner: Any):
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if token is None or scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+            from starlette.requests import Request
+
+            request = Request(scope)
+            given = request.query_params.get("token", "")
+            header = request.headers.get("authorization", "")
+            if header.lower().startswith("bearer "):
+                given = header[7:].strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                response = PlainResponse(
+                    "unauthorized\n",
+                    status_code=401,
+                    media_type="text/plain",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+            await self.inner(scope, receive, send)
+
+    async def page(_request: Request) -> Response:
+        return FileResponse(os.path.join(STATIC, "index.html"))
+
+    async def api_state(_request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(state, dibs))
+
+    async def api_events(request: Request) -> Response:
+        try:
+            since = int(request.query_params.get("since", "0"))
+            limit = int(request.query_params.get("limit", "1000"))
+        except ValueError:
+            return JSONResponse({"error": "since and limit must be whole numbers"}, 400)
+        if since < 0 or not 1 <= limit <= 100_000:
+            return JSONResponse({"error": "since >= 0, 1 <= limit <= 100000"}, 400)
+
+        def read() -> list[Any]:
+            found = []
+            for event in dibs.store.events(since):
+                found.append(event)
+                if len(found) >= limit:
+                    break
+            return found
+
+        return JSONResponse(await asyncio.to_thread(read))
+
+    async def api_metrics(request: Request) -> Response:
+        from dibs import metrics
+
+        since = request.query_params.get("since") or None
+        try:
+            if since:
+                metrics.parse_duration(since)
+        except UsageError as exc:
+            return JSONResponse({"error": exc.message}, 400)
+        return JSONResponse(await asyncio.to_thread(metrics.of_store, dibs, since=since))
+
+    async def stream(request: Request) -> Response:
+        async def events() -> AsyncIterator[str]:
+            last = -1
+            yield "retry: 1000\n\n"
+            while not await request.is_disconnected():
+                seq = await asyncio.to_thread(lambda: dibs.store.read()[0].seq)
+                if seq != last:
+                    last = seq
+                    yield f"event: seq\ndata: {json.dumps({'seq': seq})}\n\n"
+                await asyncio.sleep(POLL)
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    async def prometheus(_request: Request) -> Response:
+        text = await asyncio.to_thread(prometheus_text, dibs)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    routes = [
+        Route("/", page),
+        Route("/api/state", api_state),
+        Route("/api/events", api_events),
+        Route("/api/metrics", api_metrics),
+        Route("/api/stream", stream),
+        Route("/metrics", prometheus),
+    ]
+    application = Starlette(routes=routes, middleware=[Middleware(Auth)])
+    application.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return application
+
+
+def prometheus_text(dibs: Coordinator) -> str:
+    """The figures of `dibs metrics` (whole log) and the live state, as Prometheus text."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+    except ImportError as exc:
+        raise _missing(exc) from None
+    from dibs import metrics
+
+    report = metrics.of_store(dibs)
+    status = dibs.status()
+
+    class Figures:
+        def collect(self) -> Iterator[Any]:
+            claims, evictions, queue = report["claims"], report["evictions"], report["queue"]
+            yield _counter(
+                "dibs_acquisitions", "leases granted", claims["acquisitions"], CounterMetricFamily
+            )
+            yield _counter(
+                "dibs_claim_calls",
+                "claim calls granted",
+                claims["claim_calls"],
+                CounterMetricFamily,
+            )
+            yield _counter(
+                "dibs_refusals", "claim calls refused", claims["refusals"], CounterMetricFamily
+            )
+            by_reason = CounterMetricFamily(
+                "dibs_evictions", "leases evicted, by reason", labels=["reason"]
+            )
+            for reason, count in evictions["by_reason"].items():
+                by_reason.add_metric([reason], count)
+            yield by_reason
+            landings = CounterMetricFamily(
+                "dibs_landings", "merge queue outcomes", labels=["outcome"]
+            )
+            landings.add_metric(["landed"], queue["landed"])
+            landings.add_metric(["failed"], queue["failed"])
+            yield landings
+            failures = CounterMetricFamily(
+                "dibs_landing_failures", "failed landings, by cause", labels=["cause"]
+            )
+            for cause, count in queue["failed_by"].items():
+                failures.add_metric([cause], count)
+            yield failures
+            for name, doc, summary in (
+                ("dibs_wait_seconds", "seconds --wait claims waited", claims["wait_seconds"]),
+                ("dibs_hold_seconds", "seconds leases were held", claims["hold_seconds"]),
+                (
+                    "dibs_pool_allocation_seconds",
+                    "seconds pool takes waited",
+                    report["pool"]["allocation_seconds"],
+                ),
+                ("dibs_land_seconds", "seconds a landing took", queue["land_seconds"]),
+            ):
+                buckets = [
+                    (f"{bound:g}", count)
+                    for bound, count in zip(metrics.BUCKETS, summary["buckets"], strict=True)
+                ]
+                buckets.append(("+Inf", summary["count"]))
+                yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=summary["sum"])
+            agents = GaugeMetricFamily("dibs_agents", "registered agents", labels=["status"])
+            for status_name in ("live", "stale", "dead"):
+                count = sum(1 for a in status["agents"] if a["status"] == status_name)
+                agents.add_metric([status_name], count)
+            yield agents
+            yield GaugeMetricFamily("dibs_claims_live", "live claims", value=len(status["claims"]))
+            yield GaugeMetricFamily(
+                "dibs_queue_length", "queue entries", value=len(status["queue"])
+            )
+            slots = status["pool"]
+            yield GaugeMetricFamily("dibs_pool_slots", "pool slots", value=len(slots))
+            busy = sum(1 for slot in slots if slot["agent"])
+            yield GaugeMetricFamily("dibs_pool_slots_busy", "pool slots taken", value=busy)
+            yield GaugeMetricFamily("dibs_log_seq", "events in the log", value=status["seq"])
+
+    registry = CollectorRegistry()
+    registry.register(Figures())
+    return generate_latest(registry).decode()
+
+
+def _counter(name: str, doc: str, value: float, family: Any) -> Any:
+    return family(name, doc, value=value)
+
+
+def serve(
+    dibs: Coordinator, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None
+) -> None:
+    """Serve the dashboard until interrupted.
+
+    Raises:
+        UsageError: a non-loopback address without a token, or a bad port.
+    """
+    if host not in LOOPBACK and not token:
+        raise UsageError(
+            f"serving on {host} would show every claim to the network without a token",
+            hint="pass --token SECRET (or DIBS_DASHBOARD_TOKEN), or bind to 127.0.0.1",
+        )
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} is out of range", hint="give 1-65535, or 0 for any")
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise _missing(exc) from None
+    import socket
+    import sys
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(512)  # from here on a connection waits in the backlog, never refused
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --port"
+        ) from None
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    sys.stderr.write(f"dibs dashboard on http://{shown}:{sock.getsockname()[1]}/\n")
+    sys.stderr.flush()
+    config = uvicorn.Config(app(dibs, token=token), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])

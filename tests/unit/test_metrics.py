@@ -1,0 +1,128 @@
+"""Metrics from a hand-built log whose answers are known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dibs.core.events import Now, new_event
+from dibs.errors import UsageError
+from dibs.metrics import compute, parse_duration, percentile
+
+T0 = 1_800_000_000.0  # wall seconds of the first event
+S = 10**9
+
+
+class Log:
+    """Events at chosen seconds after T0, numbered in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def at(self, second: float, op: str, **fields: Any) -> None:
+        now = Now("boot-a", int(second * S), T0 + second)
+        event = new_event(op, now, **fields)
+        event["seq"] = len(self.events) + 1
+        self.events.append(event)
+
+
+@pytest.fixture
+def log() -> Log:
+    log = Log()
+    log.at(0, "register", agent="a1")
+    log.at(0, "register", agent="a2")
+    log.at(1, "acquire", agent="a1", resource="issue:1", token=1, mode="exclusive")
+    log.at(2, "refuse", agent="a2", resource="issue:1", mode="exclusive", by="a1")
+    # a2 waits 3 s, then gets issue:1 and a path in one transaction (one call, two leases)
+    log.at(11, "release", agent="a1", resource="issue:1", token=1)
+    log.at(12, "acquire", agent="a2", resource="issue:1", token=2, waited=3.0, txn=[6, 2])
+    log.at(12, "acquire", agent="a2", resource="path:src/**", token=3, waited=3.0, txn=[6, 2])
+    log.at(13, "acquire", agent="a1", resource="lock:deploy", token=4, waited=0.5)
+    log.at(42, "auto-evict", agent="a2", resource="issue:1", token=2, reason="holder-dead")
+    log.at(43, "force-evict", agent="a2", resource="path:src/**", token=3, by="ops", reason="x")
+    log.at(50, "refuse", agent="a2", resource="lock:deploy", mode="exclusive", by="a1")
+    log.at(60, "unregister", agent="a1")
+    log.at(70, "record", table="pool", key="1", value={"slot": "1", "path": "p/1"})
+    log.at(71, "acquire", agent="a2", resource="worktree:1", token=5)
+    log.at(71, "record", table="pool", key="1", value={"slot": "1", "agent": "a2", "waited": 0.25})
+    log.at(81, "release", agent="a2", resource="worktree:1", token=5)
+    log.at(90, "land-done", agent="a2", table="queue", key="q1", value={"seconds": 4.0})
+    log.at(95, "land-fail", agent="a2", table="queue", key="q2", value={"gate": "tests"})
+    log.at(96, "land-fail", agent="a2", table="queue", key="q3", value={"files": ["a.py"]})
+    log.at(100, "land-fail", agent="a2", table="queue", key="q4", value={"lease_lost": True})
+    return log
+
+
+def test_claims_refusals_waits_and_holds(log: Log) -> None:
+    m = compute(log.events)
+    claims = m["claims"]
+    assert 5 == claims["acquisitions"]
+    assert 4 == claims["claim_calls"]  # the two-lease transaction is one call
+    assert 2 == claims["refusals"]
+    assert 2 / 6 == pytest.approx(claims["conflict_rate"], abs=1e-4)
+    waits = claims["wait_seconds"]  # per call: 3.0 (the two-lease call) and 0.5 (the lock)
+    assert (2, 0.5, 3.0) == (waits["count"], waits["p50"], waits["p99"])
+    assert 0.5 == claims["lock_wait_seconds"]["p50"]
+    # holds: issue:1 by a1 10 s, issue:1 by a2 30 s, path 31 s, worktree:1 10 s
+    assert 4 == claims["hold_seconds"]["count"]
+    assert 81.0 == pytest.approx(claims["hold_seconds"]["sum"])
+    assert 10.0 == claims["hold_seconds"]["p50"]
+    assert 31.0 == claims["hold_seconds"]["max"]
+    assert 1 == claims["open_leases"]  # lock:deploy is still held
+    assert {"acquisitions": 1, "refusals": 1} == claims["by_kind"]["lock"]
+
+
+def test_evictions_agents_pool_and_queue(log: Log) -> None:
+    m = compute(log.events)
+    assert {"forced": 1, "holder-dead": 1} == m["evictions"]["by_reason"]
+    assert 0.2 == m["evictions"]["crash_rate"]  # 1 of 5 leases died with its holder
+    assert 0.0 == m["evictions"]["stale_rate"]
+    assert 60.0 == m["agents"]["uptime_seconds"]["p50"]
+    a2 = m["agents"]["activity"]["a2"]
+    assert (3, 2, 2, 1) == (a2["acquired"], a2["refused"], a2["evicted"], a2["landed"])
+    assert 1 == m["pool"]["slots"]
+    assert 0.25 == m["pool"]["allocation_seconds"]["p50"]
+    assert 10 / 100 == pytest.approx(m["pool"]["utilization"])  # 10 s of 1 slot over 100 s
+    queue = m["queue"]
+    assert (1, 3, 0.75) == (queue["landed"], queue["failed"], queue["failure_rate"])
+    assert {"conflict": 1, "gate:tests": 1, "lease-lost": 1} == queue["failed_by"]
+    assert 1 == queue["merge_conflicts"]
+    assert 100.0 == m["period_seconds"]
+    assert 36.0 == queue["landings_per_hour"]
+
+
+def test_since_keeps_only_the_later_events(log: Log) -> None:
+    since = log.events[9]["wall"]  # the force-evict at 43 s
+    m = compute(log.events, since=since)
+    assert 1 == m["claims"]["acquisitions"]  # worktree:1 only
+    assert {"forced": 1} == m["evictions"]["by_reason"]
+    assert 1 == m["claims"]["refusals"]
+
+
+def test_series_has_fixed_points_and_counts_everything(log: Log) -> None:
+    series = compute(log.events)["series"]
+    assert 30 == len(series)
+    assert 5 == sum(p["acquired"] for p in series)
+    assert 2 == sum(p["refused"] for p in series)
+
+
+def test_empty_log() -> None:
+    m = compute([])
+    assert 0 == m["claims"]["acquisitions"]
+    assert 0.0 == m["claims"]["conflict_rate"]
+    assert [] == m["series"]
+
+
+def test_durations_and_percentiles() -> None:
+    assert 90 == parse_duration("90s")
+    assert 900 == parse_duration("15m")
+    assert 7200 == parse_duration("2h")
+    assert 7 * 86400 == parse_duration("7d")
+    assert 5 == parse_duration("5")
+    for bad in ("", "h", "-1h", "2y", "0m"):
+        with pytest.raises(UsageError, match="is not a duration"):
+            parse_duration(bad)
+    assert percentile([], 50) is None
+    assert 2 == percentile([3, 1, 2], 50)
+    assert 100 == percentile(list(range(1, 101)), 99) + 1
