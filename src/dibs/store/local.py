@@ -618,33 +618,43 @@ class LocalStore:
             if segments:
                 expected.seq = int(segments[start][:-6]) - 1
         for name in segments[start:]:
-            path = os.path.join(self.log_dir, name)
             if int(name[:-6]) != expected.seq + 1 and offset == 0:
                 return  # an incomplete transaction ends the previous segment: stop there
-            with open(path, "rb") as f:
-                f.seek(offset)
-                rest = b""
-                scanned = 0  # bytes of `rest` already scanned in vain (inside one transaction)
-                while True:
-                    chunk = f.read(_READ_CHUNK)
-                    if chunk and len(rest) + len(chunk) < 2 * scanned:
-                        rest += chunk  # a long transaction: scan again only at twice the size
-                        continue
-                    if not chunk and (not rest or len(rest) == scanned):
-                        break
-                    data = rest + chunk
-                    batch = self._scan(data, expected, path)
-                    for event in batch.events:
-                        expected.seq = event["seq"]
-                        if event["seq"] > since:
-                            yield event
-                    offset += batch.consumed
-                    rest = data[batch.consumed :]
-                    scanned = len(rest) if batch.consumed == 0 else 0
-                    self._events_end = (expected.seq, name, offset)
-                    if not chunk:
-                        break
+            yield from self._segment_events(name, offset, expected, since)
             offset = 0
+
+    def _segment_events(
+        self, name: str, offset: int, expected: State, since: int
+    ) -> Iterator[Event]:
+        """The complete transactions of segment *name* from byte *offset*, after *since*.
+
+        A transaction longer than one read is scanned again only once the buffer has doubled,
+        so reading it costs linear time, not quadratic.
+        """
+        path = os.path.join(self.log_dir, name)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            rest = b""
+            scanned = 0  # bytes of `rest` already scanned in vain (inside one transaction)
+            while True:
+                chunk = f.read(_READ_CHUNK)
+                if chunk and len(rest) + len(chunk) < 2 * scanned:
+                    rest += chunk
+                    continue
+                if not chunk and (not rest or len(rest) == scanned):
+                    return
+                data = rest + chunk
+                batch = self._scan(data, expected, path)
+                for event in batch.events:
+                    expected.seq = event["seq"]
+                    if event["seq"] > since:
+                        yield event
+                offset += batch.consumed
+                rest = data[batch.consumed :]
+                scanned = len(rest) if batch.consumed == 0 else 0
+                self._events_end = (expected.seq, name, offset)
+                if not chunk:
+                    return
 
     def tail(self, count: int) -> list[Event]:
         """The last *count* events, read backwards from the end of the log."""
