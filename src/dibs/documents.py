@@ -117,7 +117,7 @@ def write(dibs: Coordinator, path: str, content: str, *, if_version: int) -> dic
         writer.renew([f"lock:doc:{rel}"])  # still ours (LeaseLost if paused past its ttl)
         _replace(full, text)
 
-        def decide(state: State, ctx: Context) -> Decision:
+        def decide(_state: State, ctx: Context) -> Decision:
             value = {"version": version, "by": dibs.agent or os.environ.get("USER") or "unknown"}
             event = new_event("doc-write", ctx.now, table=TABLE, key=rel, value=value)
             return Decision([event])

@@ -144,10 +144,7 @@ def _read_markdown(folder: str, problems: list[Problem]) -> list[Task]:
     tasks = []
     for order, path in enumerate(sorted(glob.glob(os.path.join(folder, "*.md")))):
         try:
-            with open(path, encoding="utf-8") as f:
-                data, _ = frontmatter(f.read(), path)
-            if "status" not in data and "name" not in data:
-                raise Problem(path, 1, "the frontmatter has neither name nor status")
+            data = _task_frontmatter(path)
             stem = os.path.splitext(os.path.basename(path))[0]
             task_id = str(data.get("id") or stem)
             tasks.append(Task(task_id, path, order, title=data.get("name"), **_fields(data)))
@@ -156,6 +153,14 @@ def _read_markdown(folder: str, problems: list[Problem]) -> list[Task]:
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem(path, 1, str(exc)))
     return tasks
+
+
+def _task_frontmatter(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data, _ = frontmatter(f.read(), path)
+    if "status" not in data and "name" not in data:
+        raise Problem(path, 1, "the frontmatter has neither name nor status")
+    return data
 
 
 def _fields(data: dict[str, Any]) -> dict[str, Any]:
@@ -174,10 +179,11 @@ def _read_jsonl(path: str, problems: list[Problem]) -> list[Task]:
                 continue
             try:
                 data = json.loads(line)
-                if not isinstance(data, dict) or not data.get("id"):
-                    raise ValueError("an issue needs an id")
             except ValueError as exc:
-                problems.append(Problem(path, number, f"not a task: {exc}"))
+                problems.append(Problem(path, number, f"not JSON: {exc}"))
+                continue
+            if not isinstance(data, dict) or not data.get("id"):
+                problems.append(Problem(path, number, "not a task: an issue needs an id"))
                 continue
             deps = []
             for dep in _list(data.get("dependencies") or data.get("depends_on")):

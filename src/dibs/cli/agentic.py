@@ -117,14 +117,14 @@ def _when(text: str) -> float:
         return float(text)
     except ValueError:
         pass
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(f"{text!r} is not a time", hint="unix seconds or ISO 8601") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # noqa: UP017
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
