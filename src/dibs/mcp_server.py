@@ -13,11 +13,11 @@ is an MCP tool error whose text is the CLI's message, with the same code and exi
 from __future__ import annotations
 
 import json
+from typing import Any  # at run time: the SDK reads the tools' annotations for their schemas
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
     from dibs.service import Coordinator
 
@@ -44,6 +44,9 @@ def build(dibs: Coordinator) -> Any:  # noqa: PLR0915 - one short function per t
     server = MCPServer("dibs", instructions=_INSTRUCTIONS)
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
+        import functools
+
+        @functools.wraps(fn)  # keeps the signature: the SDK builds the schema from it
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
@@ -53,9 +56,6 @@ def build(dibs: Coordinator) -> Any:  # noqa: PLR0915 - one short function per t
                     text += f"hint: {exc.hint}\n"
                 raise ToolError(text + json.dumps(exc.to_json())) from None
 
-        wrapped.__name__ = fn.__name__
-        wrapped.__doc__ = fn.__doc__
-        wrapped.__annotations__ = fn.__annotations__
         server.tool(name=fn.__name__)(wrapped)
         return fn
 
