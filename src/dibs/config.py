@@ -90,6 +90,14 @@ def _remote(value: Any) -> str | None:
     return None
 
 
+def _paths(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        return 'must be a list of paths, e.g. ["tasks.toml", ".claude/epics/auth/"]'
+    if any(os.path.isabs(v) or ".." in v.split("/") for v in value):
+        return "must be paths inside the repository, without '..'"
+    return None
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -150,6 +158,12 @@ SCHEMA: dict[str, Setting] = {
         "", _remote, "DIBS_REMOTE", "a remote to land on with --force-with-lease (empty: local)"
     ),
     "gates": Setting({}, _gates, None, 'named gate commands, e.g. tests = "pytest -q"'),
+    "tasks.sources": Setting(
+        [],
+        _paths,
+        None,
+        "task files for `dibs ready`/`next`: a folder of markdown tasks, *.jsonl, *.toml",
+    ),
     "guard.mode": Setting(
         "block", _choice("block", "warn"), "DIBS_GUARD_MODE", "block or warn on a held file"
     ),
@@ -339,6 +353,12 @@ remote = ""
 # Gates every branch needs; names without a command are manual (`dibs gate pass ISSUE review`).
 # Without this list every command above is required.
 # required = ["tests", "lint", "review"]
+
+[tasks]
+# Where `dibs ready` and `dibs next` find tasks (read-only): a folder of markdown task files
+# with frontmatter (CCPM), a beads issues.jsonl, or dibs's own tasks.toml. Default: tasks.toml
+# and .beads/issues.jsonl when they exist.
+# sources = [".claude/epics/auth/", ".beads/issues.jsonl", "tasks.toml"]
 
 [guard]
 # What the edit and commit guards do when a file is held by another agent: "block" or "warn".

@@ -1,0 +1,255 @@
+"""``dibs ready | next | limit | doc | mcp``: what agents call without shell glue."""
+
+from __future__ import annotations
+
+import sys
+
+from dibs.cli.output import common, coordinator, print_json, subcommands, table
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+
+def configure_ready(parser: argparse.ArgumentParser) -> None:
+    """``dibs ready [--all]``."""
+    parser.epilog = (
+        "Tasks come from tasks.sources in dibs.toml (a folder of markdown task files with\n"
+        "frontmatter, a beads issues.jsonl, or tasks.toml). Ready: not done nor in progress,\n"
+        "dependencies done, nobody holds issue:<id>, no conflicting task in progress."
+    )
+    parser.add_argument("--all", action="store_true", help="also list tasks that are not ready")
+    common(parser)
+    parser.set_defaults(handler=run_ready)
+
+
+def run_ready(args: argparse.Namespace) -> int:
+    from dibs import tasks
+
+    with coordinator(args) as dibs:
+        report = tasks.ready(dibs)
+    for problem in report["problems"]:
+        sys.stderr.write(f"dibs: skipped {problem}\n")
+    if args.json:
+        print_json(report)
+        return 0
+    rows = report["tasks"] if args.all else report["ready"]
+    if not rows:
+        sys.stdout.write("nothing is ready\n" if report["tasks"] else "no tasks found\n")
+        return 0
+    cells = [
+        [r["id"], r["priority"], r["status"], r["title"][:50], "; ".join(r["why"]) or "ready"]
+        for r in rows
+    ]
+    sys.stdout.write(table(cells, ("task", "pri", "status", "title", "ready?")))
+    return 0
+
+
+def configure_next(parser: argparse.ArgumentParser) -> None:
+    """``dibs next [--start] [--steal]``."""
+    parser.epilog = (
+        "Takes the best ready task (priority, then age) for the acting agent and claims\n"
+        "issue:<id>, in one transaction: under any number of concurrent callers no task\n"
+        "goes to two agents. Exit 1 (not found) when nothing is ready."
+    )
+    parser.add_argument("--start", action="store_true", help="also make its worktree")
+    parser.add_argument(
+        "--steal", action="store_true", help="take over a task whose holder is stale or dead"
+    )
+    parser.add_argument("--ttl", type=float, metavar="S", help="lease seconds")
+    common(parser, identity=True)
+    parser.set_defaults(handler=run_next)
+
+
+def run_next(args: argparse.Namespace) -> int:
+    from dibs import tasks
+
+    with coordinator(args) as dibs:
+        task = tasks.next_task(dibs, steal=args.steal, start=args.start, ttl=args.ttl)
+    if args.json:
+        print_json(task)
+        return 0
+    stolen = " (taken over from a dead holder)" if task.get("stolen") else ""
+    sys.stdout.write(f"{task['id']}: {task['title']}{stolen}\n")
+    if task.get("started"):
+        sys.stdout.write(f"{task['started']['path']}\n")
+    return 0
+
+
+def configure_limit(parser: argparse.ArgumentParser) -> None:
+    """``dibs limit set|update|take|status``."""
+    parser.epilog = (
+        "examples:\n"
+        "  dibs limit set github --capacity 5000 --per 3600\n"
+        "  dibs limit update github --remaining 812 --reset-at 1795000000\n"
+        "  dibs limit take github --cost 1 --wait 60"
+    )
+    verb = subcommands(parser)
+    setting = verb("set", help="make a token bucket: CAPACITY tokens per SECONDS")
+    setting.add_argument("name", metavar="NAME")
+    setting.add_argument("--capacity", type=float, required=True, metavar="N")
+    setting.add_argument("--per", type=float, required=True, metavar="SECONDS")
+    common(setting)
+    setting.set_defaults(handler=run_limit_set)
+    updating = verb("update", help="correct from the API's headers: R left until TIME")
+    updating.add_argument("name", metavar="NAME")
+    updating.add_argument("--remaining", type=float, required=True, metavar="R")
+    updating.add_argument(
+        "--reset-at", required=True, metavar="TIME", help="unix seconds or ISO 8601 (UTC)"
+    )
+    common(updating)
+    updating.set_defaults(handler=run_limit_update)
+    taking = verb("take", help="take tokens, atomically across agents (exit 3 when short)")
+    taking.add_argument("name", metavar="NAME")
+    taking.add_argument("--cost", type=float, default=1.0, metavar="C")
+    taking.add_argument("--wait", nargs="?", type=float, const=600.0, metavar="S")
+    common(taking, identity=True)
+    taking.set_defaults(handler=run_limit_take)
+    showing = verb("status", help="every bucket and its tokens now")
+    common(showing)
+    showing.set_defaults(handler=run_limit_status)
+
+
+def _when(text: str) -> float:
+    from dibs.errors import UsageError
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a time", hint="unix seconds or ISO 8601") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def run_limit_set(args: argparse.Namespace) -> int:
+    from dibs import limits
+
+    with coordinator(args) as dibs:
+        result = limits.set_limit(dibs, args.name, capacity=args.capacity, per=args.per)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(f"{args.name}: {result['capacity']:g} per {result['per']:g} s\n")
+    return 0
+
+
+def run_limit_update(args: argparse.Namespace) -> int:
+    from dibs import limits
+
+    reset_at = _when(args.reset_at)
+    with coordinator(args) as dibs:
+        result = limits.update(dibs, args.name, remaining=args.remaining, reset_at=reset_at)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(f"{args.name}: {result['tokens']:g} left until the reset\n")
+    return 0
+
+
+def run_limit_take(args: argparse.Namespace) -> int:
+    from dibs import limits
+
+    with coordinator(args) as dibs:
+        result = limits.take(dibs, args.name, cost=args.cost, wait=args.wait)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(f"took {args.cost:g} from {args.name}; {result['remaining']:.2f} left\n")
+    return 0
+
+
+def run_limit_status(args: argparse.Namespace) -> int:
+    from dibs import limits
+
+    with coordinator(args) as dibs:
+        rows = limits.status(dibs)
+    if args.json:
+        print_json(rows)
+    elif not rows:
+        sys.stdout.write("no limits (dibs limit set NAME --capacity N --per S)\n")
+    else:
+        cells = [
+            [r["name"], f"{r['tokens']:.2f}", f"{r['capacity']:g}", f"{r['per']:g} s"] for r in rows
+        ]
+        sys.stdout.write(table(cells, ("limit", "tokens", "capacity", "per")))
+    return 0
+
+
+def configure_doc(parser: argparse.ArgumentParser) -> None:
+    """``dibs doc read FILE | dibs doc write FILE --if-version N < content``."""
+    parser.epilog = (
+        "Optimistic locking for shared documents: read the version, edit, write with\n"
+        "--if-version; a writer that lost the race gets exit 3 and the current version.\n"
+        "Markdown keeps `version: N` in its frontmatter; other files, in the store."
+    )
+    verb = subcommands(parser)
+    reading = verb("read", help="print the document's version (--json: and its content)")
+    reading.add_argument("file", metavar="FILE")
+    common(reading)
+    reading.set_defaults(handler=run_doc_read)
+    writing = verb("write", help="replace it from stdin if the version still matches")
+    writing.add_argument("file", metavar="FILE")
+    writing.add_argument("--if-version", type=int, required=True, metavar="N")
+    common(writing, identity=True)
+    writing.set_defaults(handler=run_doc_write)
+
+
+def run_doc_read(args: argparse.Namespace) -> int:
+    from dibs import documents
+
+    with coordinator(args) as dibs:
+        doc = documents.read(dibs, args.file)
+    if args.json:
+        print_json(doc)
+    else:
+        sys.stdout.write(f"{doc['version']}\n")
+    return 0
+
+
+def run_doc_write(args: argparse.Namespace) -> int:
+    from dibs import documents
+
+    content = sys.stdin.read()
+    with coordinator(args) as dibs:
+        result = documents.write(dibs, args.file, content, if_version=args.if_version)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(f"{result['path']}: version {result['version']}\n")
+    return 0
+
+
+def configure_mcp(parser: argparse.ArgumentParser) -> None:
+    """``dibs mcp [--print-config]``."""
+    parser.epilog = (
+        "Serves the dibs verbs as MCP tools over stdio (register, claim, renew, release,\n"
+        "heartbeat, status, ready, next, start, finish, check, land, limit_take).\n"
+        "Errors are tool errors with the CLI's message, code and exit code.\n"
+        "Needs the mcp extra: pip install 'dibs[mcp]'."
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the snippet for an agent's MCP settings"
+    )
+    common(parser, identity=True)
+    parser.set_defaults(handler=run_mcp)
+
+
+def run_mcp(args: argparse.Namespace) -> int:
+    with coordinator(args) as dibs:
+        if args.print_config:
+            from dibs.mcp_server import config_snippet
+
+            root = dibs.repo.root if dibs.repo is not None else "."
+            print_json(config_snippet(root))
+            return 0
+        from dibs.mcp_server import serve
+
+        serve(dibs)
+    return 0
