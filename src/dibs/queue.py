@@ -531,7 +531,7 @@ class _Processor:
     def acquire(self) -> bool:
         self.me.register(self.name, ttl=self.ttl, pid=os.getpid())
         try:
-            self.me.claim([LOCK], note="processing the merge queue")
+            self.me.claim([LOCK], note="processing the merge queue", record_refusal=False)
         except Conflict:
             self.me.unregister()
             return False

@@ -348,6 +348,7 @@ class Coordinator:
         ttl: float | None = None,
         wait: float | None = None,
         note: str | None = None,
+        record_refusal: bool = True,
     ) -> list[dict[str, Any]]:
         """Claim every resource in *resources*, all or none.
 
@@ -358,6 +359,8 @@ class Coordinator:
             wait: seconds to keep trying while held by others (exponential backoff with
                 jitter); None or 0 tries once.
             note: a word for people about why.
+            record_refusal: log a refusal as a ``refuse`` event (the conflict rate); off
+                for try-locks that are refused as a matter of course.
 
         Returns:
             One lease view per resource, each with its fencing ``token``.
@@ -390,7 +393,7 @@ class Coordinator:
                 ttl=ttl,
                 note=note,
                 waited=waited,
-                log_refusal=not wait,
+                log_refusal=record_refusal and not wait,
                 tries=tries if wait else None,
             )
             try:
@@ -402,12 +405,13 @@ class Coordinator:
                     if not wait:
                         raise
                     waited = round(time.monotonic() - started, 3)
-                    self._log_refusal(
-                        leases.Acquire(
-                            agent, secret, parsed, mode=mode, waited=waited, tries=tries
-                        ),
-                        exc,
-                    )
+                    if record_refusal:
+                        self._log_refusal(
+                            leases.Acquire(
+                                agent, secret, parsed, mode=mode, waited=waited, tries=tries
+                            ),
+                            exc,
+                        )
                     raise LockTimeout(
                         f"{exc.message}; gave up after waiting {time.monotonic() - started:.1f} s",
                         hint="wait longer (--wait SECONDS) or pick other work",
