@@ -115,14 +115,16 @@ def write(dibs: Coordinator, path: str, content: str, *, if_version: int) -> dic
         version = current + 1
         text = _with_version(content, version) if _markdown(rel) else content
         writer.renew([f"lock:doc:{rel}"])  # still ours (LeaseLost if paused past its ttl)
-        _replace(full, text)
 
         def decide(_state: State, ctx: Context) -> Decision:
             value = {"version": version, "by": dibs.agent or os.environ.get("USER") or "unknown"}
             event = new_event("doc-write", ctx.now, table=TABLE, key=rel, value=value)
             return Decision([event])
 
+        # The version first, then the content: a crash between the two costs a writer who
+        # read the old version a refusal and a reread, never a lost update.
         dibs.transact(decide)
+        _replace(full, text)
     finally:
         writer.unregister()
     return {"path": rel, "version": version}

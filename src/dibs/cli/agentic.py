@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, print_json, subcommands, table
+from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -133,11 +133,7 @@ def run_limit_set(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         result = limits.set_limit(dibs, args.name, capacity=args.capacity, per=args.per)
-    if args.json:
-        print_json(result)
-    else:
-        sys.stdout.write(f"{args.name}: {result['capacity']:g} per {result['per']:g} s\n")
-    return 0
+    return emit(args, result, f"{args.name}: {result['capacity']:g} per {result['per']:g} s")
 
 
 def run_limit_update(args: argparse.Namespace) -> int:
@@ -146,11 +142,7 @@ def run_limit_update(args: argparse.Namespace) -> int:
     reset_at = _when(args.reset_at)
     with coordinator(args) as dibs:
         result = limits.update(dibs, args.name, remaining=args.remaining, reset_at=reset_at)
-    if args.json:
-        print_json(result)
-    else:
-        sys.stdout.write(f"{args.name}: {result['tokens']:g} left until the reset\n")
-    return 0
+    return emit(args, result, f"{args.name}: {result['tokens']:g} left until the reset")
 
 
 def run_limit_take(args: argparse.Namespace) -> int:
@@ -158,11 +150,8 @@ def run_limit_take(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         result = limits.take(dibs, args.name, cost=args.cost, wait=args.wait)
-    if args.json:
-        print_json(result)
-    else:
-        sys.stdout.write(f"took {args.cost:g} from {args.name}; {result['remaining']:.2f} left\n")
-    return 0
+    said = f"took {args.cost:g} from {args.name}; {result['remaining']:.2f} left"
+    return emit(args, result, said)
 
 
 def run_limit_status(args: argparse.Namespace) -> int:
@@ -206,11 +195,7 @@ def run_doc_read(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         doc = documents.read(dibs, args.file)
-    if args.json:
-        print_json(doc)
-    else:
-        sys.stdout.write(f"{doc['version']}\n")
-    return 0
+    return emit(args, doc, str(doc["version"]))
 
 
 def run_doc_write(args: argparse.Namespace) -> int:
@@ -219,11 +204,7 @@ def run_doc_write(args: argparse.Namespace) -> int:
     content = sys.stdin.read()
     with coordinator(args) as dibs:
         result = documents.write(dibs, args.file, content, if_version=args.if_version)
-    if args.json:
-        print_json(result)
-    else:
-        sys.stdout.write(f"{result['path']}: version {result['version']}\n")
-    return 0
+    return emit(args, result, f"{result['path']}: version {result['version']}")
 
 
 def configure_mcp(parser: argparse.ArgumentParser) -> None:

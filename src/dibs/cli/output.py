@@ -109,6 +109,15 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def emit(args: argparse.Namespace, data: Any, text: str) -> int:
+    """Print *data* as JSON with ``--json``, else the line(s) *text*; exit code 0."""
+    if getattr(args, "json", False):
+        print_json(data)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
 def notes() -> None:
     """Tell people about repairs the stores made on the way (a torn tail after a crash)."""
     for opened in _opened:

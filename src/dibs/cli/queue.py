@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, print_json, subcommands, table
+from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -150,11 +150,7 @@ def run_cancel(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         item = queue.cancel(dibs, args.entry)
-    if args.json:
-        print_json(item)
-    else:
-        sys.stdout.write(f"{item['id']}: {item['branch']} cancelled\n")
-    return 0
+    return emit(args, item, f"{item['id']}: {item['branch']} cancelled")
 
 
 def configure_gate(parser: argparse.ArgumentParser) -> None:

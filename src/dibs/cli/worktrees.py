@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, print_json, subcommands, table
+from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -152,11 +152,7 @@ def run_pool_init(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         made = worktrees.pool_init(dibs, args.slots)
-    if args.json:
-        print_json(made)
-    else:
-        sys.stdout.write(f"the pool has {args.slots} slots ({len(made)} new)\n")
-    return 0
+    return emit(args, made, f"the pool has {args.slots} slots ({len(made)} new)")
 
 
 def run_pool_take(args: argparse.Namespace) -> int:
@@ -178,11 +174,7 @@ def run_pool_give(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         result = worktrees.pool_give(dibs, args.slot, force=args.force)
-    if args.json:
-        print_json(result)
-    else:
-        sys.stdout.write(f"gave slot {result['slot']} back\n")
-    return 0
+    return emit(args, result, f"gave slot {result['slot']} back")
 
 
 def run_pool_status(args: argparse.Namespace) -> int:
