@@ -43,18 +43,18 @@ soak: $(STAMP_DEV) compile
 	$(BIN)/python -m pytest -q -s -m soak
 
 bench: $(STAMP_DEV) compile
-	$(BIN)/python bench/claims.py
-	$(BIN)/python bench/recovery.py
+	$(BIN)/python -P bench/claims.py
+	$(BIN)/python -P bench/recovery.py
 
 # Needs a PostgreSQL server: DIBS_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres).
 bench-postgres: $(STAMP_DEV) compile
-	$(BIN)/python bench/postgres.py
+	$(BIN)/python -P bench/postgres.py
 
 bench-queue: $(STAMP_DEV) compile
-	$(BIN)/python bench/queue.py
+	$(BIN)/python -P bench/merge_queue.py
 
 bench-dashboard: $(STAMP_DEV) compile
-	$(BIN)/python bench/dashboard.py
+	$(BIN)/python -P bench/dashboard.py
 
 docs: $(STAMP_DEV)
 	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md

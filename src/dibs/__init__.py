@@ -14,6 +14,8 @@ imports this package on every editor hook.
 
 from __future__ import annotations
 
+from dibs._version import __version__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dibs.core.resources import Resource, overlaps, parse_resource
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
     from dibs.store.memory import MemoryStore
     from dibs.store.postgres import PostgresStore
 
-__version__ = "0.1.0"
 
 _EXPORTS = {
     "AuthError": "dibs.errors",

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from dibs._version import __version__
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
@@ -56,8 +58,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "store": ("dibs.cli.setup", "move the store: copy the local store into PostgreSQL"),
     "demo": ("dibs.cli.demo", "watch agents race for issues on a throw-away repository"),
 }
-
-VERSION = "0.1.0"
 
 
 def top_help() -> str:
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(top_help())
         return 0 if args else 2
     if args[0] == "--version":
-        sys.stdout.write(f"dibs {VERSION}\n")
+        sys.stdout.write(f"dibs {__version__}\n")
         return 0
     name = args[0]
     if name not in COMMANDS:

@@ -421,7 +421,7 @@ class PostgresStore:
             boot: the new namespace's boot id (default: a random one). `dibs store migrate`
                 passes the local store's, with the *mono_offset* that continues its clock.
         """
-        from dibs import __version__
+        from dibs._version import __version__
 
         conn = self._connect()
         try:

@@ -1,6 +1,6 @@
 """The merge queue: landings per minute, its overhead over doing it by hand, gate runs saved.
 
-    python bench/queue.py [--branches N] [--rounds R]
+    python bench/merge_queue.py [--branches N] [--rounds R]
 
 1. Twenty branches queued, a trivial gate (`true`): one `dibs land` lands them all. Baseline, in
    the same run, on an identical repository: a script that does what the queue must do at the
