@@ -5,9 +5,9 @@ crashes the store (dropping the handle, sometimes leaving a torn write behind) a
 and compacts (rewrites, or loses, the checkpoint). After every step the store's answers and its
 live leases must equal the model's. 2,000 examples in `make test`.
 
-The model is written from the rules in DESIGN.md, not from dibs.core: holds with a mode, a
-token from one counter and an expiry; claims all or nothing; renew and release only by a holder
-whose lease has not expired.
+The model is written from the rules in docs/explanation/architecture.md, not from dibs.core:
+holds with a mode, a token from one counter and an expiry; claims all or nothing; renew and
+release only by a holder whose lease has not expired.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ append (possibly none) and, when the command is refused, the error. It never cha
 `dibs.core.state.apply` folds each event into the state. Both stores run exactly this code, so
 they cannot disagree on the rules; replaying the log through ``apply`` rebuilds any state.
 
-Rules kept here (DESIGN.md, "Rules that never bend"):
+Rules kept here (docs/explanation/architecture.md, "The rules that never bend"):
 
 * exclusive claims exclude everyone else; shared claims coexist only with shared ones;
 * acquiring several resources takes all of them or none;
