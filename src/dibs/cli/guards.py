@@ -9,6 +9,7 @@ from dibs.cli.output import common, coordinator, print_json, subcommands
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
 
 def configure_hooks(parser: argparse.ArgumentParser) -> None:
@@ -114,7 +115,7 @@ def run_hooks_status(args: argparse.Namespace) -> int:
 
 
 def configure_guard(parser: argparse.ArgumentParser) -> None:
-    """``dibs guard commit | dibs guard claude``."""
+    """``dibs guard commit | claude | codex | gemini | cursor``."""
     add = subcommands(parser)
     commit = add(
         "commit",
@@ -126,21 +127,33 @@ def configure_guard(parser: argparse.ArgumentParser) -> None:
     commit.add_argument("--mode", choices=("block", "warn"), help="default: guard.mode")
     common(commit, identity=True)
     commit.set_defaults(handler=run_guard_commit)
-    claude = add(
-        "claude",
-        help="what the Claude Code PreToolUse hook runs (hook JSON on stdin)",
-        description="Refuse an edit of a file another agent holds (Claude Code PreToolUse).",
-        epilog="Reads the hook input (tool_name, tool_input.file_path, cwd, session_id) on\n"
-        "stdin. Exit 2 blocks the tool call, with a one-line reason on stderr that the agent\n"
-        "sees. With guard.auto_claim, a first edit of a free file claims it for the editing\n"
-        "agent (the session's own agent when DIBS_AGENT is not set).",
-    )
-    claude.add_argument("--mode", choices=("block", "warn"), help="default: guard.mode")
-    claude.add_argument(
-        "--auto-claim", action="store_true", default=None, help="claim free files on first edit"
-    )
-    common(claude, identity=True)
-    claude.set_defaults(handler=run_guard_claude)
+    helps = {
+        "claude": "Claude Code's PreToolUse hook (Edit, Write, NotebookEdit, Bash)",
+        "codex": "Codex CLI's PreToolUse hook (apply_patch, shell)",
+        "gemini": "Gemini CLI's BeforeTool hook (write_file, replace, run_shell_command)",
+        "cursor": "Cursor's preToolUse hook",
+    }
+    for host, text in helps.items():
+        sub = add(
+            host,
+            help=f"what {text} runs (hook JSON on stdin)",
+            description=f"Refuse a tool call that writes a file another agent holds: {text}.",
+            epilog="Reads the host's hook JSON on stdin and answers in the host's own protocol\n"
+            "(a JSON refusal with the reason the agent reads; a warning as context the model\n"
+            "sees). Session events (SessionStart, SessionEnd, SubagentStop) keep one dibs agent\n"
+            "per session. Anything the guard cannot check is refused, saying how to get\n"
+            "unstuck. With guard.auto_claim, a first edit of a free file claims it for the\n"
+            "acting agent (the session's own agent when DIBS_AGENT is not set).",
+        )
+        sub.add_argument("--mode", choices=("block", "warn"), help="default: guard.mode")
+        sub.add_argument(
+            "--auto-claim",
+            action="store_true",
+            default=None,
+            help="claim free files on first edit (default: guard.auto_claim)",
+        )
+        common(sub, identity=True)
+        sub.set_defaults(handler=run_guard_host, host=host)
 
 
 def run_guard_commit(args: argparse.Namespace) -> int:
@@ -170,36 +183,93 @@ def run_guard_commit(args: argparse.Namespace) -> int:
     return code
 
 
-def run_guard_claude(args: argparse.Namespace) -> int:
-    """Decide one Claude Code tool call; exit 2 blocks it."""
+def run_guard_host(args: argparse.Namespace) -> int:
+    """Decide one hook call of an agent host; never lets an unchecked edit through."""
+    import os
+
+    from dibs.hosts import failure
+
+    host = args.host
+    mode = args.mode or os.environ.get("DIBS_GUARD_MODE") or "block"
+    event = ""
+    try:
+        from dibs.hosts import Payload
+
+        payload = Payload(host, sys.stdin.read())
+        event = payload.event
+        code, out = _guard_payload(args, payload)
+    except Exception as exc:  # noqa: BLE001 -- fail closed: an unchecked edit is refused
+        from dibs.errors import DibsError
+
+        problem = exc.message if isinstance(exc, DibsError) else f"{type(exc).__name__}: {exc}"
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exc()
+        code, out = failure(host, event, problem, mode=mode if mode == "warn" else "block")
+    if out:
+        sys.stdout.write(out + "\n")
+    return code
+
+
+def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
+    import contextlib
+    import os
+
+    from dibs import sessions
     from dibs.errors import DibsError, NotFound
-    from dibs.guard import HookInput, guard_claude
+    from dibs.guard import check_call
+    from dibs.hosts import TOOL_EVENTS, reply
     from dibs.service import Coordinator
 
-    mode = args.mode or "block"
-    try:
-        hook = HookInput(sys.stdin.read())
-        try:
-            dibs = Coordinator.open(args.directory or hook.cwd, agent=args.agent, token=args.token)
-        except NotFound:
-            return 0  # not in a git repository: nothing dibs guards
-        with dibs:
-            mode = args.mode or dibs.settings["guard.mode"]
-            auto = (
-                args.auto_claim
-                if args.auto_claim is not None
-                else dibs.settings["guard.auto_claim"]
-            )
-            code, message = guard_claude(
-                dibs, hook, mode=mode, auto_claim=auto, ttl=dibs.settings["guard.auto_claim_ttl"]
-            )
-    except DibsError as exc:
-        # Never switch off silently: refuse (block) or say so (warn).
-        sys.stderr.write(f"dibs: the edit guard could not check: {exc.message}\n")
-        return 2 if mode == "block" else 0
-    if message:
-        sys.stderr.write(message + "\n")
-    return code
+    call = payload.call
+    if payload.event and payload.event not in TOOL_EVENTS and not payload.session:
+        return 0, ""
+    if payload.event in TOOL_EVENTS and call is None:
+        return 0, ""  # not a writing tool: nothing to guard
+    places = [args.directory or payload.cwd]
+    if call is not None:
+        places += [os.path.dirname(os.path.join(payload.cwd, p)) for p, _ in call.writes[:1]]
+    dibs = None
+    for place in places:
+        with contextlib.suppress(NotFound, OSError):
+            dibs = Coordinator.open(_existing(place), agent=args.agent, token=args.token)
+            break
+    if dibs is None:
+        return 0, ""  # not in a git repository: nothing dibs guards
+    with dibs:
+        session, host = payload.session, payload.host
+        if call is None:  # a session event: keep one agent per session; never blocks
+            try:
+                if payload.event == "SessionStart" and session:
+                    sessions.note_client(dibs, session, host=host)
+                elif payload.event == "SessionEnd" and session:
+                    sessions.end_session(dibs, session, host=host)
+                elif payload.event == "SubagentStop" and session and payload.subagent:
+                    sessions.end_subagent(dibs, session, payload.subagent, host=host)
+            except DibsError as exc:
+                sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
+            return 0, ""
+        mode = args.mode or dibs.settings["guard.mode"]
+        auto = args.auto_claim if args.auto_claim is not None else dibs.settings["guard.auto_claim"]
+        with contextlib.suppress(DibsError):
+            sessions.sweep(dibs)
+        verdict = check_call(
+            dibs, call, mode=mode, auto_claim=auto, ttl=dibs.settings["guard.auto_claim_ttl"]
+        )
+        return reply(payload.host, payload.event, verdict)
+
+
+def _existing(path: str) -> str:
+    """*path*, or its nearest folder that exists (a file about to be created)."""
+    import os
+
+    while path and not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
 
 
 def configure_check(parser: argparse.ArgumentParser) -> None:
