@@ -1,4 +1,4 @@
-"""``dibs hooks install|uninstall|status``, ``dibs guard commit|claude``, ``dibs check``."""
+"""``dibs hooks install|uninstall|status``, ``dibs guard commit|<host>``, ``dibs check``."""
 
 from __future__ import annotations
 
@@ -12,54 +12,88 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+_HOST_FLAGS = {
+    "claude": "Claude Code (.claude/settings.json)",
+    "codex": "Codex CLI (.codex/hooks.json)",
+    "gemini": "Gemini CLI (.gemini/settings.json)",
+    "cursor": "Cursor (.cursor/hooks.json)",
+}
+
+
+def _flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--git", action="store_true", help=f"{verb} the git pre-commit guard")
+    for host, where in _HOST_FLAGS.items():
+        parser.add_argument(
+            f"--{host}", action="store_true", help=f"{verb} the edit guard of {where}"
+        )
+    parser.add_argument(
+        "--user",
+        action="store_true",
+        help="the user's own hook file of each host (~/.claude, $CODEX_HOME, ~/.gemini, "
+        "~/.cursor): every session is guarded, whatever folder or clone it starts in",
+    )
+
+
 def configure_hooks(parser: argparse.ArgumentParser) -> None:
-    """``dibs hooks install [--git] [--claude] [--mode block|warn] | uninstall | status``."""
+    """``dibs hooks install [--git] [--claude] [--codex] [--gemini] [--cursor] [--user]``."""
     add = subcommands(parser)
     install = add(
         "install",
-        help="install the guards (both when neither --git nor --claude is given)",
-        description="Install the commit guard (git pre-commit) and/or the edit guard "
-        "(Claude Code PreToolUse hook).",
+        help="install the guards (--git and --claude when no guard is named)",
+        description="Install the commit guard (git pre-commit) and/or the edit guard of agent "
+        "hosts (Claude Code, Codex CLI, Gemini CLI, Cursor).",
         epilog="The git hook goes where git runs hooks for every worktree of the clone; an\n"
-        "existing pre-commit hook is kept and still runs after the guard. The Claude Code\n"
-        "hook is merged into .claude/settings.json; nothing else there changes.",
+        "existing pre-commit hook is kept and still runs after the guard. Host hooks are\n"
+        "merged into the host's file (nothing else there changes) and run a small launcher\n"
+        "that finds dibs on any machine and refuses edits when it cannot (commit the\n"
+        "project files). Codex runs a hook only once trusted: see `dibs hooks status`.\n\n"
+        "  dibs hooks install                      # git + Claude Code, in this project\n"
+        "  dibs hooks install --codex --gemini\n"
+        "  dibs hooks install --claude --user      # every Claude Code session of this user",
     )
-    install.add_argument("--git", action="store_true", help="the git pre-commit guard")
-    install.add_argument("--claude", action="store_true", help="the Claude Code edit guard")
+    _flags(install, "install")
     install.add_argument(
         "--mode", choices=("block", "warn"), help="refuse, or only warn (default: guard.mode)"
     )
     common(install)
     install.set_defaults(handler=run_hooks_install)
     uninstall = add("uninstall", help="remove the guards", description="Remove the guards.")
-    uninstall.add_argument("--git", action="store_true", help="only the git hook")
-    uninstall.add_argument("--claude", action="store_true", help="only the Claude Code hook")
+    _flags(uninstall, "remove")
     common(uninstall)
     uninstall.set_defaults(handler=run_hooks_uninstall)
-    status = add("status", help="which guards are installed", description="Show the guards.")
+    status = add(
+        "status",
+        help="which guards are installed, reachable and trusted",
+        description="Show the guards: per host, installed (project, user), reachable (the\n"
+        "installed command runs and finds dibs) and, for Codex, trusted (and how to trust it).",
+    )
     common(status)
     status.set_defaults(handler=run_hooks_status)
 
 
-def _which(args: argparse.Namespace) -> tuple[bool, bool]:
-    both = not args.git and not args.claude
-    return both or args.git, both or args.claude
+def _which(args: argparse.Namespace, *, installing: bool) -> list[str]:
+    named = [name for name in ("git", *_HOST_FLAGS) if getattr(args, name)]
+    if named:
+        return [n for n in named if not (args.user and n == "git")]
+    if args.user:
+        return ["claude"]
+    return ["git", "claude"] if installing else ["git", *_HOST_FLAGS]
 
 
 def run_hooks_install(args: argparse.Namespace) -> int:
     """Install and say where."""
-    from dibs import hooks
+    from dibs import hooks, host_hooks
 
     with coordinator(args) as dibs:
         repo = dibs.repo
         assert repo is not None  # noqa: S101 -- Coordinator.open always finds a repository
         mode = args.mode or dibs.settings["guard.mode"]
-        want_git, want_claude = _which(args)
-        done = {}
-        if want_git:
-            done["git"] = hooks.install_git(repo, mode)
-        if want_claude:
-            done["claude"] = hooks.install_claude(repo, mode)
+        done: dict[str, Any] = {}
+        for name in _which(args, installing=True):
+            if name == "git":
+                done["git"] = hooks.install_git(repo, mode)
+            else:
+                done[name] = host_hooks.install(repo, name, mode, user=args.user)
     if args.json:
         print_json(done)
         return 0
@@ -68,24 +102,27 @@ def run_hooks_install(args: argparse.Namespace) -> int:
             f" (the old hook is kept as {done['git']['chained']})" if done["git"]["chained"] else ""
         )
         sys.stdout.write(f"installed the commit guard ({mode}) in {done['git']['hook']}{kept}\n")
-    if "claude" in done:
-        sys.stdout.write(f"installed the edit guard ({mode}) in {done['claude']['settings']}\n")
+    for name, result in done.items():
+        if name != "git":
+            sys.stdout.write(f"installed the {name} edit guard ({mode}) in {result['file']}\n")
+    if "codex" in done:
+        sys.stdout.write("codex runs it once trusted: see `dibs hooks status`\n")
     return 0
 
 
 def run_hooks_uninstall(args: argparse.Namespace) -> int:
     """Remove and say what was removed."""
-    from dibs import hooks
+    from dibs import hooks, host_hooks
 
     with coordinator(args) as dibs:
         repo = dibs.repo
         assert repo is not None  # noqa: S101 -- Coordinator.open always finds a repository
-        want_git, want_claude = _which(args)
-        done = {}
-        if want_git:
-            done["git"] = hooks.uninstall_git(repo)
-        if want_claude:
-            done["claude"] = hooks.uninstall_claude(repo)
+        done: dict[str, Any] = {}
+        for name in _which(args, installing=False):
+            if name == "git":
+                done["git"] = hooks.uninstall_git(repo)
+            else:
+                done[name] = host_hooks.uninstall(repo, name, user=args.user)
     if args.json:
         print_json(done)
         return 0
@@ -96,7 +133,7 @@ def run_hooks_uninstall(args: argparse.Namespace) -> int:
 
 
 def run_hooks_status(args: argparse.Namespace) -> int:
-    """Show what is installed."""
+    """Show what is installed, whether it runs, and (Codex) whether it is trusted."""
     from dibs import hooks
 
     with coordinator(args) as dibs:
@@ -106,11 +143,28 @@ def run_hooks_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(found)
         return 0
-    git, claude = found["git"], found["claude"]
+    git = found["git"]
     chained = f", chained to {git['chained']}" if git["chained"] else ""
     commit = f"{git['mode']} in {git['hook']}{chained}" if git["installed"] else "not installed"
-    edit = f"{claude['mode']} in {claude['settings']}" if claude["installed"] else "not installed"
-    sys.stdout.write(f"commit guard: {commit}\nedit guard:   {edit}\n")
+    out = [f"commit guard: {commit}\n"]
+    for host in _HOST_FLAGS:
+        item = found[host]
+        where = [
+            f"{item[s]['mode']} in {item[s]['file']}"
+            for s in ("project", "user")
+            if item[s]["installed"]
+        ]
+        if not where:
+            out.append(f"{host}: not installed\n")
+            continue
+        line = f"{host}: {', '.join(where)}; "
+        line += "reachable" if item["reachable"] else f"NOT reachable: {item['problem']}"
+        if host == "codex":
+            line += "; trusted" if item["trusted"] else "; NOT trusted (codex skips it silently)"
+        out.append(line + "\n")
+        if host == "codex" and item.get("how_to_trust"):
+            out.append("  to trust it: " + item["how_to_trust"].replace("\n", "\n  ") + "\n")
+    sys.stdout.write("".join(out))
     return 0
 
 
