@@ -200,7 +200,7 @@ def reply(host: str, event: str, verdict: Verdict) -> tuple[int, str]:
                 "hookSpecificOutput": {"hookEventName": name, "additionalContext": verdict.message},
             }
         )
-    return 0, ""
+    return 0, "{}"  # an empty JSON answer: go ahead (Gemini parses stdout; Codex wants one)
 
 
 def failure(host: str, event: str, problem: str, *, mode: str = "block") -> tuple[int, str]:

@@ -272,15 +272,16 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
 
     from dibs import sessions
     from dibs.errors import DibsError, NotFound
-    from dibs.guard import check_call
+    from dibs.guard import Verdict, check_call
     from dibs.hosts import TOOL_EVENTS, reply
     from dibs.service import Coordinator
 
     call = payload.call
+    go = reply(payload.host, payload.event, Verdict(True))
     if payload.event and payload.event not in TOOL_EVENTS and not payload.session:
-        return 0, ""
+        return go
     if payload.event in TOOL_EVENTS and call is None:
-        return 0, ""  # not a writing tool: nothing to guard
+        return go  # not a writing tool: nothing to guard
     places = [args.directory or payload.cwd]
     if call is not None:
         places += [os.path.dirname(os.path.join(payload.cwd, p)) for p, _ in call.writes[:1]]
@@ -290,7 +291,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
             dibs = Coordinator.open(_existing(place), agent=args.agent, token=args.token)
             break
     if dibs is None:
-        return 0, ""  # not in a git repository: nothing dibs guards
+        return go  # not in a git repository: nothing dibs guards
     with dibs:
         session, host = payload.session, payload.host
         if call is None:  # a session event: keep one agent per session; never blocks
@@ -303,7 +304,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
                     sessions.end_subagent(dibs, session, payload.subagent, host=host)
             except DibsError as exc:
                 sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
-            return 0, ""
+            return go
         mode = args.mode or dibs.settings["guard.mode"]
         auto = args.auto_claim if args.auto_claim is not None else dibs.settings["guard.auto_claim"]
         with contextlib.suppress(DibsError):
