@@ -82,8 +82,8 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
 def client_process(pid: int | None = None) -> tuple[int, int] | None:
     """The host process that started this one: ``(pid, start ticks)``, or None.
 
-    Walks up from *pid*'s parent (default: this process's parent) past shells and launchers;
-    the first other process is the client. None when that leads to init (nothing to watch).
+    Walks up from *pid* (default: this process's parent) past shells and launchers; the
+    first other process is the client. None when that leads to init (nothing to watch).
     """
     current = os.getppid() if pid is None else pid
     for _ in range(16):
@@ -188,7 +188,7 @@ def session_identity(
 
     Registers it on first use when *register* (else None until someone has). A session whose
     client's MCP server registered an agent first (before any hook knew the session id)
-    adopts that agent, so both faces act as one.
+    adopts that agent, registering or not, so both faces act as one.
     """
     folder = _folder(dibs)
     name = session_agent_name(session, host)
@@ -196,18 +196,30 @@ def session_identity(
         name = subagent_name(name, subagent)
     path = os.path.join(folder, name + ".json")
     found = _registered(dibs, _read(path))
-    if found is not None or not register:
+    if found is not None:
         return found
     client = client if client is not None else client_process()
+    orphan = (
+        not subagent
+        and client is not None
+        and any(
+            r.get("session") is None and r.get("client") == list(client)
+            for _path, r in _records(folder)
+        )
+    )
+    if not register and not orphan:
+        return None
     with _Locked(folder):
         record = _read(path) or {}
         found = _registered(dibs, record)
         if found is not None:
             return found
-        if not subagent and client is not None:
+        if orphan and client is not None:
             adopted = _adopt(dibs, folder, client=client, session=session, host=host, path=path)
-            if adopted is not None:
+            if adopted is not None or not register:
                 return adopted
+        if not register:
+            return None
         record.update(host=host, session=session, subagent=subagent, parent=parent_of(name))
         return _register(dibs, name, client, path, record)
 

@@ -452,14 +452,39 @@ def test_hook_and_mcp_of_one_client_are_one_agent(
 
 
 def test_mcp_first_then_hook_adopts_its_agent(repo: Path, work: dict[str, Any], cli: Cli) -> None:
-    """An agent the MCP server registered before any hook ran is the session's agent."""
+    """What the MCP server claimed before any hook ran, the session's edits may change (a
+    second session of the same client is another agent)."""
     agent = mcp_side(repo)
     assert agent is not None
+    token = json.loads((repo / ".git/dibs/sessions" / f"{agent}.json").read_text())["token"]
+    assert (
+        0
+        == cli(
+            "claim", "path:src/mine.py", env={"DIBS_AGENT": agent, "DIBS_TOKEN": token}
+        ).returncode
+    )
     command = installed_command(repo, "claude")
-    write = claude_payload(repo, "Write", {"file_path": "src/new.py", "content": "n"}, "sess-b")
-    assert denied(run_hook(command, write, repo, env={"DIBS_AUTO_CLAIM": "1"})) is None
-    [claim] = [c for c in cli.json("claims") if c["resource"] == "path:src/new.py"]
-    assert agent == claim["agent"]
+    write = claude_payload(repo, "Write", {"file_path": "src/mine.py", "content": "n"}, "sess-b")
+    assert denied(run_hook(command, write, repo)) is None
+    other = claude_payload(repo, "Write", {"file_path": "src/mine.py", "content": "n"}, "sess-c")
+    assert denied(run_hook(command, other, repo)) is not None  # another session: another agent
+    elsewhere = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)",
+            "/bin/sh",
+            "-c",
+            command,
+        ],
+        input=json.dumps(write),
+        cwd=repo,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}, "PATH": ON_PATH},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert denied(elsewhere) is None  # the session id was adopted: any client process of it
 
 
 def test_subagents_are_kept_apart_and_see_their_parents_claims(
