@@ -332,10 +332,12 @@ def end_subagent(
 def sweep(dibs: Coordinator) -> list[str]:
     """Unregister session agents whose client is gone, or that are stale and hold nothing."""
     from dibs import host
-    from dibs.core.leases import agent_status
 
     state, now = dibs.store.read()
     ctx = dibs.context(now)
+    prefixes = tuple(f"{h}-" for h in (*HOSTS, "session"))
+    if not any(name.startswith(prefixes) and _gone(state, ctx, name) for name in state.agents):
+        return []  # the common case, decided from the state alone: no file is read
 
     def gone(record: dict[str, Any]) -> bool:
         known = state.agents.get(str(record.get("agent")))
@@ -348,10 +350,17 @@ def sweep(dibs: Coordinator) -> list[str]:
                 and len(client) == 2
                 and host.process_start(int(client[0])) == client[1]
             )
-        status = agent_status(known, ctx)
-        return status == "dead" or (status == "stale" and not state.leases_of(known["name"]))
+        return _gone(state, ctx, known["name"])
 
     return _drop(dibs, gone)
+
+
+def _gone(state: Any, ctx: Any, name: str) -> bool:
+    """Whether agent *name*'s client is gone, or it is stale and holds nothing."""
+    from dibs.core.leases import agent_status
+
+    status = agent_status(state.agents[name], ctx)
+    return status == "dead" or (status == "stale" and not state.leases_of(name))
 
 
 def _drop(dibs: Coordinator, which: Any) -> list[str]:

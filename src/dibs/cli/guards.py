@@ -72,9 +72,16 @@ def configure_hooks(parser: argparse.ArgumentParser) -> None:
 
 
 def _which(args: argparse.Namespace, *, installing: bool) -> list[str]:
+    from dibs.errors import UsageError
+
+    if args.user and args.git:
+        raise UsageError(
+            "--user is for agent hosts: the git hook already guards every worktree of the clone",
+            hint="drop --git, or run the --git install without --user",
+        )
     named = [name for name in ("git", *_HOST_FLAGS) if getattr(args, name)]
     if named:
-        return [n for n in named if not (args.user and n == "git")]
+        return named
     if args.user:
         return ["claude"]
     return ["git", "claude"] if installing else ["git", *_HOST_FLAGS]
@@ -162,6 +169,11 @@ def run_hooks_status(args: argparse.Namespace) -> int:
         if host == "codex":
             line += "; trusted" if item["trusted"] else "; NOT trusted (codex skips it silently)"
         out.append(line + "\n")
+        if host == "claude" and not item["user"]["installed"]:
+            out.append(
+                "  (Claude Code reads project hooks only from the folder it starts in: sessions\n"
+                "  started in a subfolder or another clone run none; `--user` covers them)\n"
+            )
         if host == "codex" and item.get("how_to_trust"):
             out.append("  to trust it: " + item["how_to_trust"].replace("\n", "\n  ") + "\n")
     sys.stdout.write("".join(out))
