@@ -52,6 +52,7 @@ _CLAUDE_PATHS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_p
                  "NotebookEdit": "notebook_path"}  # fmt: skip
 _SHELLS = {"Bash", "Shell", "shell", "exec_command", "run_shell_command", "local_shell"}
 _CURSOR_KEYS = ("file_path", "path", "target_file", "filePath", "notebook_path")
+_CURSOR_WRITERS = {"StrReplace", "Delete", "edit_file", "search_replace", "delete_file", "write"}
 
 
 class Payload:
@@ -133,8 +134,8 @@ def _writes(
             return None, False
         return _one(tool_input, ("file_path", "absolute_path"), cwd, tool), False
     if host == "cursor" and tool not in _CLAUDE_PATHS:
-        if tool.lower() in ("read", "read_file", "grep", "glob", "ls", "search", "codebase_search"):
-            return None, False
+        if tool not in _CURSOR_WRITERS:
+            return None, False  # reads, searches, MCP tools
         return _one(tool_input, _CURSOR_KEYS, cwd, tool), False
     key = _CLAUDE_PATHS.get(tool)
     if key is None:

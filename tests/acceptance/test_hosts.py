@@ -357,6 +357,25 @@ def test_cursor_refusal_uses_permission_deny(repo: Path, work: dict[str, Any]) -
     )
 
 
+def test_cursor_deletes_are_guarded_and_reads_pass(repo: Path, work: dict[str, Any]) -> None:
+    """A Delete or a Shell write of a held file is denied; a Read of it is allowed."""
+    command = installed_command(repo, "cursor")
+
+    def call(tool: str, tool_input: dict[str, Any]) -> str:
+        payload = {
+            "conversation_id": "cursor-conv",
+            "hook_event_name": "preToolUse",
+            "workspace_roots": [str(repo)],
+            "tool_name": tool,
+            "tool_input": tool_input,
+        }
+        return str(json.loads(run_hook(command, payload, repo).stdout)["permission"])
+
+    assert "deny" == call("Delete", {"path": "src/app.py"})
+    assert "deny" == call("Shell", {"command": "rm src/app.py"})
+    assert "allow" == call("Read", {"path": "src/app.py"})
+
+
 # Failing closed -----------------------------------------------------------------------------
 
 
