@@ -374,6 +374,7 @@ def codex_trust(repo: Repo) -> dict[str, Any]:
         "trusted": bool(wanted) and not missing,
         "project_trusted": project_trusted,
         "config": config,
+        "trust_entries": wanted,
         "how_to_trust": how,
     }
 
