@@ -48,8 +48,6 @@ UNSTUCK = (
     "or remove the guard (`dibs hooks uninstall`)"
 )
 
-_CLAUDE_PATHS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
-                 "NotebookEdit": "notebook_path"}  # fmt: skip
 _SHELLS = {"Bash", "Shell", "shell", "exec_command", "run_shell_command", "local_shell"}
 _CURSOR_KEYS = ("file_path", "path", "target_file", "filePath", "notebook_path")
 _CURSOR_WRITERS = {"StrReplace", "Delete", "edit_file", "search_replace", "delete_file", "write"}
@@ -110,6 +108,7 @@ def _writes(
 ) -> tuple[list[tuple[str, list[tuple[int, int]] | None]] | None, bool]:
     """The files *tool* writes (None: not a writing tool), and whether read from a shell."""
     from dibs import edits
+    from dibs.guard import EDIT_TOOLS
 
     if tool == "apply_patch" or (tool in _SHELLS and host == "codex"):
         command = tool_input.get("command") or tool_input.get("patch") or tool_input.get("input")
@@ -133,11 +132,11 @@ def _writes(
         if tool not in ("write_file", "replace"):
             return None, False
         return _one(tool_input, ("file_path", "absolute_path"), cwd, tool), False
-    if host == "cursor" and tool not in _CLAUDE_PATHS:
+    if host == "cursor" and tool not in EDIT_TOOLS:
         if tool not in _CURSOR_WRITERS:
             return None, False  # reads, searches, MCP tools
         return _one(tool_input, _CURSOR_KEYS, cwd, tool), False
-    key = _CLAUDE_PATHS.get(tool)
+    key = EDIT_TOOLS.get(tool)
     if key is None:
         return None, False
     return _one(tool_input, (key,), cwd, tool), False
