@@ -379,6 +379,41 @@ def codex_trust(repo: Repo) -> dict[str, Any]:
     }
 
 
+def trust_codex(repo: Repo | None, *, user: bool = False) -> dict[str, Any]:
+    """Record the hashes of dibs's Codex hooks in ``$CODEX_HOME/config.toml`` (what Codex's
+    /hooks screen does when you trust them); everything else in the file is kept."""
+    import re
+
+    config = os.path.join(codex_home(), "config.toml")
+    try:
+        with open(config, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    wanted = codex_trust_entries(hook_file(repo, "codex", user=user))
+    for key, digest in wanted.items():
+        header = f"[hooks.state.{json.dumps(key)}]"
+        line = f'trusted_hash = "{digest}"'
+        at = text.find(header)
+        if at < 0:
+            text += ("" if not text or text.endswith("\n") else "\n") + f"\n{header}\n{line}\n"
+            continue
+        end = text.find("\n[", at + len(header))
+        end = len(text) if end < 0 else end
+        table = text[at:end]
+        if re.search(r"(?m)^trusted_hash\s*=", table):
+            table = re.sub(r"(?m)^trusted_hash\s*=.*$", line, table)
+        else:
+            table = table.rstrip("\n") + f"\n{line}\n"
+        text = text[:at] + table + text[end:]
+    os.makedirs(os.path.dirname(config), exist_ok=True)
+    tmp = config + ".dibs-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, config)
+    return {"config": config, "trusted": sorted(wanted)}
+
+
 def plugin_files() -> dict[str, str]:
     """The Claude Code plugin's generated files (path under ``plugin/`` → text)."""
     launch = 'sh "${CLAUDE_PLUGIN_ROOT}/bin/dibs-launch"'  # sh: no need for the exec bit

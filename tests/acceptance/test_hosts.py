@@ -623,6 +623,25 @@ def test_status_says_reachable_and_codex_trust(
     assert "dibs was not found" in broken["claude"]["problem"]
 
 
+def test_install_trust_records_what_codex_checks(
+    repo: Path, work: dict[str, Any], cli: Cli, tmp_path: Path
+) -> None:
+    """--trust writes the hook's hash into config.toml, keeping what was there; a reinstall in
+    another mode replaces the hash."""
+    home = tmp_path / "codex"
+    home.mkdir()
+    (home / "config.toml").write_text('model = "m"\n')
+    env = {"CODEX_HOME": str(home), "PATH": ON_PATH}
+    assert 0 == cli("hooks", "install", "--codex", "--trust", env=env).returncode
+    assert cli.json("hooks", "status", env=env)["codex"]["trusted"]
+    assert 0 == cli("hooks", "install", "--codex", "--trust", "--mode", "warn", env=env).returncode
+    found = cli.json("hooks", "status", env=env)["codex"]
+    assert found["trusted"]
+    text = (home / "config.toml").read_text()
+    assert text.startswith('model = "m"\n')
+    assert 1 == text.count("[hooks.state.")
+
+
 def test_plugin_files_are_the_generated_ones() -> None:
     """The committed Claude Code plugin matches what dibs generates, and the marketplace
     lists it."""

@@ -48,12 +48,18 @@ def configure_hooks(parser: argparse.ArgumentParser) -> None:
         "that finds dibs on any machine and refuses edits when it cannot (commit the\n"
         "project files). Codex runs a hook only once trusted: see `dibs hooks status`.\n\n"
         "  dibs hooks install                      # git + Claude Code, in this project\n"
-        "  dibs hooks install --codex --gemini\n"
+        "  dibs hooks install --codex --trust --gemini\n"
         "  dibs hooks install --claude --user      # every Claude Code session of this user",
     )
     _flags(install, "install")
     install.add_argument(
         "--mode", choices=("block", "warn"), help="refuse, or only warn (default: guard.mode)"
+    )
+    install.add_argument(
+        "--trust",
+        action="store_true",
+        help="with --codex: record the hook's hash in $CODEX_HOME/config.toml, as Codex's "
+        "/hooks screen does (Codex runs untrusted hooks never)",
     )
     common(install)
     install.set_defaults(handler=run_hooks_install)
@@ -101,6 +107,8 @@ def run_hooks_install(args: argparse.Namespace) -> int:
                 done["git"] = hooks.install_git(repo, mode)
             else:
                 done[name] = host_hooks.install(repo, name, mode, user=args.user)
+        if args.trust and "codex" in done:
+            done["codex"]["trust"] = host_hooks.trust_codex(repo, user=args.user)
     if args.json:
         print_json(done)
         return 0
@@ -112,8 +120,10 @@ def run_hooks_install(args: argparse.Namespace) -> int:
     for name, result in done.items():
         if name != "git":
             sys.stdout.write(f"installed the {name} edit guard ({mode}) in {result['file']}\n")
-    if "codex" in done:
-        sys.stdout.write("codex runs it once trusted: see `dibs hooks status`\n")
+    if "codex" in done and "trust" in done["codex"]:
+        sys.stdout.write(f"trusted the codex hook in {done['codex']['trust']['config']}\n")
+    elif "codex" in done:
+        sys.stdout.write("codex runs it once trusted: see `dibs hooks status` (or --trust)\n")
     return 0
 
 
