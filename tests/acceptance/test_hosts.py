@@ -6,6 +6,7 @@ Every test runs the command `dibs hooks install` wrote into the host's own file,
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -653,4 +654,5 @@ def test_plugin_files_are_the_generated_ones() -> None:
     manifest = json.loads((root / "plugin" / ".claude-plugin" / "plugin.json").read_text())
     market = json.loads((root / ".claude-plugin" / "marketplace.json").read_text())
     assert [manifest["name"]] == [p["name"] for p in market["plugins"]]
+    assert importlib.metadata.version("dibs") == manifest["version"]
     assert "./plugin" == market["plugins"][0]["source"]
