@@ -7,6 +7,7 @@
 * shell commands, best effort (`shell_writes`): the obvious writes — ``>``, ``>>``, ``tee``,
   ``sed -i``, ``mv``, ``cp``, ``rm``, ``truncate`` — in each simple command. A script, an
   interpreter or a variable escapes it; the commit guard and the merge queue are the backstops.
+  (Also ``dd of=``, ``git checkout -- FILES`` and ``git restore FILES``.)
 
 A write is ``(path, lines)``: the path as the call names it (joined to the call's folder when
 relative) and the changed line ranges, or None for the whole file (or when unknown).
@@ -243,6 +244,15 @@ def _command_targets(words: list[str]) -> list[str]:
             target = operands.pop()
         sources = operands if name == "mv" else []
         return [*sources, target, *(os.path.join(target, os.path.basename(s)) for s in operands)]
+    if name == "dd":
+        return [w[3:] for w in words[1:] if w.startswith("of=")]
+    if name == "git" and len(words) > 2 and words[1] in ("checkout", "restore"):
+        rest = words[2:]
+        return (
+            rest[rest.index("--") + 1 :]
+            if "--" in rest
+            else (_options_and_operands(rest, "s")[1] if words[1] == "restore" else [])
+        )
     if name in ("sed", "perl"):
         options, operands = _options_and_operands(words[1:], "ef" if name == "sed" else "eE")
         if not _in_place(options):

@@ -57,6 +57,10 @@ def test_shell_obvious_writes_are_found(tmp_path: Path) -> None:
         "cat a.py; grep x b.py": [],
         "cat > n.py <<EOF\nnot > a redirect\nEOF\n": ["n.py"],
         'echo "unbalanced': [],
+        "dd if=/dev/zero of=z.bin bs=1": ["z.bin"],
+        "git checkout -- g.py": ["g.py"],
+        "git restore r.py": ["r.py"],
+        "git checkout main": [],
     }
     for command, expected in cases.items():
         assert expected == names(shell_writes(command, str(tmp_path)), tmp_path), command
