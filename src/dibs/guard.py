@@ -5,14 +5,17 @@ cover this file (and, when lines are known, these lines)? — from a state, with
 faces around it:
 
 * `guard_commit` (the git pre-commit hook): staged files and the line ranges of their hunks;
-* `guard_claude` (Claude Code's PreToolUse hook): the file an Edit/Write/MultiEdit/NotebookEdit
-  is about to change, and for an Edit the lines of the text it replaces.
+* `check_call` (every agent host's pre-tool hook, through `dibs.hosts`): the files a tool call
+  is about to write (`Call.writes`, parsed by `dibs.edits`), and the lines where known.
+
+Paths are resolved to the repository file they are (`relative_path`) from any work tree of the
+clone — the main checkout, any agent's worktree — relative or absolute, through symlinks.
 
 Who is acting comes from, in order: ``--agent/--token``, ``DIBS_AGENT``/``DIBS_TOKEN``, the
-identity `dibs start` records in a worktree's git dir, and (Claude Code only) the agent dibs
-registered for the session on its first auto-claimed edit. A guard never switches itself off
+identity `dibs start` records in a worktree's git dir, and the agent of the host's session
+(`dibs.sessions`; subagents are agents of their own). A guard never switches itself off
 silently: when it cannot tell who is acting and that matters (a touched file is held), or the
-store cannot be read, it refuses (block mode) or says so on stderr (warn mode).
+store cannot be read, it refuses (block mode) or says so (warn mode).
 
 The guard runs on every edit, so this module imports only what the claim path imports; git is
 run only by the commit guard.
@@ -20,24 +23,25 @@ run only by the commit guard.
 
 from __future__ import annotations
 
-import json
 import os
 
 from dibs.core.leases import Context, eviction_reason, expires_in
 from dibs.core.resources import covers_file
 from dibs.core.state import EXCLUSIVE
-from dibs.errors import DibsError, UsageError
+from dibs.errors import DibsError
 from dibs.git.discover import worktree_identity
 from dibs.humanize import seconds
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Collection, Iterable, Mapping
     from typing import Any
 
     from dibs.core.state import LeaseRecord, State
     from dibs.git.discover import Repo
     from dibs.service import Coordinator
+
+    Spans = list[tuple[int, int]] | None
 
 MODES = ("block", "warn")
 #: Claude Code tools that change a file, and where their input names it.
@@ -88,16 +92,18 @@ def blockers(
     *,
     agent: str | None,
     lines: Iterable[tuple[int, int]] | None = None,
+    allowed: Collection[str] = (),
 ) -> list[Block]:
     """Live exclusive claims of agents other than *agent* covering *path* (and *lines*).
 
     Args:
         lines: the line ranges being changed; None means the whole file (or unknown).
+        allowed: other agents whose claims do not stand in the way (a subagent's parent).
     """
     spans = list(lines) if lines is not None else [None]
     found: list[Block] = []
     for lease, resource in state.path_candidates(path):
-        if lease["agent"] == agent or lease["mode"] != EXCLUSIVE:
+        if lease["agent"] == agent or lease["agent"] in allowed or lease["mode"] != EXCLUSIVE:
             continue
         hit = next((span for span in spans if covers_file(resource, path, span)), False)
         if hit is False or eviction_reason(state, lease, ctx) is not None:
@@ -106,14 +112,44 @@ def blockers(
     return found
 
 
+def work_tree_roots(repo: Repo) -> list[str]:
+    """Every work tree of the clone (main checkout and linked worktrees), real paths, longest
+    first, read from the common dir as git does (no git process)."""
+    roots = {os.path.realpath(repo.root)}
+    common = os.path.realpath(repo.common_dir)
+    if os.path.basename(common) == ".git":
+        roots.add(os.path.dirname(common))
+    folder = os.path.join(common, "worktrees")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            with open(os.path.join(folder, name, "gitdir"), encoding="utf-8") as f:
+                dotgit = f.read().strip()
+        except OSError:
+            continue
+        if dotgit:
+            roots.add(os.path.realpath(os.path.dirname(os.path.join(folder, name, dotgit))))
+    return sorted(roots, key=len, reverse=True)
+
+
 def relative_path(repo: Repo, path: str, cwd: str | None = None) -> str | None:
-    """*path* relative to the repository root, or None when it lies outside the repository."""
-    full = os.path.realpath(os.path.join(cwd or os.getcwd(), path))
-    root = os.path.realpath(repo.root)
-    if full != root and not full.startswith(root + os.sep):
-        return None
-    relative = os.path.relpath(full, root).replace(os.sep, "/")
-    return None if relative == "." or relative.split("/")[0] == ".git" else relative
+    """*path* as the repository file it is (``src/app.py``), or None outside every work tree.
+
+    Any work tree of the clone counts: an edit through another agent's worktree or the main
+    checkout is an edit of the same repository file. Symlinks are resolved first, so a link
+    to a held file is the held file. Paths into a git dir are not files of the repository.
+    """
+    full = os.path.realpath(os.path.join(cwd or os.getcwd(), os.path.expanduser(path)))
+    for root in work_tree_roots(repo):
+        if full == root or full.startswith(root.rstrip(os.sep) + os.sep):
+            relative = os.path.relpath(full, root).replace(os.sep, "/")
+            if relative == "." or relative.split("/")[0] == ".git":
+                return None
+            return relative
+    return None
 
 
 def identity(
@@ -140,136 +176,247 @@ def verified(state: State, agent: str | None, token: str | None) -> str | None:
 
 
 def edit_lines(path: str, tool: str, tool_input: Mapping[str, Any]) -> list[tuple[int, int]] | None:
-    """The lines of *path* an Edit or MultiEdit replaces (None: the whole file, or unknown)."""
+    """The lines of *path* an Edit (every occurrence with ``replace_all``) or MultiEdit
+    rewrites; None: the whole file, or unknown."""
+    from dibs.edits import replaced_lines
+
     if tool == "Edit":
-        olds = [tool_input.get("old_string")]
-    elif tool == "MultiEdit":
-        olds = [edit.get("old_string") for edit in tool_input.get("edits") or []]
+        olds = [(tool_input.get("old_string"), bool(tool_input.get("replace_all")))]
+    elif tool == "MultiEdit":  # gone from current Claude Code; still understood
+        edits = tool_input.get("edits")
+        if not isinstance(edits, list) or not all(isinstance(e, dict) for e in edits):
+            return None
+        olds = [(e.get("old_string"), bool(e.get("replace_all"))) for e in edits]
     else:
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-    spans = []
-    for old in olds:
-        if not isinstance(old, str) or not old:
-            return None
-        at = text.find(old)
-        if at < 0:
-            return None
-        first = text.count("\n", 0, at) + 1
-        spans.append((first, first + old.count("\n")))
-    return spans
+    return replaced_lines(path, olds)
 
 
-class HookInput:
-    """What Claude Code sends a PreToolUse hook on stdin, checked."""
+class Call:
+    """One tool call as every host's adapter describes it to the guard.
 
-    __slots__ = ("cwd", "lines", "path", "session", "tool")
+    Attributes:
+        host: ``claude``, ``codex``, ``gemini`` or ``cursor``.
+        tool: the host's tool name, for messages and the ``refuse`` event.
+        cwd: the folder relative paths are taken from.
+        session: the host's session id (None when it sent none).
+        subagent: the subagent's id inside that session (Claude Code's ``agent_id``).
+        writes: ``(path, lines)`` for each file the call writes (lines None: whole file).
+        shell: the writes were read from a shell command (best effort).
+    """
 
-    def __init__(self, raw: str):
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise UsageError(
-                f"the hook input is not JSON ({exc})",
-                hint="dibs guard claude reads Claude Code's PreToolUse hook JSON on stdin",
-            ) from exc
-        if not isinstance(data, dict):
-            raise UsageError("the hook input is not a JSON object")
-        self.tool = str(data.get("tool_name") or "")
-        tool_input = data.get("tool_input") or {}
-        if not isinstance(tool_input, dict):
-            raise UsageError("tool_input in the hook input is not an object")
-        self.cwd = str(data.get("cwd") or os.getcwd())
-        self.session = str(data.get("session_id") or "") or None
-        key = EDIT_TOOLS.get(self.tool)
-        raw_path = tool_input.get(key) if key else None
-        self.path = os.path.join(self.cwd, raw_path) if isinstance(raw_path, str) else None
-        self.lines = edit_lines(self.path, self.tool, tool_input) if self.path else None
+    __slots__ = ("cwd", "host", "session", "shell", "subagent", "tool", "writes")
 
-
-def session_agent_name(session: str) -> str:
-    """The agent dibs registers for a Claude Code session: ``claude-`` and 12 hex digits."""
-    from _blake2 import blake2b
-
-    return "claude-" + blake2b(session.encode(), digest_size=6).hexdigest()
-
-
-def guard_claude(
-    dibs: Coordinator, hook: HookInput, *, mode: str, auto_claim: bool, ttl: float
-) -> tuple[int, str]:
-    """Decide one PreToolUse call: ``(exit code, message)``; exit 2 blocks the tool call."""
-    if hook.path is None:
-        return 0, ""  # not an edit, or no file named: nothing to guard
-    repo = dibs.repo
-    if repo is None:
-        return 0, ""
-    path = relative_path(repo, hook.path, hook.cwd)
-    if path is None:
-        return 0, ""  # outside the repository: not ours to guard
-    agent, token = identity(repo, os.environ, dibs.agent, dibs.token)
-    if agent is None and hook.session and auto_claim:
-        agent, token = session_identity(dibs, hook.session)
-    state, now = dibs.store.read()
-    ctx = dibs.context(now)
-    me = verified(state, agent, token)
-    found = blockers(state, ctx, path, agent=me, lines=hook.lines)
-    if found:
-        reason = "; ".join(b.describe() for b in found[:3])
-        if me is None and agent is not None:
-            reason += f" (and the session token for {agent} is wrong)"
-        elif me is None:
-            reason += " (dibs cannot tell which agent is editing: set DIBS_AGENT/DIBS_TOKEN)"
-        message = f"dibs: {reason}; pick other work, or wait for it"
-        return (2, message) if mode == "block" else (0, message.replace("dibs:", "dibs warn:"))
-    if auto_claim and me is not None and not _holds(state, ctx, me, path):
-        dibs.agent, dibs.token = me, token
-        try:
-            dibs.claim([f"path:{_escape(path)}"], ttl=ttl, note="auto-claimed on first edit")
-        except DibsError as exc:  # someone got there first: refuse like a held file
-            message = f"dibs: {exc.message}; pick other work, or wait for it"
-            return (2, message) if mode == "block" else (0, message)
-    return 0, ""
+    def __init__(
+        self,
+        host: str,
+        tool: str,
+        cwd: str,
+        writes: list[tuple[str, list[tuple[int, int]] | None]],
+        *,
+        session: str | None = None,
+        subagent: str | None = None,
+        shell: bool = False,
+    ):
+        self.host = host
+        self.tool = tool
+        self.cwd = cwd
+        self.writes = writes
+        self.session = session
+        self.subagent = subagent
+        self.shell = shell
 
 
-def _holds(state: State, ctx: Context, agent: str, path: str) -> bool:
-    return any(
-        lease["agent"] == agent and eviction_reason(state, lease, ctx) is None
-        for lease, resource in state.path_candidates(path)
-        if resource.lines is None
-    )
+class Verdict:
+    """What the guard decided: ``allow`` (with an optional ``message`` for the agent)."""
+
+    __slots__ = ("allow", "blocks", "message")
+
+    def __init__(self, allow: bool, message: str = "", blocks: list[Block] | None = None):
+        self.allow = allow
+        self.message = message
+        self.blocks = blocks or []
 
 
 def _escape(path: str) -> str:
     return "".join("\\" + ch if ch in "*?[\\" else ch for ch in path)
 
 
-def session_identity(dibs: Coordinator, session: str) -> tuple[str, str]:
-    """The agent registered for a Claude Code session (registered on first use), and its token.
+def _holds(state: State, ctx: Context, agents: Collection[str], path: str) -> bool:
+    return any(
+        lease["agent"] in agents and eviction_reason(state, lease, ctx) is None
+        for lease, resource in state.path_candidates(path)
+        if resource.lines is None
+    )
 
-    The token is kept in ``<store>/sessions/<session>.json`` (mode 0600), so later hook calls of
-    the same session act as the same agent.
-    """
+
+def _folder_blockers(
+    state: State, ctx: Context, path: str, *, agent: str | None, allowed: Collection[str]
+) -> list[Block]:
+    """Live exclusive claims of others on anything under folder *path* (``rm -r dir``)."""
+    from dibs.core.resources import parse_resource
+
+    found = []
+    for lease in state.overlapping(parse_resource(f"path:{_escape(path)}/**")):
+        if lease["agent"] == agent or lease["agent"] in allowed or lease["mode"] != EXCLUSIVE:
+            continue
+        if eviction_reason(state, lease, ctx) is None:
+            found.append(Block(path, lease, expires_in(lease, ctx.now), None))
+    return found
+
+
+def _resolve(repo: Repo, call: Call) -> tuple[dict[str, Spans], set[str]]:
+    """The repository files the call writes (with their lines) and folders it writes into."""
+    writes: dict[str, Spans] = {}
+    folders: set[str] = set()
+    for raw, lines in call.writes:
+        path = relative_path(repo, raw, call.cwd)
+        if path is None:
+            continue  # outside the repository: not ours to guard
+        if os.path.isdir(os.path.join(call.cwd, raw)):
+            folders.add(path)
+        elif path in writes:
+            old = writes[path]
+            writes[path] = None if old is None or lines is None else old + lines
+        else:
+            writes[path] = lines
+    return writes, folders
+
+
+class _Acting:
+    """Who makes a call: the agent named (and its token), whose claims it may ignore (a
+    subagent's parent), and the session agent's name for the record."""
+
+    __slots__ = ("agent", "allowed", "name", "token")
+
+    def __init__(self, dibs: Coordinator, repo: Repo, call: Call):
+        from dibs import sessions
+
+        self.agent, self.token = identity(repo, os.environ, dibs.agent, dibs.token)
+        self.allowed: set[str] = set()
+        self.name: str | None = None
+        if self.agent is not None or not call.session:
+            return
+        self.name = sessions.session_agent_name(call.session, call.host)
+        if call.subagent:
+            parent = sessions.session_identity(dibs, call.session, host=call.host, register=False)
+            self.allowed.add(parent[0] if parent else self.name)
+            self.name = sessions.subagent_name(self.name, call.subagent)
+        found = sessions.session_identity(
+            dibs, call.session, host=call.host, subagent=call.subagent, register=False
+        )
+        if found is not None:
+            self.agent, self.token = found
+
+
+def check_call(
+    dibs: Coordinator, call: Call, *, mode: str, auto_claim: bool, ttl: float
+) -> Verdict:
+    """Decide one tool call of any host: refuse (block mode) or warn when it writes a file
+    another agent holds; with *auto_claim*, claim the free files it writes for the acting
+    agent (the session's own agent when nobody else is named)."""
     repo = dibs.repo
-    folder = os.path.join(repo.store_dir if repo else ".", "sessions")
-    name = session_agent_name(session)
-    path = os.path.join(folder, name + ".json")
+    if repo is None:
+        return Verdict(True)
+    writes, folders = _resolve(repo, call)
+    if not writes and not folders:
+        return Verdict(True)
+    acting = _Acting(dibs, repo, call)
+    state, now = dibs.store.read()
+    ctx = dibs.context(now)
+    me = verified(state, acting.agent, acting.token)
+    allowed = acting.allowed
+    found = [
+        block
+        for path, lines in sorted(writes.items())
+        for block in blockers(state, ctx, path, agent=me, lines=lines, allowed=allowed)
+    ]
+    found += [
+        block
+        for folder in sorted(folders)
+        for block in _folder_blockers(state, ctx, folder, agent=me, allowed=allowed)
+    ]
+    if found:
+        reason = "; ".join(b.describe() for b in found[:3])
+        if me is None and acting.agent is not None:
+            reason += f" (and the session token for {acting.agent} is wrong)"
+        elif me is None and not call.session:
+            reason += " (dibs cannot tell which agent is editing: set DIBS_AGENT/DIBS_TOKEN)"
+        _log_refusal(dibs, me or acting.agent or acting.name or "unknown", found, call)
+        if mode == "block":
+            return Verdict(False, f"dibs: {reason}; pick other work, or wait for it", found)
+        return Verdict(True, f"dibs warn: {reason}; this edit goes ahead (warn mode)", found)
+    notes = []
+    theirs = [p for p in sorted(writes) if allowed and _holds(state, ctx, allowed, p)]
+    if theirs:
+        notes.append(
+            f"dibs: {', '.join(theirs)} held by your parent session ({', '.join(allowed)}): "
+            "this subagent may edit it"
+        )
+    if auto_claim:
+        mine = {me, *allowed} if me is not None else allowed
+        wanted = [p for p in sorted(writes) if not _holds(state, ctx, mine, p)]
+        refused = _auto_claim(dibs, call, acting, me=me, paths=wanted, ttl=ttl) if wanted else None
+        if refused is not None and mode == "block":
+            return Verdict(False, refused)
+        if refused is not None:
+            notes.append(refused.replace("dibs:", "dibs warn:", 1))
+    return Verdict(True, "\n".join(notes))
+
+
+def _auto_claim(
+    dibs: Coordinator, call: Call, acting: _Acting, *, me: str | None, paths: list[str], ttl: float
+) -> str | None:
+    """Claim *paths* for the acting agent (registering the session's agent on its first
+    edit); the refusal's message when someone got there first."""
+    from dibs import sessions
+
+    token = acting.token
+    if me is None and acting.agent is None and call.session:
+        found = sessions.session_identity(
+            dibs, call.session, host=call.host, subagent=call.subagent
+        )
+        if found is not None:
+            me, token = found
+    if me is None:
+        return None
+    before = dibs.agent, dibs.token
+    dibs.agent, dibs.token = me, token
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return str(data["agent"]), str(data["token"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    registration = dibs.register(name, ttl=float(dibs.settings["guard.auto_claim_ttl"]))
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"agent": name, "token": registration["token"], "session": session}, f)
-    os.replace(path + ".tmp", path)
-    return name, registration["token"]
+        dibs.claim(
+            [f"path:{_escape(p)}" for p in paths], ttl=ttl, note="auto-claimed on first edit"
+        )
+    except DibsError as exc:
+        return f"dibs: {exc.message}; pick other work, or wait for it"
+    finally:
+        dibs.agent, dibs.token = before
+    return None
+
+
+def _log_refusal(dibs: Coordinator, agent: str, found: list[Block], call: Call) -> None:
+    """A blocked edit is a refused claim, for the conflict rate (`dibs metrics`)."""
+    import contextlib
+
+    from dibs.core.events import new_event
+    from dibs.core.leases import Decision
+
+    first = found[0]
+    holders = ",".join(sorted({b.lease["agent"] for b in found}))
+
+    def decide(_state: State, ctx: Context) -> Decision:
+        event = new_event(
+            "refuse",
+            ctx.now,
+            agent=agent,
+            resource=f"path:{_escape(first.path)}",
+            mode=EXCLUSIVE,
+            by=holders,
+            tool=f"{call.host}:{call.tool}",
+        )
+        return Decision([event])
+
+    with contextlib.suppress(DibsError):  # a record of a refusal must not hide it
+        dibs.transact(decide)
 
 
 def staged_changes(repo: Repo) -> dict[str, list[tuple[int, int]] | None]:

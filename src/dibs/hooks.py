@@ -1,22 +1,20 @@
-"""``dibs hooks install|uninstall|status``: put the guards where git and Claude Code call them.
+"""``dibs hooks install|uninstall|status``: put the guards where git and agent hosts call them.
 
 * git: a ``pre-commit`` hook in the hooks folder git uses (``git rev-parse --git-path hooks``:
   the common dir's, so every worktree of the clone gets it, or ``core.hooksPath``). A hook that
   was there is kept as ``pre-commit.before-dibs`` and still runs after the guard.
-* Claude Code: a PreToolUse hook for ``Edit|Write|MultiEdit|NotebookEdit`` in the project's
-  ``.claude/settings.json``, merged into what is there; nothing else in the file changes.
+* agent hosts (Claude Code, Codex, Gemini CLI, Cursor): see `dibs.host_hooks`.
 
 Uninstalling removes exactly what installing added and puts a chained hook back.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
 
-from dibs.errors import InvalidSetting, UsageError
+from dibs.errors import UsageError
 from dibs.git.run import git
 
 TYPE_CHECKING = False
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
 
 MARKER = "# dibs guard: installed by `dibs hooks install --git`"
 CHAINED = "pre-commit.before-dibs"
-MATCHER = "Edit|Write|MultiEdit|NotebookEdit"
 
 
 def dibs_command() -> str:
@@ -102,80 +99,10 @@ def uninstall_git(repo: Repo) -> dict[str, Any]:
     return {"hook": hook, "removed": removed, "restored": removed and os.path.exists(hook)}
 
 
-def claude_settings_path(repo: Repo) -> str:
-    return os.path.join(repo.root, ".claude", "settings.json")
-
-
-def _load_settings(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise InvalidSetting(
-            f"{path} is not valid JSON ({exc})", hint="fix it by hand; dibs will not overwrite it"
-        ) from exc
-    if not isinstance(data, dict):
-        raise InvalidSetting(f"{path} is not a JSON object", hint="fix it by hand")
-    return data
-
-
-def _our_entry(entry: Any) -> bool:
-    hooks = entry.get("hooks") if isinstance(entry, dict) else None
-    return isinstance(hooks, list) and any(
-        isinstance(h, dict) and " guard claude" in str(h.get("command", "")) for h in hooks
-    )
-
-
-def _write_settings(path: str, data: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".dibs-tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def install_claude(repo: Repo, mode: str) -> dict[str, Any]:
-    """Add (or update) the PreToolUse guard in .claude/settings.json, keeping everything else."""
-    path = claude_settings_path(repo)
-    data = _load_settings(path)
-    hooks = data.setdefault("hooks", {})
-    if not isinstance(hooks, dict):
-        raise InvalidSetting(f'{path}: "hooks" is not an object', hint="fix it by hand")
-    pre = hooks.setdefault("PreToolUse", [])
-    if not isinstance(pre, list):
-        raise InvalidSetting(f"{path}: hooks.PreToolUse is not a list", hint="fix it by hand")
-    entry = {
-        "matcher": MATCHER,
-        "hooks": [{"type": "command", "command": f"{dibs_command()} guard claude --mode {mode}"}],
-    }
-    pre[:] = [e for e in pre if not _our_entry(e)] + [entry]
-    _write_settings(path, data)
-    return {"settings": path, "mode": mode}
-
-
-def uninstall_claude(repo: Repo) -> dict[str, Any]:
-    """Remove only dibs's entries from .claude/settings.json."""
-    path = claude_settings_path(repo)
-    if not os.path.exists(path):
-        return {"settings": path, "removed": False}
-    data = _load_settings(path)
-    pre = data.get("hooks", {}).get("PreToolUse")
-    if not isinstance(pre, list) or not any(_our_entry(e) for e in pre):
-        return {"settings": path, "removed": False}
-    pre[:] = [e for e in pre if not _our_entry(e)]
-    if not pre:
-        del data["hooks"]["PreToolUse"]
-    if not data["hooks"]:
-        del data["hooks"]
-    _write_settings(path, data)
-    return {"settings": path, "removed": True}
-
-
 def status(repo: Repo) -> dict[str, Any]:
-    """Which guards are installed, in which mode."""
+    """Which guards are installed, in which mode (agent hosts: see `dibs.host_hooks.status`)."""
+    from dibs import host_hooks
+
     folder = hooks_dir(repo)
     hook = os.path.join(folder, "pre-commit")
     git_mode = None
@@ -183,14 +110,7 @@ def status(repo: Repo) -> dict[str, Any]:
         with open(hook, encoding="utf-8") as f:
             text = f.read()
         git_mode = "warn" if "--mode warn" in text else "block"
-    claude_mode = None
-    path = claude_settings_path(repo)
-    if os.path.exists(path):
-        for entry in _load_settings(path).get("hooks", {}).get("PreToolUse", []) or []:
-            if _our_entry(entry):
-                command = entry["hooks"][0].get("command", "")
-                claude_mode = "warn" if "--mode warn" in command else "block"
-    return {
+    found: dict[str, Any] = {
         "git": {
             "hook": hook,
             "installed": git_mode is not None,
@@ -198,6 +118,8 @@ def status(repo: Repo) -> dict[str, Any]:
             "chained": os.path.join(folder, CHAINED)
             if os.path.exists(os.path.join(folder, CHAINED))
             else None,
-        },
-        "claude": {"settings": path, "installed": claude_mode is not None, "mode": claude_mode},
+        }
     }
+    for host in host_hooks.HOSTS:
+        found[host] = host_hooks.status(repo, host)
+    return found

@@ -131,17 +131,25 @@ def claude(cli: Cli, payload: str, *args: str, env: dict[str, str] | None = None
     return cli("guard", "claude", *args, env=env, stdin=payload)
 
 
+def refusal(out: subprocess.CompletedProcess[str]) -> str:
+    """The reason a Claude Code hook reply refuses with ("" when it allows the call)."""
+    assert 0 == out.returncode, out.stderr
+    if not out.stdout.strip():
+        return ""
+    specific = json.loads(out.stdout).get("hookSpecificOutput", {})
+    return str(specific.get("permissionDecisionReason", ""))
+
+
 def test_claude_edit_of_a_held_file_is_blocked(repo: Path, work: dict[str, Any], cli: Cli) -> None:
-    """Exit 2 with a one-line reason on stderr, which Claude Code shows the agent."""
+    """A JSON deny with a one-line reason, which Claude Code shows the agent as it is."""
     payload = hook_input(
         repo,
         "Edit",
         {"file_path": str(repo / "src/app.py"), "old_string": "a = 1", "new_string": "x"},
     )
-    out = claude(cli, payload, env=work["a1"])
-    assert 2 == out.returncode
-    assert 1 == len(out.stderr.strip().splitlines())
-    assert "src/app.py is held by a2" in out.stderr
+    reason = refusal(claude(cli, payload, env=work["a1"]))
+    assert 1 == len(reason.splitlines())
+    assert "src/app.py is held by a2" in reason
 
 
 def test_claude_edits_allowed_where_nobody_else_holds(
@@ -154,14 +162,14 @@ def test_claude_edits_allowed_where_nobody_else_holds(
             repo, "Edit", {"file_path": str(repo / path), "old_string": old, "new_string": "x"}
         )
 
-    assert 0 == claude(cli, edit("src/app.py", "a = 1"), env=work["a2"]).returncode
-    assert 0 == claude(cli, edit("src/free.py", "free"), env=work["a1"]).returncode
-    assert 0 == claude(cli, edit("src/cfg.py", "line 7"), env=work["a1"]).returncode
-    assert 2 == claude(cli, edit("src/cfg.py", "line 2"), env=work["a1"]).returncode
+    assert "" == refusal(claude(cli, edit("src/app.py", "a = 1"), env=work["a2"]))
+    assert "" == refusal(claude(cli, edit("src/free.py", "free"), env=work["a1"]))
+    assert "" == refusal(claude(cli, edit("src/cfg.py", "line 7"), env=work["a1"]))
+    assert "" != refusal(claude(cli, edit("src/cfg.py", "line 2"), env=work["a1"]))
     read = hook_input(repo, "Read", {"file_path": str(repo / "src/app.py")})
-    assert 0 == claude(cli, read, env=work["a1"]).returncode
+    assert "" == refusal(claude(cli, read, env=work["a1"]))
     outside = hook_input(repo, "Write", {"file_path": str(repo.parent / "x.txt"), "content": ""})
-    assert 0 == claude(cli, outside, env=work["a1"]).returncode
+    assert "" == refusal(claude(cli, outside, env=work["a1"]))
 
 
 def test_claude_auto_claim_keeps_sessions_apart(repo: Path, work: dict[str, Any], cli: Cli) -> None:
@@ -172,25 +180,23 @@ def test_claude_auto_claim_keeps_sessions_apart(repo: Path, work: dict[str, Any]
             repo, "Write", {"file_path": str(repo / "src/new.py"), "content": "x"}, session
         )
 
-    assert 0 == claude(cli, write("session-one"), "--auto-claim").returncode
+    assert "" == refusal(claude(cli, write("session-one"), "--auto-claim"))
     [claim] = [c for c in cli.json("claims") if c["resource"] == "path:src/new.py"]
     assert claim["agent"].startswith("claude-")
-    blocked = claude(cli, write("session-two"), "--auto-claim")
-    assert 2 == blocked.returncode
-    assert f"src/new.py is held by {claim['agent']}" in blocked.stderr
-    assert 0 == claude(cli, write("session-one"), "--auto-claim").returncode
+    blocked = refusal(claude(cli, write("session-two"), "--auto-claim"))
+    assert f"src/new.py is held by {claim['agent']}" in blocked
+    assert "" == refusal(claude(cli, write("session-one"), "--auto-claim"))
 
 
 def test_claude_unknown_agent_and_broken_input(repo: Path, work: dict[str, Any], cli: Cli) -> None:
     """No identity and a held file: blocked, saying why; unreadable input blocks, never passes."""
-    payload = hook_input(repo, "Write", {"file_path": str(repo / "src/app.py"), "content": ""})
-    out = claude(cli, payload)
-    assert 2 == out.returncode
-    assert "cannot tell which agent is editing" in out.stderr
-    broken = claude(cli, "{not json")
-    assert 2 == broken.returncode
-    assert "the edit guard could not check" in broken.stderr
-    assert 0 == claude(cli, "{not json", "--mode", "warn").returncode
+    payload = json.loads(
+        hook_input(repo, "Write", {"file_path": str(repo / "src/app.py"), "content": ""})
+    )
+    del payload["session_id"]
+    assert "cannot tell which agent is editing" in refusal(claude(cli, json.dumps(payload)))
+    assert "the edit guard could not check" in refusal(claude(cli, "{not json"))
+    assert "" == refusal(claude(cli, "{not json", "--mode", "warn"))
 
 
 def test_claude_settings_are_merged_never_clobbered(repo: Path, cli: Cli) -> None:
@@ -209,11 +215,10 @@ def test_claude_settings_are_merged_never_clobbered(repo: Path, cli: Cli) -> Non
     data = json.loads(settings.read_text())
     assert "opus" == data["model"]
     matchers = [e["matcher"] for e in data["hooks"]["PreToolUse"]]
-    assert ["Bash", "Edit|Write|MultiEdit|NotebookEdit"] == matchers
-    assert (
-        f"{BIN / 'dibs'} guard claude --mode block"
-        == data["hooks"]["PreToolUse"][1]["hooks"][0]["command"]
-    )
+    assert ["Bash", "Edit|Write|MultiEdit|NotebookEdit|Bash"] == matchers
+    command = data["hooks"]["PreToolUse"][1]["hooks"][0]["command"]
+    assert command.endswith(" guard claude --mode block")
+    assert str(BIN) not in command
     assert 0 == cli("hooks", "uninstall", "--claude").returncode
     assert theirs == json.loads(settings.read_text())
     settings.write_text("{broken")
@@ -228,7 +233,7 @@ def test_hooks_status(repo: Path, cli: Cli) -> None:
     assert not cli.json("hooks", "status")["git"]["installed"]
     cli("hooks", "install", "--mode", "warn")
     found = cli.json("hooks", "status")
-    assert ("warn", "warn") == (found["git"]["mode"], found["claude"]["mode"])
+    assert ("warn", "warn") == (found["git"]["mode"], found["claude"]["project"]["mode"])
 
 
 def test_check_reports_unclaimed_and_held_edits(repo: Path, work: dict[str, Any], cli: Cli) -> None:

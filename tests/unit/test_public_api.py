@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dibs
 
@@ -25,3 +28,35 @@ def test_importing_the_cli_stays_off_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "" == out.stdout.strip()
+
+
+def test_the_edit_guard_stays_off_heavy_modules(tmp_path: Path) -> None:
+    """Deciding an Edit (every agent edit runs it) imports none of the heavy modules."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "a.py").write_text("a = 1\n")
+    payload = json.dumps(
+        {
+            "session_id": "s",
+            "cwd": str(tmp_path),
+            "hook_event_name": "PreToolUse",
+            "tool_name": "Edit",
+            "tool_input": {"file_path": "a.py", "old_string": "a = 1", "new_string": "b"},
+        }
+    )
+    code = (
+        "import io, sys; sys.stdin = io.StringIO(sys.argv[1]); from dibs.cli import main; "
+        "code = main(['guard', 'claude']); "
+        "print(' '.join(sorted(m for m in ('dataclasses', 'typing', 'pathlib', 'subprocess', "
+        "'hashlib', 'tomllib', 'inspect', 'psycopg', 'argparse') if m in sys.modules)), "
+        "file=sys.stderr)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, payload],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DIBS_")},
+    )
+    assert "{}" == out.stdout.strip()
+    assert "" == out.stderr.strip()

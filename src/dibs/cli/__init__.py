@@ -113,18 +113,20 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _guard_claude_args(args: list[str]) -> Any:
-    """Parse ``dibs guard claude``'s few flags by hand, or None to let argparse do it.
+def _guard_host_args(args: list[str]) -> Any:
+    """Parse ``dibs guard claude|codex|gemini|cursor``'s few flags by hand, or None to let
+    argparse do it.
 
     The edit guard runs on every edit an agent makes; argparse and the gettext lookups it
     brings cost ~4 ms of its ~35 ms budget. Anything unusual (``--help``, a typo) goes to
     argparse, which explains it.
     """
-    if args[:2] != ["guard", "claude"]:
+    if args[:1] != ["guard"] or args[1:2] not in (["claude"], ["codex"], ["gemini"], ["cursor"]):
         return None
     from types import SimpleNamespace
 
     ns = SimpleNamespace(
+        host=args[1],
         mode=None,
         auto_claim=None,
         json=False,
@@ -185,12 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args[0]
     if name not in COMMANDS:
         return _unknown(name)
-    fast = _guard_claude_args(args)
+    fast = _guard_host_args(args)
     if fast is not None:
-        from dibs.cli.guards import run_guard_claude
+        from dibs.cli.guards import run_guard_host
         from dibs.cli.output import run_command
 
-        fast.handler = run_guard_claude
+        fast.handler = run_guard_host
         return run_command(fast)
     parser = build_parser(name)
     try:

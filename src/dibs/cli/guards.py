@@ -1,4 +1,4 @@
-"""``dibs hooks install|uninstall|status``, ``dibs guard commit|claude``, ``dibs check``."""
+"""``dibs hooks install|uninstall|status``, ``dibs guard commit|<host>``, ``dibs check``."""
 
 from __future__ import annotations
 
@@ -9,56 +9,106 @@ from dibs.cli.output import common, coordinator, print_json, subcommands
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
+
+
+_HOST_FLAGS = {
+    "claude": "Claude Code (.claude/settings.json)",
+    "codex": "Codex CLI (.codex/hooks.json)",
+    "gemini": "Gemini CLI (.gemini/settings.json)",
+    "cursor": "Cursor (.cursor/hooks.json)",
+}
+
+
+def _flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--git", action="store_true", help=f"{verb} the git pre-commit guard")
+    for host, where in _HOST_FLAGS.items():
+        parser.add_argument(
+            f"--{host}", action="store_true", help=f"{verb} the edit guard of {where}"
+        )
+    parser.add_argument(
+        "--user",
+        action="store_true",
+        help="the user's own hook file of each host (~/.claude, $CODEX_HOME, ~/.gemini, "
+        "~/.cursor): every session is guarded, whatever folder or clone it starts in",
+    )
 
 
 def configure_hooks(parser: argparse.ArgumentParser) -> None:
-    """``dibs hooks install [--git] [--claude] [--mode block|warn] | uninstall | status``."""
+    """``dibs hooks install [--git] [--claude] [--codex] [--gemini] [--cursor] [--user]``."""
     add = subcommands(parser)
     install = add(
         "install",
-        help="install the guards (both when neither --git nor --claude is given)",
-        description="Install the commit guard (git pre-commit) and/or the edit guard "
-        "(Claude Code PreToolUse hook).",
+        help="install the guards (--git and --claude when no guard is named)",
+        description="Install the commit guard (git pre-commit) and/or the edit guard of agent "
+        "hosts (Claude Code, Codex CLI, Gemini CLI, Cursor).",
         epilog="The git hook goes where git runs hooks for every worktree of the clone; an\n"
-        "existing pre-commit hook is kept and still runs after the guard. The Claude Code\n"
-        "hook is merged into .claude/settings.json; nothing else there changes.",
+        "existing pre-commit hook is kept and still runs after the guard. Host hooks are\n"
+        "merged into the host's file (nothing else there changes) and run a small launcher\n"
+        "that finds dibs on any machine and refuses edits when it cannot (commit the\n"
+        "project files). Codex runs a hook only once trusted: see `dibs hooks status`.\n\n"
+        "  dibs hooks install                      # git + Claude Code, in this project\n"
+        "  dibs hooks install --codex --trust --gemini\n"
+        "  dibs hooks install --claude --user      # every Claude Code session of this user",
     )
-    install.add_argument("--git", action="store_true", help="the git pre-commit guard")
-    install.add_argument("--claude", action="store_true", help="the Claude Code edit guard")
+    _flags(install, "install")
     install.add_argument(
         "--mode", choices=("block", "warn"), help="refuse, or only warn (default: guard.mode)"
+    )
+    install.add_argument(
+        "--trust",
+        action="store_true",
+        help="with --codex: record the hook's hash in $CODEX_HOME/config.toml, as Codex's "
+        "/hooks screen does (Codex runs untrusted hooks never)",
     )
     common(install)
     install.set_defaults(handler=run_hooks_install)
     uninstall = add("uninstall", help="remove the guards", description="Remove the guards.")
-    uninstall.add_argument("--git", action="store_true", help="only the git hook")
-    uninstall.add_argument("--claude", action="store_true", help="only the Claude Code hook")
+    _flags(uninstall, "remove")
     common(uninstall)
     uninstall.set_defaults(handler=run_hooks_uninstall)
-    status = add("status", help="which guards are installed", description="Show the guards.")
+    status = add(
+        "status",
+        help="which guards are installed, reachable and trusted",
+        description="Show the guards: per host, installed (project, user), reachable (the\n"
+        "installed command runs and finds dibs) and, for Codex, trusted (and how to trust it).",
+    )
     common(status)
     status.set_defaults(handler=run_hooks_status)
 
 
-def _which(args: argparse.Namespace) -> tuple[bool, bool]:
-    both = not args.git and not args.claude
-    return both or args.git, both or args.claude
+def _which(args: argparse.Namespace, *, installing: bool) -> list[str]:
+    from dibs.errors import UsageError
+
+    if args.user and args.git:
+        raise UsageError(
+            "--user is for agent hosts: the git hook already guards every worktree of the clone",
+            hint="drop --git, or run the --git install without --user",
+        )
+    named = [name for name in ("git", *_HOST_FLAGS) if getattr(args, name)]
+    if named:
+        return named
+    if args.user:
+        return ["claude"]
+    return ["git", "claude"] if installing else ["git", *_HOST_FLAGS]
 
 
 def run_hooks_install(args: argparse.Namespace) -> int:
     """Install and say where."""
-    from dibs import hooks
+    from dibs import hooks, host_hooks
 
     with coordinator(args) as dibs:
         repo = dibs.repo
         assert repo is not None  # noqa: S101 -- Coordinator.open always finds a repository
         mode = args.mode or dibs.settings["guard.mode"]
-        want_git, want_claude = _which(args)
-        done = {}
-        if want_git:
-            done["git"] = hooks.install_git(repo, mode)
-        if want_claude:
-            done["claude"] = hooks.install_claude(repo, mode)
+        done: dict[str, Any] = {}
+        for name in _which(args, installing=True):
+            if name == "git":
+                done["git"] = hooks.install_git(repo, mode)
+            else:
+                done[name] = host_hooks.install(repo, name, mode, user=args.user)
+        if args.trust and "codex" in done:
+            done["codex"]["trust"] = host_hooks.trust_codex(repo, user=args.user)
     if args.json:
         print_json(done)
         return 0
@@ -67,24 +117,29 @@ def run_hooks_install(args: argparse.Namespace) -> int:
             f" (the old hook is kept as {done['git']['chained']})" if done["git"]["chained"] else ""
         )
         sys.stdout.write(f"installed the commit guard ({mode}) in {done['git']['hook']}{kept}\n")
-    if "claude" in done:
-        sys.stdout.write(f"installed the edit guard ({mode}) in {done['claude']['settings']}\n")
+    for name, result in done.items():
+        if name != "git":
+            sys.stdout.write(f"installed the {name} edit guard ({mode}) in {result['file']}\n")
+    if "codex" in done and "trust" in done["codex"]:
+        sys.stdout.write(f"trusted the codex hook in {done['codex']['trust']['config']}\n")
+    elif "codex" in done:
+        sys.stdout.write("codex runs it once trusted: see `dibs hooks status` (or --trust)\n")
     return 0
 
 
 def run_hooks_uninstall(args: argparse.Namespace) -> int:
     """Remove and say what was removed."""
-    from dibs import hooks
+    from dibs import hooks, host_hooks
 
     with coordinator(args) as dibs:
         repo = dibs.repo
         assert repo is not None  # noqa: S101 -- Coordinator.open always finds a repository
-        want_git, want_claude = _which(args)
-        done = {}
-        if want_git:
-            done["git"] = hooks.uninstall_git(repo)
-        if want_claude:
-            done["claude"] = hooks.uninstall_claude(repo)
+        done: dict[str, Any] = {}
+        for name in _which(args, installing=False):
+            if name == "git":
+                done["git"] = hooks.uninstall_git(repo)
+            else:
+                done[name] = host_hooks.uninstall(repo, name, user=args.user)
     if args.json:
         print_json(done)
         return 0
@@ -95,7 +150,7 @@ def run_hooks_uninstall(args: argparse.Namespace) -> int:
 
 
 def run_hooks_status(args: argparse.Namespace) -> int:
-    """Show what is installed."""
+    """Show what is installed, whether it runs, and (Codex) whether it is trusted."""
     from dibs import hooks
 
     with coordinator(args) as dibs:
@@ -105,16 +160,38 @@ def run_hooks_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(found)
         return 0
-    git, claude = found["git"], found["claude"]
+    git = found["git"]
     chained = f", chained to {git['chained']}" if git["chained"] else ""
     commit = f"{git['mode']} in {git['hook']}{chained}" if git["installed"] else "not installed"
-    edit = f"{claude['mode']} in {claude['settings']}" if claude["installed"] else "not installed"
-    sys.stdout.write(f"commit guard: {commit}\nedit guard:   {edit}\n")
+    out = [f"commit guard: {commit}\n"]
+    for host in _HOST_FLAGS:
+        item = found[host]
+        where = [
+            f"{item[s]['mode']} in {item[s]['file']}"
+            for s in ("project", "user")
+            if item[s]["installed"]
+        ]
+        if not where:
+            out.append(f"{host}: not installed\n")
+            continue
+        line = f"{host}: {', '.join(where)}; "
+        line += "reachable" if item["reachable"] else f"NOT reachable: {item['problem']}"
+        if host == "codex":
+            line += "; trusted" if item["trusted"] else "; NOT trusted (codex skips it silently)"
+        out.append(line + "\n")
+        if host == "claude" and not item["user"]["installed"]:
+            out.append(
+                "  (Claude Code reads project hooks only from the folder it starts in: sessions\n"
+                "  started in a subfolder or another clone run none; `--user` covers them)\n"
+            )
+        if host == "codex" and item.get("how_to_trust"):
+            out.append("  to trust it: " + item["how_to_trust"].replace("\n", "\n  ") + "\n")
+    sys.stdout.write("".join(out))
     return 0
 
 
 def configure_guard(parser: argparse.ArgumentParser) -> None:
-    """``dibs guard commit | dibs guard claude``."""
+    """``dibs guard commit | claude | codex | gemini | cursor``."""
     add = subcommands(parser)
     commit = add(
         "commit",
@@ -126,21 +203,33 @@ def configure_guard(parser: argparse.ArgumentParser) -> None:
     commit.add_argument("--mode", choices=("block", "warn"), help="default: guard.mode")
     common(commit, identity=True)
     commit.set_defaults(handler=run_guard_commit)
-    claude = add(
-        "claude",
-        help="what the Claude Code PreToolUse hook runs (hook JSON on stdin)",
-        description="Refuse an edit of a file another agent holds (Claude Code PreToolUse).",
-        epilog="Reads the hook input (tool_name, tool_input.file_path, cwd, session_id) on\n"
-        "stdin. Exit 2 blocks the tool call, with a one-line reason on stderr that the agent\n"
-        "sees. With guard.auto_claim, a first edit of a free file claims it for the editing\n"
-        "agent (the session's own agent when DIBS_AGENT is not set).",
-    )
-    claude.add_argument("--mode", choices=("block", "warn"), help="default: guard.mode")
-    claude.add_argument(
-        "--auto-claim", action="store_true", default=None, help="claim free files on first edit"
-    )
-    common(claude, identity=True)
-    claude.set_defaults(handler=run_guard_claude)
+    helps = {
+        "claude": "Claude Code's PreToolUse hook (Edit, Write, NotebookEdit, Bash)",
+        "codex": "Codex CLI's PreToolUse hook (apply_patch, shell)",
+        "gemini": "Gemini CLI's BeforeTool hook (write_file, replace, run_shell_command)",
+        "cursor": "Cursor's preToolUse hook",
+    }
+    for host, text in helps.items():
+        sub = add(
+            host,
+            help=f"what {text} runs (hook JSON on stdin)",
+            description=f"Refuse a tool call that writes a file another agent holds: {text}.",
+            epilog="Reads the host's hook JSON on stdin and answers in the host's own protocol\n"
+            "(a JSON refusal with the reason the agent reads; a warning as context the model\n"
+            "sees). Session events (SessionStart, SessionEnd, SubagentStop) keep one dibs agent\n"
+            "per session. Anything the guard cannot check is refused, saying how to get\n"
+            "unstuck. With guard.auto_claim, a first edit of a free file claims it for the\n"
+            "acting agent (the session's own agent when DIBS_AGENT is not set).",
+        )
+        sub.add_argument("--mode", choices=("block", "warn"), help="default: guard.mode")
+        sub.add_argument(
+            "--auto-claim",
+            action="store_true",
+            default=None,
+            help="claim free files on first edit (default: guard.auto_claim)",
+        )
+        common(sub, identity=True)
+        sub.set_defaults(handler=run_guard_host, host=host)
 
 
 def run_guard_commit(args: argparse.Namespace) -> int:
@@ -170,36 +259,94 @@ def run_guard_commit(args: argparse.Namespace) -> int:
     return code
 
 
-def run_guard_claude(args: argparse.Namespace) -> int:
-    """Decide one Claude Code tool call; exit 2 blocks it."""
+def run_guard_host(args: argparse.Namespace) -> int:
+    """Decide one hook call of an agent host; never lets an unchecked edit through."""
+    import os
+
+    from dibs.hosts import failure
+
+    host = args.host
+    mode = args.mode or os.environ.get("DIBS_GUARD_MODE") or "block"
+    event = ""
+    try:
+        from dibs.hosts import Payload
+
+        payload = Payload(host, sys.stdin.read())
+        event = payload.event
+        code, out = _guard_payload(args, payload)
+    except Exception as exc:  # noqa: BLE001 -- fail closed: an unchecked edit is refused
+        from dibs.errors import DibsError
+
+        problem = exc.message if isinstance(exc, DibsError) else f"{type(exc).__name__}: {exc}"
+        if getattr(args, "verbose", False):
+            import traceback
+
+            traceback.print_exc()
+        code, out = failure(host, event, problem, mode=mode if mode == "warn" else "block")
+    if out:
+        sys.stdout.write(out + "\n")
+    return code
+
+
+def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
+    import contextlib
+    import os
+
+    from dibs import sessions
     from dibs.errors import DibsError, NotFound
-    from dibs.guard import HookInput, guard_claude
+    from dibs.guard import Verdict, check_call
+    from dibs.hosts import TOOL_EVENTS, reply
     from dibs.service import Coordinator
 
-    mode = args.mode or "block"
-    try:
-        hook = HookInput(sys.stdin.read())
-        try:
-            dibs = Coordinator.open(args.directory or hook.cwd, agent=args.agent, token=args.token)
-        except NotFound:
-            return 0  # not in a git repository: nothing dibs guards
-        with dibs:
-            mode = args.mode or dibs.settings["guard.mode"]
-            auto = (
-                args.auto_claim
-                if args.auto_claim is not None
-                else dibs.settings["guard.auto_claim"]
-            )
-            code, message = guard_claude(
-                dibs, hook, mode=mode, auto_claim=auto, ttl=dibs.settings["guard.auto_claim_ttl"]
-            )
-    except DibsError as exc:
-        # Never switch off silently: refuse (block) or say so (warn).
-        sys.stderr.write(f"dibs: the edit guard could not check: {exc.message}\n")
-        return 2 if mode == "block" else 0
-    if message:
-        sys.stderr.write(message + "\n")
-    return code
+    call = payload.call
+    go = reply(payload.host, payload.event, Verdict(True))
+    if payload.event and payload.event not in TOOL_EVENTS and not payload.session:
+        return go
+    if payload.event in TOOL_EVENTS and call is None:
+        return go  # not a writing tool: nothing to guard
+    places = [args.directory or payload.cwd]
+    if call is not None:
+        places += [os.path.dirname(os.path.join(payload.cwd, p)) for p, _ in call.writes[:1]]
+    dibs = None
+    for place in places:
+        with contextlib.suppress(NotFound, OSError):
+            dibs = Coordinator.open(_existing(place), agent=args.agent, token=args.token)
+            break
+    if dibs is None:
+        return go  # not in a git repository: nothing dibs guards
+    with dibs:
+        session, host = payload.session, payload.host
+        if call is None:  # a session event: keep one agent per session; never blocks
+            try:
+                if payload.event == "SessionStart" and session:
+                    sessions.note_client(dibs, session, host=host)
+                elif payload.event == "SessionEnd" and session:
+                    sessions.end_session(dibs, session, host=host)
+                elif payload.event == "SubagentStop" and session and payload.subagent:
+                    sessions.end_subagent(dibs, session, payload.subagent, host=host)
+            except DibsError as exc:
+                sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
+            return go
+        mode = args.mode or dibs.settings["guard.mode"]
+        auto = args.auto_claim if args.auto_claim is not None else dibs.settings["guard.auto_claim"]
+        with contextlib.suppress(DibsError):
+            sessions.sweep(dibs)
+        verdict = check_call(
+            dibs, call, mode=mode, auto_claim=auto, ttl=dibs.settings["guard.auto_claim_ttl"]
+        )
+        return reply(payload.host, payload.event, verdict)
+
+
+def _existing(path: str) -> str:
+    """*path*, or its nearest folder that exists (a file about to be created)."""
+    import os
+
+    while path and not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
 
 
 def configure_check(parser: argparse.ArgumentParser) -> None:
