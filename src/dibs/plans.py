@@ -15,7 +15,7 @@ import os
 from dibs.core.events import new_event
 from dibs.core.leases import Decision, eviction_reason
 from dibs.core.resources import overlaps, parse_resource
-from dibs.errors import Conflict, NotFound, UsageError
+from dibs.errors import Conflict, DibsError, NotFound, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,15 +71,33 @@ def add(
     return dict(dibs.transact(decide).result)
 
 
-def drop(dibs: Coordinator, *, agent: str | None = None) -> dict[str, Any]:
-    """Forget *agent*'s plan (its claims, if committed, stay until released)."""
+def drop(
+    dibs: Coordinator, *, agent: str | None = None, as_operator: bool = False
+) -> dict[str, Any]:
+    """Forget *agent*'s plan (its claims, if committed, stay until released).
+
+    Only that agent (with its token) drops its plan, or a person with *as_operator*.
+    """
+    from dibs.identity import actor, not_yours, require
+
+    if not as_operator:
+        require(dibs.agent, dibs.token)
     name = _actor(dibs, agent)
 
     def decide(state: State, ctx: Context) -> Decision:
+        try:
+            acting = actor(state, dibs.agent, dibs.token, as_operator=as_operator)
+        except DibsError as exc:
+            return Decision(error=exc)
+        refusal = not_yours(acting, name, f"the plan of {name}")
+        if refusal is not None:
+            return Decision(error=refusal)
         plan = state.tables.get(TABLE, {}).get(name)
         if plan is None:
             return Decision(error=NotFound(f"{name} has no plan", hint="see `dibs plan list`"))
-        event = new_event("plan-drop", ctx.now, agent=name, table=TABLE, key=name, value=None)
+        event = new_event(
+            "plan-drop", ctx.now, agent=name, table=TABLE, key=name, value=None, by=acting.by
+        )
         return Decision([event], result=plan)
 
     return dict(dibs.transact(decide).result)
@@ -93,9 +111,12 @@ def listing(dibs: Coordinator) -> list[dict[str, Any]]:
 
 
 def commit(dibs: Coordinator) -> dict[str, Any]:
-    """Claim every path of the acting agent's plan, all or none."""
+    """Claim every path of the acting agent's plan, all or none (needs its token)."""
+    from dibs.identity import verify
+
     name = _actor(dibs, None)
     state, _ = dibs.store.read()
+    verify(state, name, dibs.token)
     plan = state.tables.get(TABLE, {}).get(name)
     if plan is None:
         raise NotFound(f"{name} has no plan", hint="add one with `dibs plan add GLOB...`")

@@ -178,13 +178,13 @@ def test_manual_gates_hold_for_the_commit_that_was_reviewed(repo: Path, cli: Cli
     out = cli("land", "agent/R-1", env=env)
     assert 3 == out.returncode
     assert "gate review has not passed for issue R-1" in out.stdout
-    assert 0 == cli("gate", "pass", "R-1", "review", "--note", "lgtm").returncode
+    assert 0 == cli("gate", "pass", "R-1", "review", "--note", "lgtm", "--as-operator").returncode
     branch(repo, "agent/R-1-next", {"r": "2\n"}, base="agent/R-1")
     git(repo, "update-ref", "refs/heads/agent/R-1", "agent/R-1-next")  # new commits after review
     out = cli("land", "agent/R-1", env=env)
     assert 3 == out.returncode
     assert "gate review passed on" in out.stdout
-    assert 0 == cli("gate", "pass", "R-1", "review").returncode
+    assert 0 == cli("gate", "pass", "R-1", "review", "--as-operator").returncode
     out = cli("land", "agent/R-1", env=env)
     assert 0 == out.returncode, out.stdout
     gates = cli.json("gates", "R-1")
