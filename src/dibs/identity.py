@@ -105,17 +105,16 @@ def verified(state: State, agent: str | None, token: str | None) -> str | None:
 
 
 def operator() -> str:
-    """The person running this process: ``user@host`` (the OS user, not ``$USER``)."""
+    """The person running this process: ``user@host`` from the OS (neither ``$USER`` nor
+    ``DIBS_HOST``: nothing a caller types)."""
     import pwd
-
-    from dibs.host import host_id
 
     uid = os.geteuid()
     try:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = f"uid{uid}"
-    return f"{user}@{host_id()}"
+    return f"{user}@{os.uname().nodename}"
 
 
 class Actor:

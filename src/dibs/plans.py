@@ -58,9 +58,12 @@ def add(
     globs = _globs(paths)
     if issue is not None:
         issue = parse_resource(f"issue:{issue.removeprefix('issue:')}").name
-    by = dibs.agent or os.environ.get("USER") or "unknown"
 
     def decide(state: State, ctx: Context) -> Decision:
+        from dibs.identity import operator, verified
+
+        # A declaration anyone may write: recorded as who really wrote it, never a typed name.
+        by = verified(state, dibs.agent, dibs.token) or operator()
         plan = dict(state.tables.get(TABLE, {}).get(name) or {"agent": name, "globs": []})
         plan["globs"] = plan["globs"] + [g for g in globs if g not in plan["globs"]]
         plan.update(issue=issue or plan.get("issue"), by=by, committed=False)

@@ -257,9 +257,8 @@ class Coordinator:
             ttl: seconds its leases live without a heartbeat (default: settings).
             pid: a long-lived process to watch: when it dies, the agent's claims are evicted
                 at once. Without one, the agent's leases expire by ttl alone.
-            token: the session token of the registration this one replaces (default: this
-                coordinator's, when it acts as *name*): needed to take over a name that is
-                live or still holds live leases.
+            token: the session token of the registration this one replaces: needed to take
+                over a name that is live or still holds live leases.
 
         Returns:
             ``{"agent", "token", "ttl", "pid", "replaced"}``; keep the token secret.
@@ -279,8 +278,6 @@ class Coordinator:
                 raise UsageError(
                     f"process {pid} is not running", hint="name a running process with --pid"
                 )
-        if token is None and self.agent == name:
-            token = self.token
         proof = secret_hash(token) if token else None
         token = os.urandom(16).hex()
         command = leases.Register(

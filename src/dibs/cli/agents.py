@@ -71,7 +71,10 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
 def run_register(args: argparse.Namespace) -> int:
     """Register and print the token (or the export line with --eval)."""
     with coordinator(args) as dibs:
-        reg = dibs.register(args.name, ttl=args.ttl, pid=args.pid, token=args.token)
+        # The old session's token proves the name is ours: --token, or DIBS_AGENT/DIBS_TOKEN
+        # naming that same agent.
+        proof = args.token or (dibs.token if dibs.agent == args.name else None)
+        reg = dibs.register(args.name, ttl=args.ttl, pid=args.pid, token=proof)
     if args.json:
         print_json(reg)
     elif args.eval:
