@@ -47,6 +47,13 @@ def _path(dibs: Coordinator, path: str) -> tuple[str, str]:
         raise UsageError("documents live in a repository", hint="run dibs inside one")
     if not isinstance(path, str) or not path or "\0" in path:
         raise UsageError(f"{path!r} is not a file name", hint="name a file inside the work tree")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{path!r} is not valid UTF-8: a document's name goes into the log",
+            hint="rename the file to a UTF-8 name",
+        ) from None
     full = os.path.realpath(os.path.join(os.getcwd(), path))
     root = os.path.realpath(dibs.repo.root)
     if not full.startswith(root + os.sep):

@@ -305,7 +305,8 @@ def test_doc_write_never_writes_a_worktrees_git_dir_or_through_a_symlink_out(
 
 
 def test_binary_input_is_refused_before_anything_is_recorded(repo: Path, cli: Cli) -> None:
-    """Undecodable or NUL-holding stdin: exit 2, no version recorded, no file, no temp file."""
+    """Undecodable or NUL-holding stdin, or a name that is not UTF-8: exit 2, no version
+    recorded, no file, no temp file."""
     alice = cli.register("alice")
     env = {**cli.env, **alice}
     for data in (b"\xff\xfe\x00bin", b"text\x00with a NUL"):
@@ -319,6 +320,15 @@ def test_binary_input_is_refused_before_anything_is_recorded(repo: Path, cli: Cl
         )
         assert 2 == out.returncode, out.stderr
         assert b"internal error" not in out.stderr
+    undecodable = subprocess.run(
+        [os.fsencode(BIN / "dibs"), b"doc", b"write", b"notes-\xff.md", b"--if-version", b"0"],
+        cwd=repo,
+        env=env,
+        input=b"text\n",
+        capture_output=True,
+        check=False,
+    )
+    assert 2 == undecodable.returncode, undecodable.stderr
     assert [] == ops(cli, "doc-write")
     assert [] == [p.name for p in repo.iterdir() if p.name.startswith("notes")]
 
