@@ -29,7 +29,6 @@ from dibs.core.leases import Context, eviction_reason, expires_in
 from dibs.core.resources import covers_file
 from dibs.core.state import EXCLUSIVE
 from dibs.errors import DibsError
-from dibs.git.discover import worktree_identity
 from dibs.humanize import seconds
 
 TYPE_CHECKING = False
@@ -156,23 +155,16 @@ def identity(
     repo: Repo, environ: Mapping[str, str], agent: str | None = None, token: str | None = None
 ) -> tuple[str | None, str | None]:
     """Who is acting: flags, then DIBS_AGENT/DIBS_TOKEN, then the worktree's identity."""
-    agent = agent or environ.get("DIBS_AGENT") or None
-    token = token or environ.get("DIBS_TOKEN") or None
-    if agent is None:
-        recorded = worktree_identity(repo)
-        if recorded is not None:
-            agent, token = recorded
-    return agent, token
+    from dibs.identity import resolve
+
+    return resolve(repo, environ, agent, token)
 
 
 def verified(state: State, agent: str | None, token: str | None) -> str | None:
     """*agent* when *token* is its session token, else None (nobody acts by naming an agent)."""
-    if agent is None or token is None:
-        return None
-    from dibs.service import secret_hash
+    from dibs import identity as who
 
-    record = state.agents.get(agent)
-    return agent if record is not None and record["secret"] == secret_hash(token) else None
+    return who.verified(state, agent, token)
 
 
 def edit_lines(path: str, tool: str, tool_input: Mapping[str, Any]) -> list[tuple[int, int]] | None:

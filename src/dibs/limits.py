@@ -16,7 +16,7 @@ import time
 
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
-from dibs.errors import LockTimeout, NotFound, Refused, UsageError
+from dibs.errors import DibsError, LockTimeout, NotFound, Refused, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,32 +65,65 @@ def _event(ctx: Context, op: str, name: str, value: dict[str, Any], **extra: Any
     return new_event(op, ctx.now, table=TABLE, key=name, value=value, **extra)
 
 
-def set_limit(dibs: Coordinator, name: str, *, capacity: float, per: float) -> dict[str, Any]:
-    """Make (or reshape) bucket *name*: *capacity* tokens, refilled at capacity per *per* s."""
+def _by(dibs: Coordinator, state: State, as_operator: bool) -> str:
+    """Who reshapes a shared bucket: a verified agent, or a person with *as_operator*."""
+    from dibs.identity import actor
+
+    return actor(state, dibs.agent, dibs.token, as_operator=as_operator).by
+
+
+def set_limit(
+    dibs: Coordinator, name: str, *, capacity: float, per: float, as_operator: bool = False
+) -> dict[str, Any]:
+    """Make (or reshape) bucket *name*: *capacity* tokens, refilled at capacity per *per* s.
+
+    Every agent's calls depend on the bucket: only a verified agent (its token) or a person
+    with *as_operator* may set it (``by`` is logged).
+    """
     name, capacity, per = _name(name), _positive(capacity, "capacity"), _positive(per, "per")
 
     def decide(state: State, ctx: Context) -> Decision:
+        try:
+            by = _by(dibs, state, as_operator)
+        except DibsError as exc:
+            return Decision(error=exc)
         old = state.tables.get(TABLE, {}).get(name)
         tokens = capacity if old is None else min(capacity, _level(old, ctx.now.wall))
         value = {"capacity": capacity, "per": per, "tokens": tokens, "at": ctx.now.wall}
-        return Decision([_event(ctx, "limit-set", name, value)], result={"name": name, **value})
+        event = _event(ctx, "limit-set", name, value, by=by)
+        return Decision([event], result={"name": name, **value})
 
     return dict(dibs.transact(decide).result)
 
 
-def update(dibs: Coordinator, name: str, *, remaining: float, reset_at: float) -> dict[str, Any]:
-    """Trust the API: *remaining* tokens until the wall time *reset_at*, then a full bucket."""
+def update(
+    dibs: Coordinator,
+    name: str,
+    *,
+    remaining: float,
+    reset_at: float,
+    as_operator: bool = False,
+) -> dict[str, Any]:
+    """Trust the API: *remaining* tokens until the wall time *reset_at*, then a full bucket.
+
+    Like `set_limit`, only for a verified agent or a person with *as_operator*.
+    """
     name = _name(name)
     if isinstance(remaining, bool) or not isinstance(remaining, int | float) or remaining < 0:
         raise UsageError(f"remaining {remaining!r} must be 0 or more")
 
     def decide(state: State, ctx: Context) -> Decision:
+        try:
+            by = _by(dibs, state, as_operator)
+        except DibsError as exc:
+            return Decision(error=exc)
         old = state.tables.get(TABLE, {}).get(name)
         if old is None:
             return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
         value = {**old, "tokens": min(float(remaining), old["capacity"]), "at": ctx.now.wall}
         value["reset_at"] = float(reset_at)
-        return Decision([_event(ctx, "limit-update", name, value)], result={"name": name, **value})
+        event = _event(ctx, "limit-update", name, value, by=by)
+        return Decision([event], result={"name": name, **value})
 
     return dict(dibs.transact(decide).result)
 

@@ -15,7 +15,7 @@ import os
 from dibs.core.events import new_event
 from dibs.core.leases import Decision, eviction_reason
 from dibs.core.resources import overlaps, parse_resource
-from dibs.errors import Conflict, NotFound, UsageError
+from dibs.errors import Conflict, DibsError, NotFound, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,9 +58,12 @@ def add(
     globs = _globs(paths)
     if issue is not None:
         issue = parse_resource(f"issue:{issue.removeprefix('issue:')}").name
-    by = dibs.agent or os.environ.get("USER") or "unknown"
 
     def decide(state: State, ctx: Context) -> Decision:
+        from dibs.identity import operator, verified
+
+        # A declaration anyone may write: recorded as who really wrote it, never a typed name.
+        by = verified(state, dibs.agent, dibs.token) or operator()
         plan = dict(state.tables.get(TABLE, {}).get(name) or {"agent": name, "globs": []})
         plan["globs"] = plan["globs"] + [g for g in globs if g not in plan["globs"]]
         plan.update(issue=issue or plan.get("issue"), by=by, committed=False)
@@ -71,15 +74,33 @@ def add(
     return dict(dibs.transact(decide).result)
 
 
-def drop(dibs: Coordinator, *, agent: str | None = None) -> dict[str, Any]:
-    """Forget *agent*'s plan (its claims, if committed, stay until released)."""
+def drop(
+    dibs: Coordinator, *, agent: str | None = None, as_operator: bool = False
+) -> dict[str, Any]:
+    """Forget *agent*'s plan (its claims, if committed, stay until released).
+
+    Only that agent (with its token) drops its plan, or a person with *as_operator*.
+    """
+    from dibs.identity import actor, not_yours, require
+
+    if not as_operator:
+        require(dibs.agent, dibs.token)
     name = _actor(dibs, agent)
 
     def decide(state: State, ctx: Context) -> Decision:
+        try:
+            acting = actor(state, dibs.agent, dibs.token, as_operator=as_operator)
+        except DibsError as exc:
+            return Decision(error=exc)
+        refusal = not_yours(acting, name, f"the plan of {name}")
+        if refusal is not None:
+            return Decision(error=refusal)
         plan = state.tables.get(TABLE, {}).get(name)
         if plan is None:
             return Decision(error=NotFound(f"{name} has no plan", hint="see `dibs plan list`"))
-        event = new_event("plan-drop", ctx.now, agent=name, table=TABLE, key=name, value=None)
+        event = new_event(
+            "plan-drop", ctx.now, agent=name, table=TABLE, key=name, value=None, by=acting.by
+        )
         return Decision([event], result=plan)
 
     return dict(dibs.transact(decide).result)
@@ -93,9 +114,12 @@ def listing(dibs: Coordinator) -> list[dict[str, Any]]:
 
 
 def commit(dibs: Coordinator) -> dict[str, Any]:
-    """Claim every path of the acting agent's plan, all or none."""
+    """Claim every path of the acting agent's plan, all or none (needs its token)."""
+    from dibs.identity import verify
+
     name = _actor(dibs, None)
     state, _ = dibs.store.read()
+    verify(state, name, dibs.token)
     plan = state.tables.get(TABLE, {}).get(name)
     if plan is None:
         raise NotFound(f"{name} has no plan", hint="add one with `dibs plan add GLOB...`")

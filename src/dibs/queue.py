@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from dibs.core.leases import Context
     from dibs.core.state import State
     from dibs.git.discover import Repo
+    from dibs.identity import Actor
     from dibs.service import Coordinator
 
 QUEUE = "queue"
@@ -119,20 +120,10 @@ def _issue_lease(state: State, issue: str, ctx: Context, agent: str | None) -> d
     return dict(next(iter(live.values())))
 
 
-def _authenticated(dibs: Coordinator, state: State) -> str | None:
-    """The acting agent when it has a valid session token; None when nobody acts."""
-    if not dibs.agent:
-        return None
-    from dibs.errors import AuthError
-    from dibs.service import secret_hash
+def _actor(dibs: Coordinator, state: State, as_operator: bool) -> Actor:
+    from dibs.identity import actor
 
-    record = state.agents.get(dibs.agent)
-    if record is None or not dibs.token or record["secret"] != secret_hash(dibs.token):
-        raise AuthError(
-            f"not a valid session for agent {dibs.agent!r}",
-            hint="check --agent/--token (or DIBS_AGENT/DIBS_TOKEN)",
-        )
-    return dibs.agent
+    return actor(state, dibs.agent, dibs.token, as_operator=as_operator)
 
 
 def entries(dibs: Coordinator, *, finished: bool = True) -> list[dict[str, Any]]:
@@ -162,18 +153,26 @@ def entry(dibs: Coordinator, entry_id: str) -> dict[str, Any]:
 
 
 def enqueue(
-    dibs: Coordinator, branch: str | None = None, *, issue: str | None = None
+    dibs: Coordinator,
+    branch: str | None = None,
+    *,
+    issue: str | None = None,
+    as_operator: bool = False,
 ) -> dict[str, Any]:
     """Put *branch* (default: the current one) in the queue; returns its entry.
 
     The entry remembers the branch's commit now (that commit, rebased, is what lands) and the
     fencing token of the issue's claim. Enqueuing a branch already waiting returns its entry.
+    The acting agent (proven by its token) must hold the issue; a person lands another
+    agent's branch only with *as_operator* (recorded as ``by: user@host``).
 
     Raises:
         UsageError: no branch, the target itself, or no issue can be told.
         NotFound: no such branch.
+        AuthError: no agent, or not its token, and not *as_operator* (exit 1).
         LeaseLost: the acting agent does not hold the issue.
-        Refused: nobody (or several agents) holds the issue.
+        Refused: another agent holds the issue (exit 3), or nobody (or several agents) holds
+            it.
     """
     from dibs.git.run import git
     from dibs.setup import current_branch
@@ -211,8 +210,11 @@ def enqueue(
 
     def decide(state: State, ctx: Context) -> Decision:
         try:
-            agent = _authenticated(dibs, state)
+            acting = _actor(dibs, state, as_operator)
+            agent = acting.agent
             name = issue if issue is not None else _only_issue(state, ctx, agent, branch)
+            if agent is not None:
+                _not_holders_work(state, ctx, name, acting)
             lease = _issue_lease(state, name, ctx, agent)
         except DibsError as exc:
             return Decision(error=exc)
@@ -229,6 +231,7 @@ def enqueue(
             "branch": branch,
             "issue": name,
             "agent": agent or lease["agent"],
+            "by": acting.by,
             "token": lease["token"],
             "head": head,
             "target": target,
@@ -260,6 +263,19 @@ def enqueue(
     return dict(dibs.transact(decide).result)
 
 
+def _not_holders_work(state: State, ctx: Context, issue: str, acting: Actor) -> None:
+    """Refuse (exit 3) an agent landing an issue another agent holds live."""
+    from dibs.identity import not_yours
+
+    if acting.agent in state.claims.get("issue:" + issue, {}):
+        return
+    for holder, lease in state.claims.get("issue:" + issue, {}).items():
+        if eviction_reason(state, lease, ctx) is None:
+            refusal = not_yours(acting, holder, f"issue:{issue}")
+            if refusal is not None:
+                raise refusal
+
+
 def _only_issue(state: State, ctx: Context, agent: str | None, branch: str) -> str:
     if agent is not None:
         held = [
@@ -277,13 +293,24 @@ def _only_issue(state: State, ctx: Context, agent: str | None, branch: str) -> s
     )
 
 
-def cancel(dibs: Coordinator, entry_id: str) -> dict[str, Any]:
-    """Take a waiting entry out of the queue (its branch is untouched)."""
+def cancel(dibs: Coordinator, entry_id: str, *, as_operator: bool = False) -> dict[str, Any]:
+    """Take a waiting entry out of the queue (its branch is untouched).
+
+    Only the entry's agent (with its token) may, or a person with *as_operator*.
+    """
+    from dibs.identity import not_yours
 
     def decide(state: State, ctx: Context) -> Decision:
         found = state.tables.get(QUEUE, {}).get(entry_id)
         if found is None:
             return Decision(error=NotFound(f"no queue entry {entry_id!r}", hint="see `dibs queue`"))
+        try:
+            acting = _actor(dibs, state, as_operator)
+        except DibsError as exc:
+            return Decision(error=exc)
+        refusal = not_yours(acting, found.get("agent"), f"queue entry {entry_id}")
+        if refusal is not None:
+            return Decision(error=refusal)
         if found["state"] != "queued":
             return Decision(
                 error=Refused(
@@ -292,7 +319,7 @@ def cancel(dibs: Coordinator, entry_id: str) -> dict[str, Any]:
                 )
             )
         value = {**found, "state": "cancelled", "finished": ctx.now.iso()}
-        value["reason"] = f"cancelled by {dibs.agent or os.environ.get('USER') or 'unknown'}"
+        value["reason"] = f"cancelled by {acting.by}"
         event = _entry_event("land-cancel", ctx, value)
         return Decision([event], result=value)
 
@@ -322,11 +349,16 @@ def record_gate(
     passed: bool,
     note: str | None = None,
     commit: str | None = None,
+    as_operator: bool = False,
 ) -> dict[str, Any]:
     """Record a manual gate (a review, say) as passed or failed for *issue*.
 
     The result holds for one commit: *commit*, else the head of the issue's waiting queue
     entry, else of its branch (``worktrees.branch``). New commits need the gate again.
+
+    The verdict is given by a verified agent (its token) or by a person with *as_operator*
+    (recorded as ``user@host``). Nobody passes a gate on their own work: the agent that holds
+    the issue, works in its worktree or queued its branch is refused (exit 3).
     """
     from dibs.git.run import git
 
@@ -350,12 +382,50 @@ def record_gate(
             f"cannot tell which commit the gate is for ({commit} is not a commit)",
             hint="pass --commit REF",
         )
-    by = dibs.agent or os.environ.get("USER") or "unknown"
-    result = {"result": "pass" if passed else "fail", "commit": sha.strip(), "by": by}
+    result = {"result": "pass" if passed else "fail", "commit": sha.strip()}
     if note:
         result["note"] = note
-    recorded: dict[str, Any] = _record_results(dibs, [issue], {gate: result})[issue][gate]
-    return recorded
+
+    def decide(state: State, ctx: Context) -> Decision:
+        from dibs.identity import verified
+
+        try:
+            acting = _actor(dibs, state, as_operator)
+        except DibsError as exc:
+            return Decision(error=exc)
+        # An agent's own session stays itself even when it claims to be a person.
+        me = acting.agent or verified(state, dibs.agent, dibs.token)
+        authors = _authors(state, issue)
+        if passed and me is not None and me in authors:
+            return Decision(
+                error=Refused(
+                    f"{me} cannot pass the {gate} gate of {issue}: it judges {me}'s own work",
+                    hint="another agent (with its token) or a person "
+                    "(--as-operator, outside that agent's session) gives the verdict",
+                    gate=gate,
+                    issue=issue,
+                    author=me,
+                )
+            )
+        events = _gate_events(state, ctx, [issue], {gate: {**result, "by": acting.by}})
+        return Decision(events, result=events[0]["value"][gate])
+
+    recorded: dict[str, Any] = dibs.transact(decide).result
+    return dict(recorded)
+
+
+def _authors(state: State, issue: str) -> set[str]:
+    """Agents whose work *issue*'s gates judge: its holders, its worktree's and queue's agent."""
+    authors = set(state.claims.get("issue:" + issue, {}))
+    authors |= {
+        r["agent"] for r in state.tables.get("worktrees", {}).values() if r.get("issue") == issue
+    }
+    authors |= {
+        e["agent"]
+        for e in state.tables.get(QUEUE, {}).values()
+        if e["issue"] == issue and e["state"] in OPEN
+    }
+    return {a for a in authors if a}
 
 
 def _gate_events(
@@ -447,8 +517,12 @@ def land(
     batch: int | None = None,
     wait: float | None = None,
     on_change: Callable[[dict[str, Any]], None] | None = None,
+    as_operator: bool = False,
 ) -> dict[str, Any]:
     """Enqueue *branch* and see it through: process the queue, or wait for whoever does.
+
+    Who may land is `enqueue`'s rule: the agent holding the issue, or a person with
+    *as_operator*.
 
     Args:
         wait: seconds to wait for the entry to finish (None: as long as it takes).
@@ -462,7 +536,7 @@ def land(
     """
     from dibs.errors import LockTimeout
 
-    entry_now = enqueue(dibs, branch, issue=issue)
+    entry_now = enqueue(dibs, branch, issue=issue, as_operator=as_operator)
     deadline = None if wait is None else time.monotonic() + wait
     seen = None
     delay = 0.05

@@ -26,7 +26,8 @@ from dibs.core import leases
 from dibs.core.leases import Context, Decision, agent_status, expires_in
 from dibs.core.resources import KINDS, parse_resource, parse_resources
 from dibs.core.state import EXCLUSIVE, NS, SHARED
-from dibs.errors import AuthError, Conflict, DibsError, LockTimeout, NotFound, UsageError
+from dibs.errors import Conflict, DibsError, LockTimeout, NotFound, UsageError
+from dibs.identity import operator, require, secret_hash
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,16 +53,6 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
 _WAKE_POLL = 5.0
-
-
-def secret_hash(token: str) -> str:
-    """The stored form of a session token (the token itself is never written down)."""
-    try:
-        # The builtin module: hashlib would load OpenSSL, 3 ms on every CLI call.
-        from _blake2 import blake2b
-    except ImportError:  # pragma: no cover - every CPython has _blake2
-        from hashlib import blake2b
-    return blake2b(token.encode(), digest_size=20).hexdigest()
 
 
 def check_agent_name(name: str) -> str:
@@ -238,19 +229,10 @@ class Coordinator:
         return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
 
     def _identity(self) -> tuple[str, str]:
-        if not self.agent:
-            raise AuthError(
-                "no agent given",
-                hint="pass --agent NAME --token TOKEN, or set DIBS_AGENT and DIBS_TOKEN "
-                "(see `dibs agent register NAME --eval`)",
-            )
-        if not self.token:
-            raise AuthError(
-                f"no session token for agent {self.agent!r}",
-                hint="pass --token TOKEN or set DIBS_TOKEN (printed by `dibs agent register`)",
-            )
-        if self._hashed[0] != self.token:
-            self._hashed = (self.token, secret_hash(self.token))
+        if not self.agent or not self.token or self._hashed[0] != self.token:
+            agent, secret = require(self.agent, self.token)
+            self._hashed = (self.token, secret)
+            return agent, secret
         return self.agent, self._hashed[1]
 
     def _default_ttl(self) -> float:
@@ -266,6 +248,7 @@ class Coordinator:
         pid: int | None = None,
         worktree: str | None = None,
         branch: str | None = None,
+        token: str | None = None,
     ) -> dict[str, Any]:
         """Register agent *name* and act as it from now on.
 
@@ -274,12 +257,15 @@ class Coordinator:
             ttl: seconds its leases live without a heartbeat (default: settings).
             pid: a long-lived process to watch: when it dies, the agent's claims are evicted
                 at once. Without one, the agent's leases expire by ttl alone.
+            token: the session token of the registration this one replaces: needed to take
+                over a name that is live or still holds live leases.
 
         Returns:
             ``{"agent", "token", "ttl", "pid", "replaced"}``; keep the token secret.
 
         Raises:
-            Conflict: a live agent already has that name.
+            Conflict: a live agent already has that name, or its leases still hold, and
+                *token* is not its token.
         """
         check_agent_name(name)
         ttl = check_ttl(ttl) or self._default_ttl()
@@ -292,6 +278,7 @@ class Coordinator:
                 raise UsageError(
                     f"process {pid} is not running", hint="name a running process with --pid"
                 )
+        proof = secret_hash(token) if token else None
         token = os.urandom(16).hex()
         command = leases.Register(
             name,
@@ -303,6 +290,7 @@ class Coordinator:
             pid_start=pid_start,
             worktree=worktree,
             branch=branch,
+            proof=proof,
         )
         decision = self._command(command)
         self.agent, self.token = name, token
@@ -481,15 +469,15 @@ class Coordinator:
         return {"agent": agent, **decision.result}
 
     def evict(
-        self, resource: str, *, reason: str, by: str | None = None, agent: str | None = None
+        self, resource: str, *, reason: str, agent: str | None = None
     ) -> list[dict[str, Any]]:
-        """Force every hold on *resource* (or only *agent*'s) away, logged with who and why."""
+        """Force every hold on *resource* (or only *agent*'s) away: a person's act, logged
+        with why and who (``by``: the OS user and host running this, never a typed name)."""
         parsed = parse_resource(resource)
         _check_text(reason, "reason", MAX_REASON, required=True)
         if agent is not None:
             check_agent_name(agent)
-        who = by or self.agent or os.environ.get("USER") or "unknown"
-        command = leases.ForceEvict(parsed, by=who, reason=reason, agent=agent)
+        command = leases.ForceEvict(parsed, by=operator(), reason=reason, agent=agent)
         return list(self._command(command).result)
 
     def claims(self, *, agent: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:

@@ -144,13 +144,11 @@ def _registered(dibs: Coordinator, record: dict[str, Any] | None) -> tuple[str, 
     """The record's agent and token when that agent is still registered with that token."""
     if not record or not record.get("token") or not record.get("agent"):
         return None
-    from dibs.service import secret_hash
+    from dibs.identity import verified
 
     state, _now = dibs.store.read()
-    known = state.agents.get(str(record["agent"]))
-    if known is None or known["secret"] != secret_hash(str(record["token"])):
-        return None
-    return str(record["agent"]), str(record["token"])
+    agent, token = str(record["agent"]), str(record["token"])
+    return (agent, token) if verified(state, agent, token) is not None else None
 
 
 def _register(

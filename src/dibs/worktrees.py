@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from dibs.core.leases import Context
     from dibs.core.state import State
     from dibs.git.discover import Repo
+    from dibs.identity import Actor
     from dibs.service import Coordinator
 
 TABLE = "worktrees"
@@ -159,9 +160,12 @@ def _token(dibs: Coordinator) -> str:
     return dibs.token
 
 
-def _record(dibs: Coordinator, table: str, key: str, value: dict[str, Any] | None) -> None:
+def _record(
+    dibs: Coordinator, table: str, key: str, value: dict[str, Any] | None, *, by: str | None = None
+) -> None:
     def decide(_state: State, ctx: Context) -> Decision:
-        return Decision([new_event("record", ctx.now, table=table, key=key, value=value)])
+        event = new_event("record", ctx.now, table=table, key=key, value=value, by=by)
+        return Decision([event])
 
     dibs.transact(decide)
 
@@ -347,17 +351,30 @@ def finish(
     *,
     keep_worktree: bool = False,
     force: bool = False,
+    as_operator: bool = False,
 ) -> dict[str, Any]:
     """Release the agent's claims, remove its worktree, delete its branch if landed.
 
-    Refuses (exit 3, listing what would be lost) when the worktree has uncommitted changes
-    or the branch has commits the target lacks, unless *force*; even then an unlanded branch
-    is kept (only the worktree goes).
+    Only the worktree's agent (with its token) finishes it, or a person with *as_operator*
+    (its claims are then force-evicted, logged with the OS user and host). Refuses (exit 3,
+    listing what would be lost) when the worktree has uncommitted changes or the branch has
+    commits the target lacks, unless *force*; even then an unlanded branch is kept (only the
+    worktree goes).
+
+    Raises:
+        AuthError: no agent or not its token, and not *as_operator* (exit 1).
+        Refused: another agent's worktree (exit 3), or work would be lost.
     """
+    from dibs.identity import actor, not_yours
+
     repo = _repo(dibs)
     root = main_root(repo)
     state, _ = dibs.store.read()
     rel, record = _find(dibs, state, issue)
+    acting = actor(state, dibs.agent, dibs.token, as_operator=as_operator)
+    refusal = not_yours(acting, record["agent"], f"the worktree of {record['issue']}")
+    if refusal is not None:
+        raise refusal
     path = os.path.join(root, rel)
     target = str(dibs.settings["merge.target"])
     lost = lost_work(root, path, record["branch"], target)
@@ -373,7 +390,7 @@ def finish(
             "(an unlanded branch is kept)",
             **lost,
         )
-    released = _release_for(dibs, state, record)
+    released = _release_for(dibs, state, record, acting)
     removed = False
     if not keep_worktree and os.path.isdir(path):
         _git(root, "worktree", "remove", "--force", path)
@@ -382,7 +399,13 @@ def finish(
     if not keep_worktree and not lost["unlanded"]:
         _git(root, "branch", "-D", record["branch"], check=False)
         deleted = True
-    _record(dibs, TABLE, rel, None if not keep_worktree else {**record, "finished": True})
+    _record(
+        dibs,
+        TABLE,
+        rel,
+        None if not keep_worktree else {**record, "finished": True},
+        by=acting.by,
+    )
     return {
         "issue": record["issue"],
         "agent": record["agent"],
@@ -396,20 +419,21 @@ def finish(
     }
 
 
-def _release_for(dibs: Coordinator, state: State, record: dict[str, Any]) -> list[str]:
-    """Release the finishing agent's claims (as it, or by eviction when someone else acts)."""
+def _release_for(
+    dibs: Coordinator, state: State, record: dict[str, Any], acting: Actor
+) -> list[str]:
+    """Release the finishing agent's claims (as it, or by a person's eviction)."""
     agent = record["agent"]
     held = [lease["resource"] for lease in state.leases_of(agent)]
     if not held:
         return []
-    if dibs.agent == agent and dibs.token:
+    if acting.agent == agent:
         try:
             return [r["resource"] for r in dibs.release()]
         except DibsError:
             return []
-    who = dibs.agent or os.environ.get("USER") or "unknown"
     for resource in held:
-        dibs.evict(resource, reason=f"finish {record['issue']}", by=who, agent=agent)
+        dibs.evict(resource, reason=f"finish {record['issue']} (operator)", agent=agent)
     return held
 
 
@@ -516,11 +540,16 @@ def _check_out_slot(
     return {**record, "path": path}
 
 
-def pool_give(dibs: Coordinator, slot: str | None = None, *, force: bool = False) -> dict[str, Any]:
+def pool_give(
+    dibs: Coordinator, slot: str | None = None, *, force: bool = False, as_operator: bool = False
+) -> dict[str, Any]:
     """Reset the agent's slot (detached at the target) and release it.
 
+    Only the slot's agent (with its token) gives it back, or a person with *as_operator*.
     Refuses, like `finish`, when that would lose uncommitted changes or unlanded commits.
     """
+    from dibs.identity import actor, not_yours
+
     repo = _repo(dibs)
     root = main_root(repo)
     state, _ = dibs.store.read()
@@ -533,6 +562,12 @@ def pool_give(dibs: Coordinator, slot: str | None = None, *, force: bool = False
     record = table.get(str(slot))
     if record is None:
         raise NotFound(f"no pool slot {slot!r}", hint="see `dibs pool status`")
+    holders = state.claims.get(f"worktree:{slot}", {})
+    acting = actor(state, dibs.agent, dibs.token, as_operator=as_operator)
+    owner = record.get("agent") or next(iter(holders), None)
+    refusal = not_yours(acting, owner, f"pool slot {slot}")
+    if refusal is not None:
+        raise refusal
     path = os.path.join(root, record["path"])
     branch = record.get("branch")
     target = str(dibs.settings["merge.target"])
@@ -554,13 +589,11 @@ def pool_give(dibs: Coordinator, slot: str | None = None, *, force: bool = False
             os.unlink(os.path.join(git_dir, IDENTITY_FILE))
     if branch and not lost_work(root, path, branch, target)["unlanded"]:
         _git(root, "branch", "-D", branch, check=False)
-    holders = state.claims.get(f"worktree:{slot}", {})
-    if dibs.agent in holders and dibs.token:
+    if acting.agent is not None and acting.agent in holders:
         dibs.release([f"worktree:{slot}"])
     elif holders:
-        who = dibs.agent or os.environ.get("USER") or "unknown"
-        dibs.evict(f"worktree:{slot}", reason="pool give", by=who)
-    _record(dibs, POOL, str(slot), {"slot": str(slot), "path": record["path"]})
+        dibs.evict(f"worktree:{slot}", reason="pool give (operator)")
+    _record(dibs, POOL, str(slot), {"slot": str(slot), "path": record["path"]}, by=acting.by)
     return {"slot": str(slot), "path": path, "released": True}
 
 

@@ -29,6 +29,10 @@ def settings(repo: Path, sources: list[str]) -> None:
     path.write_text(text)
 
 
+#: A person acting as themselves (the acts below are not an agent's).
+OP = "--as-operator"
+
+
 def spawn(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
     return subprocess.Popen(
@@ -184,9 +188,10 @@ def test_next_from_16_processes_over_50_tasks(repo: Path, cli: Cli) -> None:
 
 
 def test_limit_update_from_headers_and_bad_input(repo: Path, cli: Cli) -> None:
-    assert 0 == cli("limit", "set", "gh", "--capacity", "10", "--per", "3600").returncode
+    assert 0 == cli("limit", "set", "gh", "--capacity", "10", "--per", "3600", OP).returncode
     reset = str(time.time() + 3600)
-    assert 0 == cli("limit", "update", "gh", "--remaining", "1", "--reset-at", reset).returncode
+    updated = cli("limit", "update", "gh", "--remaining", "1", "--reset-at", reset, OP)
+    assert 0 == updated.returncode
     assert 0 == cli("limit", "take", "gh").returncode
     out = cli("limit", "take", "gh", "--json")
     assert 3 == out.returncode
@@ -204,7 +209,7 @@ def test_limit_update_from_headers_and_bad_input(repo: Path, cli: Cli) -> None:
 def test_sixteen_takers_never_overdraw_the_bucket(repo: Path, cli: Cli) -> None:
     """Capacity 20 per day (no refill to speak of): 16 processes x 3 takes = 48 asks, exactly
     20 granted, and the bucket never goes below zero."""
-    assert 0 == cli("limit", "set", "api", "--capacity", "20", "--per", "86400").returncode
+    assert 0 == cli("limit", "set", "api", "--capacity", "20", "--per", "86400", OP).returncode
     script = (
         "import subprocess, sys\n"
         "ok = 0\n"
@@ -235,7 +240,7 @@ def test_python_context_manager(repo: Path, cli: Cli) -> None:
     from dibs import Coordinator, limits
 
     with Coordinator.open(repo) as dibs:
-        limits.set_limit(dibs, "py", capacity=1, per=0.2)
+        limits.set_limit(dibs, "py", capacity=1, per=0.2, as_operator=True)
         with limits.taking(dibs, "py") as taken:
             assert 0 == pytest.approx(taken["remaining"], abs=0.05)
         with limits.taking(dibs, "py", wait=10) as again:  # refills in 0.2 s
@@ -248,16 +253,20 @@ def test_python_context_manager(repo: Path, cli: Cli) -> None:
 def test_document_versions_markdown_and_plain(repo: Path, cli: Cli) -> None:
     (repo / "plan.md").write_text("---\ntitle: Plan\n---\nv0\n")
     assert "0" == cli("doc", "read", "plan.md").stdout.strip()
-    out = cli("doc", "write", "plan.md", "--if-version", "0", stdin="---\ntitle: Plan\n---\nv1\n")
+    out = cli(
+        "doc", "write", "plan.md", "--if-version", "0", OP, stdin="---\ntitle: Plan\n---\nv1\n"
+    )
     assert 0 == out.returncode, out.stderr
     assert "version: 1" in (repo / "plan.md").read_text()
     assert "title: Plan" in (repo / "plan.md").read_text()
-    stale = cli("doc", "write", "plan.md", "--if-version", "0", "--json", stdin="lost\n")
+    stale = cli("doc", "write", "plan.md", "--if-version", "0", "--json", OP, stdin="lost\n")
     assert 3 == stale.returncode
     assert 1 == json.loads(stale.stdout)["current"]
     assert "v1" in (repo / "plan.md").read_text()
     (repo / "notes.txt").write_text("plain\n")
-    assert 0 == cli("doc", "write", "notes.txt", "--if-version", "0", stdin="plain 1\n").returncode
+    assert (
+        0 == cli("doc", "write", "notes.txt", "--if-version", "0", OP, stdin="plain 1\n").returncode
+    )
     assert "plain 1\n" == (repo / "notes.txt").read_text()  # no frontmatter added
     assert "1" == cli("doc", "read", "notes.txt").stdout.strip()
     assert 2 == cli("doc", "write", "../outside.txt", "--if-version", "0", stdin="x").returncode
@@ -265,7 +274,7 @@ def test_document_versions_markdown_and_plain(repo: Path, cli: Cli) -> None:
 
 def test_document_cas_race_has_exactly_one_winner_per_version(repo: Path, cli: Cli) -> None:
     (repo / "shared.md").write_text("---\n---\nstart\n")
-    procs = [spawn(repo, "doc", "write", "shared.md", "--if-version", "0") for _ in range(12)]
+    procs = [spawn(repo, "doc", "write", "shared.md", "--if-version", "0", OP) for _ in range(12)]
     for _n, proc in enumerate(procs):
         assert proc.stdin is None
     outs = []

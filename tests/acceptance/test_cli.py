@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import time
 from pathlib import Path
@@ -145,14 +147,15 @@ def test_lease_lost_exits_4(cli: Cli) -> None:
     """After a force-evict, the holder's renew and release exit 4."""
     me = cli.register("agent-1")
     cli("claim", "issue:X", env=me)
-    out = cli("evict", "issue:X", "--reason", "stuck for an hour", "--by", "alice")
+    out = cli("evict", "issue:X", "--reason", "stuck for an hour")
     assert "evicted issue:X from agent-1" in out.stdout
+    person = f"{pwd.getpwuid(os.geteuid()).pw_name}@{os.uname().nodename}"
     renew = cli("renew", "issue:X", env=me)
     assert 4 == renew.returncode
-    assert "issue:X (stuck for an hour by alice" in renew.stderr
+    assert f"issue:X (stuck for an hour by {person}" in renew.stderr
     assert 4 == cli("release", "issue:X", env=me).returncode
     event = cli.jsonl("log", "--op", "force-evict")[0]
-    assert ("alice", "stuck for an hour") == (event["by"], event["reason"])
+    assert (person, "stuck for an hour") == (event["by"], event["reason"])
 
 
 def test_register_eval_prints_exports(cli: Cli) -> None:

@@ -151,7 +151,7 @@ def test_lease_lost_after_force_evict(backend: Backend) -> None:
     c = coordinator(backend.store)
     c.register("a1")
     c.claim(["issue:X"])
-    coordinator(backend.store).evict("issue:X", reason="stuck", by="alice")
+    coordinator(backend.store).evict("issue:X", reason="stuck")
     with pytest.raises(LeaseLost):
         c.release(["issue:X"])
 

@@ -232,6 +232,40 @@ def test_register_refuses_a_live_name_and_replaces_a_stale_one(
     assert [] == core.holders("issue:X")
 
 
+def test_a_stale_name_with_live_leases_needs_its_token(core: Core, clock: FakeClock) -> None:
+    """Stale by its own ttl but holding a longer lease: refused without the old token; with
+    it, the live lease goes as ``replaced``, and the old token is then told lease lost."""
+    core.ok(Register("q", "secret-q", host="h", ttl=5))
+    core.claim("q", "issue:X", ttl=600)
+    clock.advance(10)
+    taken = core.run(Register("q", "intruder", host="h", ttl=90))
+    assert isinstance(taken.error, Conflict)
+    assert [] == taken.events
+    assert ["q"] == core.holders("issue:X")
+    wrong = core.run(Register("q", "intruder", host="h", ttl=90, proof="guess"))
+    assert isinstance(wrong.error, Conflict)
+    again = core.ok(Register("q", "secret-q2", host="h", ttl=90, proof="secret-q"))
+    assert [("auto-evict", "replaced")] == [
+        (e["op"], e.get("reason")) for e in again.events if e["op"] == "auto-evict"
+    ]
+    old = core.run(Renew("q", "secret-q", [parse_resource("issue:X")]))
+    assert isinstance(old.error, LeaseLost)
+
+
+def test_a_replaced_name_evicts_leases_for_their_real_reason(
+    core: Core, clock: FakeClock, liveness: FakeLiveness
+) -> None:
+    """Expired leases are logged ``expired``; a dead holder's ``holder-dead``."""
+    core.claim("a1", "issue:X", ttl=30)
+    core.claim("a2", "issue:Y", ttl=600)
+    clock.advance(91)
+    replaced = core.ok(Register("a1", "new", host="h", ttl=90))
+    assert ["expired"] == [e["reason"] for e in replaced.events if e["op"] == "auto-evict"]
+    liveness.dead.add("a2")
+    dead = core.ok(Register("a2", "new", host="h", ttl=90))
+    assert ["holder-dead"] == [e["reason"] for e in dead.events if e["op"] == "auto-evict"]
+
+
 def test_unregister_releases_everything(core: Core) -> None:
     """Unregistering lets go of every claim and forgets the agent."""
     core.claim("a1", "issue:X", "lock:y")

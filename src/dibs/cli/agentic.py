@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
+from dibs.cli.output import (
+    common,
+    coordinator,
+    emit,
+    operator_flag,
+    print_json,
+    subcommands,
+    table,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,14 +90,17 @@ def configure_limit(parser: argparse.ArgumentParser) -> None:
         "examples:\n"
         "  dibs limit set github --capacity 5000 --per 3600\n"
         "  dibs limit update github --remaining 812 --reset-at 1795000000\n"
-        "  dibs limit take github --cost 1 --wait 60"
+        "  dibs limit take github --cost 1 --wait 60\n\n"
+        "set and update change every agent's bucket: they need a verified agent (its\n"
+        "token; exit 1 without) or a person with --as-operator (logged as user@host)."
     )
     verb = subcommands(parser)
     setting = verb("set", help="make a token bucket: CAPACITY tokens per SECONDS")
     setting.add_argument("name", metavar="NAME")
     setting.add_argument("--capacity", type=float, required=True, metavar="N")
     setting.add_argument("--per", type=float, required=True, metavar="SECONDS")
-    common(setting)
+    operator_flag(setting, "set it as a person")
+    common(setting, identity=True)
     setting.set_defaults(handler=run_limit_set)
     updating = verb("update", help="correct from the API's headers: R left until TIME")
     updating.add_argument("name", metavar="NAME")
@@ -97,7 +108,8 @@ def configure_limit(parser: argparse.ArgumentParser) -> None:
     updating.add_argument(
         "--reset-at", required=True, metavar="TIME", help="unix seconds or ISO 8601 (UTC)"
     )
-    common(updating)
+    operator_flag(updating, "update it as a person")
+    common(updating, identity=True)
     updating.set_defaults(handler=run_limit_update)
     taking = verb("take", help="take tokens, atomically across agents (exit 3 when short)")
     taking.add_argument("name", metavar="NAME")
@@ -132,7 +144,9 @@ def run_limit_set(args: argparse.Namespace) -> int:
     from dibs import limits
 
     with coordinator(args) as dibs:
-        result = limits.set_limit(dibs, args.name, capacity=args.capacity, per=args.per)
+        result = limits.set_limit(
+            dibs, args.name, capacity=args.capacity, per=args.per, as_operator=args.as_operator
+        )
     return emit(args, result, f"{args.name}: {result['capacity']:g} per {result['per']:g} s")
 
 
@@ -141,7 +155,13 @@ def run_limit_update(args: argparse.Namespace) -> int:
 
     reset_at = _when(args.reset_at)
     with coordinator(args) as dibs:
-        result = limits.update(dibs, args.name, remaining=args.remaining, reset_at=reset_at)
+        result = limits.update(
+            dibs,
+            args.name,
+            remaining=args.remaining,
+            reset_at=reset_at,
+            as_operator=args.as_operator,
+        )
     return emit(args, result, f"{args.name}: {result['tokens']:g} left until the reset")
 
 
@@ -176,7 +196,10 @@ def configure_doc(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Optimistic locking for shared documents: read the version, edit, write with\n"
         "--if-version; a writer that lost the race gets exit 3 and the current version.\n"
-        "Markdown keeps `version: N` in its frontmatter; other files, in the store."
+        "Markdown keeps `version: N` in its frontmatter; other files, in the store.\n"
+        "write needs a verified agent (its token; exit 1 without) or --as-operator; it\n"
+        "writes only UTF-8 text to regular files of the work tree (never under .git, never\n"
+        "through a symlink out of it: exit 2), and exits 4 when its lock lapsed first."
     )
     verb = subcommands(parser)
     reading = verb("read", help="print the document's version (--json: and its content)")
@@ -186,6 +209,7 @@ def configure_doc(parser: argparse.ArgumentParser) -> None:
     writing = verb("write", help="replace it from stdin if the version still matches")
     writing.add_argument("file", metavar="FILE")
     writing.add_argument("--if-version", type=int, required=True, metavar="N")
+    operator_flag(writing, "write as a person")
     common(writing, identity=True)
     writing.set_defaults(handler=run_doc_write)
 
@@ -200,10 +224,20 @@ def run_doc_read(args: argparse.Namespace) -> int:
 
 def run_doc_write(args: argparse.Namespace) -> int:
     from dibs import documents
+    from dibs.errors import UsageError
 
-    content = sys.stdin.read()
+    raw = sys.stdin.buffer.read()
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"the input is not UTF-8 text (byte {exc.start}): documents are text",
+            hint="convert it first (iconv -t UTF-8); binary files belong in git",
+        ) from None
     with coordinator(args) as dibs:
-        result = documents.write(dibs, args.file, content, if_version=args.if_version)
+        result = documents.write(
+            dibs, args.file, content, if_version=args.if_version, as_operator=args.as_operator
+        )
     return emit(args, result, f"{result['path']}: version {result['version']}")
 
 

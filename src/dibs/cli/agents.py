@@ -34,13 +34,18 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
         '  eval "$(dibs agent register agent-1 --eval)"   # sets DIBS_AGENT and DIBS_TOKEN\n'
         "  dibs agent register agent-2 --pid $$ --ttl 120\n\n"
         "Without --pid the agent's leases expire by ttl alone. With --pid, when that\n"
-        "process dies its claims are evicted at once. Exit 3 when a live agent has the name.",
+        "process dies its claims are evicted at once. Exit 3 when a live agent has the name,\n"
+        "or a quiet one still holds live leases: only its token (--token, or DIBS_AGENT and\n"
+        "DIBS_TOKEN of that agent) registers the name again before they expire.",
     )
     register.add_argument("name", metavar="NAME", help="agent id: [a-z0-9][a-z0-9._-]{0,63}")
     register.add_argument("--ttl", type=float, metavar="S", help="lease seconds (default 90)")
     register.add_argument("--pid", type=int, help="a long-lived process to watch for liveness")
     register.add_argument(
         "--eval", action="store_true", help="print `export DIBS_AGENT=... DIBS_TOKEN=...`"
+    )
+    register.add_argument(
+        "--token", metavar="TOKEN", help="the token of the registration this one replaces"
     )
     common(register)
     register.set_defaults(handler=run_register)
@@ -66,7 +71,10 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
 def run_register(args: argparse.Namespace) -> int:
     """Register and print the token (or the export line with --eval)."""
     with coordinator(args) as dibs:
-        reg = dibs.register(args.name, ttl=args.ttl, pid=args.pid)
+        # The old session's token proves the name is ours: --token, or DIBS_AGENT/DIBS_TOKEN
+        # naming that same agent.
+        proof = args.token or (dibs.token if dibs.agent == args.name else None)
+        reg = dibs.register(args.name, ttl=args.ttl, pid=args.pid, token=proof)
     if args.json:
         print_json(reg)
     elif args.eval:

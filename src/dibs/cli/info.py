@@ -133,28 +133,31 @@ def configure_evict(parser: argparse.ArgumentParser) -> None:
     """``dibs evict RES --reason TEXT``."""
     parser.epilog = (
         "A person's act: every hold on RES (or only --agent's) is removed and the\n"
-        "force-evict event records who did it and why. The holder's next renew or\n"
-        "release gets exit 4 (lease lost)."
+        "force-evict event records who did it (the OS user and host running this: never a\n"
+        "typed name) and why. The holder's next renew or release gets exit 4 (lease lost).\n"
+        "Evicting never touches worktrees, branches or files."
     )
     parser.add_argument("resource", metavar="RES", help="the exact resource as claimed")
     parser.add_argument("--reason", required=True, metavar="TEXT", help="why (logged)")
     parser.add_argument("--agent", metavar="NAME", help="only this holder (shared claims)")
-    parser.add_argument("--by", metavar="WHO", help="who evicts (default: $DIBS_AGENT or $USER)")
+    import argparse as _argparse
+
+    parser.add_argument("--by", help=_argparse.SUPPRESS)  # refused: see run_evict
     common(parser)
     parser.set_defaults(handler=run_evict)
 
 
 def run_evict(args: argparse.Namespace) -> int:
     """Force-evict and say whom."""
-    import os
+    if args.by is not None:
+        from dibs.errors import UsageError
 
-    with coordinator(args) as dibs:
-        evicted = dibs.evict(
-            args.resource,
-            reason=args.reason,
-            by=args.by or os.environ.get("DIBS_AGENT"),
-            agent=args.agent,
+        raise UsageError(
+            "--by is gone: an eviction is logged as the OS user and host that ran it",
+            hint="drop --by; say why with --reason",
         )
+    with coordinator(args) as dibs:
+        evicted = dibs.evict(args.resource, reason=args.reason, agent=args.agent)
     if args.json:
         print_json(evicted)
     else:

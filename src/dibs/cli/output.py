@@ -35,6 +35,15 @@ def common(parser: argparse.ArgumentParser, *, identity: bool = False) -> None:
         )
 
 
+def operator_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--as-operator``: a person overrides another agent's *what* as themselves."""
+    parser.add_argument(
+        "--as-operator",
+        action="store_true",
+        help=f"act as yourself (OS user and host, logged), not as an agent: {what}",
+    )
+
+
 def subcommands(parser: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
     """A function adding verbs under *parser* (``dibs agent register``), with its formatter."""
     import functools
@@ -48,18 +57,15 @@ _opened: list[Coordinator] = []
 
 def coordinator(args: argparse.Namespace) -> Coordinator:
     """Open the coordinator for this invocation (repository from -C or the current folder)."""
+    from dibs.identity import resolve
     from dibs.service import Coordinator
 
-    agent = getattr(args, "agent", None) or os.environ.get("DIBS_AGENT") or None
-    token = getattr(args, "token", None) or os.environ.get("DIBS_TOKEN") or None
-    opened = Coordinator.open(args.directory, agent=agent, token=token)
-    if agent is None and opened.repo is not None:
-        # Inside a worktree `dibs start` made: act as the agent it recorded there.
-        from dibs.git.discover import worktree_identity
-
-        recorded = worktree_identity(opened.repo)
-        if recorded is not None:
-            opened.agent, opened.token = recorded
+    opened = Coordinator.open(args.directory)
+    # Flags, then the environment, then (inside a worktree `dibs start` made) the agent it
+    # recorded there. Nothing is trusted yet: each act verifies the token against the log.
+    opened.agent, opened.token = resolve(
+        opened.repo, os.environ, getattr(args, "agent", None), getattr(args, "token", None)
+    )
     _opened.append(opened)
     return opened
 

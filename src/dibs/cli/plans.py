@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, print_json, subcommands, table
+from dibs.cli.output import common, coordinator, operator_flag, print_json, subcommands, table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,9 +48,15 @@ def configure_plan(parser: argparse.ArgumentParser) -> None:
     listing = add("list", help="every plan", description="List the plans.")
     common(listing)
     listing.set_defaults(handler=run_list)
-    dropping = add("drop", help="forget a plan", description="Forget an agent's plan.")
-    dropping.add_argument("--agent", metavar="NAME", help="whose plan (default: $DIBS_AGENT)")
-    common(dropping)
+    dropping = add(
+        "drop",
+        help="forget a plan",
+        description="Forget an agent's plan: the agent itself (with its token), or a person "
+        "with --as-operator.",
+    )
+    dropping.add_argument("--plan-of", metavar="NAME", help="whose plan (default: the agent's)")
+    operator_flag(dropping, "drop another agent's plan")
+    common(dropping, identity=True)
     dropping.set_defaults(handler=run_drop)
 
 
@@ -139,7 +145,7 @@ def run_drop(args: argparse.Namespace) -> int:
     from dibs import plans
 
     with coordinator(args) as dibs:
-        plan = plans.drop(dibs, agent=_agent(args))
+        plan = plans.drop(dibs, agent=args.plan_of, as_operator=args.as_operator)
     if args.json:
         print_json(plan)
     else:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
+from dibs.cli.output import (
+    common,
+    coordinator,
+    emit,
+    operator_flag,
+    print_json,
+    subcommands,
+    table,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +42,9 @@ def configure_land(parser: argparse.ArgumentParser) -> None:
         "The branch's current commit is queued with the fencing token of its issue claim.\n"
         "If nobody is processing the queue, this command does, until the queue is empty;\n"
         "otherwise it waits for its entry. Exit 0 landed, 3 failed (a gate, a conflict),\n"
-        "4 lease lost (the issue claim was evicted or taken over)."
+        "4 lease lost (the issue claim was evicted or taken over). Only the agent holding\n"
+        "the issue (its token) lands it: exit 1 without a valid token, 3 when another agent\n"
+        "holds it; a person lands it with --as-operator (logged with the OS user and host)."
     )
     parser.add_argument("branch", nargs="?", metavar="BRANCH", help="default: the current branch")
     parser.add_argument("--issue", metavar="ISSUE", help="default: from the branch name")
@@ -45,6 +55,7 @@ def configure_land(parser: argparse.ArgumentParser) -> None:
         "--queue-only", action="store_true", help="enqueue and return; do not process or wait"
     )
     parser.add_argument("--wait", type=float, metavar="S", help="give up waiting after S seconds")
+    operator_flag(parser, "land the branch of the agent holding the issue")
     common(parser, identity=True)
     parser.set_defaults(handler=run_land)
 
@@ -54,7 +65,7 @@ def run_land(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         if args.queue_only:
-            item = queue.enqueue(dibs, args.branch, issue=args.issue)
+            item = queue.enqueue(dibs, args.branch, issue=args.issue, as_operator=args.as_operator)
             if args.json:
                 print_json(item)
             else:
@@ -73,6 +84,7 @@ def run_land(args: argparse.Namespace) -> int:
             batch=args.batch,
             wait=args.wait,
             on_change=progress,
+            as_operator=args.as_operator,
         )
     if args.json:
         print_json(item)
@@ -104,6 +116,7 @@ def configure_queue(parser: argparse.ArgumentParser) -> None:
     listing.set_defaults(handler=run_queue)
     cancelling = verb("cancel", help="take a waiting entry out of the queue")
     cancelling.add_argument("entry", metavar="ENTRY", help="the entry id, e.g. q12")
+    operator_flag(cancelling, "cancel another agent's entry")
     common(cancelling, identity=True)
     cancelling.set_defaults(handler=run_cancel)
 
@@ -149,7 +162,7 @@ def run_cancel(args: argparse.Namespace) -> int:
     from dibs import queue
 
     with coordinator(args) as dibs:
-        item = queue.cancel(dibs, args.entry)
+        item = queue.cancel(dibs, args.entry, as_operator=args.as_operator)
     return emit(args, item, f"{item['id']}: {item['branch']} cancelled")
 
 
@@ -158,7 +171,10 @@ def configure_gate(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "example:\n  dibs gate pass ROOSE-158 review --note 'looks good'\n\n"
         "A manual gate holds for one commit: the issue's queued commit, else its branch's\n"
-        "head (or --commit). New commits need the gate again."
+        "head (or --commit). New commits need the gate again. The verdict is given by a\n"
+        "verified agent (its token; exit 1 without) or a person with --as-operator (logged\n"
+        "with the OS user and host); the agent whose work the gate judges cannot pass it\n"
+        "(exit 3)."
     )
     verb = subcommands(parser)
     for name, said in (("pass", "record that a gate passed"), ("fail", "record a failure")):
@@ -167,6 +183,7 @@ def configure_gate(parser: argparse.ArgumentParser) -> None:
         sub.add_argument("gate", metavar="GATE", help="e.g. review")
         sub.add_argument("--note", metavar="TEXT", help="a word on the verdict")
         sub.add_argument("--commit", metavar="REF", help="the commit judged (default: see below)")
+        operator_flag(sub, "give the verdict as a person")
         common(sub, identity=True)
         sub.set_defaults(handler=run_gate, passed=name == "pass")
 
@@ -176,7 +193,13 @@ def run_gate(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         result = queue.record_gate(
-            dibs, args.issue, args.gate, passed=args.passed, note=args.note, commit=args.commit
+            dibs,
+            args.issue,
+            args.gate,
+            passed=args.passed,
+            note=args.note,
+            commit=args.commit,
+            as_operator=args.as_operator,
         )
     if args.json:
         print_json(result)

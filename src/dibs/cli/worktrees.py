@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
+from dibs.cli.output import (
+    common,
+    coordinator,
+    emit,
+    operator_flag,
+    print_json,
+    subcommands,
+    table,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,11 +63,14 @@ def configure_finish(parser: argparse.ArgumentParser) -> None:
         "worktree has uncommitted changes or the branch has commits not on the target\n"
         "(landed commits count, even rebased), unless --force; even then an unlanded\n"
         "branch is kept. Otherwise releases the agent's claims, removes the worktree and\n"
-        "deletes the branch."
+        "deletes the branch. Only the worktree's agent (its token) finishes it: exit 1\n"
+        "without a valid token, 3 for another agent's worktree. A person overrides with\n"
+        "--as-operator (its claims are evicted, logged with the OS user and host)."
     )
     parser.add_argument("issue", nargs="?", metavar="ISSUE", help="default: this worktree's")
     parser.add_argument("--keep-worktree", action="store_true", help="release, keep the folder")
     parser.add_argument("--force", action="store_true", help="drop uncommitted changes")
+    operator_flag(parser, "finish another agent's worktree")
     common(parser, identity=True)
     parser.set_defaults(handler=run_finish)
 
@@ -69,7 +80,11 @@ def run_finish(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         result = worktrees.finish(
-            dibs, args.issue, keep_worktree=args.keep_worktree, force=args.force
+            dibs,
+            args.issue,
+            keep_worktree=args.keep_worktree,
+            force=args.force,
+            as_operator=args.as_operator,
         )
     if args.json:
         print_json(result)
@@ -140,6 +155,7 @@ def configure_pool(parser: argparse.ArgumentParser) -> None:
     give = verb("give", help="reset your slot and release it")
     give.add_argument("slot", nargs="?", metavar="SLOT", help="default: the agent's slot")
     give.add_argument("--force", action="store_true", help="drop uncommitted changes")
+    operator_flag(give, "give back another agent's slot")
     common(give, identity=True)
     give.set_defaults(handler=run_pool_give)
     status = verb("status", help="every slot and who holds it")
@@ -173,7 +189,9 @@ def run_pool_give(args: argparse.Namespace) -> int:
     from dibs import worktrees
 
     with coordinator(args) as dibs:
-        result = worktrees.pool_give(dibs, args.slot, force=args.force)
+        result = worktrees.pool_give(
+            dibs, args.slot, force=args.force, as_operator=args.as_operator
+        )
     return emit(args, result, f"gave slot {result['slot']} back")
 
 

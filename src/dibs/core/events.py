@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         pid_start: NotRequired[int | None]
         host_boot: NotRequired[str]
         secret: NotRequired[str]
+        retired: NotRequired[list[str]]
         waited: NotRequired[float]
         tries: NotRequired[int]
         txn: NotRequired[list[int]]

@@ -47,6 +47,7 @@ __all__ = [
     "State",
     "Unregister",
     "agent_status",
+    "authenticate",
     "decide",
     "eviction_reason",
     "expires_in",
@@ -108,6 +109,7 @@ class Register:
         "name",
         "pid",
         "pid_start",
+        "proof",
         "secret",
         "ttl",
         "worktree",
@@ -125,9 +127,13 @@ class Register:
         worktree: str | None = None,
         branch: str | None = None,
         host_boot: str | None = None,
+        proof: str | None = None,
     ):
         self.name = name
         self.secret = secret
+        #: The hash of the token of the registration this one replaces, when the caller
+        #: knows it: only that proof re-registers a name that still holds live leases.
+        self.proof = proof
         self.host = host
         #: The boot id of the agent's host, when the deciding clock's is another one (the
         #: PostgreSQL store's clock is the server's): liveness by pid compares against it.
@@ -263,7 +269,15 @@ def expires_in(lease: LeaseRecord, now: Now) -> float:
     return max(0.0, (lease["expires"] - now.mono) / NS)
 
 
-def _authenticate(state: State, agent: str, secret: str) -> AgentRecord:
+def authenticate(state: State, agent: str, secret: str) -> AgentRecord:
+    """*agent*'s record when *secret* is the hash of its session token (`dibs.identity` hashes).
+
+    Raises:
+        NotFound: no such agent.
+        AuthError: the token is missing or wrong.
+        LeaseLost: the token belonged to an earlier registration of this name, replaced
+            since: whatever that session held is gone.
+    """
     record = state.agents.get(agent)
     if record is None:
         raise NotFound(
@@ -271,6 +285,13 @@ def _authenticate(state: State, agent: str, secret: str) -> AgentRecord:
             hint=f"register it with `dibs agent register {agent}` and use the token it prints",
         )
     # The stored value is a hash of the token: comparing hashes leaks nothing usable.
+    if secret and secret in record.get("retired", ()):
+        raise LeaseLost(
+            f"lease lost: agent {agent!r} was registered again (at {record['registered']}) "
+            "after this session's leases ended; this session holds nothing now",
+            hint="register under a new name (or claim again as the new session)",
+            lost=[],
+        )
     if not secret or record["secret"] != secret:
         raise AuthError(
             f"wrong or missing session token for agent {agent!r}",
@@ -349,7 +370,7 @@ def _conflict_error(resource: Resource, blockers: list[LeaseRecord], ctx: Contex
 
 def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
     try:
-        agent = _authenticate(state, cmd.agent, cmd.secret)
+        agent = authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
     ev = _Evictions(state, ctx)
@@ -542,7 +563,7 @@ def _lost_or_never(
 
 def _renew(state: State, cmd: Renew, ctx: Context) -> Decision:
     try:
-        _authenticate(state, cmd.agent, cmd.secret)
+        authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
     ev = _Evictions(state, ctx)
@@ -566,7 +587,7 @@ def _renew(state: State, cmd: Renew, ctx: Context) -> Decision:
 
 def _release(state: State, cmd: Release, ctx: Context) -> Decision:
     try:
-        _authenticate(state, cmd.agent, cmd.secret)
+        authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
     ev = _Evictions(state, ctx)
@@ -594,7 +615,7 @@ def _release(state: State, cmd: Release, ctx: Context) -> Decision:
 
 def _heartbeat(state: State, cmd: Heartbeat, ctx: Context) -> Decision:
     try:
-        agent = _authenticate(state, cmd.agent, cmd.secret)
+        agent = authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
     ev = _Evictions(state, ctx)
@@ -630,9 +651,11 @@ def _heartbeat(state: State, cmd: Heartbeat, ctx: Context) -> Decision:
 def _register(state: State, cmd: Register, ctx: Context) -> Decision:
     events: list[Event] = []
     existing = state.agents.get(cmd.name)
+    retired = None
     if existing is not None:
+        proven = cmd.proof is not None and cmd.proof == existing["secret"]
         status = agent_status(existing, ctx)
-        if status == "live":
+        if status == "live" and not proven:
             pid = f"pid {existing['pid']} on {existing['host']}, " if existing["pid"] else ""
             seen = round((ctx.now.mono - existing["seen"]) / NS)
             return Decision(
@@ -642,12 +665,33 @@ def _register(state: State, cmd: Register, ctx: Context) -> Decision:
                     agent=cmd.name,
                 )
             )
+        held = state.leases_of(cmd.name)
+        # A quiet agent (stale by its own ttl) may still hold leases that run longer: they
+        # are its, and only its token may end them before they expire.
+        live = [lease for lease in held if eviction_reason(state, lease, ctx) is None]
+        if live and not proven:
+            left = round(max(expires_in(lease, ctx.now) for lease in live))
+            return Decision(
+                error=Conflict(
+                    f"agent {cmd.name!r} still holds {len(live)} live lease(s) "
+                    f"({', '.join(lease['resource'] for lease in live[:5])}), the last "
+                    f"expiring in {left} s: the name cannot be taken over without its token",
+                    hint="pass that agent's token (--token or DIBS_TOKEN) to register it "
+                    "again, wait until its leases expire, or pick another name",
+                    agent=cmd.name,
+                    holding=[lease["resource"] for lease in live],
+                )
+            )
         ev = _Evictions(state, ctx)
-        reason = "holder-dead" if status == "dead" else "expired"
-        for lease in state.leases_of(cmd.name):
-            ev.evict(lease, reason)
+        for lease in held:
+            # Each lease goes for the reason it really has; a live one only because its
+            # own agent (proven by its token) registered again.
+            ev.evict(lease, eviction_reason(state, lease, ctx) or "replaced")
         events = ev.events
         events.append(new_event("unregister", ctx.now, agent=cmd.name, reason="replaced"))
+        # The replaced session's token is remembered (hashed), so its holder is told its
+        # leases are lost (exit 4) rather than that its token is wrong.
+        retired = [existing["secret"], *existing.get("retired", [])][:8]
     events.append(
         new_event(
             "register",
@@ -661,6 +705,7 @@ def _register(state: State, cmd: Register, ctx: Context) -> Decision:
             host_boot=cmd.host_boot if cmd.host_boot != ctx.now.boot else None,
             details={k: v for k, v in (("worktree", cmd.worktree), ("branch", cmd.branch)) if v}
             or None,
+            retired=retired,
         )
     )
     return Decision(events, result={"agent": cmd.name, "replaced": existing is not None})
@@ -668,7 +713,7 @@ def _register(state: State, cmd: Register, ctx: Context) -> Decision:
 
 def _unregister(state: State, cmd: Unregister, ctx: Context) -> Decision:
     try:
-        _authenticate(state, cmd.agent, cmd.secret)
+        authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
     events = [

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         worktree: NotRequired[str]
         branch: NotRequired[str]
         host_boot: NotRequired[str]
+        retired: NotRequired[list[str]]
 
     class LeaseRecord(TypedDict):
         """One agent's hold on one resource."""
@@ -241,6 +242,8 @@ def _apply_register(state: State, event: Event) -> None:
     }
     if "host_boot" in event:
         record["host_boot"] = event["host_boot"]
+    if "retired" in event:
+        record["retired"] = event["retired"]
     if "worktree" in details:
         record["worktree"] = details["worktree"]
     if "branch" in details:
