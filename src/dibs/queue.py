@@ -1014,30 +1014,29 @@ class _Processor:
         """Compare-and-swap the local target, carrying the worktree that has it checked out.
 
         ``update-ref`` moves a branch but not the index and files of a worktree that has it
-        checked out: that worktree would then show the landing undone, as staged changes,
-        and its next ``git commit`` would revert it. So the checkout is carried from *old* to
-        *new* with ``read-tree -m -u`` (local changes to files the landing does not touch are
-        kept). Where that cannot be done (uncommitted changes to a landed file, an untracked
-        file in the way), the landing is refused, as git's ``updateInstead`` refuses a push,
-        rather than merged into someone's uncommitted work: a dry run before the swap, and the
-        swap undone if the checkout changed in the instant between.
+        checked out: that worktree would then show the landing undone, as staged changes, and
+        its next ``git commit`` would revert it. So the checkout is carried from *old* to *new*
+        with ``read-tree -m -u`` (local changes to files the landing does not touch are kept).
+        Where that cannot be done (uncommitted changes to a landed file, an untracked file in
+        the way) the landing is refused, as git's ``updateInstead`` refuses a push, rather than
+        merged into someone's unfinished work: `_check_checkout` refuses it before the swap,
+        and if the checkout changed since (or git refuses for a reason that check cannot see),
+        the swap is undone here.
         """
         from dibs.git.run import GitError
 
         ref = f"refs/heads/{self.target}"
-        checkout = self._checkout() if old else ""
-        if checkout:
-            self._carry(checkout, old, new, dry_run=True)
         message = f"dibs land: {self.target} {old[:12]} -> {new[:12]}"
         try:
             self._git("update-ref", "-m", message, ref, new, *([old] if old else []))
         except GitError:
             return False
+        checkout = self._checkout() if old else ""
         if checkout:
             try:
                 self._carry(checkout, old, new)
             except _Failed:
-                undo = f"dibs land: {self.target} back to {old[:12]} (its checkout changed)"
+                undo = f"dibs land: {self.target} back to {old[:12]} (its checkout cannot follow)"
                 try:
                     self._git("update-ref", "-m", undo, ref, old, new)
                 except GitError:
@@ -1045,21 +1044,22 @@ class _Processor:
                 raise
         return True
 
-    def _carry(self, checkout: str, old: str, new: str, *, dry_run: bool = False) -> None:
+    def _carry(self, checkout: str, old: str, new: str) -> None:
         """Update *checkout*'s index and files from *old* to *new*, or raise _Failed."""
         from dibs.git.run import GitError
 
+        # A file touched but not changed would make read-tree refuse ("not uptodate").
         self._git("update-index", "-q", "--refresh", cwd=checkout, check=False)
         try:
-            self._git("read-tree", "-m", "-u", *(["-n"] if dry_run else []), old, new, cwd=checkout)
+            self._git("read-tree", "-m", "-u", old, new, cwd=checkout)
         except GitError as exc:
             landed = set(self._git("diff", "--name-only", "-z", old, new).split("\0")) - {""}
             busy = sorted(_meeting(landed, self._uncommitted(checkout)))
-            said = ", ".join(busy[:5]) + (" ..." if len(busy) > 5 else "") if busy else ""
+            said = ", ".join(busy[:5]) + (" ..." if len(busy) > 5 else "")
             raise _Failed(
                 f"refused: {checkout} has {self.target} checked out and cannot be brought "
-                f"to the landed commit"
-                + (f" (uncommitted changes to {said})" if said else f": {exc.message}"),
+                "to the landed commit"
+                + (f" (uncommitted changes to {said})" if busy else f": {exc.message}"),
                 files=busy,
                 checkout=checkout,
                 hint=f"commit, stash or discard the changes in {checkout}, then land again",

@@ -257,11 +257,11 @@ def test_with_a_remote_a_dirty_checkout_here_stays_behind_unharmed(
     assert "wip\n" == (repo / "README.md").read_text()
 
 
-def test_a_checkout_edited_between_dry_run_and_swap_puts_the_target_back(
+def test_a_checkout_edited_between_the_checks_and_the_swap_puts_the_target_back(
     repo: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The instant between the checks and the swap: the real update of the checkout fails,
-    so main is moved back and the entry fails; nothing is staged."""
+    """The instant between the last gate and the swap: the checkout cannot follow, so main is
+    moved back and the entry fails; nothing is staged and the person's edit is kept."""
     from dibs import Coordinator, queue
 
     settings(repo)
@@ -269,16 +269,13 @@ def test_a_checkout_edited_between_dry_run_and_swap_puts_the_target_back(
     branch(repo, "agent/E-1", {"README.md": "landed\n"})
     before = git(repo, "rev-parse", "main").strip()
     assert 0 == cli("land", "agent/E-1", "--queue-only", env=env).returncode
-    real = queue._Processor._carry
+    checked = queue._Processor._check_checkout
 
-    def late_edit(self: Any, checkout: str, old: str, new: str, *, dry_run: bool = False) -> None:
-        if dry_run:  # the checks pass; then the person saves a file
-            (repo / "README.md").write_text("saved just now\n")
-            return
-        real(self, checkout, old, new)
+    def then_a_save(self: Any, paths: set[str]) -> None:
+        checked(self, paths)  # the check passes; then the person saves a file
+        (repo / "README.md").write_text("saved just now\n")
 
-    monkeypatch.setattr(queue._Processor, "_check_checkout", lambda *_: None)
-    monkeypatch.setattr(queue._Processor, "_carry", late_edit)
+    monkeypatch.setattr(queue._Processor, "_check_checkout", then_a_save)
     dibs = Coordinator.open(repo)
     try:
         outcome = queue.process(dibs)
