@@ -277,12 +277,15 @@ def staged_changes(repo: Repo) -> dict[str, list[tuple[int, int]] | None]:
     return diff_changes(repo.root, "--cached")
 
 
-def diff_changes(root: str, *spec: str) -> dict[str, list[tuple[int, int]] | None]:
+def diff_changes(
+    root: str, *spec: str, lines: bool = True
+) -> dict[str, list[tuple[int, int]] | None]:
     """Files ``git diff SPEC`` changes and the new-file line ranges of their hunks.
 
-    None stands for the whole file: added, deleted or retyped files, and files whose changes
-    have no hunks to read (binary, or a name git quotes). The commit guard reads the staged
-    changes (``--cached``); the merge queue reads what a landing adds (``BASE COMMIT``).
+    None stands for the whole file: added, deleted or retyped files, files whose changes have
+    no hunks to read (binary, or a name git quotes), and every file when *lines* is false (one
+    git call instead of two). The commit guard reads the staged changes (``--cached``); the
+    merge queue reads what a landing adds (``BASE COMMIT``).
     """
     from dibs.git.run import git
 
@@ -290,7 +293,9 @@ def diff_changes(root: str, *spec: str) -> dict[str, list[tuple[int, int]] | Non
     fields = [f for f in names.split("\0") if f]
     changes: dict[str, list[tuple[int, int]] | None] = {}
     for status, path in zip(fields[::2], fields[1::2], strict=False):
-        changes[path] = None if status in ("A", "D", "T") else []
+        changes[path] = None if status in ("A", "D", "T") or not lines else []
+    if not lines:
+        return changes
     # Fixed prefixes: diff.noprefix or diff.mnemonicPrefix would hide the names we read.
     prefixes = ("--src-prefix=a/", "--dst-prefix=b/")
     diff = git(root, "diff", "-U0", "--no-color", "--no-renames", "--no-ext-diff", *prefixes, *spec)

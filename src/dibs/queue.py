@@ -655,32 +655,43 @@ class _Processor:
         """
         from dibs.guard import diff_changes
 
-        changes = diff_changes(self.repo.root, base, commit) if base != commit else {}
+        files = diff_changes(self.repo.root, base, commit, lines=False) if base != commit else {}
         state, now = self.dibs.store.read()
         ctx = self.dibs.context(now)
         self._check_fence(item, state, ctx)
-        self._check_claims(item, changes, state, ctx)
+        self._check_claims(item, state, ctx, files=files, diff=(base, commit))
         if not self.remote:  # with a remote, the checkout here follows only when it can
-            self._check_checkout(set(changes))
+            self._check_checkout(set(files))
 
     def _check_claims(
         self,
         item: dict[str, Any],
-        changes: dict[str, list[tuple[int, int]] | None],
         state: State,
         ctx: Context,
+        *,
+        files: dict[str, list[tuple[int, int]] | None],
+        diff: tuple[str, str],
     ) -> None:
         """Refuse a diff that changes a path, or lines, another agent holds exclusively.
 
         The author's own claims and shared claims never stand in the way (`guard.blockers`).
+        *files* (what *diff*, ``(base, commit)``, changes) are whole files; the changed lines
+        are read only when a line-range claim covers one of them.
         """
-        from dibs.guard import blockers
+        from dibs.guard import blockers, diff_changes
 
         found = [
             block
-            for path, spans in sorted(changes.items())
+            for path, spans in sorted(files.items())
             for block in blockers(state, ctx, path, agent=item["agent"], lines=spans)
         ]
+        if any(block.lines is not None for block in found):
+            changes = diff_changes(self.repo.root, *diff)
+            found = [
+                block
+                for path, spans in sorted(changes.items())
+                for block in blockers(state, ctx, path, agent=item["agent"], lines=spans)
+            ]
         if not found:
             return
         said = "; ".join(block.describe() for block in found[:3])
@@ -1048,8 +1059,9 @@ class _Processor:
         """Update *checkout*'s index and files from *old* to *new*, or raise _Failed."""
         from dibs.git.run import GitError
 
-        # A file touched but not changed would make read-tree refuse ("not uptodate").
-        self._git("update-index", "-q", "--refresh", cwd=checkout, check=False)
+        if self.remote:  # else `_check_checkout`'s `git status` has just refreshed the index
+            # A file touched but not changed would make read-tree refuse ("not uptodate").
+            self._git("update-index", "-q", "--refresh", cwd=checkout, check=False)
         try:
             self._git("read-tree", "-m", "-u", old, new, cwd=checkout)
         except GitError as exc:
