@@ -9,7 +9,9 @@ nobody is. For each entry, in order, the processor:
 2. checks the manual gates (``dibs gate pass ISSUE review``) passed on the branch's commit;
 3. in a temporary worktree, rebases the branch onto the target's tip (or merges it);
 4. runs the command gates of ``dibs.toml`` on that exact commit, with a timeout;
-5. moves the target with a compare-and-swap (``git update-ref REF NEW OLD``, or a push with
+5. re-checks the fence, refuses a diff that changes what another agent holds (claims are the
+   last gate) or what has uncommitted changes in the target's checkout, and then
+   moves the target with a compare-and-swap (``git update-ref REF NEW OLD``, or a push with
    ``--force-with-lease`` when ``merge.remote`` is set), so a target that moved meanwhile is
    never overwritten: the entry is then rebased onto the new tip and tested again;
 6. records the outcome as an event.
