@@ -657,13 +657,16 @@ class _Processor:
         """
         from dibs.guard import diff_changes
 
-        files = diff_changes(self.repo.root, base, commit, lines=False) if base != commit else {}
+        checkout = "" if self.remote else self._checkout()  # with a remote it follows if it can
+        uncommitted = self._uncommitted(checkout) if checkout and base != commit else set()
         state, now = self.dibs.store.read()
         ctx = self.dibs.context(now)
         self._check_fence(item, state, ctx)
-        self._check_claims(item, state, ctx, files=files, diff=(base, commit))
-        if not self.remote:  # with a remote, the checkout here follows only when it can
-            self._check_checkout(set(files))
+        # Reading the diff costs a git run per landing: skipped when nothing could refuse it.
+        if uncommitted or any(text.startswith("path:") for text in state.claims):
+            files = diff_changes(self.repo.root, base, commit, lines=False)
+            self._check_claims(item, state, ctx, files=files, diff=(base, commit))
+            self._check_checkout(checkout, set(files), uncommitted)
 
     def _check_claims(
         self,
@@ -707,12 +710,9 @@ class _Processor:
             f"(or wait until they are released), then land again",
         )
 
-    def _check_checkout(self, paths: set[str]) -> None:
-        """Refuse to land *paths* over uncommitted work in the target's checkout."""
-        checkout = self._checkout()
-        if not checkout or not paths:
-            return
-        busy = sorted(_meeting(paths, self._uncommitted(checkout)))
+    def _check_checkout(self, checkout: str, paths: set[str], uncommitted: set[str]) -> None:
+        """Refuse to land *paths* over *uncommitted* work in *checkout* (the target's)."""
+        busy = sorted(_meeting(paths, uncommitted))
         if busy:
             raise _Failed(
                 f"refused: {checkout} has {self.target} checked out with uncommitted changes "

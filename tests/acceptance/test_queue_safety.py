@@ -269,13 +269,14 @@ def test_a_checkout_edited_between_the_checks_and_the_swap_puts_the_target_back(
     branch(repo, "agent/E-1", {"README.md": "landed\n"})
     before = git(repo, "rev-parse", "main").strip()
     assert 0 == cli("land", "agent/E-1", "--queue-only", env=env).returncode
-    checked = queue._Processor._check_checkout
+    looked = queue._Processor._uncommitted
 
-    def then_a_save(self: Any, paths: set[str]) -> None:
-        checked(self, paths)  # the check passes; then the person saves a file
+    def then_a_save(self: Any, checkout: str) -> set[str]:
+        found = looked(self, checkout)  # the last gate looks at the checkout; then a save
         (repo / "README.md").write_text("saved just now\n")
+        return found
 
-    monkeypatch.setattr(queue._Processor, "_check_checkout", then_a_save)
+    monkeypatch.setattr(queue._Processor, "_uncommitted", then_a_save)
     dibs = Coordinator.open(repo)
     try:
         outcome = queue.process(dibs)
