@@ -308,10 +308,12 @@ def diff_changes(
             new = line.split(" ")[2]  # +start,count
             start_text, _, count_text = new[1:].partition(",")
             start, count = int(start_text), int(count_text or "1")
-            first = max(start, 1)
+            # A deletion (count 0) sits between new lines start and start + 1: both count,
+            # or deleting the first line of a held range would go unseen.
+            first, last = max(start, 1), start + count - 1 if count else start + 1
             spans = changes[current]
             if spans is not None:
-                spans.append((first, first + max(count, 1) - 1))
+                spans.append((first, max(first, last)))
     return {path: (spans or None) for path, spans in changes.items()}
 
 

@@ -108,6 +108,21 @@ def test_a_diff_overlapping_a_held_line_range_is_refused_and_one_beside_it_lands
     assert numbered(30, {2: "changed"}) == git(repo, "show", "main:app.py")
 
 
+def test_deleting_the_first_line_of_a_held_range_is_refused(repo: Path, cli: Cli) -> None:
+    """A deletion-only hunk at line 10 of bob's #L10-20 meets the range (git numbers it 9)."""
+    (repo / "app.py").write_text(numbered(30))
+    git(repo, "add", "app.py")
+    settings(repo)
+    bob = cli.register("bob")
+    assert 0 == cli("claim", "path:app.py#L10-20", env=bob).returncode
+    env = agent_with_issue(cli, "alice", "L-3")
+    branch(repo, "agent/L-3", {"app.py": numbered(30).replace("line 10\n", "")})
+    out = cli("land", "agent/L-3", "--json", env=env)
+    assert 3 == out.returncode, out.stdout + out.stderr
+    assert "app.py#L10-20 is held by bob" in json.loads(out.stdout)["reason"]
+    assert numbered(30) == git(repo, "show", "main:app.py")
+
+
 def test_a_claim_taken_while_the_gates_run_still_stops_the_landing(repo: Path, cli: Cli) -> None:
     """Claims are the last gate: bob claims the file during the gate run, and main stays."""
     bob = cli.register("bob")
