@@ -5,8 +5,10 @@
 1. Twenty branches queued, a trivial gate (`true`): one `dibs land` lands them all. Baseline, in
    the same run, on an identical repository: a script that does what the queue must do at the
    least — a temporary worktree, then per branch `git checkout`, `git rebase` onto the tip,
-   the gate, `git update-ref` (the compare-and-swap) — with the same git binary. Goal: the
-   queue's wall time at most 1.3x the script's.
+   the gate, `git status` of the main checkout (without it, moving main under someone's
+   uncommitted edit of a landed file stages a revert there), `git update-ref` (the
+   compare-and-swap) and `git read-tree -m -u` of the checkout — with the same git binary.
+   Goal: the queue's wall time at most 1.3x the script's.
 2. Batching: sixteen branches, one bad, `--batch 16`: gate runs (goal: well under 16).
 """
 
@@ -84,7 +86,7 @@ def queue_all(repo: Path, branches: int) -> dict[str, str]:
 
 
 def by_hand(repo: Path, branches: int) -> float:
-    """What the queue does, minus the queue: rebase, gate, compare-and-swap, per branch."""
+    """What the queue does, minus the queue: rebase, gate, look, compare-and-swap, per branch."""
     started = time.perf_counter()
     work = repo / ".git" / "by-hand"
     tip = git(repo, "rev-parse", "main").strip()
@@ -94,6 +96,7 @@ def by_hand(repo: Path, branches: int) -> float:
         git(work, "rebase", "-q", tip)
         new = git(work, "rev-parse", "HEAD").strip()
         subprocess.run(["/bin/sh", "-c", "true"], cwd=work, check=True)
+        git(repo, "status", "--porcelain", "-z", "--untracked-files=all")
         git(repo, "update-ref", "refs/heads/main", new, tip)
         git(repo, "read-tree", "-m", "-u", tip, new)
         tip = new

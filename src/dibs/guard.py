@@ -413,27 +413,46 @@ def _log_refusal(dibs: Coordinator, agent: str, found: list[Block], call: Call) 
 
 def staged_changes(repo: Repo) -> dict[str, list[tuple[int, int]] | None]:
     """Files staged for commit and the new-file line ranges of their hunks (None: whole file)."""
+    return diff_changes(repo.root, "--cached")
+
+
+def diff_changes(
+    root: str, *spec: str, lines: bool = True
+) -> dict[str, list[tuple[int, int]] | None]:
+    """Files ``git diff SPEC`` changes and the new-file line ranges of their hunks.
+
+    None stands for the whole file: added, deleted or retyped files, files whose changes have
+    no hunks to read (binary, or a name git quotes), and every file when *lines* is false (one
+    git call instead of two). The commit guard reads the staged changes (``--cached``); the
+    merge queue reads what a landing adds (``BASE COMMIT``).
+    """
     from dibs.git.run import git
 
-    names = git(repo.root, "diff", "--cached", "--name-status", "-z", "--no-renames")
+    names = git(root, "diff", "--name-status", "-z", "--no-renames", *spec)
     fields = [f for f in names.split("\0") if f]
     changes: dict[str, list[tuple[int, int]] | None] = {}
     for status, path in zip(fields[::2], fields[1::2], strict=False):
-        changes[path] = None if status in ("A", "D", "T") else []
-    diff = git(repo.root, "diff", "--cached", "-U0", "--no-color", "--no-renames", "--no-ext-diff")
+        changes[path] = None if status in ("A", "D", "T") or not lines else []
+    if not lines:
+        return changes
+    # Fixed prefixes: diff.noprefix or diff.mnemonicPrefix would hide the names we read.
+    prefixes = ("--src-prefix=a/", "--dst-prefix=b/")
+    diff = git(root, "diff", "-U0", "--no-color", "--no-renames", "--no-ext-diff", *prefixes, *spec)
     current: str | None = None
     for line in diff.splitlines():
         if line.startswith("+++ "):
-            target = line[4:]
+            target = line[4:].removesuffix("\t")  # git adds a tab after a name with a space
             current = target[2:] if target.startswith("b/") else None
         elif line.startswith("@@ ") and current is not None and changes.get(current) is not None:
             new = line.split(" ")[2]  # +start,count
             start_text, _, count_text = new[1:].partition(",")
             start, count = int(start_text), int(count_text or "1")
-            first = max(start, 1)
+            # A deletion (count 0) sits between new lines start and start + 1: both count,
+            # or deleting the first line of a held range would go unseen.
+            first, last = max(start, 1), start + count - 1 if count else start + 1
             spans = changes[current]
             if spans is not None:
-                spans.append((first, first + max(count, 1) - 1))
+                spans.append((first, max(first, last)))
     return {path: (spans or None) for path, spans in changes.items()}
 
 

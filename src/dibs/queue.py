@@ -9,7 +9,9 @@ nobody is. For each entry, in order, the processor:
 2. checks the manual gates (``dibs gate pass ISSUE review``) passed on the branch's commit;
 3. in a temporary worktree, rebases the branch onto the target's tip (or merges it);
 4. runs the command gates of ``dibs.toml`` on that exact commit, with a timeout;
-5. moves the target with a compare-and-swap (``git update-ref REF NEW OLD``, or a push with
+5. re-checks the fence, refuses a diff that changes what another agent holds (claims are the
+   last gate) or what has uncommitted changes in the target's checkout, and then
+   moves the target with a compare-and-swap (``git update-ref REF NEW OLD``, or a push with
    ``--force-with-lease`` when ``merge.remote`` is set), so a target that moved meanwhile is
    never overwritten: the entry is then rebased onto the new tip and tested again;
 6. records the outcome as an event.
@@ -719,9 +721,88 @@ class _Processor:
                     hint=f"pass {gate} on the new commits, then land again",
                 )
 
-    def _check_fence(self, item: dict[str, Any]) -> None:
+    def _last_gate(self, item: dict[str, Any], base: str, commit: str) -> None:
+        """The checks made just before the compare-and-swap, on one read of the claims.
+
+        The entry's fence, then the claims of others on what it changes, then the target's
+        checkout. Claims are checked last, not when queued: a claim taken while the gates ran
+        counts, and a commit made with ``--no-verify`` (or by a script, or by an agent without
+        hooks) is caught here, where the work would otherwise land.
+        """
+        from dibs.guard import diff_changes
+
+        checkout = "" if self.remote else self._checkout()  # with a remote it follows if it can
+        uncommitted = self._uncommitted(checkout) if checkout and base != commit else set()
         state, now = self.dibs.store.read()
         ctx = self.dibs.context(now)
+        self._check_fence(item, state, ctx)
+        # Reading the diff costs a git run per landing: skipped when nothing could refuse it.
+        if uncommitted or any(text.startswith("path:") for text in state.claims):
+            files = diff_changes(self.repo.root, base, commit, lines=False)
+            self._check_claims(item, state, ctx, files=files, diff=(base, commit))
+            self._check_checkout(checkout, set(files), uncommitted)
+
+    def _check_claims(
+        self,
+        item: dict[str, Any],
+        state: State,
+        ctx: Context,
+        *,
+        files: dict[str, list[tuple[int, int]] | None],
+        diff: tuple[str, str],
+    ) -> None:
+        """Refuse a diff that changes a path, or lines, another agent holds exclusively.
+
+        The author's own claims and shared claims never stand in the way (`guard.blockers`).
+        *files* (what *diff*, ``(base, commit)``, changes) are whole files; the changed lines
+        are read only when a line-range claim covers one of them.
+        """
+        from dibs.guard import blockers, diff_changes
+
+        found = [
+            block
+            for path, spans in sorted(files.items())
+            for block in blockers(state, ctx, path, agent=item["agent"], lines=spans)
+        ]
+        if any(block.lines is not None for block in found):
+            changes = diff_changes(self.repo.root, *diff)
+            found = [
+                block
+                for path, spans in sorted(changes.items())
+                for block in blockers(state, ctx, path, agent=item["agent"], lines=spans)
+            ]
+        if not found:
+            return
+        said = "; ".join(block.describe() for block in found[:3])
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        holders = ", ".join(sorted({block.lease["agent"] for block in found}))
+        raise _Failed(
+            f"refused: the branch changes what another agent holds: {said}{more}",
+            files=sorted({block.path for block in found}),
+            held=[block.to_json() for block in found],
+            hint=f"leave those changes out, or settle them with {holders} "
+            f"(or wait until they are released), then land again",
+        )
+
+    def _check_checkout(self, checkout: str, paths: set[str], uncommitted: set[str]) -> None:
+        """Refuse to land *paths* over *uncommitted* work in *checkout* (the target's)."""
+        busy = sorted(_meeting(paths, uncommitted))
+        if busy:
+            raise _Failed(
+                f"refused: {checkout} has {self.target} checked out with uncommitted changes "
+                f"to {', '.join(busy[:5])}{' ...' if len(busy) > 5 else ''}, which the "
+                "landing changes",
+                files=busy,
+                checkout=checkout,
+                hint=f"commit, stash or discard those changes in {checkout}, then land again",
+            )
+
+    def _check_fence(
+        self, item: dict[str, Any], state: State | None = None, ctx: Context | None = None
+    ) -> None:
+        if state is None or ctx is None:
+            state, now = self.dibs.store.read()
+            ctx = self.dibs.context(now)
         lease = state.claims.get("issue:" + item["issue"], {}).get(item["agent"])
         if lease is None or lease["token"] != item["token"] or eviction_reason(state, lease, ctx):
             now_held = [
@@ -861,16 +942,23 @@ class _Processor:
         failure = self._run_gates(top, [item for item, _ in stack])
         if failure is None:
             lost = []
-            for item, _ in stack:
+            base = tip
+            for item, commit in stack:
                 try:
-                    self._check_fence(item)
+                    self._last_gate(item, base, commit)
                 except _Failed as failed:
                     self._finish(item, "failed", **failed.fields)
                     lost.append(item["id"])
+                base = commit
             if lost:
                 rest = [item for item, _ in stack if item["id"] not in lost]
                 return self._settle(self._stack(rest, tip), tip, attempt)
-            if self._move(tip, top):
+            try:
+                moved = self._move(tip, top)
+            except _Failed as failed:  # the target's checkout cannot take the whole stack
+                self._conclude([(item, "failed", failed.fields) for item, _ in stack])
+                return tip
+            if moved:
                 done = {"onto": tip, "attempts": attempt}
                 self._conclude([(item, "landed", {**done, "commit": c}) for item, c in stack])
                 return top
@@ -981,13 +1069,16 @@ class _Processor:
         return code, tail, round(time.monotonic() - started, 3)
 
     def _move(self, old: str, new: str) -> bool:
-        """Move the target from *old* to *new* if it is still at *old* (compare and swap)."""
+        """Move the target from *old* to *new* if it is still at *old* (compare and swap).
+
+        Raises:
+            _Failed: the target's checkout here has uncommitted changes the move would undo.
+        """
         from dibs.git.run import GitError
 
         self.keep_lock(check=True)  # a processor that lost the lock stops here
         if old == new:
             return True
-        message = f"dibs land: {self.target} {old[:12]} -> {new[:12]}"
         if self.remote:
             lease = f"--force-with-lease=refs/heads/{self.target}:{old}"
             try:
@@ -998,31 +1089,72 @@ class _Processor:
                 "rev-parse", "--verify", "--quiet", f"refs/heads/{self.target}", check=False
             ).strip()
             if not local or self._git("merge-base", local, new).strip() == local:
-                self._git(
-                    "update-ref",
-                    "-m",
-                    message,
-                    f"refs/heads/{self.target}",
-                    new,
-                    *([local] if local else []),
-                    check=False,
-                )
-                self._sync_checkouts(local or old, new)
+                # Landed on the remote already: a local checkout that cannot follow keeps its
+                # branch and files where they were (behind, which `git pull` mends; never
+                # corrupted). Refusing here would not undo the push.
+                with contextlib.suppress(_Failed):
+                    self._move_local(local, new)
             return True
+        return self._move_local(old, new)
+
+    def _move_local(self, old: str, new: str) -> bool:
+        """Compare-and-swap the local target, carrying the worktree that has it checked out.
+
+        ``update-ref`` moves a branch but not the index and files of a worktree that has it
+        checked out: that worktree would then show the landing undone, as staged changes, and
+        its next ``git commit`` would revert it. So the checkout is carried from *old* to *new*
+        with ``read-tree -m -u`` (local changes to files the landing does not touch are kept).
+        Where that cannot be done (uncommitted changes to a landed file, an untracked file in
+        the way) the landing is refused, as git's ``updateInstead`` refuses a push, rather than
+        merged into someone's unfinished work: `_check_checkout` refuses it before the swap,
+        and if the checkout changed since (or git refuses for a reason that check cannot see),
+        the swap is undone here.
+        """
+        from dibs.git.run import GitError
+
+        ref = f"refs/heads/{self.target}"
+        message = f"dibs land: {self.target} {old[:12]} -> {new[:12]}"
         try:
-            self._git("update-ref", "-m", message, f"refs/heads/{self.target}", new, old)
+            self._git("update-ref", "-m", message, ref, new, *([old] if old else []))
         except GitError:
             return False
-        self._sync_checkouts(old, new)
+        checkout = self._checkout() if old else ""
+        if checkout:
+            try:
+                self._carry(checkout, old, new)
+            except _Failed:
+                undo = f"dibs land: {self.target} back to {old[:12]} (its checkout cannot follow)"
+                try:
+                    self._git("update-ref", "-m", undo, ref, old, new)
+                except GitError:
+                    return True  # someone committed on top already: it has landed
+                raise
         return True
 
-    def _sync_checkouts(self, old: str, new: str) -> None:
-        """Bring a clean checkout of the target (the main worktree, usually) to *new*.
+    def _carry(self, checkout: str, old: str, new: str) -> None:
+        """Update *checkout*'s index and files from *old* to *new*, or raise _Failed."""
+        from dibs.git.run import GitError
 
-        ``update-ref`` moves the branch but not the files of a worktree that has it checked
-        out; ``read-tree -m -u OLD NEW`` carries that worktree forward, keeping local changes
-        to files the landing did not touch (and refusing, harmlessly, when it would lose one).
-        """
+        if self.remote:  # else `_check_checkout`'s `git status` has just refreshed the index
+            # A file touched but not changed would make read-tree refuse ("not uptodate").
+            self._git("update-index", "-q", "--refresh", cwd=checkout, check=False)
+        try:
+            self._git("read-tree", "-m", "-u", old, new, cwd=checkout)
+        except GitError as exc:
+            landed = set(self._git("diff", "--name-only", "-z", old, new).split("\0")) - {""}
+            busy = sorted(_meeting(landed, self._uncommitted(checkout)))
+            said = ", ".join(busy[:5]) + (" ..." if len(busy) > 5 else "")
+            raise _Failed(
+                f"refused: {checkout} has {self.target} checked out and cannot be brought "
+                "to the landed commit"
+                + (f" (uncommitted changes to {said})" if busy else f": {exc.message}"),
+                files=busy,
+                checkout=checkout,
+                hint=f"commit, stash or discard the changes in {checkout}, then land again",
+            ) from None
+
+    def _checkout(self) -> str:
+        """The worktree that has the target checked out (the main one, usually), or ''."""
         if self.checkout is None:
             self.checkout = ""
             path = None
@@ -1031,8 +1163,15 @@ class _Processor:
                     path = line[len("worktree ") :]
                 elif line == f"branch refs/heads/{self.target}" and path is not None:
                     self.checkout = path
-        if self.checkout:
-            self._git("read-tree", "-m", "-u", old, new, cwd=self.checkout, check=False)
+        return self.checkout
+
+    def _uncommitted(self, checkout: str) -> set[str]:
+        """Paths with uncommitted work in *checkout*: staged, unstaged or untracked (ignored
+        files aside, which git itself overwrites)."""
+        listing = self._git(
+            "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames", cwd=checkout
+        )
+        return {entry[3:] for entry in listing.split("\0") if entry}
 
 
 # Conflict prediction ----------------------------------------------------------------------
@@ -1088,11 +1227,19 @@ def conflicts(dibs: Coordinator) -> dict[str, Any]:
 
 
 def _overlap(a: set[str], b: set[str]) -> bool:
-    if a & b:
-        return True
-    folders_a = {p.rsplit("/", i)[0] for p in a for i in range(1, p.count("/") + 1)}
+    return bool(_meeting(a, b))
+
+
+def _meeting(a: set[str], b: set[str]) -> set[str]:
+    """The paths of *a* that are paths of *b*, folders of them, or files in their way."""
     folders_b = {p.rsplit("/", i)[0] for p in b for i in range(1, p.count("/") + 1)}
-    return bool(folders_a & b or folders_b & a)
+    return {
+        p
+        for p in a
+        if p in b
+        or p in folders_b
+        or any(p.rsplit("/", i)[0] in b for i in range(1, p.count("/") + 1))
+    }
 
 
 def _merge_tree(root: str, a: str, b: str) -> list[str]:

@@ -41,10 +41,12 @@ def configure_land(parser: argparse.ArgumentParser) -> None:
         "  dibs land --batch 8             # test up to 8 entries together\n\n"
         "The branch's current commit is queued with the fencing token of its issue claim.\n"
         "If nobody is processing the queue, this command does, until the queue is empty;\n"
-        "otherwise it waits for its entry. Exit 0 landed, 3 failed (a gate, a conflict),\n"
-        "4 lease lost (the issue claim was evicted or taken over). Only the agent holding\n"
-        "the issue (its token) lands it: exit 1 without a valid token, 3 when another agent\n"
-        "holds it; a person lands it with --as-operator (logged with the OS user and host)."
+        "otherwise it waits for its entry. Exit 0 landed, 3 failed or refused (a gate, a\n"
+        "conflict, a file another agent holds, uncommitted changes to a landed file in the\n"
+        "target's checkout), 4 lease lost (the issue claim was evicted or taken over). Only\n"
+        "the agent holding the issue (its token) lands it: exit 1 without a valid token, 3\n"
+        "when another agent holds it; a person lands it with --as-operator (logged with the\n"
+        "OS user and host)."
     )
     parser.add_argument("branch", nargs="?", metavar="BRANCH", help="default: the current branch")
     parser.add_argument("--issue", metavar="ISSUE", help="default: from the branch name")
