@@ -156,7 +156,7 @@ def test_in_a_batch_only_the_entry_touching_a_held_file_fails(repo: Path, cli: C
     branch(repo, "agent/B-2", {"free2.txt": "2\n"})
     for n in range(3):
         assert 0 == cli("land", f"agent/B-{n}", "--queue-only", env=envs[n]).returncode
-    assert 0 == cli("land", "agent/B-0", "--batch", "3").returncode
+    assert 0 == cli("land", "agent/B-0", "--batch", "3", env=envs[0]).returncode
     states = {e["branch"]: e["state"] for e in cli.json("queue")}
     assert {"agent/B-0": "landed", "agent/B-1": "failed", "agent/B-2": "landed"} == states
     assert {"free0.txt", "free2.txt"} <= main_files(repo)
