@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 
+from dibs import platform
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
 from dibs.errors import Refused, UsageError
@@ -138,12 +139,8 @@ def _replace(full: str, text: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
+        platform.sync_file(fd)
     finally:
         os.close(fd)
     os.replace(tmp, full)
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    platform.sync_dir(folder)
