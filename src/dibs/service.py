@@ -600,8 +600,15 @@ class Coordinator:
 
     def doctor(self, *, repair: bool = False) -> dict[str, Any]:
         """Check the log and the cached state; with *repair*, mend what can be mended."""
+        from dibs import platform
+
         findings: list[Finding] = self.store.check(repair=repair)
-        return {"store": self.store.url, "ok": not findings, "findings": findings}
+        report = {"store": self.store.url, "ok": not findings, "findings": findings}
+        sync = getattr(self.store, "sync", None)
+        if sync is not None:
+            # The local store decides with this machine's primitives (docs: Platforms).
+            report["platform"] = platform.describe(sync)
+        return report
 
 
 def _event_filter(

@@ -111,3 +111,5 @@ def test_a_watched_process_holds_its_claims_until_it_dies_without_proc(
     assert ["holder-dead"] == [e["reason"] for e in evictions]
     doctor = cli("doctor")
     assert 0 == doctor.returncode, doctor.stdout + doctor.stderr
+    assert "sync fsync;" in doctor.stdout  # no fdatasync here
+    assert "liveness by kill(pid, 0)" in doctor.stdout  # no /proc here

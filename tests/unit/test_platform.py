@@ -251,6 +251,17 @@ def test_process_alive_compares_start_times_only_when_both_are_known(
     assert alive is platform.process_alive(4242, recorded)
 
 
+def test_posix_describes_its_primitives() -> None:
+    """Posix: doctor is told fsync, CLOCK_MONOTONIC and kill(pid, 0)."""
+    found = Posix().describe()
+    assert ("posix", "fsync", "CLOCK_MONOTONIC") == (
+        found["platform"],
+        found["sync"],
+        found["clock"],
+    )
+    assert found["liveness"].startswith("kill(pid, 0)")
+
+
 # Linux ---------------------------------------------------------------------------------------
 
 
@@ -285,6 +296,18 @@ def test_linux_clock_is_clock_boottime() -> None:
     assert "CLOCK_BOOTTIME" == Linux().clock_name()
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
     assert Linux().clock_ns() >= before  # boottime = monotonic + time spent suspended
+
+
+@needs_linux
+def test_linux_describes_its_primitives() -> None:
+    """Linux with /proc: doctor is told fdatasync, CLOCK_BOOTTIME, the kernel's boot id, /proc."""
+    assert {
+        "platform": "linux",
+        "sync": "fdatasync",
+        "clock": "CLOCK_BOOTTIME",
+        "boot": "/proc/sys/kernel/random/boot_id",
+        "liveness": "/proc/<pid>/stat start time",
+    } == Linux().describe()
 
 
 @needs_linux
@@ -390,6 +413,7 @@ def test_darwin_full_sync_is_f_fullfsync(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [(5, getattr(fcntl, "F_FULLFSYNC", darwin.F_FULLFSYNC))] == requests
     assert [6] == plain.fds
     assert ["F_FULLFSYNC", "fsync"] == list(chosen.sync_primitives())
+    assert ("F_FULLFSYNC", "fsync") == (chosen.sync_name("full"), chosen.sync_name("fsync"))
 
 
 def test_darwin_falls_back_to_fsync_where_f_fullfsync_is_refused(
@@ -436,3 +460,32 @@ def test_macos_full_fsync_works_on_a_real_file(tmp_path: Path) -> None:
         darwin.full_fsync(fd)
     finally:
         os.close(fd)
+
+
+# The choice in dibs.toml ---------------------------------------------------------------------
+
+
+def test_store_sync_in_dibs_toml_reaches_the_local_store(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store.sync = "fsync" in dibs.toml makes the local store sync with that choice."""
+    from dibs.service import Coordinator
+
+    monkeypatch.delenv("DIBS_SYNC", raising=False)
+    with Coordinator.open(repo) as dibs:
+        assert "full" == getattr(dibs.store, "sync", None)
+    (repo / "dibs.toml").write_text('[store]\nsync = "fsync"\n')
+    with Coordinator.open(repo) as dibs:
+        assert "fsync" == getattr(dibs.store, "sync", None)
+
+
+def test_a_bad_store_sync_is_refused_naming_the_choices(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIBS_SYNC=sometimes is a usage error that names full and fsync."""
+    from dibs.errors import InvalidSetting
+    from dibs.service import Coordinator
+
+    monkeypatch.setenv("DIBS_SYNC", "sometimes")
+    with pytest.raises(InvalidSetting, match="full, fsync"):
+        Coordinator.open(repo)

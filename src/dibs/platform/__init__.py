@@ -41,6 +41,7 @@ __all__ = [
     "boot_id",
     "clock_name",
     "clock_ns",
+    "describe",
     "host_name",
     "lock",
     "parent_death_setup",
@@ -133,6 +134,8 @@ boot_id = current.boot_id
 #: When a process started (opaque), `UNKNOWN_START`, or None when it is gone.
 process_start = current.process_start
 host_name = current.host_name
+#: Which primitive decides each answer here, for people (`dibs doctor`).
+describe = current.describe
 parent_death_setup: Callable[[], Callable[[], None] | None] = current.parent_death_setup
 
 

@@ -65,7 +65,20 @@ class Darwin(Posix):
     def read_boot_id(self) -> str:
         """``kern.bootsessionuuid``; else ``kern.boottime`` (the portable answer)."""
         found = parse_uuid(sysctl_bytes("kern.bootsessionuuid") or b"")
-        return found or super().read_boot_id()
+        if not found:
+            return super().read_boot_id()
+        self.boot_source = "kern.bootsessionuuid"
+        return found
+
+    def liveness_name(self) -> str:
+        """sysctl KERN_PROC_PID."""
+        if kinfo_proc(os.getpid()) is None:
+            return super().liveness_name()
+        return "sysctl KERN_PROC_PID start time"
+
+    def sync_name(self, how: str = "full") -> str:
+        """F_FULLFSYNC for "full"."""
+        return "F_FULLFSYNC" if how == "full" else "fsync"
 
     def process_start(self, pid: int) -> int | None:
         """Microseconds since the epoch at which *pid* started, from ``KERN_PROC_PID``."""

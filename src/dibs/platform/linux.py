@@ -77,7 +77,20 @@ class Linux(Posix):
                 found = f.read().strip()
         except OSError:
             found = ""
-        return found or super().read_boot_id()
+        if not found:
+            return super().read_boot_id()
+        self.boot_source = _BOOT_ID
+        return found
+
+    def liveness_name(self) -> str:
+        """/proc/<pid>/stat where mounted."""
+        if self.proc_mounted():
+            return "/proc/<pid>/stat start time"
+        return super().liveness_name()
+
+    def sync_name(self, how: str = "full") -> str:
+        """fdatasync where this Python has it."""
+        return "fdatasync" if self._fdatasync is not None else super().sync_name(how)
 
     def process_start(self, pid: int) -> int | None:
         """Field 22 of ``/proc/<pid>/stat``; the portable answer without ``/proc``."""

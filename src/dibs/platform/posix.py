@@ -45,6 +45,8 @@ class Posix:
 
     def __init__(self) -> None:
         self._boot: str | None = None
+        #: Where `read_boot_id` found the boot id, for people.
+        self.boot_source = ""
         clock = getattr(time, "CLOCK_MONOTONIC", None)
         self._clock: int | None = clock
 
@@ -108,7 +110,9 @@ class Posix:
         """Read this boot's id from the system (uncached)."""
         raw = sysctl_bytes("kern.boottime")
         if raw:
+            self.boot_source = "kern.boottime"
             return "boottime-" + raw.hex()
+        self.boot_source = "wall clock minus the deciding clock (a clock step reads as a reboot)"
         return booted_at(self.clock_ns)
 
     # Processes ----------------------------------------------------------------------------
@@ -124,6 +128,25 @@ class Posix:
         except OverflowError:
             return None  # not a pid this system can have
         return UNKNOWN_START
+
+    def liveness_name(self) -> str:
+        """How `process_start` tells a process, for people."""
+        return "kill(pid, 0), start time unknown (a reused pid is not noticed)"
+
+    def sync_name(self, how: str = "full") -> str:  # noqa: ARG002 -- one primitive here
+        """The primitive behind `sync_data` for *how*, for people."""
+        return "fsync"
+
+    def describe(self, how: str = "full") -> dict[str, str]:
+        """Which primitive decides each answer here (`dibs doctor` shows it)."""
+        self.boot_id()
+        return {
+            "platform": self.name,
+            "sync": self.sync_name(how),
+            "clock": self.clock_name(),
+            "boot": self.boot_source or "cached",
+            "liveness": self.liveness_name(),
+        }
 
     def host_name(self) -> str:
         """This machine's network name."""
