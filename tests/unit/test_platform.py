@@ -321,9 +321,22 @@ def test_linux_boot_id_is_the_kernels() -> None:
 def test_linux_without_proc_falls_back_to_the_portable_boot_id(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Linux without /proc: the boot id is the portable one, not an error."""
+    """Linux without /proc: the boot id is the boot instant from the clocks, not an error."""
     monkeypatch.setattr(linux, "_BOOT_ID", str(tmp_path / "missing"))
-    assert Posix.read_boot_id(Linux()) == Linux().boot_id()
+    chosen = Linux()
+    assert chosen.computed_boot_id() == chosen.boot_id()
+    assert chosen.boot_id().startswith("boot-")
+
+
+@needs_linux
+def test_linux_claim_path_does_not_load_ctypes() -> None:
+    """Linux: reading the clock, the boot id and a process's start time loads no ctypes."""
+    code = (
+        "import os, sys; from dibs import host; host.now(); host.process_start(os.getpid()); "
+        "print('ctypes' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "False" == out.stdout.strip()
 
 
 @needs_linux

@@ -78,7 +78,8 @@ class Linux(Posix):
         except OSError:
             found = ""
         if not found:
-            return super().read_boot_id()
+            # Linux has no kern.boottime (and loading ctypes to learn that costs milliseconds).
+            return self.computed_boot_id()
         self.boot_source = _BOOT_ID
         return found
 

@@ -112,6 +112,10 @@ class Posix:
         if raw:
             self.boot_source = "kern.boottime"
             return "boottime-" + raw.hex()
+        return self.computed_boot_id()
+
+    def computed_boot_id(self) -> str:
+        """The boot instant from the clocks (`booted_at`): where the system keeps no boot id."""
         self.boot_source = "wall clock minus the deciding clock (a clock step reads as a reboot)"
         return booted_at(self.clock_ns)
 
