@@ -820,7 +820,12 @@ def _spawn(
         ) from None
     # At a terminal the command shares our process group (Ctrl-C reaches it): the watcher
     # then stops the command alone, never the group (that is the shell's job).
-    os.write(pipe, f"{child.pid} {0 if interactive else 1}\n".encode())
+    try:
+        os.write(pipe, f"{child.pid} {0 if interactive else 1}\n".encode())
+    except OSError:
+        # The watcher is gone already: on Linux the parent-death signal still stands.
+        os.close(pipe)
+        pipe = os.open(os.devnull, os.O_WRONLY)
     return child, watcher, pipe
 
 

@@ -47,6 +47,18 @@ class Darwin(Posix):
 
     name = "darwin"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._kinfo: bool | None = None
+
+    def kinfo_works(self) -> bool:
+        """Whether ``KERN_PROC_PID`` reads this very process as `parse_kinfo_proc` expects
+        (checked once): a layout dibs misreads must not declare live processes dead."""
+        if self._kinfo is None:
+            raw = kinfo_proc(os.getpid())
+            self._kinfo = raw is not None and parse_kinfo_proc(raw, os.getpid()) is not None
+        return self._kinfo
+
     def sync_file(self, fd: int, how: str = "full") -> None:
         """``F_FULLFSYNC`` for ``how="full"``, plain ``fsync`` for ``"fsync"``."""
         if how == "full":
@@ -72,7 +84,7 @@ class Darwin(Posix):
 
     def liveness_name(self) -> str:
         """sysctl KERN_PROC_PID."""
-        if kinfo_proc(os.getpid()) is None:
+        if not self.kinfo_works():
             return super().liveness_name()
         return "sysctl KERN_PROC_PID start time"
 
@@ -82,7 +94,7 @@ class Darwin(Posix):
 
     def process_start(self, pid: int) -> int | None:
         """Microseconds since the epoch at which *pid* started, from ``KERN_PROC_PID``."""
-        raw = kinfo_proc(pid)
+        raw = kinfo_proc(pid) if self.kinfo_works() else None
         if raw is None:
             return super().process_start(pid)
         return parse_kinfo_proc(raw, pid)
@@ -108,10 +120,18 @@ def kinfo_proc(pid: int) -> bytes | None:
         return None
     import ctypes
 
+    call.argtypes = [
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+    ]
     mib = (ctypes.c_int * 4)(_CTL_KERN, _KERN_PROC, _KERN_PROC_PID, pid)
     buf = ctypes.create_string_buffer(KINFO_PROC_SIZE)
     size = ctypes.c_size_t(KINFO_PROC_SIZE)
-    if call(mib, 4, buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+    if call(mib, 4, buf, ctypes.byref(size), None, 0) != 0:
         return None
     return buf.raw[: size.value]
 

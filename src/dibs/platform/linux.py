@@ -115,10 +115,14 @@ class Linux(Posix):
         prctl = getattr(libc, "prctl", None) if libc is not None else None
         if prctl is None:
             return None
+        import ctypes
+
         parent = os.getpid()
+        # prctl is variadic and the kernel reads unsigned longs: pass them as such.
+        args = [ctypes.c_ulong(int(signal.SIGTERM))] + [ctypes.c_ulong(0)] * 3
 
         def setup() -> None:
-            prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            prctl(_PR_SET_PDEATHSIG, *args)
             if os.getppid() != parent:
                 os._exit(1)
 

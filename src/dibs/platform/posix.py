@@ -191,12 +191,19 @@ def sysctl_bytes(name: str) -> bytes | None:
         call = libc.sysctlbyname
     except (OSError, AttributeError):
         return None  # glibc and musl have no sysctlbyname
+    call.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+    ]
     size = ctypes.c_size_t(0)
     key = name.encode()
-    if call(key, None, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0 or not size.value:
+    if call(key, None, ctypes.byref(size), None, 0) != 0 or not size.value:
         return None
     buf = ctypes.create_string_buffer(size.value)
-    if call(key, buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+    if call(key, buf, ctypes.byref(size), None, 0) != 0:
         return None
     return buf.raw[: size.value]
 
