@@ -445,6 +445,29 @@ def test_darwin_falls_back_to_fsync_where_f_fullfsync_is_refused(
     assert [9] == plain.fds
 
 
+def test_darwin_never_trusts_a_kinfo_proc_it_misreads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS: when KERN_PROC_PID does not read this process as expected, liveness is os.kill
+    (a live process is never declared dead by a misread layout)."""
+    monkeypatch.setattr(darwin, "kinfo_proc", lambda _pid: bytes(darwin.KINFO_PROC_SIZE))
+    chosen = Darwin()
+    assert UNKNOWN_START == chosen.process_start(os.getpid())
+    assert chosen.process_start(dead_pid()) is None
+    assert chosen.liveness_name().startswith("kill(pid, 0)")
+
+
+def test_darwin_reads_start_times_once_kinfo_proc_reads_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS: a kinfo_proc that reads this process right decides every pid's start time."""
+    me = os.getpid()
+    table = {me: kinfo(me, 2, 1_700_000_000, 1), 4242: kinfo(4242, 2, 1_700_000_100, 7)}
+    monkeypatch.setattr(darwin, "kinfo_proc", lambda pid: table.get(pid, b""))
+    chosen = Darwin()
+    assert 1_700_000_100_000_007 == chosen.process_start(4242)
+    assert chosen.process_start(4343) is None
+    assert "sysctl KERN_PROC_PID start time" == chosen.liveness_name()
+
+
 @needs_macos
 def test_macos_process_start_comes_from_sysctl() -> None:
     """macOS: this process has a stable start time; a reaped process has none."""
