@@ -41,7 +41,6 @@ class Linux(Posix):
         clock = getattr(time, "CLOCK_BOOTTIME", None)
         if clock is not None:
             self._clock = clock
-        self._fdatasync = getattr(os, "fdatasync", None)
         self._proc: bool | None = None
 
     def proc_mounted(self) -> bool:
@@ -52,16 +51,19 @@ class Linux(Posix):
 
     def sync_data(self, fd: int, how: str = "full") -> None:
         """``fdatasync`` where this Python has it, else ``fsync``."""
-        if self._fdatasync is not None:
-            self._fdatasync(fd)
+        # Looked up on each call: the fault tests put their own ``os`` in this module.
+        fdatasync = getattr(os, "fdatasync", None)
+        if fdatasync is not None:
+            fdatasync(fd)
         else:
             super().sync_data(fd, how)
 
     def sync_primitives(self) -> dict[str, Callable[[int], None]]:
         """fdatasync (when present) and fsync."""
         found = super().sync_primitives()
-        if self._fdatasync is not None:
-            found = {"fdatasync": self._fdatasync, **found}
+        fdatasync = getattr(os, "fdatasync", None)
+        if fdatasync is not None:
+            found = {"fdatasync": fdatasync, **found}
         return found
 
     def clock_name(self) -> str:
@@ -91,7 +93,7 @@ class Linux(Posix):
 
     def sync_name(self, how: str = "full") -> str:
         """fdatasync where this Python has it."""
-        return "fdatasync" if self._fdatasync is not None else super().sync_name(how)
+        return "fdatasync" if hasattr(os, "fdatasync") else super().sync_name(how)
 
     def process_start(self, pid: int) -> int | None:
         """Field 22 of ``/proc/<pid>/stat``; the portable answer without ``/proc``."""
