@@ -24,10 +24,11 @@ def _hidden(path: object) -> bool:
 
 
 def _hide(function):  # type: ignore[no-untyped-def]
-    def hiding(path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if _hidden(path):
+    def hiding(*args, **kwargs):  # type: ignore[no-untyped-def]
+        path = args[0] if args else kwargs.get("path", kwargs.get("file"))
+        if path is not None and _hidden(path):
             raise FileNotFoundError(2, "No such file or directory (no /proc here)", str(path))
-        return function(path, *args, **kwargs)
+        return function(*args, **kwargs)
 
     return hiding
 
