@@ -178,6 +178,19 @@ def test_the_cli_on_windows_says_use_wsl_without_a_traceback() -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_the_python_api_without_flock_says_use_wsl(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without fcntl (native Windows) taking the store's lock says "use WSL", no ImportError."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    fd = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(platform.UnsupportedPlatform, match="use WSL"):
+            Posix().lock(fd)
+    finally:
+        os.close(fd)
+
+
 # Portable (BSDs and the fallback of the others) ---------------------------------------------
 
 

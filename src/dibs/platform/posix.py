@@ -76,7 +76,12 @@ class Posix:
 
     def lock(self, fd: int) -> None:
         """Wait for the exclusive lock on the open file *fd* (released when we die)."""
-        import fcntl
+        try:
+            import fcntl
+        except ImportError:  # native Windows: the Python API says what the CLI says
+            from dibs.platform import UnsupportedPlatform, unsupported
+
+            raise unsupported("win32") or UnsupportedPlatform() from None
 
         fcntl.flock(fd, fcntl.LOCK_EX)
 
@@ -154,7 +159,12 @@ class Posix:
 
     def host_name(self) -> str:
         """This machine's network name."""
-        return os.uname().nodename
+        uname = getattr(os, "uname", None)
+        if uname is None:  # native Windows
+            import socket
+
+            return socket.gethostname()
+        return str(uname().nodename)
 
     def parent_death_setup(self) -> Callable[[], None] | None:
         """A function the child of `dibs run` calls before exec so that it dies with its parent
