@@ -10,6 +10,12 @@
    most 2.5x.
 4. `dibs status --json` on a store with 1,000,000 past events / one with 1,000, both with 10,000
    live claims. Goal: at most 2x.
+5. Durability choices: append+fsync / a plain append; each other sync primitive this machine
+   offers (fdatasync on Linux, F_FULLFSYNC on macOS) / fsync; and a durable claim with each
+   `store.sync` choice / a raw append with that choice's primitive.
+
+"fdatasync" above is this platform's durable sync (`dibs.platform`: fsync or F_FULLFSYNC where
+there is no fdatasync).
 
 Never run as a test: these machines are shared and noisy; figures go in the README.
 """
@@ -25,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dibs import platform
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
 from dibs.service import Coordinator
@@ -46,24 +54,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def raw_append_latency(folder: str, n: int) -> list[float]:
-    """Append one ~250-byte line and fdatasync it, n times."""
-    fd = os.open(os.path.join(folder, "raw.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def raw_append_latency(
+    folder: str, n: int, sync: Callable[[int], None] | None = platform.sync_data, name: str = "raw"
+) -> list[float]:
+    """Append one ~250-byte line and *sync* it (None: do not), n times."""
+    path = os.path.join(folder, f"{name}.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     out = []
     try:
         for _ in range(n):
             t = time.perf_counter()
             os.write(fd, LINE)
-            os.fdatasync(fd)
+            if sync is not None:
+                sync(fd)
             out.append(time.perf_counter() - t)
     finally:
         os.close(fd)
     return out
 
 
-def claim_latency(folder: str, n: int) -> tuple[list[float], list[float]]:
+def claim_latency(folder: str, n: int, sync: str = "full") -> tuple[list[float], list[float]]:
     """Claim then release issue:k, n times, through the Python API."""
-    dibs = Coordinator(LocalStore(os.path.join(folder, "dibs")))
+    dibs = Coordinator(LocalStore(os.path.join(folder, f"dibs-{sync}"), sync=sync))
     dibs.register("bench")
     claims, releases = [], []
     for k in range(n):
@@ -80,17 +92,15 @@ def claim_latency(folder: str, n: int) -> tuple[list[float], list[float]]:
 
 
 def _raw_worker(path: str, lock: str, seconds: float, out: Any) -> None:
-    import fcntl
-
     lfd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     count = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        fcntl.flock(lfd, fcntl.LOCK_EX)
+        platform.lock(lfd)
         os.write(fd, LINE)
-        os.fdatasync(fd)
-        fcntl.flock(lfd, fcntl.LOCK_UN)
+        platform.sync_data(fd)
+        platform.unlock(lfd)
         count += 1
     out.put(count)
 
@@ -249,6 +259,48 @@ def status_open(folder: str, past: int, live: int, n: int) -> list[float]:
     return run_times([str(BIN / "dibs"), "status", "--json", "-C", repo], n)
 
 
+def durability(folder: str, n: int, add: Callable[..., None]) -> None:
+    """Rows for each sync primitive and each `store.sync` choice on this machine."""
+    med = statistics.median
+    primitives = platform.sync_primitives()
+    plain = raw_append_latency(folder, n, None, "plain")
+    fsync = raw_append_latency(folder, n, primitives["fsync"], "fsync")
+    add(
+        "append_fsync_p50",
+        f"append+fsync p50 / plain append p50 ({platform.NAME})",
+        med(fsync) * 1e3,
+        med(plain) * 1e3,
+        "ms",
+        "",
+    )
+    for name, primitive in primitives.items():
+        if name != "fsync":
+            synced = raw_append_latency(folder, n, primitive, name)
+            add(
+                f"append_{name}_p50",
+                f"append+{name} p50 / append+fsync p50 ({platform.NAME})",
+                med(synced) * 1e3,
+                med(fsync) * 1e3,
+                "ms",
+                "",
+            )
+    for choice in platform.SYNC_CHOICES:
+
+        def sync(fd: int, choice: str = choice) -> None:
+            platform.sync_data(fd, choice)
+
+        raw = raw_append_latency(folder, n, sync, f"choice-{choice}")
+        claims, _ = claim_latency(folder, n, choice)
+        add(
+            f"claim_sync_{choice}_p50",
+            f"durable claim p50, store.sync={choice} / raw append+its sync p50",
+            med(claims) * 1e3,
+            med(raw) * 1e3,
+            "ms",
+            "<= 1.3x",
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -298,6 +350,7 @@ def main() -> None:
                 "events/s",
                 ">= 0.7x",
             )
+        durability(tmp, n, add)
         cli = cli_latency(tmp, 30 if args.quick else 100)
         for name in ("dibs claim", "dibs release"):
             add(

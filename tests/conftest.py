@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from dibs import platform
 from dibs.core.events import Now
 from dibs.core.leases import Context
 
@@ -209,7 +210,7 @@ def _drop_stale_databases(conn: Any) -> None:
     ).fetchall()
     for (name,) in rows:
         pid = int(name[len("dibs_t") :].split("_", 1)[0])
-        if not Path(f"/proc/{pid}").exists():
+        if platform.process_start(pid) is None:  # not /proc: it is missing on macOS
             ddl(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 

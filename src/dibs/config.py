@@ -176,6 +176,14 @@ SCHEMA: dict[str, Setting] = {
     "store.url": Setting(
         "", _store_url, "DIBS_STORE", "the store: empty for local, or postgresql://..."
     ),
+    "store.sync": Setting(
+        "full",
+        _choice("full", "fsync"),
+        "DIBS_SYNC",
+        "how the local store makes a claim durable: full (the drive has it: F_FULLFSYNC on "
+        "macOS) or fsync (the system handed it to the drive; faster on macOS, may lose the "
+        "last claims on a power cut); the same on Linux",
+    ),
     "store.namespace": Setting(
         "",
         _namespace,
@@ -373,6 +381,10 @@ auto_claim_ttl = 1800
 # url = "postgresql://dibs@db.example/dibs" (or DIBS_STORE; the password goes in ~/.pgpass)
 # The repository's namespace in that database (default: from its first commit, so every
 # clone of one repository shares it): namespace = "myproject" (or DIBS_NAMESPACE)
+# How a claim is made durable before it is acknowledged (DIBS_SYNC): "full" waits until the
+# drive has it on stable storage (F_FULLFSYNC on macOS); "fsync" only until the system handed
+# it to the drive (faster on macOS; a power cut may lose the last claims). Same on Linux.
+# sync = "full"
 """
 
 

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 
+from dibs import platform
 from dibs.core.events import new_event
 from dibs.core.leases import Decision, eviction_reason
 from dibs.errors import DibsError, LeaseLost, Refused, UsageError
@@ -240,7 +241,7 @@ def _stage(full: str, data: bytes) -> str:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        platform.sync_file(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -253,8 +254,4 @@ def _stage(full: str, data: bytes) -> str:
 def _commit(tmp: str, full: str) -> None:
     """Rename the staged *tmp* over *full* and fsync the folder."""
     os.replace(tmp, full)
-    dir_fd = os.open(os.path.dirname(full), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    platform.sync_dir(os.path.dirname(full))

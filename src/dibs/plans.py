@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from dibs import platform
 from dibs.core.events import new_event
 from dibs.core.leases import Decision, eviction_reason
 from dibs.core.resources import overlaps, parse_resource
@@ -250,7 +251,7 @@ def archive(dibs: Coordinator) -> dict[str, Any]:
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in events)
         f.flush()
-        os.fsync(f.fileno())
+        platform.sync_file(f.fileno())
     os.replace(path + ".tmp", path)
 
     def decide(state: State, ctx: Context) -> Decision:

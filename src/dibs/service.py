@@ -191,7 +191,12 @@ class Coordinator:
         repo = find_repo(os.fspath(where) if where is not None else None)
         settings = config.load(repo.root, cache_dir=repo.store_dir)
         if store is None:
-            store = open_store(settings["store.url"], repo, namespace=settings["store.namespace"])
+            store = open_store(
+                settings["store.url"],
+                repo,
+                namespace=settings["store.namespace"],
+                sync=settings["store.sync"],
+            )
         return cls(store, agent=agent, token=token, settings=settings, repo=repo)
 
     def __enter__(self) -> Coordinator:
@@ -583,8 +588,15 @@ class Coordinator:
 
     def doctor(self, *, repair: bool = False) -> dict[str, Any]:
         """Check the log and the cached state; with *repair*, mend what can be mended."""
+        from dibs import platform
+
         findings: list[Finding] = self.store.check(repair=repair)
-        return {"store": self.store.url, "ok": not findings, "findings": findings}
+        report = {"store": self.store.url, "ok": not findings, "findings": findings}
+        sync = getattr(self.store, "sync", None)
+        if sync is not None:
+            # The local store decides with this machine's primitives (docs: Platforms).
+            report["platform"] = platform.describe(sync)
+        return report
 
 
 def _event_filter(
@@ -623,9 +635,10 @@ def default_namespace(repo: Repo | None) -> str:
     return f"git-{root[:12]}"
 
 
-def open_store(url: str, repo: Repo | None, *, namespace: str = "") -> Store:
+def open_store(url: str, repo: Repo | None, *, namespace: str = "", sync: str = "full") -> Store:
     """The store named by *url*: empty for the repository's local store, a folder path, or
     ``postgresql://...`` (in *namespace*, by default the repository's `default_namespace`).
+    A local store syncs its log as *sync* says (``store.sync``).
     """
     if is_postgres_url(url):
         try:
@@ -644,7 +657,7 @@ def open_store(url: str, repo: Repo | None, *, namespace: str = "") -> Store:
 
         return MemoryStore()
     if url:
-        return LocalStore(os.path.abspath(url.removeprefix("local:")))
+        return LocalStore(os.path.abspath(url.removeprefix("local:")), sync=sync)
     if repo is None:
         raise NotFound("no repository and no store given", hint="run inside a git repository")
-    return LocalStore(repo.store_dir)
+    return LocalStore(repo.store_dir, sync=sync)

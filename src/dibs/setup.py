@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from dibs import config
+from dibs import config, platform
 from dibs.errors import UsageError
 from dibs.git.discover import Repo, find_repo
 
@@ -226,7 +226,7 @@ def migrate_store(where: str | os.PathLike[str] | None = None, *, to: str) -> di
             f"this repository already uses {settings['store.url']!r}",
             hint="migrate copies a local store; unset DIBS_STORE if it points at the target",
         )
-    local = open_store(settings["store.url"], repo)
+    local = open_store(settings["store.url"], repo, sync=settings["store.sync"])
     if not isinstance(local, LocalStore):
         raise UsageError("only a local store can be migrated")
     target = _shared_store(to, repo)
@@ -255,7 +255,7 @@ def migrate_store(where: str | os.PathLike[str] | None = None, *, to: str) -> di
             with open(os.path.join(local.root, MOVED), "w", encoding="utf-8") as f:
                 json.dump({"to": target.url, "seq": state.seq}, f)
                 f.flush()
-                os.fsync(f.fileno())
+                platform.sync_file(f.fileno())
         finally:
             local.unlock()
         if not os.path.exists(settings_path):

@@ -16,6 +16,7 @@ fsync made durable, and for every directory which entries a directory fsync made
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -220,3 +221,23 @@ def materialize(state: CrashState, base: str, target: Path) -> Path:
             where.write_bytes(content)
             where.chmod(mode)
     return target
+
+
+@contextlib.contextmanager
+def local_store_os(fake: Any) -> Iterator[None]:
+    """Put *fake* in place of ``os`` wherever the local store reaches the disk: the store itself
+    and the platform layer that syncs and locks for it."""
+    import dibs.platform.darwin
+    import dibs.platform.linux
+    import dibs.platform.posix
+    import dibs.store.local
+
+    modules = [dibs.store.local, dibs.platform.posix, dibs.platform.linux, dibs.platform.darwin]
+    originals = [m.os for m in modules]
+    for module in modules:
+        module.os = fake
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.os = original

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-import dibs.store.local as local_module
 from dibs.errors import Conflict, StoreIOError
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness
+from tests.faults.crashfs import local_store_os
 from tests.faults.history import History, check
 
 
@@ -97,12 +97,8 @@ def run(tmp_path: Path, faulty: FaultyOS) -> tuple[int, list[str], History]:
         c = Coordinator(store, liveness=FakeLiveness())
         c.register(name)
         coordinators.append(c)
-    original = local_module.os
-    local_module.os = faulty  # type: ignore[assignment]
-    try:
+    with local_store_os(faulty):
         ops, failures = workload(coordinators, history, rounds=12)
-    finally:
-        local_module.os = original  # type: ignore[assignment]
     # Space returns: a fresh opener (and the old handles) carry on.
     ops2, failures2 = workload(coordinators, history, rounds=4)
     assert [] == failures2

@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-import dibs.store.local as local_module
 from dibs.errors import Conflict, CorruptLog, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness
-from tests.faults.crashfs import CrashState, Recorder, crash_states, materialize
+from tests.faults.crashfs import CrashState, Recorder, crash_states, local_store_os, materialize
 from tests.faults.history import check
 
 RESOURCES = ["issue:A", "issue:B", "issue:C", "lock:deploy", "path:src/**", "path:src/app.py"]
@@ -29,9 +28,7 @@ def record_workload(base: Path, steps: int, seed: int) -> list[tuple[Any, ...]]:
     recorder = Recorder()
     clock = FakeClock()
     rng = random.Random(seed)
-    original = local_module.os
-    local_module.os = recorder  # type: ignore[assignment]
-    try:
+    with local_store_os(recorder):
         agents = []
         for name in ("a1", "a2", "a3"):
             store = LocalStore(base / "dibs", clock=clock, segment_bytes=1500, checkpoint_bytes=900)
@@ -56,8 +53,6 @@ def record_workload(base: Path, steps: int, seed: int) -> list[tuple[Any, ...]]:
             except (Conflict, LeaseLost, NotFound):
                 pass
             clock.advance(rng.choice([0.5, 2, 8]))
-    finally:
-        local_module.os = original  # type: ignore[assignment]
     return recorder.ops
 
 

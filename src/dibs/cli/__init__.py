@@ -178,6 +178,13 @@ def _unknown(name: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the dibs command line; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from dibs.platform import problem
+
+    stop = problem()
+    if stop is not None:
+        # Before anything else: on native Windows the first lock would be a traceback.
+        sys.stderr.write(f"dibs: {stop.message}\nhint: {stop.hint}\n")
+        return stop.exit_code
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(top_help())
         return 0 if args else 2

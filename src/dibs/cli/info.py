@@ -205,4 +205,9 @@ def run_doctor(args: argparse.Namespace) -> int:
             else:
                 done = "cannot be repaired automatically: " + item["repair"]
             sys.stdout.write(f"{item['kind']}: {item['message']}\n  {done}\n")
+    if "platform" in report and not args.json:
+        sys.stdout.write(
+            "platform: {platform}; sync {sync}; clock {clock}; boot id from {boot}; "
+            "liveness by {liveness}\n".format(**report["platform"])
+        )
     return 0 if all(item["repaired"] for item in findings) else 1

@@ -112,7 +112,8 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
         "--issue is given, runs CMD there with DIBS_AGENT, DIBS_TOKEN and DIBS_WORKTREE set,\n"
         "heartbeats every leases.heartbeat seconds, passes SIGINT/SIGTERM on, and releases\n"
         "everything when CMD ends. Exits with CMD's exit code. Killed with SIGKILL, its\n"
-        "claims are evicted by the next operation anyone makes."
+        "claims are evicted by the next operation anyone makes, and CMD (with its process\n"
+        "group) is stopped too: it never runs on with the agent's token."
     )
     parser.add_argument("--agent", metavar="NAME", help="the agent's name (default: run-PID)")
     parser.add_argument("--issue", metavar="ISSUE", help="start this issue's worktree first")

@@ -9,8 +9,9 @@ Layout, in ``$(git rev-parse --git-common-dir)/dibs/`` (shared by every worktree
 Writing (under ``flock``): catch up with what others appended, repair a torn tail, read the
 clock, decide, append the events with one ``write``, apply them, let go of the lock, then
 ``fdatasync`` (group commit: concurrent writers' syncs overlap). An operation is acknowledged
-only after its fdatasync returns; nothing else is synced on that path (DESIGN.md Budgets: one
-fsync per operation).
+only after its fdatasync returns; nothing else is synced on that path (one
+fsync per operation). The sync, the lock and the clock are this platform's (`dibs.platform`:
+fdatasync on Linux, F_FULLFSYNC on macOS, fsync elsewhere).
 
 Reading (``status``, ``log``) takes no lock: it replays complete transactions only and leaves a
 torn or half-written tail for the next writer to judge.
@@ -24,12 +25,11 @@ The checkpoint is a cache: when it is missing or does not match the log it is re
 from __future__ import annotations
 
 import _thread
-import fcntl
 import json
 import marshal
 import os
 
-from dibs import host
+from dibs import host, platform
 from dibs.core.events import REQUIRED, SCHEMA_VERSION, decode, encode
 from dibs.core.state import State, apply, seal
 from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable
@@ -61,14 +61,6 @@ def _segment_name(first_seq: int) -> str:
     return f"{first_seq:0{_SEGMENT_DIGITS}d}.jsonl"
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_dir(path: str) -> None:
     """Create *path* (and parents) durably: a new directory entry is synced in its parent."""
     if os.path.isdir(path):
@@ -79,7 +71,7 @@ def _make_dir(path: str) -> None:
         os.mkdir(path)
     except FileExistsError:
         return
-    _fsync_dir(parent)
+    platform.sync_dir(parent)
 
 
 _REQUIRED = frozenset(REQUIRED)
@@ -108,6 +100,8 @@ class LocalStore:
         write_chunk: a test seam: write each batch in pieces of this many bytes, one system
             call each, so that a process killed mid-write really leaves a torn tail (a single
             small ``write`` is never cut short by SIGKILL).
+        sync: ``store.sync``: "full" (the drive has the data on stable storage) or "fsync"
+            (the system handed it to the drive); they differ on macOS (`dibs.platform`).
     """
 
     def __init__(
@@ -118,6 +112,7 @@ class LocalStore:
         segment_bytes: int = SEGMENT_BYTES,
         checkpoint_bytes: int = CHECKPOINT_BYTES,
         write_chunk: int | None = None,
+        sync: str = "full",
     ):
         self.root = os.fspath(root)
         self.url = f"local:{self.root}"
@@ -125,6 +120,7 @@ class LocalStore:
         self.segment_bytes = segment_bytes
         self.checkpoint_bytes = checkpoint_bytes
         self.write_chunk = write_chunk
+        self.sync = sync
         self.log_dir = os.path.join(self.root, "log")
         self.index_path = os.path.join(self.root, "checkpoint")
         #: Torn tails this process repaired (each a sentence for people).
@@ -396,7 +392,7 @@ class LocalStore:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, self._offset)
-            os.fsync(fd)
+            platform.sync_file(fd, self.sync)
         finally:
             os.close(fd)
         self.repairs.append(
@@ -429,7 +425,7 @@ class LocalStore:
         """After a failed write, cut the log back to where it was (we still hold the lock)."""
         try:
             os.ftruncate(self._append_fd, self._offset)
-            os.fsync(self._append_fd)
+            platform.sync_file(self._append_fd, self.sync)
         except OSError:
             # Cannot even cut it back: forget our position; the next writer repairs the tail.
             pass
@@ -439,7 +435,7 @@ class LocalStore:
     def _sync(self, fd: int) -> None:
         """Make what we appended durable; raise if the disk refused."""
         try:
-            os.fdatasync(fd)
+            platform.sync_data(fd, self.sync)
         except OSError as exc:
             # Others may have appended after us, so the bytes cannot be cut back: the
             # operation is not acknowledged, and the log decides whether it happened.
@@ -460,14 +456,14 @@ class LocalStore:
             fd = os.open(os.path.join(self.log_dir, self._segment), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 os.fchmod(fd, 0o444)
-                os.fsync(fd)
+                platform.sync_file(fd, self.sync)
             finally:
                 os.close(fd)
         name = _segment_name(state.seq + 1)
         path = os.path.join(self.log_dir, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         os.close(fd)
-        _fsync_dir(self.log_dir)
+        platform.sync_dir(self.log_dir)
         self._open_segment(name, 0)
 
     def transact(self, decide: DecideFn) -> Decision:
@@ -479,7 +475,7 @@ class LocalStore:
             # for the few events that arrive meanwhile: with many writers on few cores, a
             # holder parsing everyone's events is descheduled while it holds the lock.
             self._catch_up(locked=False)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            platform.lock(self._lock_fd)
             try:
                 state = self._catch_up(locked=True)
                 self._refuse_if_moved()
@@ -498,7 +494,7 @@ class LocalStore:
                     self._since_checkpoint += len(data)
                     sync_fd = self._append_fd
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                platform.unlock(self._lock_fd)
             if sync_fd >= 0:
                 # Only this process reads its copy of the state: apply outside the lock.
                 for event in decision.events:
@@ -516,11 +512,11 @@ class LocalStore:
     def lock(self) -> None:
         """Take the writers' lock: every writer waits until `unlock` (`dibs store migrate`)."""
         self.create()
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        platform.lock(self._lock_fd)
 
     def unlock(self) -> None:
         """Let writers go on after `lock`."""
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        platform.unlock(self._lock_fd)
 
     def _refuse_if_moved(self) -> None:
         """After `dibs store migrate` this store is a read-only backup: writing here would split
@@ -570,7 +566,7 @@ class LocalStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            platform.sync_file(fd, self.sync)
         finally:
             os.close(fd)
         os.replace(tmp, self.index_path)
@@ -691,7 +687,7 @@ class LocalStore:
         findings: list[Finding] = []
         with self._tlock:
             self.create()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            platform.lock(self._lock_fd)
             try:
                 try:
                     rebuilt, torn = self._replay_all()
@@ -721,12 +717,12 @@ class LocalStore:
                         fd = os.open(segment, os.O_WRONLY | os.O_CLOEXEC)
                         try:
                             os.ftruncate(fd, offset)
-                            os.fsync(fd)
+                            platform.sync_file(fd, self.sync)
                         finally:
                             os.close(fd)
                 findings.extend(self._check_checkpoint(rebuilt, repair=repair))
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                platform.unlock(self._lock_fd)
         return findings
 
     def _replay_all(self) -> tuple[State, tuple[str, int, int] | None]:

@@ -1,0 +1,540 @@
+"""The platform layer: each primitive chosen per platform, and nobody else calling them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dibs import platform
+from dibs.platform import darwin, linux, posix
+from dibs.platform.darwin import Darwin
+from dibs.platform.linux import Linux
+from dibs.platform.posix import UNKNOWN_START, Posix
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "dibs"
+ON_LINUX = sys.platform.startswith("linux")
+ON_MACOS = sys.platform == "darwin"
+needs_linux = pytest.mark.skipif(not ON_LINUX, reason="reads Linux's /proc: runs on Linux only")
+needs_macos = pytest.mark.skipif(
+    not ON_MACOS, reason="calls macOS's sysctl/fcntl through ctypes: runs on macOS only"
+)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+class Calls:
+    """Records the file descriptors a fake primitive was called with."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def __call__(self, fd: int, *_args: Any) -> None:
+        self.fds.append(fd)
+
+
+# The one place -----------------------------------------------------------------------------
+
+# What only dibs.platform may call: durable sync, file locks, the clocks, the boot id, process
+# identity, the machine's name, and the system libraries behind them.
+FORBIDDEN_CALLS = {
+    "os.fsync",
+    "os.fdatasync",
+    "os.uname",
+    "os.kill",
+    "time.clock_gettime",
+    "time.clock_gettime_ns",
+    "os.O_DIRECTORY",
+}
+FORBIDDEN_MODULES = {"fcntl", "ctypes"}
+
+
+def direct_uses(source: str) -> list[str]:
+    """The system primitives *source* uses directly: attributes, imports, ``/proc`` paths."""
+    import ast
+
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        where = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            name = f"{node.value.id}.{node.attr}"
+            if name in FORBIDDEN_CALLS or name.startswith("time.CLOCK_"):
+                found.append(f"{where}: {name}")
+        elif isinstance(node, ast.Import):
+            found += [
+                f"{where}: import {a.name}"
+                for a in node.names
+                if a.name.split(".")[0] in FORBIDDEN_MODULES
+            ]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").split(".")[0] in FORBIDDEN_MODULES
+        ):
+            found.append(f"{where}: from {node.module} import")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in docstrings
+            and node.value.startswith("/proc")
+        ):
+            found.append(f"{where}: {node.value!r}")
+    return found
+
+
+def test_only_the_platform_layer_calls_the_system_primitives() -> None:
+    """No module outside src/dibs/platform/ calls fsync, flock, the clocks, /proc or ctypes."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.parent.name != "platform":
+            found += [f"{path.relative_to(SRC)}:{u}" for u in direct_uses(path.read_text())]
+    assert [] == found
+
+
+def test_the_boundary_check_finds_a_direct_call() -> None:
+    """The check above catches the calls it is meant to catch, and not a docstring."""
+    source = (
+        '"""Reads /proc."""\nimport fcntl\nfrom ctypes import CDLL\nos.fdatasync(fd)\n'
+        'open(f"/proc/{pid}/stat")\nopen("/proc/1/stat")\ntime.CLOCK_BOOTTIME\nos.kill(p, 0)\n'
+    )
+    assert [
+        "2: import fcntl",
+        "3: from ctypes import",
+        "4: os.fdatasync",
+        "5: '/proc/'",
+        "6: '/proc/1/stat'",
+        "7: time.CLOCK_BOOTTIME",
+        "8: os.kill",
+    ] == sorted(direct_uses(source))
+
+
+# Choosing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "kind"), [("linux", Linux), ("darwin", Darwin), ("posix", Posix)])
+def test_select_returns_the_named_implementation(name: str, kind: type[Posix]) -> None:
+    """select(name) gives that platform's implementation."""
+    chosen = platform.select(name)
+    assert (kind, name) == (type(chosen), chosen.name)
+
+
+def test_the_testing_switch_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DIBS_PLATFORM=posix picks the portable primitives on any system."""
+    monkeypatch.setenv("DIBS_PLATFORM", "posix")
+    assert Posix is type(platform.select())
+
+
+def test_this_system_gets_its_own_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the switch, Linux gets linux, macOS darwin, anything else posix."""
+    monkeypatch.delenv("DIBS_PLATFORM", raising=False)
+    expected = "linux" if ON_LINUX else "darwin" if ON_MACOS else "posix"
+    assert expected == platform.select().name
+
+
+def test_a_switch_naming_nothing_is_refused_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DIBS_PLATFORM=solaris is an error naming the choices."""
+    monkeypatch.setenv("DIBS_PLATFORM", "solaris")
+    with pytest.raises(platform.UnsupportedPlatform) as caught:
+        platform.select()
+    assert "linux, darwin, posix" in (caught.value.hint or "")
+    assert platform.problem() is not None
+
+
+def test_windows_is_told_to_use_wsl() -> None:
+    """Native Windows gets "use WSL", exit code 1."""
+    problem = platform.unsupported("win32")
+    assert problem is not None
+    assert "use WSL" in problem.message
+    assert "wsl --install" in (problem.hint or "")
+    assert 1 == problem.exit_code
+    assert platform.unsupported("linux") is None
+    assert platform.unsupported("darwin") is None
+
+
+def test_the_cli_on_windows_says_use_wsl_without_a_traceback() -> None:
+    """`dibs status` on native Windows exits 1 with the message and hint, no traceback."""
+    code = (
+        "import sys; sys.platform = 'win32'; from dibs.cli import main; "
+        "raise SystemExit(main(['status']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert 1 == out.returncode
+    assert out.stderr.startswith("dibs: native Windows is not supported yet: use WSL\nhint: ")
+    assert "Traceback" not in out.stderr
+
+
+def test_the_python_api_without_flock_says_use_wsl(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without fcntl (native Windows) taking the store's lock says "use WSL", no ImportError."""
+    monkeypatch.setitem(sys.modules, "fcntl", None)
+    fd = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with pytest.raises(platform.UnsupportedPlatform, match="use WSL"):
+            Posix().lock(fd)
+    finally:
+        os.close(fd)
+
+
+# Portable (BSDs and the fallback of the others) ---------------------------------------------
+
+
+def test_posix_liveness_is_os_kill_with_an_unknown_start() -> None:
+    """Posix: a live pid has an unknown start time, a reaped one is gone."""
+    chosen = Posix()
+    assert UNKNOWN_START == chosen.process_start(os.getpid())
+    assert chosen.process_start(dead_pid()) is None
+
+
+def test_posix_counts_another_users_process_as_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Posix: EPERM from kill(pid, 0) means the process exists."""
+
+    def refuse(pid: int, signal: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(posix.os, "kill", refuse)
+    assert UNKNOWN_START == Posix().process_start(1)
+
+
+def test_posix_syncs_with_fsync(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Posix: both sync choices are fsync."""
+    calls = Calls()
+    monkeypatch.setattr(posix.os, "fsync", calls)
+    chosen = Posix()
+    chosen.sync_data(7, "full")
+    chosen.sync_file(8, "fsync")
+    assert [7, 8] == calls.fds
+    assert ["fsync"] == list(chosen.sync_primitives())
+
+
+def test_posix_clock_is_clock_monotonic() -> None:
+    """Posix: the deciding clock is CLOCK_MONOTONIC, and it never goes back."""
+    chosen = Posix()
+    assert "CLOCK_MONOTONIC" == chosen.clock_name()
+    first = chosen.clock_ns()
+    assert first <= chosen.clock_ns()
+
+
+def test_posix_boot_id_is_the_same_in_another_process() -> None:
+    """Posix: two processes of one boot read one boot id (kern.boottime or the boot instant)."""
+    code = "from dibs.platform.posix import Posix; print(Posix().boot_id())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert Posix().boot_id() == out.stdout.strip()
+
+
+def test_boot_instant_moves_only_with_the_clock_behind_it() -> None:
+    """The boot instant is wall time minus the deciding clock, to the second."""
+    wall_at_boot = 1_700_000_000
+    assert "boot-1700000000" == posix.booted_at(
+        lambda: __import__("time").time_ns() - wall_at_boot * 10**9
+    )
+
+
+def test_sysctl_is_absent_on_linux() -> None:
+    """Without sysctlbyname (glibc, musl) the sysctl reader answers None, it does not fail."""
+    if not ON_LINUX:
+        pytest.skip("glibc has no sysctlbyname; other systems have it")
+    assert posix.sysctl_bytes("kern.boottime") is None
+
+
+@pytest.mark.parametrize(
+    ("recorded", "found", "alive"),
+    [(None, 5, True), (5, 5, True), (5, 6, False), (UNKNOWN_START, 6, True), (5, None, False)],
+)
+def test_process_alive_compares_start_times_only_when_both_are_known(
+    monkeypatch: pytest.MonkeyPatch, recorded: int | None, found: int | None, alive: bool
+) -> None:
+    """A start time decides only when both readings know it; a gone process is dead."""
+    monkeypatch.setattr(platform, "process_start", lambda _pid: found)
+    assert alive is platform.process_alive(4242, recorded)
+
+
+def test_posix_describes_its_primitives() -> None:
+    """Posix: doctor is told fsync, CLOCK_MONOTONIC and kill(pid, 0)."""
+    found = Posix().describe()
+    assert ("posix", "fsync", "CLOCK_MONOTONIC") == (
+        found["platform"],
+        found["sync"],
+        found["clock"],
+    )
+    assert found["liveness"].startswith("kill(pid, 0)")
+
+
+# Linux ---------------------------------------------------------------------------------------
+
+
+def test_linux_syncs_the_log_with_fdatasync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux: appended bytes are made durable with fdatasync, files with fsync."""
+    data, full = Calls(), Calls()
+    monkeypatch.setattr(linux.os, "fdatasync", data, raising=False)
+    monkeypatch.setattr(posix.os, "fsync", full)
+    chosen = Linux()
+    chosen.sync_data(3)
+    chosen.sync_file(4)
+    assert ([3], [4]) == (data.fds, full.fds)
+    assert ["fdatasync", "fsync"] == list(chosen.sync_primitives())
+
+
+def test_linux_without_fdatasync_uses_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux: a Python without os.fdatasync syncs with fsync instead of failing."""
+    full = Calls()
+    monkeypatch.delattr(linux.os, "fdatasync", raising=False)
+    monkeypatch.setattr(posix.os, "fsync", full)
+    chosen = Linux()
+    chosen.sync_data(3)
+    assert [3] == full.fds
+    assert ["fsync"] == list(chosen.sync_primitives())
+
+
+@needs_linux
+def test_linux_clock_is_clock_boottime() -> None:
+    """Linux: the deciding clock counts suspended time (CLOCK_BOOTTIME)."""
+    import time
+
+    assert "CLOCK_BOOTTIME" == Linux().clock_name()
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    assert Linux().clock_ns() >= before  # boottime = monotonic + time spent suspended
+
+
+@needs_linux
+def test_linux_describes_its_primitives() -> None:
+    """Linux with /proc: doctor is told fdatasync, CLOCK_BOOTTIME, the kernel's boot id, /proc."""
+    assert {
+        "platform": "linux",
+        "sync": "fdatasync",
+        "clock": "CLOCK_BOOTTIME",
+        "boot": "/proc/sys/kernel/random/boot_id",
+        "liveness": "/proc/<pid>/stat start time",
+    } == Linux().describe()
+
+
+@needs_linux
+def test_linux_boot_id_is_the_kernels() -> None:
+    """Linux: the boot id is /proc/sys/kernel/random/boot_id."""
+    expected = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert expected == Linux().boot_id()
+    assert uuid.UUID(expected)
+
+
+def test_linux_without_proc_falls_back_to_the_portable_boot_id(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Linux without /proc: the boot id is the boot instant from the clocks, not an error."""
+    monkeypatch.setattr(linux, "_BOOT_ID", str(tmp_path / "missing"))
+    chosen = Linux()
+    assert chosen.computed_boot_id() == chosen.boot_id()
+    assert chosen.boot_id().startswith("boot-")
+
+
+@needs_linux
+def test_linux_claim_path_does_not_load_ctypes() -> None:
+    """Linux: reading the clock, the boot id and a process's start time loads no ctypes."""
+    code = (
+        "import os, sys; from dibs import host; host.now(); host.process_start(os.getpid()); "
+        "print('ctypes' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "False" == out.stdout.strip()
+
+
+@needs_linux
+def test_linux_process_start_reads_proc_stat() -> None:
+    """Linux: a process's start time is field 22 of /proc/<pid>/stat; a reaped one is gone."""
+    stat = Path(f"/proc/{os.getpid()}/stat").read_bytes()
+    expected = int(stat[stat.rfind(b")") + 2 :].split()[19])
+    assert expected == Linux().process_start(os.getpid())
+    assert Linux().process_start(dead_pid()) is None
+
+
+def test_linux_without_proc_falls_back_to_os_kill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux without /proc: liveness is os.kill with an unknown start time."""
+    chosen = Linux()
+    monkeypatch.setattr(chosen, "proc_mounted", lambda: False)
+    assert UNKNOWN_START == chosen.process_start(os.getpid())
+    assert chosen.process_start(dead_pid()) is None
+
+
+def test_proc_stat_parsing_survives_odd_command_names_and_sees_zombies() -> None:
+    """/proc/<pid>/stat: a name with spaces and ')' is skipped; a zombie is gone."""
+    rest = " ".join(str(n) for n in range(4, 23))
+    assert 22 == linux.parse_stat(f"42 (a) b (c)) S {rest} 99".encode())
+    assert linux.parse_stat(f"42 (zed) Z {rest}".encode()) is None
+    assert linux.parse_stat(b"42 (cut") is None
+
+
+@needs_linux
+def test_linux_child_of_dibs_run_asks_for_a_parent_death_signal() -> None:
+    """Linux: dibs run's command asks for PR_SET_PDEATHSIG (read back with PR_GET_PDEATHSIG)."""
+    setup = Linux().parent_death_setup()
+    assert setup is not None
+    code = (
+        "import ctypes, signal; v = ctypes.c_int(); "
+        "ctypes.CDLL(None).prctl(2, ctypes.byref(v), 0, 0, 0); print(v.value)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=setup, capture_output=True, text=True, check=True
+    )
+    import signal
+
+    assert str(int(signal.SIGTERM)) == out.stdout.strip()
+
+
+# macOS: pure parts everywhere, calls on macOS only -----------------------------------------
+
+
+def kinfo(pid: int, stat: int, seconds: int, micros: int) -> bytes:
+    """A struct kinfo_proc as 64-bit macOS lays it out (only the fields dibs reads)."""
+    raw = bytearray(darwin.KINFO_PROC_SIZE)
+    raw[0:8] = seconds.to_bytes(8, sys.byteorder, signed=True)
+    raw[8:12] = micros.to_bytes(4, sys.byteorder, signed=True)
+    raw[36] = stat
+    raw[40:44] = pid.to_bytes(4, sys.byteorder, signed=True)
+    return bytes(raw)
+
+
+def test_darwin_reads_the_start_time_from_kinfo_proc() -> None:
+    """macOS: the start time is p_starttime in microseconds; a zombie, another pid or an
+    empty answer is gone."""
+    assert 1_700_000_000_250_000 == darwin.parse_kinfo_proc(
+        kinfo(42, 2, 1_700_000_000, 250_000), 42
+    )
+    assert darwin.parse_kinfo_proc(kinfo(42, 5, 1_700_000_000, 0), 42) is None
+    assert darwin.parse_kinfo_proc(kinfo(43, 2, 1_700_000_000, 0), 42) is None
+    assert darwin.parse_kinfo_proc(b"", 42) is None
+
+
+def test_darwin_boot_session_uuid_is_parsed_from_a_c_string() -> None:
+    """macOS: kern.bootsessionuuid is a NUL-terminated UUID; anything else is not one."""
+    text = "5A1C3A2E-0C9B-4D2E-9F1A-3C7B2D1E0F4A"
+    assert text == darwin.parse_uuid(text.encode() + b"\0\0")
+    assert "" == darwin.parse_uuid(b"garbage\0")
+
+
+def test_darwin_full_sync_is_f_fullfsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS: store.sync=full asks fcntl(F_FULLFSYNC); fsync asks plain fsync."""
+    import fcntl
+
+    requests: list[tuple[int, int]] = []
+    plain = Calls()
+    monkeypatch.setattr(fcntl, "fcntl", lambda fd, cmd: requests.append((fd, cmd)))
+    monkeypatch.setattr(darwin.os, "fsync", plain)
+    chosen = Darwin()
+    chosen.sync_data(5, "full")
+    chosen.sync_file(6, "fsync")
+    assert [(5, getattr(fcntl, "F_FULLFSYNC", darwin.F_FULLFSYNC))] == requests
+    assert [6] == plain.fds
+    assert ["F_FULLFSYNC", "fsync"] == list(chosen.sync_primitives())
+    assert ("F_FULLFSYNC", "fsync") == (chosen.sync_name("full"), chosen.sync_name("fsync"))
+
+
+def test_darwin_falls_back_to_fsync_where_f_fullfsync_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS: a file system that refuses F_FULLFSYNC gets plain fsync."""
+    import fcntl
+
+    def refuse(fd: int, cmd: int) -> None:
+        raise OSError(45, "Operation not supported")
+
+    plain = Calls()
+    monkeypatch.setattr(fcntl, "fcntl", refuse)
+    monkeypatch.setattr(darwin.os, "fsync", plain)
+    Darwin().sync_file(9)
+    assert [9] == plain.fds
+
+
+def test_darwin_never_trusts_a_kinfo_proc_it_misreads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS: when KERN_PROC_PID does not read this process as expected, liveness is os.kill
+    (a live process is never declared dead by a misread layout)."""
+    monkeypatch.setattr(darwin, "kinfo_proc", lambda _pid: bytes(darwin.KINFO_PROC_SIZE))
+    chosen = Darwin()
+    assert UNKNOWN_START == chosen.process_start(os.getpid())
+    assert chosen.process_start(dead_pid()) is None
+    assert chosen.liveness_name().startswith("kill(pid, 0)")
+
+
+def test_darwin_reads_start_times_once_kinfo_proc_reads_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS: a kinfo_proc that reads this process right decides every pid's start time."""
+    me = os.getpid()
+    table = {me: kinfo(me, 2, 1_700_000_000, 1), 4242: kinfo(4242, 2, 1_700_000_100, 7)}
+    monkeypatch.setattr(darwin, "kinfo_proc", lambda pid: table.get(pid, b""))
+    chosen = Darwin()
+    assert 1_700_000_100_000_007 == chosen.process_start(4242)
+    assert chosen.process_start(4343) is None
+    assert "sysctl KERN_PROC_PID start time" == chosen.liveness_name()
+
+
+@needs_macos
+def test_macos_process_start_comes_from_sysctl() -> None:
+    """macOS: this process has a stable start time; a reaped process has none."""
+    me = Darwin().process_start(os.getpid())
+    assert me is not None
+    assert me > 0
+    assert me == Darwin().process_start(os.getpid())
+    assert Darwin().process_start(dead_pid()) is None
+
+
+@needs_macos
+def test_macos_boot_id_is_the_boot_session_uuid() -> None:
+    """macOS: the boot id is kern.bootsessionuuid."""
+    out = subprocess.run(
+        ["sysctl", "-n", "kern.bootsessionuuid"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == Darwin().boot_id()
+
+
+@needs_macos
+def test_macos_full_fsync_works_on_a_real_file(tmp_path: Path) -> None:
+    """macOS: F_FULLFSYNC succeeds on a file in the temporary folder."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x")
+        darwin.full_fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The choice in dibs.toml ---------------------------------------------------------------------
+
+
+def test_store_sync_in_dibs_toml_reaches_the_local_store(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """store.sync = "fsync" in dibs.toml makes the local store sync with that choice."""
+    from dibs.service import Coordinator
+
+    monkeypatch.delenv("DIBS_SYNC", raising=False)
+    with Coordinator.open(repo) as dibs:
+        assert "full" == getattr(dibs.store, "sync", None)
+    (repo / "dibs.toml").write_text('[store]\nsync = "fsync"\n')
+    with Coordinator.open(repo) as dibs:
+        assert "fsync" == getattr(dibs.store, "sync", None)
+
+
+def test_a_bad_store_sync_is_refused_naming_the_choices(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIBS_SYNC=sometimes is a usage error that names full and fsync."""
+    from dibs.errors import InvalidSetting
+    from dibs.service import Coordinator
+
+    monkeypatch.setenv("DIBS_SYNC", "sometimes")
+    with pytest.raises(InvalidSetting, match="full, fsync"):
+        Coordinator.open(repo)
