@@ -199,4 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     from dibs.cli.output import run_command
 
-    return run_command(parsed)
+    code = run_command(parsed)
+    if name in _TELLS and getattr(parsed, "handler", None) is not None:
+        # After the command, outside its transaction: a slow tracker never holds a claim up.
+        from dibs.tasks.sync import after_command
+
+        after_command(parsed)
+    return code
+
+
+#: Commands whose events the task sources and `[events]` commands hear of (dibs.tasks.sync).
+_TELLS = frozenset(
+    ("claim", "release", "start", "finish", "run", "land", "queue", "evict", "renew", "heartbeat")
+)
