@@ -209,7 +209,7 @@ def why_not(
     out: dict[str, list[str]] = {}
     for task in tasks:
         # When bd answered itself its ready set is the truth; our reasons only explain.
-        if task.id in done or task.extra.get("cli_ready"):
+        if task.id in closed or task.extra.get("cli_ready"):
             continue
         why = _own(task, deferred, held) + blocked.get(task.id, [])
         if "cli_ready" in task.extra and not why:
