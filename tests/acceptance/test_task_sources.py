@@ -437,7 +437,22 @@ def test_ccpm_after_sync_ids_are_issue_numbers_in_numeric_order(repo: Path, cli:
     ccpm_task(auth, "1000", "Later", github=url.format(1000))
     ccpm_task(auth, "998", "First", github=url.format(998))
     ccpm_task(auth, "999", "Waits", github=url.format(999), depends="[998]")
-    assert ["998", "1000"] == ready_ids(cli)
+    ccpm_task(auth, "1001", "Renamed, github: not filled in")
+    (auth / "github-mapping.md").write_text(
+        "# GitHub Issue Mapping\nEpic: #997 - https://github.com/acme/app/issues/997\n"
+        "Tasks:\n- #1001: Renamed - https://github.com/acme/app/issues/1001\n"
+    )
+    assert ["998", "1000", "1001"] == ready_ids(cli)
+
+
+def test_ccpm_numbers_with_leading_zeros_are_decimal(repo: Path, cli: Cli) -> None:
+    """`depends_on: [010]` is task 010, not the octal 8 YAML 1.1 would read."""
+    auth = repo / ".claude" / "epics" / "auth"
+    ccpm_epic(auth, "auth")
+    ccpm_task(auth, "008", "Eight")
+    ccpm_task(auth, "010", "Ten", status="closed")
+    ccpm_task(auth, "011", "Eleven", depends="[010]")
+    assert ["auth-008", "auth-011"] == ready_ids(cli)
 
 
 def test_ccpm_hears_of_hand_out_release_and_landing(repo: Path, cli: Cli) -> None:

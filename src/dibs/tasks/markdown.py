@@ -81,6 +81,11 @@ def frontmatter(text: str, where: str) -> tuple[dict[str, Any], int]:
     try:
         data = yaml.load("\n".join(lines[1:end]), Loader=_LOADER[0])  # noqa: S506 - SafeLoader
     except yaml.YAMLError as exc:
+        # CCPM reads its fields line by line (grep '^name:'), so `name: Phase 1: Scaffold`
+        # is fine to it; read such a block the same way, each value as YAML where it can be.
+        data = _by_lines(lines[1:end])
+        if data is not None:
+            return data, end + 1
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line = min(mark.line + 2, end) if mark is not None else 2
         said = getattr(exc, "problem", None) or str(exc)
@@ -91,6 +96,36 @@ def frontmatter(text: str, where: str) -> tuple[dict[str, Any], int]:
     if not isinstance(data, dict):
         raise Problem(where, 2, "the frontmatter is not a set of key: value lines")
     return data, end + 1
+
+
+def _by_lines(lines: list[str]) -> dict[str, Any] | None:
+    """``key: value`` lines (and ``- item`` lines under a key); None when a line is neither."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    key = None
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        pair = re.match(r"([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", line)
+        item = re.match(r"\s+-\s*(.*)$", line)
+        if pair:
+            key, raw = pair.group(1), (pair.group(2) or "").strip()
+        elif item and key is not None:
+            raw = item.group(1).strip()
+        else:
+            return None
+        try:
+            value = yaml.load(raw, Loader=_LOADER[0]) if raw else None  # noqa: S506
+        except yaml.YAMLError:
+            value = re.sub(r"\s+#.*$", "", raw)
+        if pair:
+            data[key] = value
+        elif isinstance(data.get(key), list):
+            data[key].append(value)
+        else:
+            data[key] = [value]
+    return data
 
 
 def read_folder(folder: str, problems: list[Problem]) -> list[Task]:
@@ -104,10 +139,11 @@ def read_folder(folder: str, problems: list[Problem]) -> list[Task]:
             continue  # epic.md, NNN-analysis.md, github-mapping.md, ...: not tasks
         key = (0, int(numbered.group(1)), name) if numbered else (1, 0, name)
         paths.append((key, path))
+    mapped = _mapped(folder) if epic else set()
     tasks = []
     for key, path in sorted(paths):
         try:
-            tasks.append(_task(path, folder, key, epic))
+            tasks.append(_task(path, folder, key, epic, mapped))
         except Problem as problem:
             problems.append(problem)
         except (OSError, UnicodeDecodeError) as exc:
@@ -115,7 +151,18 @@ def read_folder(folder: str, problems: list[Problem]) -> list[Task]:
     return tasks
 
 
-def _task(path: str, folder: str, key: tuple[int, int, str], epic: bool) -> Task:
+def _mapped(folder: str) -> set[int]:
+    """Issue numbers ``github-mapping.md`` lists (``- #1234: title - url``): files renamed to
+    one of them were synced, even where ``github:`` was not filled in."""
+    try:
+        with open(os.path.join(folder, "github-mapping.md"), encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return {int(n) for n in re.findall(r"^\s*-\s*#(\d{1,18})\b", text, re.MULTILINE)}
+
+
+def _task(path: str, folder: str, key: tuple[int, int, str], epic: bool, mapped: set[int]) -> Task:
     with open(path, encoding="utf-8") as f:
         data, _ = frontmatter(f.read(), path)
     if "status" not in data and "name" not in data:
@@ -125,9 +172,11 @@ def _task(path: str, folder: str, key: tuple[int, int, str], epic: bool) -> Task
     github = data.get("github")
     synced = _ISSUE_URL.search(github) if isinstance(github, str) else None
     extra["github"] = int(synced.group(1)) if synced else None
+    if extra["github"] is None and extra["number"] in mapped:
+        extra["github"] = extra["number"]
     if epic:
         name = os.path.basename(os.path.normpath(folder))
-        task_id = str(extra["github"]) if synced else f"{name}-{stem}"
+        task_id = str(extra["github"]) if extra["github"] is not None else f"{name}-{stem}"
     else:
         task_id = str(data.get("id") or stem)
     extra["refs"] = {
