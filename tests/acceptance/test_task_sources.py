@@ -282,7 +282,7 @@ def test_a_failing_tracker_never_blocks_the_claim_and_is_retried(
     assert "database is locked" in out.stderr
     assert "will retry" in out.stderr
     (folder / "fail").unlink()
-    assert 0 == cli("claim", "lock:other", env=env).returncode
+    assert 0 == cli("claim", "issue:other", env=env).returncode
     calls = (folder / "calls").read_text().splitlines()
     tries = [c for c in calls if c == "update bd-b --status in_progress --assignee worker"]
     assert 2 == len(tries)
@@ -512,7 +512,7 @@ def test_events_commands_get_the_event_as_json_and_failures_are_retried(
     assert 0 == out.returncode
     assert "could not tell [events] release" in out.stderr
     flag.unlink()
-    assert 0 == cli("claim", "lock:x", env=env).returncode
+    assert 0 == cli("claim", "issue:x", env=env).returncode
     got = [json.loads(line) for line in log.read_text().splitlines() if line]
     assert ["acquire", "release"] == [e["event"] for e in got]
 

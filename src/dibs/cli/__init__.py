@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dibs.cli.output import run_command
 
     code = run_command(parsed)
-    if name in _TELLS and getattr(parsed, "handler", None) is not None:
+    if name in _TELLS and _about_issues(name, parsed):
         # After the command, outside its transaction: a slow tracker never holds a claim up.
         from dibs.tasks.sync import after_command
 
@@ -209,6 +209,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Commands whose events the task sources and `[events]` commands hear of (dibs.tasks.sync).
-_TELLS = frozenset(
-    ("claim", "release", "start", "finish", "run", "land", "queue", "evict", "renew", "heartbeat")
-)
+_TELLS = frozenset(("claim", "release", "start", "finish", "run", "land", "queue", "evict"))
+
+
+def _about_issues(name: str, parsed: argparse.Namespace) -> bool:
+    """Whether the command may have touched an ``issue:`` claim; a path claim on the editor
+    hot path skips the delivery pass (and its second store open)."""
+    if getattr(parsed, "handler", None) is None:
+        return False
+    if name not in ("claim", "release"):
+        return True
+    resources = getattr(parsed, "resources", None) or []
+    if name == "release" and (getattr(parsed, "all", False) or not resources):
+        return True
+    return any(str(r).strip().lower().startswith("issue:") for r in resources)
