@@ -514,7 +514,9 @@ def test_events_commands_get_the_event_as_json_and_failures_are_retried(
     flag.unlink()
     assert 0 == cli("claim", "issue:x", env=env).returncode
     got = [json.loads(line) for line in log.read_text().splitlines() if line]
-    assert ["acquire", "release"] == [e["event"] for e in got]
+    assert [("acquire", "T-1"), ("release", "T-1"), ("acquire", "x")] == [
+        (e["event"], e["issue"]) for e in got
+    ]
 
 
 def test_an_unknown_event_name_is_a_clear_settings_error(repo: Path, cli: Cli) -> None:
