@@ -67,10 +67,18 @@ def enabled(dibs: Coordinator) -> bool:
         return True
     if not dibs.settings["tasks.writeback"] or dibs.repo is None:
         return False
-    from dibs.tasks import sources
+    import glob
+
+    from dibs.tasks import beads, markdown, sources
 
     names, _ = sources(dibs)
-    return any(not name.endswith(".toml") for name in names)
+    for name in names:
+        path = os.path.join(dibs.repo.root, name)
+        if beads.is_beads(path, name):
+            return True
+        if any(markdown.is_epic(folder) for folder in glob.glob(path.rstrip("/"))):
+            return True
+    return False
 
 
 def after_command(args: argparse.Namespace) -> None:
@@ -225,13 +233,15 @@ def _deliver(
 
     status = told.get(task.id, task.status)
     name = event["event"]
+    holders = state.claims.get(f"issue:{task.id}", {})
     if name == "acquire":
+        if event["agent"] not in holders:
+            return None  # let go since (or a retry of an old hand-out): the tool keeps its word
         target = "in_progress" if task.kind == "beads" else "in-progress"
     elif name == "land":
         target = "closed"
     elif name in ("release", "evict"):
-        held = any(state.claims.get(f"issue:{task.id}", {}))
-        if held or task.id in _landed(state) or status not in ("in_progress", "in-progress"):
+        if holders or task.id in _landed(state) or status not in ("in_progress", "in-progress"):
             return None
         target = "open"
     else:
