@@ -312,6 +312,39 @@ def test_dibs_ready_equals_the_real_bd_ready(repo: Path, tmp_path: Path) -> None
     assert expected == ready_ids(cli)
 
 
+@pytest.mark.skipif(shutil.which("bd") is None, reason="the real bd is not on PATH")
+@pytest.mark.parametrize("fixture", ["schema", "tinkerpop.jsonl", "gumroad.jsonl"])
+def test_the_fixtures_ready_sets_equal_the_real_bd_ready(tmp_path: Path, fixture: str) -> None:
+    """Where the real bd is installed: each fixture imported into bd (`bd import`) gives the
+    ready set this file expects of dibs."""
+    import subprocess
+
+    path = tmp_path / "issues.jsonl"
+    if fixture == "schema":
+        path.write_text("".join(json.dumps(x) + "\n" for x in SCHEMA_FIXTURE))
+    else:
+        path.write_text((FIXTURES / fixture).read_text())
+    project = tmp_path / "project"
+    project.mkdir()
+
+    def bd(*args: str) -> str:
+        out = subprocess.run(
+            ["bd", *args], cwd=project, capture_output=True, text=True, check=False
+        )
+        assert 0 == out.returncode, out.stderr
+        return out.stdout
+
+    bd("init", "--quiet", "--non-interactive", "--prefix", "fx")
+    bd("import", str(path))
+    theirs = [i["id"] for i in json.loads(bd("ready", "--json", "--limit", "0"))]
+    expected = {
+        "schema": EXPECTED_READY,
+        "tinkerpop.jsonl": {"tinkerpop-usp.2", "tinkerpop-usp.1", "tinkerpop-usp"},
+        "gumroad.jsonl": {"gumroad-4ay", "gumroad-6xi", "gumroad-bod"},
+    }[fixture]
+    assert expected == set(theirs)
+
+
 # CCPM ---------------------------------------------------------------------------------------
 
 TEMPLATE = """---
