@@ -267,10 +267,14 @@ def _direct(
 ) -> list[str]:
     """The blocks, conditional-blocks and waits-for dependencies that block *task*."""
     why = []
+    for kind in sorted(BLOCKING):
+        targets = [t for t, k, _ in task.extra["deps"] if k == kind and t in by_id]
+        waiting = [t for t in targets if t not in done]
+        if waiting:
+            said = "" if kind == "blocks" else f" ({kind})"
+            why.append(f"blocked by {', '.join(waiting)}{said}")
     for target, kind, gate in task.extra["deps"]:
-        if kind in BLOCKING and target in by_id and target not in done:
-            why.append(f"blocked by {target} ({kind})")
-        elif kind == "waits-for":
+        if kind == "waits-for":
             kids = [k for k in children.get(target, []) if k in by_id]
             waiting = [k for k in kids if k not in done]
             any_closed = any(by_id[k].status == "closed" or k in done for k in kids)

@@ -88,22 +88,51 @@ def after_command(args: argparse.Namespace) -> None:
 
     try:
         with Coordinator.open(getattr(args, "directory", None)) as dibs:
-            if enabled(dibs):
-                deliver(dibs)
+            deliver(dibs)
     except DibsError as exc:
         sys.stderr.write(f"dibs: could not tell the trackers: {exc.message}\n")
 
 
 def deliver(dibs: Coordinator, *, tasks: list[Task] | None = None) -> list[dict[str, Any]]:
-    """One delivery pass; returns what was delivered and what failed (also on stderr)."""
-    if not enabled(dibs):
+    """One delivery pass; returns what was delivered and what failed (also on stderr).
+    Never raises: the claim it follows stands whatever becomes of the telling."""
+    from dibs.errors import DibsError
+
+    try:
+        if not enabled(dibs):
+            return []
+        return _pass(dibs, tasks)
+    except (DibsError, OSError) as exc:
+        said = exc.message if isinstance(exc, DibsError) else str(exc)
+        sys.stderr.write(f"dibs: could not tell the trackers: {said}; will retry\n")
         return []
+
+
+def _pass(dibs: Coordinator, tasks: list[Task] | None) -> list[dict[str, Any]]:
     me = f"{os.uname().nodename}:{os.getpid()}"
     taken = dibs.transact(lambda state, ctx: _take(state, ctx, me)).result
     if taken is None:
         return []
     cursor, pending = taken["seq"], taken["pending"]
-    since = taken.get("since_wall")
+    try:
+        last, report, failed = _work(dibs, tasks, cursor, pending, taken.get("since_wall"))
+    except BaseException:
+        # Give the outbox back unchanged: the next pass delivers these events again.
+        dibs.transact(lambda state, ctx: _put(state, ctx, me, cursor, pending))
+        raise
+    dibs.transact(lambda state, ctx: _put(state, ctx, me, last, failed))
+    return report
+
+
+def _work(
+    dibs: Coordinator,
+    tasks: list[Task] | None,
+    cursor: int,
+    pending: list[dict[str, Any]],
+    since: float | None,
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Deliver the pending items and the events after *cursor*: (last seq read, report,
+    the items that failed and will be retried)."""
     work: list[dict[str, Any]] = list(pending)
     last = cursor
     for event in dibs.store.events(since=cursor):
@@ -138,8 +167,7 @@ def deliver(dibs: Coordinator, *, tasks: list[Task] | None = None) -> list[dict[
                 continue
             if said:
                 report.append({**item, "delivered": True, "said": said})
-    dibs.transact(lambda state, ctx: _put(state, ctx, me, last, failed))
-    return report
+    return last, report, failed
 
 
 class _Failed(Exception):
