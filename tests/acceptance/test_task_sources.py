@@ -435,6 +435,11 @@ def test_ccpm_epics_found_without_settings_numbered_files_only(repo: Path, cli: 
     assert rows["auth-002"]["parallel"] is False
     assert rows["auth-001"]["depends_on"] == []
     assert ["auth-001", "billing-002"] == [t["id"] for t in report["ready"]]
+    path = repo / "dibs.toml"
+    path.write_text(
+        path.read_text().replace("[tasks]\n", '[tasks]\nsources = [".claude/epics/"]\n')
+    )
+    assert ["auth-001", "billing-002"] == ready_ids(cli)  # the epics folder itself: every epic
 
 
 def test_ccpm_conflicts_and_parallel_false_hold_both_ways(repo: Path, cli: Cli) -> None:
@@ -513,6 +518,23 @@ def test_ccpm_hears_of_hand_out_release_and_landing(repo: Path, cli: Cli) -> Non
     assert 0 == out.returncode, out.stderr
     assert "status: closed\n" in path.read_text()
     assert "done" in {t["id"]: t["why"] for t in cli.json("ready", "--all")["tasks"]}["auth-001"]
+
+
+def test_ccpm_tasks_are_the_main_checkouts_from_any_worktree(repo: Path, cli: Cli) -> None:
+    """An agent in its worktree reads and writes the main checkout's task files; finishing
+    there (which removes that worktree) puts the unlanded task back to open."""
+    auth = repo / ".claude" / "epics" / "auth"
+    ccpm_epic(auth, "auth")
+    path = ccpm_task(auth, "001", "Schema")
+    ccpm_task(auth, "002", "Tokens")
+    env = cli.register("worker")
+    started = cli.json("next", "--start", env=env)["started"]
+    assert "status: in-progress\n" in path.read_text()
+    inside = Cli(Path(started["path"]), env={"DIBS_BD": "dibs-test-no-such-bd"})
+    assert ["auth-002"] == ready_ids(inside, env=env)
+    out = inside("finish", env=env)
+    assert 0 == out.returncode, out.stderr
+    assert "status: open\n" in path.read_text()
 
 
 # [events] -----------------------------------------------------------------------------------

@@ -202,9 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = run_command(parsed)
     if name in _TELLS and _about_issues(name, parsed):
         # After the command, outside its transaction: a slow tracker never holds a claim up.
-        from dibs.tasks.sync import after_command
+        from dibs.cli.output import tell_trackers
 
-        after_command(parsed)
+        tell_trackers(parsed)
     return code
 
 

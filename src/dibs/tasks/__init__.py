@@ -162,20 +162,28 @@ def _read_toml(path: str, problems: list[Problem]) -> list[Task]:
     return tasks
 
 
-def sources(dibs: Coordinator) -> tuple[list[str], bool]:
-    """The task sources to read (relative to the root) and whether they were configured."""
+def root(dibs: Coordinator) -> str:
+    """Where task files are read and written: the main checkout, from any worktree (every
+    agent sees one tracker, the one people look at)."""
     if dibs.repo is None:
         raise UsageError("tasks live in a repository", hint="run dibs inside one")
+    from dibs.worktrees import main_root
+
+    return main_root(dibs.repo)
+
+
+def sources(dibs: Coordinator) -> tuple[list[str], bool]:
+    """The task sources to read (relative to `root`) and whether they were configured."""
+    top = root(dibs)
     configured = list(dibs.settings["tasks.sources"])
     if configured:
         return configured, True
-    root = dibs.repo.root
     found = []
     for source in DEFAULT_SOURCES:
         if source.endswith("*/"):
-            if glob.glob(os.path.join(root, source)):
+            if glob.glob(os.path.join(top, source)):
                 found.append(source)
-        elif os.path.exists(os.path.join(root, source)):
+        elif os.path.exists(os.path.join(top, source)):
             found.append(source)
     return found, False
 
@@ -185,11 +193,11 @@ def load(dibs: Coordinator) -> tuple[list[Task], list[Problem]]:
     from dibs.tasks import markdown
 
     names, configured = sources(dibs)
-    root = dibs.repo.root if dibs.repo is not None else "."
+    top = root(dibs)
     tasks: list[Task] = []
     problems: list[Problem] = []
     for index, source in enumerate(names):
-        found = _read_source(root, source, problems, configured=configured)
+        found = _read_source(top, source, problems, configured=configured)
         for task in found:
             task.order = (index, *task.order)
         tasks += found
@@ -221,7 +229,10 @@ def _read_source(
     if os.path.isdir(path) or source.endswith("/"):
         tasks = []
         for folder in sorted(glob.glob(path.rstrip("/"))) or [path]:
-            if os.path.isdir(folder):
+            if markdown.is_epics(folder):  # `.claude/epics/` itself: every epic in it
+                for epic in sorted(glob.glob(os.path.join(folder, "*", ""))):
+                    tasks += markdown.read_folder(epic.rstrip("/"), problems)
+            elif os.path.isdir(folder):
                 tasks += markdown.read_folder(folder, problems)
             elif configured:
                 problems.append(Problem(source, 0, "no such folder"))

@@ -47,6 +47,12 @@ def is_epic(folder: str) -> bool:
     return in_epics or os.path.exists(os.path.join(folder, "epic.md"))
 
 
+def is_epics(folder: str) -> bool:
+    """CCPM's ``.claude/epics`` folder itself (its subfolders are the epics)."""
+    parts = os.path.normpath(folder).split(os.sep)
+    return parts[-2:] == [".claude", "epics"] and os.path.isdir(folder)
+
+
 def _loader() -> Any:
     import yaml
 

@@ -32,7 +32,6 @@ from dibs.core.leases import Decision
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from typing import Any
 
     from dibs.core.leases import Context
@@ -69,28 +68,16 @@ def enabled(dibs: Coordinator) -> bool:
         return False
     import glob
 
-    from dibs.tasks import beads, markdown, sources
+    from dibs.tasks import beads, markdown, root, sources
 
     names, _ = sources(dibs)
     for name in names:
-        path = os.path.join(dibs.repo.root, name)
+        path = os.path.join(root(dibs), name)
         if beads.is_beads(path, name):
             return True
         if any(markdown.is_epic(folder) for folder in glob.glob(path.rstrip("/"))):
             return True
     return False
-
-
-def after_command(args: argparse.Namespace) -> None:
-    """The pass a CLI command that may have made such events runs once it is done."""
-    from dibs.errors import DibsError
-    from dibs.service import Coordinator
-
-    try:
-        with Coordinator.open(getattr(args, "directory", None)) as dibs:
-            deliver(dibs)
-    except DibsError as exc:
-        sys.stderr.write(f"dibs: could not tell the trackers: {exc.message}\n")
 
 
 def deliver(dibs: Coordinator, *, tasks: list[Task] | None = None) -> list[dict[str, Any]]:
@@ -323,11 +310,12 @@ def _run(
 ) -> None:
     import subprocess
 
-    root = dibs.repo.root if dibs.repo is not None else None
+    from dibs.tasks import root
+
     try:
         out = subprocess.run(
             argv,
-            cwd=root,
+            cwd=root(dibs),
             input=stdin if stdin is not None else "",
             capture_output=True,
             text=True,
