@@ -537,6 +537,25 @@ def test_ccpm_tasks_are_the_main_checkouts_from_any_worktree(repo: Path, cli: Cl
     assert "status: open\n" in path.read_text()
 
 
+def test_a_task_whose_lease_ran_out_is_free_though_its_tool_says_in_progress(
+    repo: Path, cli: Cli
+) -> None:
+    """dibs told CCPM in-progress; once that lease has run out the task is free again and the
+    next claim takes it over (the tool is not left saying in-progress for nobody)."""
+    import time
+
+    auth = repo / ".claude" / "epics" / "auth"
+    ccpm_epic(auth, "auth")
+    path = ccpm_task(auth, "001", "Schema")
+    ghost = cli.register("ghost", "--ttl", "1")
+    assert "auth-001" == cli.json("next", "--ttl", "1", env=ghost)["id"]
+    assert "status: in-progress\n" in path.read_text()
+    time.sleep(1.5)  # past the 1 s lease: expired, not yet evicted
+    worker = cli.register("worker")
+    assert "auth-001" == cli.json("next", env=worker)["id"]
+    assert "status: in-progress\n" in path.read_text()
+
+
 # [events] -----------------------------------------------------------------------------------
 
 

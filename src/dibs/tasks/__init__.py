@@ -302,9 +302,13 @@ def readiness(
         if holders:
             held[task.id] = holders
     beads_tasks = [t for t in tasks if t.kind == "beads"]
-    source_why = beads.why_not(beads_tasks, done, ctx.now.wall, set(held))
+    # A task dibs handed out says in progress in its tool because dibs told it so: once that
+    # lease has run out the task is free again (the next claim evicts the lease, logged).
+    leased = {t.id for t in tasks if state.claims.get(f"issue:{t.id}")}
+    source_why = beads.why_not(beads_tasks, done, ctx.now.wall, leased)
+    told = {t.id for t in tasks if t.status in WORKING} - (leased - set(held))
     # A finished task whose claim is still held is not in progress any more.
-    working = (set(held) | {t.id for t in tasks if t.status in WORKING}) - done
+    working = (set(held) | told) - done
     alone = {w for w in working if w in by_id and not by_id[w].parallel}
     rows = []
     for task in sorted(tasks, key=lambda t: (t.priority, t.order)):
@@ -313,7 +317,7 @@ def readiness(
             why.append("done")
         elif task.id in held:
             why.append(f"held by {', '.join(held[task.id])}")
-        elif task.kind != "beads" and task.status in WORKING:
+        elif task.kind != "beads" and task.id in told:
             why.append(f"status {task.status}")
         if task.id not in done:
             why += _waiting(task, by_id, done) + source_why.get(task.id, [])

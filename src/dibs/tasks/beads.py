@@ -194,11 +194,12 @@ def _nanos(text: Any) -> int:
 
 
 def why_not(
-    tasks: list[Task], closed: set[str], now: float, held: set[str]
+    tasks: list[Task], closed: set[str], now: float, leased: set[str]
 ) -> dict[str, list[str]]:
     """Why each beads task is not in ``bd ready`` (no entry: it is). *closed* are the ids
     that count as closed (their status, or landed by dibs); *now* is Unix seconds. A task
-    dibs handed out (in *held*) is not held back for the ``in_progress`` dibs told beads."""
+    dibs handed out (a lease in *leased*, live or run out) is not held back for the
+    ``in_progress`` dibs told beads: dibs's claim answers for it."""
     if not tasks:
         return {}
     by_id = {t.id: t for t in tasks}
@@ -211,18 +212,19 @@ def why_not(
         # When bd answered itself its ready set is the truth; our reasons only explain.
         if task.id in closed or task.extra.get("cli_ready"):
             continue
-        why = _own(task, deferred, held) + blocked.get(task.id, [])
-        if "cli_ready" in task.extra and not why:
+        why = _own(task, deferred, leased) + blocked.get(task.id, [])
+        ours = task.status in WORKING and task.id in leased
+        if "cli_ready" in task.extra and not why and not ours:
             why.append("not in `bd ready`")
         if why:
             out[task.id] = why
     return out
 
 
-def _own(task: Task, deferred: set[str], held: set[str]) -> list[str]:
+def _own(task: Task, deferred: set[str], leased: set[str]) -> list[str]:
     """What holds *task* back by its own fields: status, pinned, wisp, type, defer_until."""
     why = []
-    if task.status != "open" and not (task.status in WORKING and task.id in held):
+    if task.status != "open" and not (task.status in WORKING and task.id in leased):
         why.append(f"status {task.status}")
     if task.extra["pinned"]:
         why.append("pinned")
