@@ -10,7 +10,7 @@ The format follows the path:
 * ``*.jsonl`` / ``.beads/``: beads issues, ready exactly when ``bd ready`` would hand them out
   (`dibs.tasks.beads`), read through ``bd`` itself when it is on PATH;
 * ``*.toml``: dibs's own, ``[[task]]`` tables with ``id``, ``title``, ``status``,
-  ``priority``, ``depends_on``, ``conflicts_with``, ``role``, ``labels``.
+  ``priority``, ``depends_on``, ``conflicts_with``, ``parallel``, ``role``, ``labels``.
 
 A malformed task is reported with its file and line and skipped; the others still count.
 A task is done when its source says so or when the merge queue landed it. It is ready when its
@@ -152,7 +152,15 @@ def _read_toml(path: str, problems: list[Problem]) -> list[Task]:
             continue
         fields = {
             k: item[k]
-            for k in ("status", "priority", "depends_on", "conflicts_with", "role", "labels")
+            for k in (
+                "status",
+                "priority",
+                "depends_on",
+                "conflicts_with",
+                "parallel",
+                "role",
+                "labels",
+            )
             if k in item
         }
         try:
