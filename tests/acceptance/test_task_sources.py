@@ -288,6 +288,24 @@ def test_a_failing_tracker_never_blocks_the_claim_and_is_retried(
     assert 2 == len(tries)
 
 
+def test_a_delivery_that_keeps_failing_is_given_up_after_five_attempts(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """Retried on each later call, then reported as given up (the outbox does not grow)."""
+    folder = fake_bd(tmp_path)
+    (repo / ".beads").mkdir()
+    (folder / "fail").write_text("")
+    env = {**cli.register("worker"), "DIBS_BD": str(folder / "bd")}
+    said = [cli("next", env=env).stderr]
+    said += [cli("claim", f"issue:x{n}", env=env).stderr for n in range(5)]
+    assert "attempt 1 of 5" in said[0]
+    assert "attempt 4 of 5" in said[3]
+    assert "gave up" in said[4]
+    assert "bd-b" not in said[5]
+    tries = [c for c in (folder / "calls").read_text().splitlines() if "bd-b" in c]
+    assert 5 == len(tries)
+
+
 @pytest.mark.skipif(shutil.which("bd") is None, reason="the real bd is not on PATH")
 def test_dibs_ready_equals_the_real_bd_ready(repo: Path, tmp_path: Path) -> None:
     """Where the real bd is installed: the same statuses and dependencies made with bd, and
@@ -591,6 +609,37 @@ def test_events_commands_get_the_event_as_json_and_failures_are_retried(
     assert [("acquire", "T-1"), ("release", "T-1"), ("acquire", "x")] == [
         (e["event"], e["issue"]) for e in got
     ]
+
+
+def test_landing_closes_the_beads_issue_and_runs_land_and_landing_failed(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """A landed task: `bd close` and the land command (with the commit); a landing that fails
+    its gate: the landing-failed command, and the issue stays open in beads."""
+    folder = fake_bd(tmp_path)
+    (repo / ".beads").mkdir()
+    log = tmp_path / "events.log"
+    events_settings(
+        repo,
+        f'land = "cat >> {log}; echo >> {log}"\nlanding-failed = "cat >> {log}; echo >> {log}"',
+    )
+    path = repo / "dibs.toml"
+    path.write_text(path.read_text().replace("[gates]\n", '[gates]\ntests = "test -f ok.txt"\n'))
+    env = {**cli.register("worker"), "DIBS_BD": str(folder / "bd")}
+    assert "bd-b" == cli.json("next", env=env)["id"]
+    branch(repo, "agent/bd-b", {"work.txt": "no ok.txt here\n"})
+    assert 0 != cli("land", "agent/bd-b", env=env).returncode
+    git(repo, "branch", "-D", "agent/bd-b")
+    branch(repo, "agent/bd-b", {"ok.txt": "fixed\n"})
+    out = cli("land", "agent/bd-b", "--json", env=env)
+    assert 0 == out.returncode, out.stderr
+    commit = json.loads(out.stdout)["commit"]
+    got = [json.loads(line) for line in log.read_text().splitlines() if line]
+    assert ["landing-failed", "land"] == [e["event"] for e in got]
+    assert commit == got[1]["commit"]
+    calls = (folder / "calls").read_text().splitlines()
+    assert f"close bd-b --reason landed by dibs as {commit}" in calls
+    assert 1 == len([c for c in calls if c.startswith("close")])
 
 
 def test_an_unknown_event_name_is_a_clear_settings_error(repo: Path, cli: Cli) -> None:
