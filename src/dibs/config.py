@@ -98,6 +98,18 @@ def _paths(value: Any) -> str | None:
     return None
 
 
+def _events(value: Any) -> str | None:
+    names = ("acquire", "release", "evict", "land", "landing-failed")
+    if not isinstance(value, dict):
+        return "must be a table of event names to commands"
+    for name, command in value.items():
+        if name not in names:
+            return f"has an unknown event {name!r} (events: {', '.join(names)})"
+        if not isinstance(command, str) or not command.strip():
+            return f"{name!r} must be a command (text)"
+    return None
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
@@ -163,6 +175,19 @@ SCHEMA: dict[str, Setting] = {
         _paths,
         None,
         "task files for `dibs ready`/`next`: a folder of markdown tasks, *.jsonl, *.toml",
+    ),
+    "tasks.writeback": Setting(
+        True,
+        _boolean,
+        None,
+        "tell beads and CCPM when dibs hands out, lets go of or lands one of their tasks",
+    ),
+    "events": Setting(
+        {},
+        _events,
+        None,
+        "commands run on acquire, release, evict, land, landing-failed (JSON on stdin), e.g. "
+        'land = "gh issue close $(jq -r .issue)"',
     ),
     "guard.mode": Setting(
         "block", _choice("block", "warn"), "DIBS_GUARD_MODE", "block or warn on a held file"
@@ -363,10 +388,18 @@ remote = ""
 # required = ["tests", "lint", "review"]
 
 [tasks]
-# Where `dibs ready` and `dibs next` find tasks (read-only): a folder of markdown task files
-# with frontmatter (CCPM), a beads issues.jsonl, or dibs's own tasks.toml. Default: tasks.toml
-# and .beads/issues.jsonl when they exist.
-# sources = [".claude/epics/auth/", ".beads/issues.jsonl", "tasks.toml"]
+# Where `dibs ready` and `dibs next` find tasks: CCPM epic folders, beads (.beads/, read
+# through `bd` when it is on PATH, else its issues.jsonl export), or dibs's own tasks.toml.
+# Default: tasks.toml, .beads/ and .claude/epics/*/ when they exist.
+# sources = [".claude/epics/auth/", ".beads/", "tasks.toml"]
+# Tell beads and CCPM when dibs hands out, lets go of or lands one of their tasks.
+# writeback = true
+
+[events]
+# Commands run (in the repository root, the event as JSON on stdin) when dibs hands out, lets
+# go of or lands a task, for any other tracker. Failures are reported and retried later; they
+# never block a claim. Events: acquire, release, evict, land, landing-failed.
+# acquire = "gh issue edit $(jq -r .issue) --add-assignee @me"
 
 [guard]
 # What the edit and commit guards do when a file is held by another agent: "block" or "warn".

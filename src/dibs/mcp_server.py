@@ -98,19 +98,23 @@ def build(dibs: Coordinator) -> Any:  # noqa: PLR0915 - one short function per t
         return dibs.status()
 
     @tool
-    def ready() -> dict[str, Any]:
-        """Tasks ready to take (dependencies done, nobody holds them), and why others wait."""
+    def ready(role: str | None = None) -> dict[str, Any]:
+        """Tasks ready to take (dependencies done, nobody holds them), and why others wait;
+        ROLE: only tasks labelled with it."""
         from dibs import tasks
 
-        return tasks.ready(dibs)
+        return tasks.ready(dibs, role=role)
 
     @tool
-    def next(steal: bool = False, start: bool = False) -> dict[str, Any]:  # noqa: A001
+    def next(  # noqa: A001
+        steal: bool = False, start: bool = False, role: str | None = None
+    ) -> dict[str, Any]:
         """Take the best ready task for this agent, atomically (no task goes to two agents);
-        START also makes its worktree; STEAL takes over a task whose holder is dead."""
+        START also makes its worktree; STEAL takes over a task whose holder is dead; ROLE
+        takes only tasks labelled with it (default: the roles the agent registered with)."""
         from dibs import tasks
 
-        return tasks.next_task(dibs, steal=steal, start=start)
+        return tasks.next_task(dibs, steal=steal, start=start, role=role)
 
     @tool
     def start(issue: str, files: list[str] | None = None) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def test_each_task_source_format_with_malformed_files(repo: Path, cli: Cli) -> N
     assert ["bd-1", "001"] == [t["id"] for t in report["ready"]]  # priority 0 first
     why = {t["id"]: t["why"] for t in report["tasks"]}
     assert ["waits for 001"] == why["002"]
-    assert ["waits for bd-1"] == why["bd-2"]
+    assert ["blocked by bd-1"] == why["bd-2"]
     assert ["done"] == why["003"]
     assert ["waits for 001"] == why["T-1"]
 

@@ -208,4 +208,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     from dibs.cli.output import run_command
 
-    return run_command(parsed)
+    code = run_command(parsed)
+    if name in _TELLS and _about_issues(name, parsed):
+        # After the command, outside its transaction: a slow tracker never holds a claim up.
+        from dibs.cli.output import tell_trackers
+
+        tell_trackers(parsed)
+    return code
+
+
+#: Commands whose events the task sources and `[events]` commands hear of (dibs.tasks.sync).
+_TELLS = frozenset(("claim", "release", "start", "finish", "run", "land", "queue", "evict"))
+
+
+def _about_issues(name: str, parsed: argparse.Namespace) -> bool:
+    """Whether the command may have touched an ``issue:`` claim; a path claim on the editor
+    hot path skips the delivery pass (and its second store open)."""
+    if getattr(parsed, "handler", None) is None:
+        return False
+    if name not in ("claim", "release"):
+        return True
+    resources = getattr(parsed, "resources", None) or []
+    if name == "release" and (getattr(parsed, "all", False) or not resources):
+        return True
+    return any(str(r).strip().lower().startswith("issue:") for r in resources)

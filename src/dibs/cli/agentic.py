@@ -22,11 +22,14 @@ if TYPE_CHECKING:
 def configure_ready(parser: argparse.ArgumentParser) -> None:
     """``dibs ready [--all]``."""
     parser.epilog = (
-        "Tasks come from tasks.sources in dibs.toml (a folder of markdown task files with\n"
-        "frontmatter, a beads issues.jsonl, or tasks.toml). Ready: not done nor in progress,\n"
+        "Tasks come from tasks.sources in dibs.toml (default: tasks.toml, beads' .beads/ and\n"
+        "CCPM's .claude/epics/*/). Ready: its tool would hand it out (beads: as `bd ready`),\n"
         "dependencies done, nobody holds issue:<id>, no conflicting task in progress."
     )
     parser.add_argument("--all", action="store_true", help="also list tasks that are not ready")
+    parser.add_argument(
+        "--role", metavar="ROLE", help="only tasks labelled ROLE (labels: or role =)"
+    )
     common(parser)
     parser.set_defaults(handler=run_ready)
 
@@ -35,7 +38,7 @@ def run_ready(args: argparse.Namespace) -> int:
     from dibs import tasks
 
     with coordinator(args) as dibs:
-        report = tasks.ready(dibs)
+        report = tasks.ready(dibs, role=args.role)
     for problem in report["problems"]:
         sys.stderr.write(f"dibs: skipped {problem}\n")
     if args.json:
@@ -58,13 +61,19 @@ def configure_next(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Takes the best ready task (priority, then age) for the acting agent and claims\n"
         "issue:<id>, in one transaction: under any number of concurrent callers no task\n"
-        "goes to two agents. Exit 1 (not found) when nothing is ready."
+        "goes to two agents. Exit 1 (not found) when nothing is ready. The task's source\n"
+        "hears of it (beads: bd update --status in_progress; CCPM: status: in-progress)."
     )
     parser.add_argument("--start", action="store_true", help="also make its worktree")
     parser.add_argument(
         "--steal", action="store_true", help="take over a task whose holder is stale or dead"
     )
     parser.add_argument("--ttl", type=float, metavar="S", help="lease seconds")
+    parser.add_argument(
+        "--role",
+        metavar="ROLE",
+        help="only tasks labelled ROLE (default: the roles the agent registered with)",
+    )
     common(parser, identity=True)
     parser.set_defaults(handler=run_next)
 
@@ -73,7 +82,11 @@ def run_next(args: argparse.Namespace) -> int:
     from dibs import tasks
 
     with coordinator(args) as dibs:
-        task = tasks.next_task(dibs, steal=args.steal, start=args.start, ttl=args.ttl)
+        task = tasks.next_task(
+            dibs, steal=args.steal, start=args.start, ttl=args.ttl, role=args.role
+        )
+    for problem in task["problems"]:
+        sys.stderr.write(f"dibs: skipped {problem}\n")
     if args.json:
         print_json(task)
         return 0

@@ -42,6 +42,13 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
     register.add_argument("--ttl", type=float, metavar="S", help="lease seconds (default 90)")
     register.add_argument("--pid", type=int, help="a long-lived process to watch for liveness")
     register.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="take only tasks labelled ROLE from `dibs next` (repeatable)",
+    )
+    register.add_argument(
         "--eval", action="store_true", help="print `export DIBS_AGENT=... DIBS_TOKEN=...`"
     )
     register.add_argument(
@@ -75,6 +82,10 @@ def run_register(args: argparse.Namespace) -> int:
         # naming that same agent.
         proof = args.token or (dibs.token if dibs.agent == args.name else None)
         reg = dibs.register(args.name, ttl=args.ttl, pid=args.pid, token=proof)
+
+        from dibs.tasks import set_roles
+
+        reg["roles"] = set_roles(dibs, args.name, args.role)
     if args.json:
         print_json(reg)
     elif args.eval:

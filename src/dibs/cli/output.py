@@ -129,7 +129,31 @@ def notes() -> None:
     for opened in _opened:
         for note in getattr(opened.store, "repairs", ()):
             sys.stderr.write(f"dibs: note: {note}\n")
+    _last_repo[:] = [o.repo for o in _opened[-1:] if o.repo is not None]
     _opened.clear()
+
+
+_last_repo: list[Any] = []
+
+
+def tell_trackers(args: argparse.Namespace) -> None:
+    """After a command, outside its transaction: the task sources and `[events]` commands hear
+    of what it did (dibs.tasks.sync). Run from the main checkout: the command may have
+    removed the worktree it ran in (`dibs finish`)."""
+    from dibs.service import Coordinator
+    from dibs.tasks import sync
+
+    where = getattr(args, "directory", None)
+    if _last_repo:
+        from dibs.worktrees import main_root
+
+        where = main_root(_last_repo[0])
+    try:
+        with Coordinator.open(where) as dibs:
+            sync.deliver(dibs)
+    except (DibsError, OSError) as exc:
+        said = exc.message if isinstance(exc, DibsError) else str(exc)
+        sys.stderr.write(f"dibs: could not tell the trackers: {said}\n")
 
 
 def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, upper: bool = True) -> str:

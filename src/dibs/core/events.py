@@ -96,6 +96,8 @@ OPS = (
     "land-fail",
     "land-cancel",
     "gate",
+    "outbox",
+    "agent-roles",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
