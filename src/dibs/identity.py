@@ -114,7 +114,9 @@ def operator() -> str:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = f"uid{uid}"
-    return f"{user}@{os.uname().nodename}"
+    from dibs import platform
+
+    return f"{user}@{platform.host_name()}"
 
 
 class Actor:

@@ -66,17 +66,14 @@ def parent_of(agent: str | None) -> str | None:
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
-    """``(name, parent pid, start ticks)`` of process *pid*, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
+    """``(name, parent pid, start)`` of process *pid*, or None when it is gone."""
+    from dibs import platform
+
+    found = platform.process_parent(pid)
+    start = platform.process_start(pid)
+    if found is None or start is None:
         return None
-    name = raw[raw.find(b"(") + 1 : raw.rfind(b")")].decode("utf-8", "replace")
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    if len(fields) < 20:
-        return None
-    return name, int(fields[1]), int(fields[19])
+    return found[0], found[1], start
 
 
 def client_process(pid: int | None = None) -> tuple[int, int] | None:
@@ -105,18 +102,18 @@ def _folder(dibs: Coordinator) -> str:
 
 
 class _Locked:
-    """An exclusive lock on the sessions folder (``fcntl.flock``: released if we die)."""
+    """An exclusive lock on the sessions folder (`dibs.platform.lock`: released if we die)."""
 
     def __init__(self, folder: str):
         self.folder = folder
         self.fd = -1
 
     def __enter__(self) -> _Locked:
-        import fcntl
+        from dibs import platform
 
         os.makedirs(self.folder, mode=0o700, exist_ok=True)
         self.fd = os.open(os.path.join(self.folder, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        platform.lock(self.fd)
         return self
 
     def __exit__(self, *exc: object) -> None:

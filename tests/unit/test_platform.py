@@ -369,6 +369,19 @@ def test_linux_without_proc_falls_back_to_os_kill(monkeypatch: pytest.MonkeyPatc
     assert chosen.process_start(dead_pid()) is None
 
 
+@pytest.mark.parametrize("kind", [Linux, Posix], ids=["linux", "posix"])
+def test_process_parent_names_a_child_and_its_parent(kind: type[Posix]) -> None:
+    """A child's command name and parent pid (how a session finds its client); a gone pid
+    gives None, on Linux from /proc and portably from ps."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert ("sleep", os.getpid()) == kind().process_parent(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert kind().process_parent(dead_pid()) is None
+
+
 def test_proc_stat_parsing_survives_odd_command_names_and_sees_zombies() -> None:
     """/proc/<pid>/stat: a name with spaces and ')' is skipped; a zombie is gone."""
     rest = " ".join(str(n) for n in range(4, 23))

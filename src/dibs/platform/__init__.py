@@ -47,6 +47,7 @@ __all__ = [
     "parent_death_setup",
     "problem",
     "process_alive",
+    "process_parent",
     "process_start",
     "select",
     "sync_data",
@@ -134,6 +135,8 @@ boot_id = current.boot_id
 #: When a process started (opaque), `UNKNOWN_START`, or None when it is gone.
 process_start = current.process_start
 host_name = current.host_name
+#: A process's command name and parent pid (walking up to a session's client).
+process_parent = current.process_parent
 #: Which primitive decides each answer here, for people (`dibs doctor`).
 describe = current.describe
 parent_death_setup: Callable[[], Callable[[], None] | None] = current.parent_death_setup

@@ -106,6 +106,22 @@ class Linux(Posix):
             return None
         return parse_stat(stat)
 
+    def process_parent(self, pid: int) -> tuple[str, int] | None:
+        """Fields 2 and 4 of ``/proc/<pid>/stat``; the portable answer without ``/proc``."""
+        if not self.proc_mounted():
+            return super().process_parent(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return None
+        # The command name may hold spaces and parentheses: split after the last ')'.
+        name = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode("utf-8", "replace")
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 2 or not fields[1].isdigit():
+            return None
+        return name, int(fields[1])
+
     def parent_death_setup(self) -> Callable[[], None] | None:
         """prctl(PR_SET_PDEATHSIG, SIGTERM) in the child, then a check that the parent did not
         die before the request took hold (the child would then wait for a death already past)."""

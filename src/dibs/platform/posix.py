@@ -138,6 +138,29 @@ class Posix:
             return None  # not a pid this system can have
         return UNKNOWN_START
 
+    def process_parent(self, pid: int) -> tuple[str, int] | None:
+        """``(command name, parent pid)`` of *pid*, or None when it is gone or unreadable.
+
+        The portable answer asks ps(1): a subprocess, so it is kept off the hot path (only a
+        session's first call walks up to its client process).
+        """
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["ps", "-o", "ppid=", "-o", "comm=", "-p", str(pid)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        ppid, _, name = out.partition(" ")
+        if not ppid.isdigit():
+            return None
+        return os.path.basename(name.strip()), int(ppid)
+
     def liveness_name(self) -> str:
         """How `process_start` tells a process, for people."""
         return "kill(pid, 0), start time unknown (a reused pid is not noticed)"

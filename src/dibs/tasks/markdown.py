@@ -30,6 +30,7 @@ import glob
 import os
 import re
 
+from dibs import platform
 from dibs.tasks import Problem, Task
 
 TYPE_CHECKING = False
@@ -298,8 +299,9 @@ def write_status(path: str, status: str, when: str) -> bool:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write("".join(lines))
             f.flush()
-            os.fsync(f.fileno())
+            platform.sync_file(f.fileno())
         os.replace(tmp, path)
+        platform.sync_dir(os.path.dirname(path) or ".")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -96,7 +96,9 @@ def deliver(dibs: Coordinator, *, tasks: list[Task] | None = None) -> list[dict[
 
 
 def _pass(dibs: Coordinator, tasks: list[Task] | None) -> list[dict[str, Any]]:
-    me = f"{os.uname().nodename}:{os.getpid()}"
+    from dibs import platform
+
+    me = f"{platform.host_name()}:{os.getpid()}"
     taken = dibs.transact(lambda state, ctx: _take(state, ctx, me)).result
     if taken is None:
         return []
