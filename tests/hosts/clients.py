@@ -95,6 +95,9 @@ def claude_env(home: Path, server_url: str) -> dict[str, str]:
         "DISABLE_TELEMETRY": "1",
         "DISABLE_ERROR_REPORTING": "1",
         "DISABLE_BUG_COMMAND": "1",
+        # Wait for MCP servers before the first turn (in -p mode they connect in the
+        # background, and a first tool call would find no tool).
+        "MCP_CONNECTION_NONBLOCKING": "false",
     }
 
 
