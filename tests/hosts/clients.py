@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def base_env(home: Path) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "TERM": "dumb",
         "NO_COLOR": "1",
-        "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+        "TMPDIR": os.environ.get("TMPDIR", tempfile.gettempdir()),
     }
     home.mkdir(parents=True, exist_ok=True)
     return env

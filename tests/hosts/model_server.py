@@ -283,7 +283,10 @@ class _Handler(BaseHTTPRequestHandler):
                     "content_block_start",
                     {"type": "content_block_start", "index": 0, "content_block": block},
                 ),
-                ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": delta},
+                ),
                 ("content_block_stop", {"type": "content_block_stop", "index": 0}),
                 (
                     "message_delta",
