@@ -36,7 +36,8 @@ typecheck: $(STAMP_DEV)
 
 # The real agent CLIs the host tests drive (tests/acceptance/test_hosts.py), pinned in
 # tests/hosts/package.json, installed into .hosts/ with npm. `make test` installs them when npm
-# is here; without node and npm those tests skip (on CI, where CI=true, they fail instead).
+# is here (a failed install only warns, except on CI); without them those tests skip (on CI,
+# where CI=true, they fail instead).
 HOSTS := .hosts
 HOSTS_STAMP := $(HOSTS)/.installed
 NPM := $(shell command -v npm 2>/dev/null)
@@ -44,8 +45,10 @@ NPM := $(shell command -v npm 2>/dev/null)
 $(HOSTS_STAMP): tests/hosts/package.json
 	mkdir -p $(HOSTS)
 	cp tests/hosts/package.json $(HOSTS)/package.json
-	cd $(HOSTS) && npm install --no-audit --no-fund --no-package-lock --loglevel=error
-	touch $@
+	if (cd $(HOSTS) && npm install --no-audit --no-fund --no-package-lock --loglevel=error); \
+	then touch $@; \
+	elif [ "$$CI" = true ]; then exit 1; \
+	else echo "warning: the agent CLIs did not install; the host tests will skip"; fi
 
 hosts: $(HOSTS_STAMP)
 
