@@ -52,10 +52,12 @@ def executable(name: str) -> Path:
     pytest.skip(message)
 
 
-def base_env(home: Path) -> dict[str, str]:
-    """A clean environment for a client: its own HOME, dibs and node on PATH, no DIBS_*."""
+def base_env(home: Path, *, dibs: bool = True) -> dict[str, str]:
+    """A clean environment for a client: its own HOME, dibs (unless not *dibs*) and node on
+    PATH, no DIBS_*."""
     node = shutil.which("node")
-    path = [str(BIN)] + ([str(Path(node).parent)] if node else []) + ["/usr/bin", "/bin"]
+    path = ([str(BIN)] if dibs else []) + ([str(Path(node).parent)] if node else [])
+    path += ["/usr/bin", "/bin"]
     env = {
         "HOME": str(home),
         "PATH": os.pathsep.join(dict.fromkeys(path)),
@@ -71,6 +73,7 @@ def base_env(home: Path) -> dict[str, str]:
 def run(
     argv: list[str], cwd: Path, env: dict[str, str], timeout: float = TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
+    """Run a client to the end of its turn, stdin closed, output captured."""
     return subprocess.run(
         argv,
         cwd=cwd,
@@ -86,9 +89,9 @@ def run(
 # Claude Code --------------------------------------------------------------------------------
 
 
-def claude_env(home: Path, server_url: str) -> dict[str, str]:
+def claude_env(home: Path, server_url: str, *, dibs: bool = True) -> dict[str, str]:
     return {
-        **base_env(home),
+        **base_env(home, dibs=dibs),
         "ANTHROPIC_BASE_URL": server_url,
         "ANTHROPIC_API_KEY": "sk-ant-test-not-a-key",
         "DISABLE_AUTOUPDATER": "1",
@@ -103,9 +106,15 @@ def claude_env(home: Path, server_url: str) -> dict[str, str]:
 
 
 def claude(
-    cwd: Path, home: Path, server_url: str, *extra: str, prompt: str = "do the task"
+    cwd: Path,
+    home: Path,
+    server_url: str,
+    *extra: str,
+    prompt: str = "do the task",
+    dibs: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """One ``claude -p`` turn in *cwd*: edits accepted without asking, JSON result on stdout."""
+    """One ``claude -p`` turn in *cwd*: edits accepted without asking, JSON result on stdout.
+    With *dibs* false, no dibs on PATH (a teammate who has not installed it)."""
     argv = [
         str(executable("claude")),
         "-p",
@@ -118,7 +127,7 @@ def claude(
         MODELS["claude"],
         *extra,
     ]
-    return run(argv, cwd, claude_env(home, server_url))
+    return run(argv, cwd, claude_env(home, server_url, dibs=dibs))
 
 
 # Codex --------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ It speaks just enough of three APIs for a client to run a scripted turn:
   CLI, with ``GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:PORT``.
 
 A script is a list of steps: `Call` (the model calls a tool with these arguments) and `Say`
-(the model answers in words, ending the turn). Each request that offers tools (the agent's
-main loop) takes the next step; when the script is used up the model says "done". Requests
-without tools (titles, summaries, routing, "who speaks next") get a short answer of the shape
-they ask for and take no step, so a client's side calls cannot eat the script.
+(the model answers in words, ending the turn); `Observe` runs a test's function mid-session.
+Each request that offers tools (the agent's main loop) takes the next step; when the script
+is used up the model says "done". Requests without tools (titles, summaries, routing, "who
+speaks next") get a short answer of the shape they ask for and take no step, so a client's
+side calls cannot eat the script.
 
 Every request is recorded (`requests`), so a test can assert on what the model was told: the
 tool results (`tool_results`) carry the guard's deny reason or its added context.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -45,7 +46,15 @@ class Say:
     text: str
 
 
-Step = Call | Say
+@dataclass(frozen=True)
+class Observe:
+    """Not a model step: the server calls *fn* when the script reaches it, while the client
+    waits for its answer (so a test can look at dibs mid-session), then takes the next step."""
+
+    fn: Callable[[], None]
+
+
+Step = Call | Say | Observe
 
 
 @dataclass
@@ -62,12 +71,20 @@ class Request:
 class _State:
     script: list[Step]
     requests: list[Request] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
-    def next_step(self) -> Step:
-        with self.lock:
-            return self.script.pop(0) if self.script else Say("done")
+    def next_step(self) -> Call | Say:
+        while True:
+            with self.lock:
+                step = self.script.pop(0) if self.script else Say("done")
+            if not isinstance(step, Observe):
+                return step
+            try:
+                step.fn()  # outside the lock: it may take a while (it runs dibs)
+            except Exception as exc:  # noqa: BLE001 - raised again by ModelServer.close
+                self.errors.append(exc)
 
     def new_id(self, prefix: str) -> str:
         with self.lock:
@@ -126,9 +143,12 @@ class ModelServer:
         return "\n".join(json.dumps(r.body) for r in self.main_requests())
 
     def close(self) -> None:
+        """Stop serving; raise the first error an `Observe` step's function raised."""
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)
+        if self._state.errors:
+            raise self._state.errors[0]
 
     def __enter__(self) -> ModelServer:
         return self
