@@ -34,7 +34,7 @@ lint: $(STAMP_DEV)
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy --strict src/dibs
 
-# The real agent CLIs the host tests drive (tests/acceptance/test_hosts.py), pinned in
+# The real agent CLIs the host tests drive (tests/acceptance/test_real_hosts.py), pinned in
 # tests/hosts/package.json, installed into .hosts/ with npm. `make test` installs them when npm
 # is here (a failed install only warns, except on CI); without them those tests skip (on CI,
 # where CI=true, they fail instead).
