@@ -21,7 +21,6 @@ tool error whose text is the CLI's message, a hint phrased as MCP calls, and the
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import os
 import re
@@ -128,7 +127,9 @@ def build(dibs: Coordinator, acting: Acting | None = None) -> Any:
                 open_world_hint=False,
             )
             server.tool(
-                name=fn.__name__, description=inspect.cleandoc(fn.__doc__ or ""), annotations=hints
+                name=fn.__name__,
+                description=" ".join((fn.__doc__ or "").split()),
+                annotations=hints,
             )(wrapped)
             return fn
 

@@ -99,14 +99,9 @@ def test_mcp_tools_describe_every_argument_and_carry_annotations(repo: Path, cli
 
 
 def test_mcp_refusal_hints_name_mcp_arguments_not_cli_flags(repo: Path, cli: Cli) -> None:
-    """A refused claim's hint names the `wait` argument; a call before `register` says to
-    call `register`, not to export DIBS_AGENT."""
+    """A refused claim's hint names the `wait` argument, in the message and in its JSON."""
 
     async def body(one: Any, two: Any) -> None:
-        before = await two.call_tool("claim", {"resources": ["issue:X"]})
-        assert before.is_error
-        assert "call `register`" in text(before)
-        assert "DIBS_AGENT" not in text(before)
         await ok(one, "register", {"name": "mcp-a"})
         await ok(two, "register", {"name": "mcp-b"})
         await ok(one, "claim", {"resources": ["issue:X"]})
@@ -116,6 +111,7 @@ def test_mcp_refusal_hints_name_mcp_arguments_not_cli_flags(repo: Path, cli: Cli
         assert "dibs: issue:X is held by mcp-a" in said
         assert "`wait` argument (seconds)" in said
         assert "--wait" not in said
+        assert "`wait` argument" in json.loads(said.split("\n", 2)[2])["hint"]
         assert '"exit_code": 3' in said
 
     session(repo, body, clients=2)

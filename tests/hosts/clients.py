@@ -102,6 +102,7 @@ def claude_env(home: Path, server_url: str, *, dibs: bool = True) -> dict[str, s
         # Wait for MCP servers before the first turn (in -p mode they connect in the
         # background, and a first tool call would find no tool).
         "MCP_CONNECTION_NONBLOCKING": "false",
+        "MCP_TIMEOUT": "120000",  # ms to connect: a loaded test machine starts Python slowly
     }
 
 
