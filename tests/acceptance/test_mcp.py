@@ -214,3 +214,43 @@ def test_mcp_print_config_names_an_absolute_command(repo: Path, cli: Cli) -> Non
     assert os.path.isabs(server["command"])
     assert os.access(server["command"], os.X_OK)
     assert ["mcp", "-C", str(repo)] == server["args"][-3:]
+
+
+def test_mcp_server_stopped_by_sigterm_unregisters_its_agent(
+    repo: Path, cli: Cli, procs: list[Any]
+) -> None:
+    """A client that stops the server with SIGTERM (instead of closing its stdin) also leaves
+    no agent behind: the server exits 0 after unregistering it."""
+    import signal
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
+    server = subprocess.Popen(
+        [str(BIN / "dibs"), "mcp", "-C", str(repo)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    procs.append(server)
+    assert server.stdin is not None
+    assert server.stdout is not None
+
+    def call(message: dict[str, Any]) -> None:
+        assert server.stdin is not None
+        server.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        server.stdin.flush()
+
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t"}}
+    call({"id": 1, "method": "initialize", "params": hello})
+    assert '"id":1' in server.stdout.readline()
+    call({"method": "notifications/initialized"})
+    register = {"name": "register", "arguments": {"name": "mcp-term"}}
+    call({"id": 2, "method": "tools/call", "params": register})
+    assert '"isError":false' in server.stdout.readline()
+    assert "mcp-term" in agents(cli)
+    server.send_signal(signal.SIGTERM)
+    _, err = server.communicate(timeout=60)
+    assert 0 == server.returncode, err
+    assert "mcp-term" not in agents(cli)
