@@ -22,6 +22,9 @@ from tests.hosts.model_server import Call, ModelServer, Observe, Say, Step
 NEEDS_ADAPTERS = pytest.mark.xfail(reason="needs guard adapters from branch h17", strict=False)
 
 HELD = "other"
+#: A real client's turn is a few seconds, but on a loaded machine (CI, many agents on two
+#: cores) starting node, the client and its dibs hooks can take minutes.
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture

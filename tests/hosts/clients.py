@@ -33,7 +33,7 @@ BIN = Path(sys.executable).parent
 #: Model names the clients know, so they offer their usual tools (Codex picks its tools by
 #: the model's metadata: an unknown model gets no apply_patch).
 MODELS = {"claude": "claude-sonnet-4-5", "codex": "gpt-5.5", "gemini": "gemini-2.5-flash"}
-TIMEOUT = 180
+TIMEOUT = 300
 
 
 def executable(name: str) -> Path:
