@@ -150,10 +150,15 @@ class Acting:
         self.owned: str | None = None
 
     def register(self, name: str, ttl: float | None) -> dict[str, Any]:
+        from dibs.errors import NotFound
+
         dibs = self.dibs
         if self.owned == name and dibs.agent == name and dibs.token:
-            info = dibs.agent_info(name)
-            return {"agent": name, "ttl": info["ttl"], "pid": info["pid"], "replaced": False}
+            try:
+                info = dibs.agent_info(name)
+                return {"agent": name, "ttl": info["ttl"], "pid": info["pid"], "replaced": False}
+            except NotFound:  # evicted or unregistered by someone else: register it anew
+                self.owned = None
         if self.owned is not None and dibs.agent == self.owned and dibs.token:
             state, _ = dibs.store.read()
             held = [lease["resource"] for lease in state.leases_of(self.owned)]
