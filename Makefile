@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest soak bench bench-postgres bench-queue bench-dashboard docs clean compile
+.PHONY: demo test lint typecheck pytest hosts soak bench bench-postgres bench-queue bench-dashboard docs clean compile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,25 @@ lint: $(STAMP_DEV)
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy --strict src/dibs
 
-pytest: $(STAMP_DEV) compile
+# The real agent CLIs the host tests drive (tests/acceptance/test_real_hosts.py), pinned in
+# tests/hosts/package.json, installed into .hosts/ with npm. `make test` installs them when npm
+# is here (a failed install only warns, except on CI); without them those tests skip (on CI,
+# where CI=true, they fail instead).
+HOSTS := .hosts
+HOSTS_STAMP := $(HOSTS)/.installed
+NPM := $(shell command -v npm 2>/dev/null)
+
+$(HOSTS_STAMP): tests/hosts/package.json
+	mkdir -p $(HOSTS)
+	cp tests/hosts/package.json $(HOSTS)/package.json
+	if (cd $(HOSTS) && npm install --no-audit --no-fund --no-package-lock --loglevel=error); \
+	then touch $@; \
+	elif [ "$$CI" = true ]; then exit 1; \
+	else echo "warning: the agent CLIs did not install; the host tests will skip"; fi
+
+hosts: $(HOSTS_STAMP)
+
+pytest: $(STAMP_DEV) compile $(if $(NPM),$(HOSTS_STAMP))
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
@@ -60,4 +78,4 @@ docs: $(STAMP_DEV)
 	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) $(HOSTS) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,37 +1,94 @@
 """``dibs mcp``: the service verbs as MCP tools, over stdio (the official ``mcp`` SDK).
 
-One server process acts for one agent at a time: ``register`` starts a session (its token
-stays in the server), or the server starts as the agent named by ``--agent``/``DIBS_AGENT``
-or the worktree it runs in. Every tool takes JSON arguments described by a schema; a failure
-is an MCP tool error whose text is the CLI's message, with the same code and exit code::
+One server process acts for one agent at a time: the agent named by ``--agent``/``DIBS_AGENT``
+or the worktree the server runs in, or the one ``register`` starts (its token stays in the
+server). An agent the server registers watches the client process (the server's parent): when
+the client dies its claims are evicted at once, and when the client closes the connection the
+server unregisters it, so a restarted client is not locked out of its own name.
+
+``check``, ``land`` and ``finish`` act on the acting agent's own worktree, branch and issue
+(from ``start``/``next``), wherever the server itself was started.
+
+Every tool takes JSON arguments described by a schema (each argument with its units, pattern
+and default) and carries annotations (read-only, destructive, idempotent). A failure is an MCP
+tool error whose text is the CLI's message, a hint phrased as MCP calls, and the error's JSON::
 
     dibs: issue:ROOSE-158 is held by agent-2, exclusive, expires in 74 s
-    hint: wait for it with --wait, or pick other work
+    hint: wait for it with the `wait` argument (seconds), or pick other work
     {"error": "conflict", "exit_code": 3, ...}
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any  # at run time: the SDK reads the tools' annotations for their schemas
+import os
+import re
+import sys
+from typing import Any
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from dibs.service import Coordinator
+
+#: Tools and the arguments they take, for phrasing CLI hints as MCP calls.
+_FLAGS = {
+    "wait": "`wait` argument (seconds)",
+    "ttl": "`ttl` argument (seconds)",
+    "force": "`force` argument",
+    "shared": "`shared` argument",
+    "steal": "`steal` argument",
+    "issue": "`issue` argument",
+    "base": "`base` argument",
+}
+_TOOLS = (
+    "register", "unregister", "claim", "renew", "release", "heartbeat", "status", "ready",
+    "next", "start", "finish", "check", "land", "limit_take",
+)  # fmt: skip
+
+
+def command() -> list[str]:
+    """How a client starts this dibs: an absolute path, so the client's PATH does not matter.
+
+    The ``dibs`` script next to this interpreter, else the interpreter with ``-m dibs``.
+    """
+    script = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "dibs")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [os.path.abspath(sys.executable), "-m", "dibs"]
 
 
 def config_snippet(repo_root: str) -> dict[str, Any]:
     """What to add to an agent's MCP settings (Claude Code: .mcp.json) to use dibs."""
-    return {"mcpServers": {"dibs": {"command": "dibs", "args": ["mcp", "-C", repo_root]}}}
+    program, *args = command()
+    return {"mcpServers": {"dibs": {"command": program, "args": [*args, "mcp", "-C", repo_root]}}}
 
 
-def build(dibs: Coordinator) -> Any:  # noqa: PLR0915 - one short function per tool
+def mcp_hint(hint: str) -> str:
+    """A CLI hint phrased for an MCP client: tools instead of commands, arguments instead of
+    flags, `register` instead of environment variables."""
+    if "DIBS_AGENT" in hint or "--agent" in hint or "DIBS_TOKEN" in hint:
+        return "call `register` with a name first (the server keeps the session token)"
+    verbs = "|".join(_TOOLS)
+    hint = re.sub(rf"`?dibs ({verbs})\b[^`;,)]*`?", r"`\1`", hint)
+
+    def flag(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return "the " + _FLAGS[name] if name in _FLAGS else match.group(0)
+
+    return re.sub(r"--([a-z][a-z-]*)(?: [A-Z][A-Z_]*)?", flag, hint)
+
+
+def build(dibs: Coordinator, acting: Acting | None = None) -> Any:
     """The MCP server with every verb this build of dibs has."""
     try:
         from mcp.server.mcpserver import MCPServer
         from mcp.server.mcpserver.exceptions import ToolError
+        from mcp.types import ToolAnnotations
+
+        from dibs.mcp_tools import add_tools
     except ImportError as exc:
         from dibs.errors import UsageError
 
@@ -39,131 +96,193 @@ def build(dibs: Coordinator) -> Any:  # noqa: PLR0915 - one short function per t
             f"`dibs mcp` needs the mcp extra ({exc.name} is missing)",
             hint="pip install 'dibs[mcp]'",
         ) from None
+    from dibs import __version__
     from dibs.errors import DibsError
 
-    server = MCPServer("dibs", instructions=_INSTRUCTIONS)
+    server = MCPServer("dibs", version=__version__, instructions=_INSTRUCTIONS)
+    acting = acting if acting is not None else Acting(dibs)
 
-    def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
-        import functools
+    def tool(
+        *, read_only: bool = False, destructive: bool = False, idempotent: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def register_tool(fn: Callable[..., Any]) -> Callable[..., Any]:
+            import functools
 
-        @functools.wraps(fn)  # keeps the signature: the SDK builds the schema from it
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except DibsError as exc:
-                text = f"dibs: {exc.message}\n"
-                if exc.hint:
-                    text += f"hint: {exc.hint}\n"
-                raise ToolError(text + json.dumps(exc.to_json())) from None
+            @functools.wraps(fn)  # keeps the signature: the SDK builds the schema from it
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except DibsError as exc:
+                    said = exc.to_json()
+                    text = f"dibs: {exc.message}\n"
+                    if exc.hint:
+                        said["hint"] = mcp_hint(exc.hint)
+                        text += f"hint: {said['hint']}\n"
+                    raise ToolError(text + json.dumps(said)) from None
 
-        server.tool(name=fn.__name__)(wrapped)
-        return fn
+            hints = ToolAnnotations(
+                read_only_hint=read_only,
+                destructive_hint=destructive,
+                idempotent_hint=idempotent,
+                open_world_hint=False,
+            )
+            server.tool(
+                name=fn.__name__,
+                description=" ".join((fn.__doc__ or "").split()),
+                annotations=hints,
+            )(wrapped)
+            return fn
 
-    @tool
-    def register(name: str, ttl: float | None = None) -> dict[str, Any]:
-        """Register agent NAME and act as it from now on (the token stays in this server)."""
-        result = dibs.register(name, ttl=ttl)
-        return {k: v for k, v in result.items() if k != "token"}
+        return register_tool
 
-    @tool
-    def claim(
-        resources: list[str],
-        shared: bool = False,
-        ttl: float | None = None,
-        wait: float | None = None,
-        note: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Claim resources (issue:X, path:GLOB, path:FILE#L1-9, worktree:N, lock:NAME), all or
-        none; wait up to WAIT seconds while held. Refused: the holder and when it expires."""
-        return dibs.claim(resources, shared=shared, ttl=ttl, wait=wait, note=note)
-
-    @tool
-    def renew(resources: list[str], ttl: float | None = None) -> list[dict[str, Any]]:
-        """Extend leases this agent holds."""
-        return dibs.renew(resources, ttl=ttl)
-
-    @tool
-    def release(resources: list[str] | None = None) -> list[dict[str, Any]]:
-        """Let go of RESOURCES, or of everything this agent holds when omitted."""
-        return dibs.release(resources)
-
-    @tool
-    def heartbeat() -> dict[str, Any]:
-        """Renew every lease this agent holds; names any already lost."""
-        return dibs.heartbeat()
-
-    @tool
-    def status() -> dict[str, Any]:
-        """Who holds what: agents, claims, queue, pool and a one-line summary."""
-        return dibs.status()
-
-    @tool
-    def ready(role: str | None = None) -> dict[str, Any]:
-        """Tasks ready to take (dependencies done, nobody holds them), and why others wait;
-        ROLE: only tasks labelled with it."""
-        from dibs import tasks
-
-        return tasks.ready(dibs, role=role)
-
-    @tool
-    def next(  # noqa: A001
-        steal: bool = False, start: bool = False, role: str | None = None
-    ) -> dict[str, Any]:
-        """Take the best ready task for this agent, atomically (no task goes to two agents);
-        START also makes its worktree; STEAL takes over a task whose holder is dead; ROLE
-        takes only tasks labelled with it (default: the roles the agent registered with)."""
-        from dibs import tasks
-
-        return tasks.next_task(dibs, steal=steal, start=start, role=role)
-
-    @tool
-    def start(issue: str, files: list[str] | None = None) -> dict[str, Any]:
-        """Claim ISSUE (and FILES) and make its worktree and branch; returns the path."""
-        from dibs import worktrees
-
-        result = worktrees.start(dibs, issue, files=files or ())
-        return {k: v for k, v in result.items() if k != "token"}
-
-    @tool
-    def finish(issue: str | None = None, force: bool = False) -> dict[str, Any]:
-        """Release the agent's claims and remove its worktree; refuses to lose work."""
-        from dibs import worktrees
-
-        return worktrees.finish(dibs, issue, force=force)
-
-    @tool
-    def check(base: str | None = None) -> dict[str, Any]:
-        """Compare the agent's branch changes with its claims (unclaimed and foreign edits)."""
-        from dibs import violations
-
-        return violations.check(dibs, base=base)
-
-    @tool
-    def land(branch: str | None = None, issue: str | None = None) -> dict[str, Any]:
-        """Queue BRANCH for the target and see it through the merge queue and its gates."""
-        from dibs import queue
-
-        return queue.land(dibs, branch, issue=issue)
-
-    @tool
-    def limit_take(name: str, cost: float = 1.0, wait: float | None = None) -> dict[str, Any]:
-        """Take COST tokens from the shared rate limit NAME (waiting up to WAIT seconds)."""
-        from dibs import limits
-
-        return limits.take(dibs, name, cost=cost, wait=wait)
-
+    add_tools(dibs, acting, tool)
     return server
 
 
+class Acting:
+    """Who the server acts as, and the agent it registered itself (``owned``), which it
+    unregisters when the client goes."""
+
+    __slots__ = ("dibs", "owned")
+
+    def __init__(self, dibs: Coordinator):
+        self.dibs = dibs
+        self.owned: str | None = None
+
+    def register(self, name: str, ttl: float | None) -> dict[str, Any]:
+        from dibs.errors import NotFound
+
+        dibs = self.dibs
+        if self.owned == name and dibs.agent == name and dibs.token:
+            try:
+                info = dibs.agent_info(name)
+                return {"agent": name, "ttl": info["ttl"], "pid": info["pid"], "replaced": False}
+            except NotFound:  # evicted or unregistered by someone else: register it anew
+                self.owned = None
+        if self.owned is not None and dibs.agent == self.owned and dibs.token:
+            state, _ = dibs.store.read()
+            held = [lease["resource"] for lease in state.leases_of(self.owned)]
+            if held:
+                from dibs.errors import Refused
+
+                raise Refused(
+                    f"this server already acts as {self.owned}, which holds {', '.join(held[:5])}",
+                    hint=f"`release` or `finish` {self.owned}'s work (or `unregister` it), "
+                    "then register again",
+                )
+            self.unregister()
+        client = os.getppid()
+        result = dibs.register(name, ttl=ttl, pid=client if client > 1 else None)
+        self.owned = name
+        return {k: v for k, v in result.items() if k != "token"}
+
+    def unregister(self) -> dict[str, Any]:
+        self.me()
+        result = self.dibs.unregister()
+        if self.owned == result["agent"]:
+            self.owned = None
+        self.dibs.agent = None
+        return result
+
+    def me(self, *, required: bool = True) -> str | None:
+        """The acting agent; a host session's agent when nobody registered one yet."""
+        dibs = self.dibs
+        if dibs.agent is None:
+            found = _session_agent(dibs)
+            if found is not None:
+                dibs.agent, dibs.token = found
+        if dibs.agent is None and required:
+            from dibs.errors import AuthError
+
+            raise AuthError(
+                "no agent: this MCP server does not act for anyone yet",
+                hint="call `register` with a name first (the server keeps the session token)",
+            )
+        return dibs.agent
+
+    def worktree(self, issue: str | None) -> dict[str, Any] | None:
+        """The acting agent's worktree record (for ISSUE, or its only one); None when it has
+        none. Several and no ISSUE: a usage error naming them."""
+        from dibs.worktrees import TABLE
+
+        state, _ = self.dibs.store.read()
+        mine = [
+            {**record, "rel": rel}
+            for rel, record in state.tables.get(TABLE, {}).items()
+            if record.get("agent") == self.dibs.agent and not record.get("finished")
+        ]
+        if issue is not None:
+            wanted = issue.removeprefix("issue:").upper()
+            mine = [r for r in mine if str(r["issue"]).upper() == wanted]
+        if len(mine) > 1:
+            from dibs.errors import UsageError
+
+            raise UsageError(
+                f"{self.dibs.agent} has {len(mine)} worktrees: "
+                + ", ".join(sorted(str(r["issue"]) for r in mine)),
+                hint="name one with the `issue` argument",
+            )
+        return mine[0] if mine else None
+
+    @contextlib.contextmanager
+    def in_worktree(self, issue: str | None) -> Iterator[None]:
+        """Act inside the agent's worktree (its repository view) for the duration."""
+        own = self.worktree(issue)
+        repo = self.dibs.repo
+        if own is None or repo is None:
+            yield
+            return
+        from dibs.git.discover import find_repo
+        from dibs.worktrees import main_root
+
+        path = os.path.join(main_root(repo), own["rel"])
+        self.dibs.repo = find_repo(path)
+        try:
+            yield
+        finally:
+            self.dibs.repo = repo
+
+    def close(self) -> None:
+        """Unregister the agent this server registered (the client is gone)."""
+        if self.owned is None or self.dibs.agent != self.owned or not self.dibs.token:
+            return
+        from dibs.errors import DibsError
+
+        with contextlib.suppress(DibsError):
+            self.dibs.unregister()
+        self.owned = None
+
+
+def _session_agent(dibs: Coordinator) -> tuple[str, str] | None:
+    """The host session's agent, shared with the session's edit hook (`dibs.sessions`)."""
+    from dibs.sessions import session_agent
+
+    return session_agent(dibs)
+
+
 _INSTRUCTIONS = (
-    "dibs keeps agents that share a git repository from colliding. Call `register` once with "
-    "a name, then `next` (or `claim`) before working on anything; `heartbeat` every minute; "
-    "`release` or `finish` when done; `land` to put your branch on the target. A refusal "
-    "names who holds what: pick other work."
+    "dibs keeps agents that share a git repository from colliding. Unless this session's "
+    "edit hook already acts for you, call `register` once with a name; then `next` (or "
+    "`claim`) before working on anything; `heartbeat` every minute; `release` or `finish` "
+    "when done; `land` to put your branch on the target. A refusal names who holds what: "
+    "pick other work."
 )
 
 
 def serve(dibs: Coordinator) -> None:
-    """Serve MCP over stdio until the client goes away."""
-    server = build(dibs)
-    server.run("stdio")
+    """Serve MCP over stdio until the client goes away, then unregister the agent the server
+    registered (a SIGTERM ends the server the same way)."""
+    import signal
+
+    acting = Acting(dibs)
+    server = build(dibs, acting)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run("stdio")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        acting.close()

@@ -422,14 +422,29 @@ def finish(
 def _release_for(
     dibs: Coordinator, state: State, record: dict[str, Any], acting: Actor
 ) -> list[str]:
-    """Release the finishing agent's claims (as it, or by a person's eviction)."""
+    """Release the finishing agent's claims (as it, or by a person's eviction), except those
+    of its other tasks: other issues, and the files of its other worktrees."""
     agent = record["agent"]
-    held = [lease["resource"] for lease in state.leases_of(agent)]
+    others = {
+        claim
+        for other in state.tables.get(TABLE, {}).values()
+        if other["agent"] == agent and other["issue"] != record["issue"]
+        for claim in other.get("files") or ()
+    }
+    held = [
+        lease["resource"]
+        for lease in state.leases_of(agent)
+        if lease["resource"] not in others
+        and not (
+            lease["resource"].startswith("issue:")
+            and lease["resource"] != f"issue:{record['issue']}"
+        )
+    ]
     if not held:
         return []
     if acting.agent == agent:
         try:
-            return [r["resource"] for r in dibs.release()]
+            return [r["resource"] for r in dibs.release(held)]
         except DibsError:
             return []
     for resource in held:

@@ -327,9 +327,10 @@ def test_mcp_client_round_trips(repo: Path, cli: Cli) -> None:
             assert not task.is_error
             assert "M-1" in text(task)
             assert not (await one.call_tool("release", {})).is_error
+            assert ["issue:M-1"] == [c["resource"] for c in cli.json("claims")]
 
     anyio.run(main)
-    assert ["issue:M-1"] == [c["resource"] for c in cli.json("claims")]
+    assert [] == cli.json("claims")  # the clients are gone: so are their agents
     out = cli("mcp", "--print-config")
     assert json.loads(out.stdout)["mcpServers"]["dibs"]["args"] == ["mcp", "-C", str(repo)]
     git(repo, "status")

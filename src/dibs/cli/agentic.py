@@ -257,13 +257,16 @@ def run_doc_write(args: argparse.Namespace) -> int:
 def configure_mcp(parser: argparse.ArgumentParser) -> None:
     """``dibs mcp [--print-config]``."""
     parser.epilog = (
-        "Serves the dibs verbs as MCP tools over stdio (register, claim, renew, release,\n"
-        "heartbeat, status, ready, next, start, finish, check, land, limit_take).\n"
+        "Serves the dibs verbs as MCP tools over stdio (register, unregister, claim, renew,\n"
+        "release, heartbeat, status, ready, next, start, finish, check, land, limit_take).\n"
+        "An agent the server registers lives as long as its client (the server's parent).\n"
         "Errors are tool errors with the CLI's message, code and exit code.\n"
         "Needs the mcp extra: pip install 'dibs[mcp]'."
     )
     parser.add_argument(
-        "--print-config", action="store_true", help="print the snippet for an agent's MCP settings"
+        "--print-config",
+        action="store_true",
+        help="print the snippet for an agent's MCP settings (dibs by its absolute path)",
     )
     common(parser, identity=True)
     parser.set_defaults(handler=run_mcp)
