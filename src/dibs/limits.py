@@ -17,6 +17,7 @@ import time
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
 from dibs.errors import LockTimeout, NotFound, Refused, UsageError
+from dibs.service import check_number, check_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,10 +43,14 @@ def _name(name: str) -> str:
     return name
 
 
+#: Bucket sizes, costs and periods stay below this.
+MAX_AMOUNT = 1e12
+#: Reset times are unix seconds up to the end of year 9999.
+MAX_WALL = 253402300799.0
+
+
 def _positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
-        raise UsageError(f"{what} {value!r} must be a positive number")
-    return float(value)
+    return float(check_number(value, what, low=0, high=MAX_AMOUNT, above=True))
 
 
 def _level(bucket: dict[str, Any], now_wall: float) -> float:
@@ -81,8 +86,9 @@ def set_limit(dibs: Coordinator, name: str, *, capacity: float, per: float) -> d
 def update(dibs: Coordinator, name: str, *, remaining: float, reset_at: float) -> dict[str, Any]:
     """Trust the API: *remaining* tokens until the wall time *reset_at*, then a full bucket."""
     name = _name(name)
-    if isinstance(remaining, bool) or not isinstance(remaining, int | float) or remaining < 0:
-        raise UsageError(f"remaining {remaining!r} must be 0 or more")
+    remaining = check_number(remaining, "remaining", low=0, high=MAX_AMOUNT)
+    hint = "give unix seconds (or ISO 8601 on the command line) from 1970 to 9999"
+    reset_at = check_number(reset_at, "reset-at", low=0, high=MAX_WALL, hint=hint)
 
     def decide(state: State, ctx: Context) -> Decision:
         old = state.tables.get(TABLE, {}).get(name)
@@ -105,6 +111,7 @@ def take(
             `LockTimeout` once the wait runs out.
     """
     name, cost = _name(name), _positive(cost, "cost")
+    wait = check_wait(wait)
     deadline = time.monotonic() + (wait or 0.0)
     who = dibs.agent or os.environ.get("USER") or "unknown"
 

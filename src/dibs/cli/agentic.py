@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from dibs.cli.output import common, coordinator, emit, print_json, subcommands, table
+from dibs.cli.output import (
+    common,
+    coordinator,
+    emit,
+    print_json,
+    read_stdin_text,
+    subcommands,
+    table,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -111,7 +119,7 @@ def configure_limit(parser: argparse.ArgumentParser) -> None:
 
 
 def _when(text: str) -> float:
-    from dibs.errors import UsageError
+    from dibs.errors import UsageError, shown
 
     try:
         return float(text)
@@ -121,11 +129,11 @@ def _when(text: str) -> float:
 
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{text!r} is not a time", hint="unix seconds or ISO 8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
+        raise UsageError(f"{shown(text)} is not a time", hint="unix seconds or ISO 8601") from None
 
 
 def run_limit_set(args: argparse.Namespace) -> int:
@@ -201,7 +209,7 @@ def run_doc_read(args: argparse.Namespace) -> int:
 def run_doc_write(args: argparse.Namespace) -> int:
     from dibs import documents
 
-    content = sys.stdin.read()
+    content = read_stdin_text()
     with coordinator(args) as dibs:
         result = documents.write(dibs, args.file, content, if_version=args.if_version)
     return emit(args, result, f"{result['path']}: version {result['version']}")

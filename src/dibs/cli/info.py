@@ -183,7 +183,9 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Report findings; exit 1 when something is wrong and was not repaired."""
     with coordinator(args) as dibs:
         report = dibs.doctor(repair=args.repair)
-        if dibs.repo is not None:
+        # A log found behind its checkpoint cannot be opened until it is repaired.
+        blocked = any(f["kind"] == "log-behind" and not f["repaired"] for f in report["findings"])
+        if dibs.repo is not None and not blocked:
             from dibs.worktrees import reconcile
 
             report["findings"] = list(report["findings"]) + reconcile(dibs, repair=args.repair)
