@@ -354,3 +354,39 @@ def test_events_reads_transactions_longer_than_a_read(tmp_path: Path, clock: Fak
     seqs = [e["seq"] for e in LocalStore(tmp_path / "store", clock=clock).events(0)]
     assert list(range(1, 12_003)) == seqs
     assert (tmp_path / "store" / "log").stat().st_size > 0
+
+
+def test_missing_sealed_segment_is_refused_by_the_high_water_mark(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Sealing a segment records how far the log reached: losing sealed segments (and the
+    checkpoint, which may be deleted) is refused, not replayed as a shorter history."""
+    root = tmp_path / "dibs"
+    c = use(open_store(root, clock, segment_bytes=600, checkpoint_bytes=10**9))
+    for n in range(12):
+        c.claim([f"issue:{n}"])
+    names = sorted((root / "log").iterdir())
+    assert len(names) > 3
+    for path in names[-2:]:  # the open segment and the last sealed one
+        path.unlink()
+    (root / "checkpoint").unlink(missing_ok=True)
+    with pytest.raises(LogBehind) as caught:
+        open_store(root, clock).read()
+    assert caught.value.details["reached"] > caught.value.details["ends"]
+
+
+def test_log_cut_back_under_an_open_store_is_refused_on_its_next_read(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A process that has the store open notices the log shrink behind its checkpoint too."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    for n in range(5):
+        c.claim([f"issue:{n}"])
+    path = segment(root)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))
+    with pytest.raises(LogBehind):
+        store.read()
+    with pytest.raises(LogBehind):
+        c.claim(["issue:late"])

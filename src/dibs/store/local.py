@@ -355,6 +355,7 @@ class LocalStore:
         if behind is None:
             return
         reached, source = behind
+        self._state = None  # stay unopened: every later call is refused the same way
         raise LogBehind(
             f"the log in {self.log_dir} ends at seq {end}, but {source} shows it reached seq "
             f"{reached}: events {end + 1}-{reached} are missing (a backup restored over the "
