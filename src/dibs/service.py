@@ -67,7 +67,9 @@ def secret_hash(token: str) -> str:
         from _blake2 import blake2b
     except ImportError:  # pragma: no cover - every CPython has _blake2
         from hashlib import blake2b
-    return blake2b(token.encode(), digest_size=20).hexdigest()
+    # Undecodable bytes (from the environment) cannot be any token dibs issued: hash them as
+    # they came, so that they are simply a wrong token.
+    return blake2b(token.encode(errors="surrogateescape"), digest_size=20).hexdigest()
 
 
 def check_agent_name(name: str) -> str:
@@ -153,7 +155,7 @@ def check_utf8(text: str, what: str) -> str:
         text.encode()
     except UnicodeEncodeError:
         raise UsageError(
-            f"{what} {shown(text)} holds bytes that are not UTF-8 text",
+            f"{what} holds bytes that are not UTF-8 text",
             hint="pass UTF-8 text (check the terminal's or the caller's encoding)",
         ) from None
     return text

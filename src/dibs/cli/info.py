@@ -166,9 +166,11 @@ def run_evict(args: argparse.Namespace) -> int:
 def configure_doctor(parser: argparse.ArgumentParser) -> None:
     """``dibs doctor [--repair]``."""
     parser.epilog = (
-        "Checks every line of the log, the checkpoint against a full replay, and a torn\n"
-        "tail left by a crash; then compares the store with `git worktree list` and this\n"
-        "host's processes: claims whose worktree is gone (release), worktrees nobody owns\n"
+        "Checks every line of the log, the checkpoint against a full replay, a torn tail\n"
+        "left by a crash, and a log that ends before its checkpoint or high-water mark (a\n"
+        "restored backup: --repair keeps the evidence in evidence/ and continues fencing\n"
+        "tokens above every one granted); then compares the store with `git worktree list`\n"
+        "and this host's processes: claims whose worktree is gone (release), worktrees nobody owns\n"
         "(remove if clean and landed), dead agents still holding claims (evict), prunable\n"
         "worktree entries (git worktree prune), anything held twice (report).\n"
         "Without --repair it only reports (exit 1 when something is wrong); with --repair\n"

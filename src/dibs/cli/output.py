@@ -77,7 +77,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
             if isinstance(item, str) and not item.isascii():
                 from dibs.service import check_utf8
 
-                check_utf8(item, name.replace("_", "-"))
+                check_utf8(item, f"the {name.replace('_', '-')} argument")
 
 
 def read_stdin_text() -> str:
