@@ -170,9 +170,9 @@ def configure_doctor(parser: argparse.ArgumentParser) -> None:
         "left by a crash, and a log that ends before its checkpoint or high-water mark (a\n"
         "restored backup: --repair keeps the evidence in evidence/ and continues fencing\n"
         "tokens above every one granted); then compares the store with `git worktree list`\n"
-        "and this host's processes: claims whose worktree is gone (release), worktrees nobody owns\n"
-        "(remove if clean and landed), dead agents still holding claims (evict), prunable\n"
-        "worktree entries (git worktree prune), anything held twice (report).\n"
+        "and this host's processes: claims whose worktree is gone (release), worktrees\n"
+        "nobody owns (remove if clean and landed), dead agents still holding claims (evict),\n"
+        "prunable worktree entries (git worktree prune), anything held twice (report).\n"
         "Without --repair it only reports (exit 1 when something is wrong); with --repair\n"
         "it mends what it can, logs each act with by and reason, and says what it did."
     )

@@ -1004,10 +1004,15 @@ class LocalStore:
         folder = os.path.join(self.root, EVIDENCE, f"{stamp}-log-ended-{ended}-reached-{reached}")
         _make_dir(folder)
         for name in ("checkpoint", HIGH_WATER):
+            source, kept = os.path.join(self.root, name), os.path.join(folder, name)
             try:
-                os.link(os.path.join(self.root, name), os.path.join(folder, name))
+                os.link(source, kept)
             except FileNotFoundError:
                 continue
+            except OSError:
+                import shutil  # a file system without hard links: a copy keeps the same bytes
+
+                shutil.copy2(source, kept)
         _fsync_dir(folder)
         return folder
 
