@@ -348,8 +348,9 @@ class LocalStore:
     def _refuse_if_behind(
         self, parsed: tuple[State, str, int, int] | None, high: dict[str, Any] | None
     ) -> None:
-        if parsed is None and high is None:
-            return
+        known = max(parsed[0].seq if parsed is not None else 0, high["seq"] if high else 0)
+        if known == 0 or (parsed is None and high is not None and self._reaches(high)):
+            return  # nothing to reach, or plainly reached: spare the read of the log's end
         end = self._log_end()
         behind = self._behind(parsed, high, end)
         if behind is None:
