@@ -46,8 +46,8 @@ MAX_REASON = 1000
 MAX_TTL = 7 * 86400.0
 #: The longest any face may ask to wait (seconds): a week, as the longest ttl.
 MAX_WAIT = 7 * 86400.0
-#: Process ids are below this on every Linux (PID_MAX_LIMIT).
-MAX_PID = 1 << 22
+#: Process ids fit in pid_t, a 32-bit signed int.
+MAX_PID = (1 << 31) - 1
 #: Sequence numbers and counts of events fit in PostgreSQL's bigint.
 MAX_SEQ = (1 << 63) - 1
 #: ``--wait`` with no number waits this long (seconds).
