@@ -64,8 +64,9 @@ def coordinator(args: argparse.Namespace) -> Coordinator:
     return opened
 
 
-#: Arguments passed on as they are: the command `dibs run` starts gets its bytes unchanged.
-_PASSED_ON = frozenset(("command",))
+#: Arguments passed on as they are: the command `dibs run` starts gets its bytes unchanged,
+#: and `-C DIR` is a path for the operating system, which may be any bytes.
+_PASSED_ON = frozenset(("command", "directory"))
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
