@@ -38,7 +38,7 @@ class Exhausted(Refused):
 
 
 def _name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or ""):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise UsageError(f"{name!r} is not a limit name", hint="letters, digits, '.', '_', '-'")
     return name
 

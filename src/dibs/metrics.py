@@ -38,7 +38,8 @@ def parse_duration(text: str) -> float:
     At most `MAX_DURATION`: a longer one would reach before 1970 (and past what a clock can
     represent), which no log does.
     """
-    match = re.fullmatch(r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*([smhdw]?)\s*", text or "")
+    pattern = r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*([smhdw]?)\s*"
+    match = re.fullmatch(pattern, text) if isinstance(text, str) else None
     seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"] if match else 0.0
     if not 0 < seconds <= MAX_DURATION:
         from dibs.errors import UsageError, shown
