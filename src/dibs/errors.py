@@ -19,6 +19,7 @@ Each class's docstring is its default message; ``hint`` says how to mend it. The
         ├── StoreUnavailable (OSError)      cannot reach or open the store
         ├── StoreIOError (OSError)          a write or fsync failed: nothing was acknowledged
         └── CorruptLog                      a damaged line inside the log (not a torn tail)
+            └── LogBehind                   the log ends before where it is known to have reached
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_LEASE_LOST = 4
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """*value* as an error message quotes it: its repr, cut to *limit* characters.
+
+    A number too long to print (Python refuses to format ints of over 4,300 digits) is
+    described by its size instead, so quoting bad input can never fail in turn.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 class DibsError(Exception):
@@ -136,3 +149,9 @@ class CorruptLog(StoreError):
     """The event log is damaged."""
 
     code = "corrupt-log"
+
+
+class LogBehind(CorruptLog):
+    """The log ends before a point it is known to have reached: events are missing from its end."""
+
+    code = "log-behind"

@@ -43,7 +43,9 @@ def secret_hash(token: str) -> str:
         from _blake2 import blake2b
     except ImportError:  # pragma: no cover - every CPython has _blake2
         from hashlib import blake2b
-    return blake2b(token.encode(), digest_size=20).hexdigest()
+    # Undecodable bytes (from the environment) cannot be any token dibs issued: hash them as
+    # they came, so that they are simply a wrong token.
+    return blake2b(token.encode(errors="surrogateescape"), digest_size=20).hexdigest()
 
 
 def resolve(

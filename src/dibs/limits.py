@@ -17,6 +17,7 @@ import time
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
 from dibs.errors import DibsError, LockTimeout, NotFound, Refused, UsageError
+from dibs.service import check_number, check_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,15 +38,19 @@ class Exhausted(Refused):
 
 
 def _name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or ""):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise UsageError(f"{name!r} is not a limit name", hint="letters, digits, '.', '_', '-'")
     return name
 
 
+#: Bucket sizes, costs and periods stay below this.
+MAX_AMOUNT = 1e12
+#: Reset times are unix seconds up to the end of year 9999.
+MAX_WALL = 253402300799.0
+
+
 def _positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e12:
-        raise UsageError(f"{what} {value!r} must be a positive number")
-    return float(value)
+    return float(check_number(value, what, low=0, high=MAX_AMOUNT, above=True))
 
 
 def _level(bucket: dict[str, Any], now_wall: float) -> float:
@@ -109,8 +114,9 @@ def update(
     Like `set_limit`, only for a verified agent or a person with *as_operator*.
     """
     name = _name(name)
-    if isinstance(remaining, bool) or not isinstance(remaining, int | float) or remaining < 0:
-        raise UsageError(f"remaining {remaining!r} must be 0 or more")
+    remaining = check_number(remaining, "remaining", low=0, high=MAX_AMOUNT)
+    hint = "give unix seconds (or ISO 8601 on the command line) from 1970 to 9999"
+    reset_at = check_number(reset_at, "reset-at", low=0, high=MAX_WALL, hint=hint)
 
     def decide(state: State, ctx: Context) -> Decision:
         try:
@@ -138,6 +144,7 @@ def take(
             `LockTimeout` once the wait runs out.
     """
     name, cost = _name(name), _positive(cost, "cost")
+    wait = check_wait(wait)
     deadline = time.monotonic() + (wait or 0.0)
     who = dibs.agent or os.environ.get("USER") or "unknown"
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from dibs.core.events import Event
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest ``--since``: ten years (520 weeks).
+MAX_DURATION = 520 * _UNITS["w"]
 #: Bucket bounds (seconds) of the histograms /metrics exports.
 BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 #: Points in the time series the dashboard charts.
@@ -31,13 +33,23 @@ SERIES_POINTS = 30
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` (or a bare number of seconds)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
-    if not match or float(match.group(1)) <= 0:
-        from dibs.errors import UsageError
+    """Seconds in ``90s``, ``15m``, ``2h``, ``7d``, ``1w`` (or a bare number of seconds).
 
-        raise UsageError(f"{text!r} is not a duration", hint="e.g. 90s, 15m, 2h, 7d")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    At most `MAX_DURATION`: a longer one would reach before 1970 (and past what a clock can
+    represent), which no log does.
+    """
+    pattern = r"\s*([0-9]{1,15}(?:\.[0-9]{1,9})?)\s*([smhdw]?)\s*"
+    match = re.fullmatch(pattern, text) if isinstance(text, str) else None
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"] if match else 0.0
+    if not 0 < seconds <= MAX_DURATION:
+        from dibs.errors import UsageError, shown
+
+        raise UsageError(
+            f"{shown(text)} is not a duration of more than 0 and at most "
+            f"{MAX_DURATION // _UNITS['w']}w (ten years)",
+            hint="e.g. 90s, 15m, 2h, 7d",
+        )
+    return seconds
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -328,5 +340,5 @@ def _series(timeline: list[tuple[str, str, float | None]]) -> list[dict[str, Any
 def of_store(dibs: Any, *, since: str | None = None) -> dict[str, Any]:
     """`compute` over a coordinator's whole log, or the last *since* (``2h``, ``7d``...)."""
     _, now = dibs.store.read()
-    start = iso_time(now.wall - parse_duration(since)) if since else None
+    start = iso_time(max(0.0, now.wall - parse_duration(since))) if since else None
     return compute(dibs.store.events(0), since=start, now_wall=now.wall)

@@ -498,9 +498,10 @@ def process(dibs: Coordinator, *, batch: int | None = None) -> Outcome | None:
     Returns:
         What was handled, or None when another process holds ``lock:merge-queue``.
     """
-    size = int(batch if batch is not None else dibs.settings["merge.batch"])
-    if not 1 <= size <= 64:
-        raise UsageError(f"batch {size} is out of range", hint="give 1 to 64")
+    from dibs.service import check_number
+
+    size = batch if batch is not None else dibs.settings["merge.batch"]
+    check_number(size, "batch", low=1, high=64, whole=True, hint="give 1 to 64")
     processor = _Processor(dibs, size)
     if not processor.acquire():
         return None
@@ -537,7 +538,9 @@ def land(
         LockTimeout: the entry is still waiting when *wait* runs out.
     """
     from dibs.errors import LockTimeout
+    from dibs.service import check_wait
 
+    wait = check_wait(wait)
     entry_now = enqueue(dibs, branch, issue=issue, as_operator=as_operator)
     deadline = None if wait is None else time.monotonic() + wait
     seen = None

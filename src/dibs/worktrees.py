@@ -457,8 +457,9 @@ def _release_for(
 
 def pool_init(dibs: Coordinator, slots: int) -> list[dict[str, Any]]:
     """Make sure the pool has *slots* reusable worktrees (detached at the target's tip)."""
-    if isinstance(slots, bool) or not 1 <= slots <= 256:
-        raise UsageError(f"{slots!r} slots is out of range", hint="give 1 to 256")
+    from dibs.service import check_number
+
+    check_number(slots, "slots", low=1, high=256, whole=True, hint="give 1 to 256")
     repo = _repo(dibs)
     root = main_root(repo)
     tip = _target_tip(dibs, root, None)
@@ -490,8 +491,9 @@ def pool_take(
     Two agents never get one slot: the claim decides. With *wait*, keep trying with backoff
     and jitter while every slot is busy; the seconds waited are recorded with the slot.
     """
-    from dibs.service import _jitter
+    from dibs.service import _jitter, check_wait
 
+    wait = check_wait(wait)
     repo = _repo(dibs)
     root = main_root(repo)
     name, _ = _acting(dibs, agent, f"pool-{os.getpid()}")

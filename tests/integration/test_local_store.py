@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 from pathlib import Path
 
 import pytest
 
-from dibs.errors import CorruptLog, StoreIOError
+from dibs.errors import CorruptLog, LogBehind, StoreIOError
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness
@@ -140,8 +141,12 @@ def test_opening_starts_from_the_checkpoint(tmp_path: Path, clock: FakeClock) ->
     assert expected == open_store(root, clock).read()[0].to_json()
 
 
-def test_checkpoint_not_matching_the_log_is_ignored(tmp_path: Path, clock: FakeClock) -> None:
-    """A checkpoint ahead of the log (power loss) is detected and the log replayed."""
+def test_log_cut_back_behind_its_checkpoint_is_refused(tmp_path: Path, clock: FakeClock) -> None:
+    """A log shorter than its checkpoint lost acknowledged events: opening it is refused.
+
+    (A checkpoint is written only after the log is synced up to it, so power loss alone
+    cannot leave the checkpoint ahead; see tests/faults/test_power_loss.py.)
+    """
     root = tmp_path / "dibs"
     store = open_store(root, clock, checkpoint_bytes=1)
     c = use(store)
@@ -149,10 +154,29 @@ def test_checkpoint_not_matching_the_log_is_ignored(tmp_path: Path, clock: FakeC
         c.claim([f"issue:{n}"])
     path = segment(root)
     lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"".join(lines[:-1]))  # the last event never reached the disk
+    path.write_bytes(b"".join(lines[:-1]))  # an acknowledged claim is gone
+    with pytest.raises(LogBehind) as caught:
+        open_store(root, clock).read()
+    assert (3, 4) == (caught.value.details["ends"], caught.value.details["reached"])
+
+
+def test_checkpoint_not_matching_a_longer_log_is_ignored(tmp_path: Path, clock: FakeClock) -> None:
+    """A checkpoint that does not fit a log at least as long as it is a cache: replayed."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    for n in range(3):
+        c.claim([f"issue:{n}"])
+    index = root / "checkpoint"
+    raw = index.read_bytes()
+    # The same checkpoint, pointing one byte off the end of its event: it no longer fits.
+    header, body = raw.split(b"\n", 1)
+    data = marshal.loads(body)  # noqa: S302 -- the test's own checkpoint
+    data["offset"] -= 1
+    index.write_bytes(header + b"\n" + marshal.dumps(data, 4))
     state = open_store(root, clock).read()[0]
-    assert 3 == state.seq
-    assert ["issue:0", "issue:1"] == sorted(state.claims)
+    assert 4 == state.seq
+    assert ["issue:0", "issue:1", "issue:2"] == sorted(state.claims)
 
 
 def test_segments_roll_over_and_replay_across(tmp_path: Path, clock: FakeClock) -> None:
@@ -330,3 +354,39 @@ def test_events_reads_transactions_longer_than_a_read(tmp_path: Path, clock: Fak
     seqs = [e["seq"] for e in LocalStore(tmp_path / "store", clock=clock).events(0)]
     assert list(range(1, 12_003)) == seqs
     assert (tmp_path / "store" / "log").stat().st_size > 0
+
+
+def test_missing_sealed_segment_is_refused_by_the_high_water_mark(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Sealing a segment records how far the log reached: losing sealed segments (and the
+    checkpoint, which may be deleted) is refused, not replayed as a shorter history."""
+    root = tmp_path / "dibs"
+    c = use(open_store(root, clock, segment_bytes=600, checkpoint_bytes=10**9))
+    for n in range(12):
+        c.claim([f"issue:{n}"])
+    names = sorted((root / "log").iterdir())
+    assert len(names) > 3
+    for path in names[-2:]:  # the open segment and the last sealed one
+        path.unlink()
+    (root / "checkpoint").unlink(missing_ok=True)
+    with pytest.raises(LogBehind) as caught:
+        open_store(root, clock).read()
+    assert caught.value.details["reached"] > caught.value.details["ends"]
+
+
+def test_log_cut_back_under_an_open_store_is_refused_on_its_next_read(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A process that has the store open notices the log shrink behind its checkpoint too."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock, checkpoint_bytes=1)
+    c = use(store)
+    for n in range(5):
+        c.claim([f"issue:{n}"])
+    path = segment(root)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:2]))
+    with pytest.raises(LogBehind):
+        store.read()
+    with pytest.raises(LogBehind):
+        c.claim(["issue:late"])

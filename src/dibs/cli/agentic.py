@@ -10,6 +10,7 @@ from dibs.cli.output import (
     emit,
     operator_flag,
     print_json,
+    read_stdin_text,
     subcommands,
     table,
 )
@@ -136,7 +137,7 @@ def configure_limit(parser: argparse.ArgumentParser) -> None:
 
 
 def _when(text: str) -> float:
-    from dibs.errors import UsageError
+    from dibs.errors import UsageError, shown
 
     try:
         return float(text)
@@ -146,11 +147,11 @@ def _when(text: str) -> float:
 
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(f"{text!r} is not a time", hint="unix seconds or ISO 8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.timestamp()
+    except (ValueError, OverflowError):
+        raise UsageError(f"{shown(text)} is not a time", hint="unix seconds or ISO 8601") from None
 
 
 def run_limit_set(args: argparse.Namespace) -> int:
@@ -237,16 +238,8 @@ def run_doc_read(args: argparse.Namespace) -> int:
 
 def run_doc_write(args: argparse.Namespace) -> int:
     from dibs import documents
-    from dibs.errors import UsageError
 
-    raw = sys.stdin.buffer.read()
-    try:
-        content = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"the input is not UTF-8 text (byte {exc.start}): documents are text",
-            hint="convert it first (iconv -t UTF-8); binary files belong in git",
-        ) from None
+    content = read_stdin_text()
     with coordinator(args) as dibs:
         result = documents.write(
             dibs, args.file, content, if_version=args.if_version, as_operator=args.as_operator

@@ -169,11 +169,13 @@ def run_evict(args: argparse.Namespace) -> int:
 def configure_doctor(parser: argparse.ArgumentParser) -> None:
     """``dibs doctor [--repair]``."""
     parser.epilog = (
-        "Checks every line of the log, the checkpoint against a full replay, and a torn\n"
-        "tail left by a crash; then compares the store with `git worktree list` and this\n"
-        "host's processes: claims whose worktree is gone (release), worktrees nobody owns\n"
-        "(remove if clean and landed), dead agents still holding claims (evict), prunable\n"
-        "worktree entries (git worktree prune), anything held twice (report).\n"
+        "Checks every line of the log, the checkpoint against a full replay, a torn tail\n"
+        "left by a crash, and a log that ends before its checkpoint or high-water mark (a\n"
+        "restored backup: --repair keeps the evidence in evidence/ and continues fencing\n"
+        "tokens above every one granted); then compares the store with `git worktree list`\n"
+        "and this host's processes: claims whose worktree is gone (release), worktrees\n"
+        "nobody owns (remove if clean and landed), dead agents still holding claims (evict),\n"
+        "prunable worktree entries (git worktree prune), anything held twice (report).\n"
         "Without --repair it only reports (exit 1 when something is wrong); with --repair\n"
         "it mends what it can, logs each act with by and reason, and says what it did."
     )
@@ -186,7 +188,9 @@ def run_doctor(args: argparse.Namespace) -> int:
     """Report findings; exit 1 when something is wrong and was not repaired."""
     with coordinator(args) as dibs:
         report = dibs.doctor(repair=args.repair)
-        if dibs.repo is not None:
+        # A log found behind its checkpoint cannot be opened until it is repaired.
+        blocked = any(f["kind"] == "log-behind" and not f["repaired"] for f in report["findings"])
+        if dibs.repo is not None and not blocked:
             from dibs.worktrees import reconcile
 
             report["findings"] = list(report["findings"]) + reconcile(dibs, repair=args.repair)

@@ -70,10 +70,47 @@ def coordinator(args: argparse.Namespace) -> Coordinator:
     return opened
 
 
+#: Arguments passed on as they are: the command `dibs run` starts gets its bytes unchanged,
+#: and `-C DIR` is a path for the operating system, which may be any bytes.
+_PASSED_ON = frozenset(("command", "directory"))
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse any argument that is not UTF-8 text (exit 2), before anything is done."""
+    for name, value in vars(args).items():
+        if name in _PASSED_ON:
+            continue
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str) and not item.isascii():
+                from dibs.service import check_utf8
+
+                check_utf8(item, f"the {name.replace('_', '-')} argument")
+
+
+def read_stdin_text() -> str:
+    """Standard input as text: UTF-8 without NUL bytes, else `UsageError` (exit 2)."""
+    from dibs.errors import UsageError
+
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        problem = f"byte {exc.start} is not UTF-8"
+    else:
+        if "\0" not in text:
+            return text
+        problem = f"character {text.index(chr(0))} is NUL"
+    raise UsageError(
+        f"standard input is not text ({problem}); nothing was done",
+        hint="pass UTF-8 text; binary files cannot be written this way",
+    )
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Call the command's handler and turn errors into messages and exit codes."""
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        _check_arguments(args)
         return handler(args)
     except DibsError as exc:
         return report_error(args, exc)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         "auto-evict",
         "force-evict",
         "record",
+        "log-repair",
     ]
     Mode = Literal["exclusive", "shared"]
     EvictReason = Literal["expired", "holder-dead", "rebooted", "replaced", "unregistered"]
@@ -98,6 +99,7 @@ OPS = (
     "gate",
     "outbox",
     "agent-roles",
+    "log-repair",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
@@ -157,8 +159,21 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def encode(event: Event) -> bytes:
-    """One log line, newline included."""
-    return (_encoder.encode(event) + "\n").encode()
+    """One log line, newline included.
+
+    Raises:
+        UsageError: a text in the event is not UTF-8 (undecodable bytes that reached it
+            through ``surrogateescape``); the faces check their inputs, this is the last net.
+    """
+    try:
+        return (_encoder.encode(event) + "\n").encode()
+    except UnicodeEncodeError:
+        from dibs.errors import UsageError
+
+        raise UsageError(
+            f"the {event['op']} holds text that is not UTF-8; nothing was recorded",
+            hint="pass UTF-8 text (check the terminal's or the caller's encoding)",
+        ) from None
 
 
 def decode(line: bytes | str, *, where: str = "the log") -> Event:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from dibs.core import globs
-from dibs.errors import InvalidResource
+from dibs.errors import InvalidResource, shown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 KINDS = ("issue", "path", "worktree", "lock", "stream")
 MAX_NAME = 200
 MAX_PATH = 1024
+#: Line numbers have at most this many digits (ASCII digits only: ``int`` would also take
+#: '²'-like digits and, past 4,300 digits, fail outright).
+LINE_DIGITS = 9
+_LINE_NUMBER = re.compile(rf"[0-9]{{1,{LINE_DIGITS}}}").fullmatch
 EXAMPLES = "issue:ROOSE-158, path:src/auth/**, path:src/app.py#L10-80, worktree:3, lock:github-api"
 
 # One C-level search instead of a Python loop per character: a guard indexes every claim.
@@ -148,6 +152,13 @@ def _parse(text: str) -> Resource:
 
 
 def _refuse_control_characters(text: str, whole: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidResource(
+            f"{shown(whole)} holds bytes that are not UTF-8 text",
+            hint="resource names are UTF-8 text (check the terminal's or the caller's encoding)",
+        ) from None
     for ch in text:
         if ord(ch) < 32 or ord(ch) == 127:
             raise InvalidResource(
@@ -201,10 +212,11 @@ def _split_line_range(text: str, raw: str) -> tuple[str, tuple[int, int] | None]
         return raw, None
     spec = tail[1:]
     first_text, dash, last_text = spec.partition("-")
-    if not first_text.isdigit() or (dash and not last_text.isdigit()):
+    if not _LINE_NUMBER(first_text) or (dash and not _LINE_NUMBER(last_text)):
         raise InvalidResource(
-            f"{text!r} has a malformed line range {'#' + tail!r}",
-            hint="write #L10 for one line or #L10-80 for lines 10 to 80",
+            f"{shown(text, 80)} has a malformed line range {shown('#' + tail)}",
+            hint="write #L10 for one line or #L10-80 for lines 10 to 80, in digits 0-9, "
+            f"at most {LINE_DIGITS} of them",
         )
     first = int(first_text)
     last = int(last_text) if dash else first

@@ -362,6 +362,11 @@ def _apply_record(state: State, event: Event) -> None:
         table[event["key"]] = value
 
 
+def _apply_log_repair(state: State, event: Event) -> None:
+    """A log found cut back was accepted: tokens continue above every one ever granted."""
+    state.last_token = max(state.last_token, event["token"])
+
+
 def _apply_nothing(state: State, event: Event) -> None:
     """Events that record what happened without changing who holds what (``refuse``)."""
 
@@ -376,4 +381,5 @@ _APPLY: dict[str, Callable[[State, Event], None]] = {
     "release": _apply_release,
     "auto-evict": _apply_evict,
     "force-evict": _apply_evict,
+    "log-repair": _apply_log_repair,
 }

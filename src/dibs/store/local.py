@@ -5,6 +5,8 @@ Layout, in ``$(git rev-parse --git-common-dir)/dibs/`` (shared by every worktree
     lock                          flock target: never unlinked, never truncated
     log/00000000000000000001.jsonl segments, named by the seq of their first event
     checkpoint                    the state at some seq and where that seq ends (a cache)
+    high-water                    how far the log is known to reach; no token exceeds it
+    evidence/                     what `dibs doctor --repair` kept aside when the log was behind
 
 Writing (under ``flock``): catch up with what others appended, repair a torn tail, read the
 clock, decide, append the events with one ``write``, apply them, let go of the lock, then
@@ -20,6 +22,12 @@ Opening does not replay history: it loads the checkpoint and replays the tail af
 checkpoint is rewritten (temp file, fsync, rename) once the tail outgrows it, outside the lock,
 so its cost stays off the claim path and proportional to the live state, not to the history.
 The checkpoint is a cache: when it is missing or does not match the log it is rebuilt.
+
+A log that ends before a point it is known to have reached (the checkpoint's seq, or the mark in
+``high-water``, written when a segment is sealed and when fencing tokens are reserved) lost
+acknowledged events: a backup restored over it, a truncated disk. Opening it raises `LogBehind`
+instead of quietly handing out its fencing tokens again; ``dibs doctor --repair`` accepts the
+loss, keeps the evidence aside and continues tokens above the reserved ceiling.
 """
 
 from __future__ import annotations
@@ -30,13 +38,14 @@ import marshal
 import os
 
 from dibs import host, platform
-from dibs.core.events import REQUIRED, SCHEMA_VERSION, decode, encode
+from dibs.core.events import REQUIRED, SCHEMA_VERSION, decode, encode, new_event
 from dibs.core.state import State, apply, seal
-from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable
+from dibs.errors import CorruptLog, LogBehind, StoreIOError, StoreUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from typing import Any
 
     from dibs.core.events import Event, Now
     from dibs.core.leases import Decision
@@ -54,11 +63,34 @@ _CHECKPOINT_HEADER = b"dibs checkpoint 1 marshal 4\n"
 # grows with the checkpoint itself (see _maybe_checkpoint), so big states rewrite rarely.
 CHECKPOINT_BYTES = 16 * 1024
 _SEGMENT_DIGITS = 20
+#: Beside the checkpoint: a point the log is known to reach (seq, segment, offset; written after
+#: the log is synced there) and a ceiling no fencing token has passed. It survives what the
+#: checkpoint does not (the checkpoint may be deleted), so a log cut back behind it is refused.
+HIGH_WATER = "high-water"
+#: Fencing tokens reserved at a time: ``high-water`` is rewritten (synced) once per this many
+#: grants, always before a token above its ceiling is logged; never on every claim.
+TOKEN_BLOCK = 1024
+#: Where `dibs doctor --repair` keeps the checkpoint and high-water of a log found behind them.
+EVIDENCE = "evidence"
 _READ_CHUNK = 1 << 20
 
 
 def _segment_name(first_seq: int) -> str:
     return f"{first_seq:0{_SEGMENT_DIGITS}d}.jsonl"
+
+
+def _replace_file(path: str, data: bytes, how: str, *, sync_dir: bool = False) -> None:
+    """Replace *path* with *data* atomically: temp file, sync, rename (then the directory)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, data)
+        platform.sync_file(fd, how)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync_dir:
+        platform.sync_dir(os.path.dirname(path))
 
 
 def _make_dir(path: str) -> None:
@@ -138,6 +170,7 @@ class LocalStore:
         self._sealed = False  # the current segment takes no more writes
         self._index_seen = (0, 0)  # (inode, mtime) of the checkpoint when we last saw it
         self._events_end = (0, "", 0)  # (seq, segment, offset) where events() last stopped
+        self._ceiling = 0  # no token above this is logged before high-water says so
 
     # Opening ----------------------------------------------------------------------------
 
@@ -186,15 +219,20 @@ class LocalStore:
         self._since_checkpoint = 0
         self._close_fds()
         segments = self._segments()
-        if not segments:
-            return state
-        checkpoint = self._read_checkpoint(segments)
-        if checkpoint is not None:
-            state, segment, offset, size = checkpoint
+        high = self._read_high_water()
+        self._ceiling = high["token"] if high is not None else 0
+        parsed = self._parse_checkpoint()
+        if parsed is not None and self._checkpoint_matches(parsed[1], parsed[2], parsed[0].seq):
+            state, segment, offset, size = parsed
+            if high is not None and high["seq"] > state.seq and not self._reaches(high):
+                self._refuse_if_behind(None, high)
             self._state = state
             self._checkpoint_at = (state.seq, size)
             self._open_segment(segment, offset)
             self._mark = (state.seq, segment, offset)
+            return state
+        self._refuse_if_behind(parsed, high)
+        if not segments:
             return state
         first = segments[0]
         if int(first[:-6]) != 1:
@@ -207,6 +245,14 @@ class LocalStore:
         return state
 
     def _read_checkpoint(self, segments: list[str]) -> tuple[State, str, int, int] | None:
+        """The checkpoint when it matches the log, else None."""
+        parsed = self._parse_checkpoint()
+        if parsed is None or parsed[1] not in segments:
+            return None
+        return parsed if self._checkpoint_matches(parsed[1], parsed[2], parsed[0].seq) else None
+
+    def _parse_checkpoint(self) -> tuple[State, str, int, int] | None:
+        """The checkpoint's state, segment, offset and size; None when missing or unreadable."""
         try:
             with open(self.index_path, "rb") as f:
                 st = os.fstat(f.fileno())
@@ -219,8 +265,6 @@ class LocalStore:
             offset = int(data["offset"])
             state = State.from_json(data["state"])
         except (OSError, ValueError, KeyError, TypeError, EOFError):
-            return None
-        if segment not in segments or not self._checkpoint_matches(segment, offset, state.seq):
             return None
         return state, segment, offset, len(raw)
 
@@ -248,6 +292,94 @@ class LocalStore:
             return decode(chunk[start:])["seq"] == seq
         except CorruptLog:
             return False
+
+    # How far the log reached -------------------------------------------------------------
+
+    def _read_high_water(self) -> dict[str, Any] | None:
+        """The ``high-water`` file: ``seq``, ``segment``, ``offset``, ``token``; None if absent."""
+        try:
+            with open(os.path.join(self.root, HIGH_WATER), "rb") as f:
+                data = json.loads(f.read())
+            return {
+                "seq": int(data["seq"]),
+                "segment": str(data["segment"]),
+                "offset": int(data["offset"]),
+                "token": int(data["token"]),
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _write_high_water(self, seq: int, segment: str, offset: int, token: int) -> None:
+        """Replace ``high-water`` durably: the log must already be synced up to *offset*."""
+        mark = {"seq": seq, "segment": segment, "offset": offset, "token": token}
+        data = json.dumps(mark, separators=(",", ":")).encode() + b"\n"
+        _replace_file(os.path.join(self.root, HIGH_WATER), data, self.sync, sync_dir=True)
+        self._ceiling = token
+
+    def _reaches(self, high: dict[str, Any]) -> bool:
+        """Cheaply: whether the log is at least as long as the *high* mark says it was."""
+        try:
+            size = os.path.getsize(os.path.join(self.log_dir, high["segment"]))
+            return size >= int(high["offset"])
+        except (OSError, ValueError):
+            return False
+
+    def _behind(
+        self, parsed: tuple[State, str, int, int] | None, high: dict[str, Any] | None, end: int
+    ) -> tuple[int, str] | None:
+        """(seq reached, what says so) when the log, ending at seq *end*, ends before it."""
+        marks = []
+        if parsed is not None:
+            marks.append((parsed[0].seq, "the checkpoint"))
+        if high is not None:
+            marks.append((high["seq"], HIGH_WATER))
+        reached = max(marks, default=(0, ""))
+        return reached if reached[0] > end else None
+
+    def _log_end(self) -> int:
+        """The seq of the last complete line of the log (0: empty)."""
+        last = self.tail(1)
+        return last[0]["seq"] if last else 0
+
+    def _refuse_if_behind(
+        self, parsed: tuple[State, str, int, int] | None, high: dict[str, Any] | None
+    ) -> None:
+        known = max(parsed[0].seq if parsed is not None else 0, high["seq"] if high else 0)
+        if known == 0 or (parsed is None and high is not None and self._reaches(high)):
+            return  # nothing to reach, or plainly reached: spare the read of the log's end
+        end = self._log_end()
+        behind = self._behind(parsed, high, end)
+        if behind is None:
+            return
+        reached, source = behind
+        self._state = None  # stay unopened: every later call is refused the same way
+        raise LogBehind(
+            f"the log in {self.log_dir} ends at seq {end}, but {source} shows it reached seq "
+            f"{reached}: events {end + 1}-{reached} are missing (a backup restored over the "
+            "log, or a truncated disk); dibs will not hand out their fencing tokens again",
+            hint="put the missing log back if you have it (a newer backup of that folder); "
+            "else accept the loss with `dibs doctor --repair`, which keeps the checkpoint "
+            f"aside in {os.path.join(self.root, EVIDENCE)} and continues fencing tokens above "
+            "every token ever granted",
+            ends=end,
+            reached=reached,
+        )
+
+    def _reserve_tokens(self, state: State, events: list[Event]) -> None:
+        """Raise the ceiling in ``high-water`` before a token above it is logged (under the lock).
+
+        The ceiling is what lets a repair continue above every token ever granted, even those
+        a lost end of the log recorded, without a second fsync on every claim.
+        """
+        top = max(event.get("token", 0) for event in events)
+        high = self._read_high_water()
+        if high is not None and high["token"] >= top:
+            self._ceiling = high["token"]  # another process reserved them already
+            return
+        if self._offset:
+            # The mark says the log reaches this far: it must be on disk before the mark is.
+            self._sync(self._read_fd)
+        self._write_high_water(state.seq, self._segment, self._offset, top + TOKEN_BLOCK)
 
     # Catching up ------------------------------------------------------------------------
 
@@ -459,6 +591,9 @@ class LocalStore:
                 platform.sync_file(fd, self.sync)
             finally:
                 os.close(fd)
+            high = self._read_high_water()
+            token = max(self._ceiling, high["token"] if high is not None else 0)
+            self._write_high_water(state.seq, self._segment, self._offset, token)
         name = _segment_name(state.seq + 1)
         path = os.path.join(self.log_dir, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -489,6 +624,15 @@ class LocalStore:
                             f"could not start a new log segment: {exc.strerror}",
                             hint="free disk space, then retry",
                         ) from exc
+                    if state.last_token + len(decision.events) > self._ceiling:
+                        try:
+                            self._reserve_tokens(state, decision.events)
+                        except OSError as exc:
+                            raise StoreIOError(
+                                f"could not reserve fencing tokens in {HIGH_WATER}: "
+                                f"{exc.strerror}; nothing was done",
+                                hint="free disk space, then retry",
+                            ) from exc
                     self._write(data)
                     self._offset += len(data)
                     self._since_checkpoint += len(data)
@@ -562,14 +706,10 @@ class LocalStore:
             return
         payload = {"segment": self._segment, "offset": self._offset, "state": state.to_checkpoint()}
         data = _CHECKPOINT_HEADER + marshal.dumps(payload, 4)
-        tmp = f"{self.index_path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, data)
-            platform.sync_file(fd, self.sync)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.index_path)
+        # A log found shorter than its checkpoint is refused: never let the checkpoint reach
+        # past what is on disk (others' events may still await their writers' sync).
+        platform.sync_data(self._read_fd, self.sync)
+        _replace_file(self.index_path, data, self.sync)
         self._checkpoint_at = (state.seq, len(data))
         self._since_checkpoint = 0
         st = os.stat(self.index_path)
@@ -674,8 +814,8 @@ class LocalStore:
                         lines = lines[1:]  # the first may be cut
                     if len(lines) >= count - len(found) or window >= size:
                         break
-            chunk = [decode(line, where=path) for line in lines if line.strip()]
-            found = chunk[-(count - len(found)) :] + found
+            lines = [line for line in lines if line.strip()][-(count - len(found)) :]
+            found = [decode(line, where=path) for line in lines] + found
             if len(found) >= count:
                 break
         return found[-count:]
@@ -720,7 +860,11 @@ class LocalStore:
                             platform.sync_file(fd, self.sync)
                         finally:
                             os.close(fd)
-                findings.extend(self._check_checkpoint(rebuilt, repair=repair))
+                behind = self._check_behind(rebuilt, repair=repair)
+                if behind is not None:
+                    findings.append(behind)
+                else:
+                    findings.extend(self._check_checkpoint(rebuilt, repair=repair))
             finally:
                 platform.unlock(self._lock_fd)
         return findings
@@ -804,6 +948,71 @@ class LocalStore:
             self._state = None  # reload on next use: we moved our position around
         return findings
 
+    def _check_behind(self, rebuilt: State, *, repair: bool) -> Finding | None:
+        """A finding when the log ends before the checkpoint or high-water; repair accepts it.
+
+        The repair (under the lock) keeps the evidence: the checkpoint and high-water are
+        hard-linked into ``evidence/`` before anything replaces them. Then it logs a
+        ``log-repair`` event whose token is the reserved ceiling (or, with no high-water,
+        a block above every token the checkpoint and the log know), so no token is granted
+        twice, and writes a new checkpoint and high-water at the log's new end.
+        """
+        parsed = self._parse_checkpoint()
+        high = self._read_high_water()
+        behind = self._behind(parsed, high, rebuilt.seq)
+        if behind is None:
+            return None
+        reached, source = behind
+        known = max(rebuilt.last_token, parsed[0].last_token if parsed is not None else 0)
+        floor = max(known, high["token"] if high is not None else known + TOKEN_BLOCK)
+        finding: Finding = {
+            "kind": "log-behind",
+            "message": f"the log ends at seq {rebuilt.seq} but {source} shows it reached seq "
+            f"{reached}: events {rebuilt.seq + 1}-{reached} are missing (a restored backup or "
+            "a truncated disk); the store refuses to open",
+            "repair": f"keep the checkpoint and {HIGH_WATER} in {self.root}/{EVIDENCE}/, accept "
+            f"the log as it is, and continue fencing tokens above {floor} (put the missing "
+            "log back instead, if a backup has it)",
+            "repaired": repair,
+        }
+        if repair:
+            evidence = self._keep_evidence(rebuilt.seq, reached)
+            self._load_replayed(rebuilt)
+            event = new_event(
+                "log-repair",
+                self.clock(),
+                token=floor,
+                details={"ended": rebuilt.seq, "reached": reached, "evidence": evidence},
+            )
+            data = b"".join(encode(e) for e in seal([event], rebuilt.seq))
+            self._roll_over_if_full(rebuilt)
+            self._write(data)
+            self._offset += len(data)
+            self._sync(self._append_fd)
+            apply(rebuilt, event)
+            self._write_high_water(rebuilt.seq, self._segment, self._offset, floor)
+            self.write_checkpoint()
+            finding["message"] += f"; kept the evidence in {evidence}"
+        return finding
+
+    def _keep_evidence(self, ended: int, reached: int) -> str:
+        """Hard-link the checkpoint and high-water into a new ``evidence/`` folder; its path."""
+        stamp = self.clock().iso().replace(":", "").replace("-", "")
+        folder = os.path.join(self.root, EVIDENCE, f"{stamp}-log-ended-{ended}-reached-{reached}")
+        _make_dir(folder)
+        for name in ("checkpoint", HIGH_WATER):
+            source, kept = os.path.join(self.root, name), os.path.join(folder, name)
+            try:
+                os.link(source, kept)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                import shutil  # a file system without hard links: a copy keeps the same bytes
+
+                shutil.copy2(source, kept)
+        platform.sync_dir(folder)
+        return folder
+
     def _log_bytes(self) -> int:
         return sum(os.path.getsize(os.path.join(self.log_dir, n)) for n in self._segments())
 
@@ -813,6 +1022,7 @@ class LocalStore:
         if segments:
             last = segments[-1]
             self._open_segment(last, os.path.getsize(os.path.join(self.log_dir, last)))
+            self._sealed = not os.fstat(self._read_fd).st_mode & 0o222
 
     def close(self) -> None:
         """Close the files this store holds open."""

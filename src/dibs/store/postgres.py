@@ -886,23 +886,15 @@ class PostgresStore:
     # Checking ---------------------------------------------------------------------------
 
     def check(self, *, repair: bool = False) -> list[Finding]:
-        """Replay the whole log; check its counters, its checkpoints and this client's cache."""
+        """Replay the whole log; check its counters, its checkpoints and this client's cache.
+
+        The counters, the checkpoints and every event are read in one snapshot, so that
+        writers going on meanwhile can never look like a damaged namespace; repairs only
+        ever raise the fencing counter (a single ``greatest`` under the row's lock).
+        """
         findings: list[Finding] = []
-        rebuilt = State()
-        at_seq: dict[int, str] = {}
         with self._tlock:
-            checkpoints: list[Any] = self._retrying(
-                lambda conn: conn.execute(Q["checkpoints"], {"ns": self.namespace}).fetchall()
-            )
-        wanted = {int(seq): state for seq, state in checkpoints}
-        for event in self.events():
-            apply(rebuilt, event)
-            if rebuilt.seq in wanted:
-                at_seq[rebuilt.seq] = json.dumps(rebuilt.to_json(), sort_keys=True)
-        with self._tlock:
-            counters = self._retrying(
-                lambda conn: conn.execute(Q["counters"], {"ns": self.namespace}).fetchone()
-            )
+            counters, wanted, rebuilt, at_seq = self._retrying(self._snapshot)
         if counters is None:
             raise StoreUnavailable(
                 f"the namespace {self.namespace!r} does not exist in {self.where}",
@@ -925,7 +917,7 @@ class PostgresStore:
                     "kind": "token-counter",
                     "message": f"the namespace's last fencing token is {last_token}; the log's "
                     f"is {rebuilt.last_token}",
-                    "repair": "set the counter to the larger of the two",
+                    "repair": "raise the counter to the larger of the two (it never goes down)",
                     "repaired": repair,
                 }
             )
@@ -934,7 +926,7 @@ class PostgresStore:
                 with self._tlock:
                     self._retrying(
                         lambda conn: conn.execute(
-                            Q["set_last_token"], {"ns": self.namespace, "token": token}
+                            Q["raise_last_token"], {"ns": self.namespace, "token": token}
                         )
                     )
         for cp_seq, text in wanted.items():
@@ -962,6 +954,36 @@ class PostgresStore:
         with self._tlock:
             self._state = None  # reload: the cache may have come from a bad checkpoint
         return findings
+
+    def _snapshot(
+        self, conn: psycopg.Connection[Any]
+    ) -> tuple[Any, dict[int, str], State, dict[int, str]]:
+        """The namespace's counters, its checkpoints, a replay of every event, and the replay
+        at each checkpoint's seq: all as one committed moment (a repeatable-read snapshot,
+        which takes no lock, so writers never wait for a doctor)."""
+        conn.execute(Q["begin_snapshot"])
+        try:
+            counters = conn.execute(Q["counters"], {"ns": self.namespace}).fetchone()
+            rows = conn.execute(Q["checkpoints"], {"ns": self.namespace}).fetchall()
+            wanted = {int(seq): state for seq, state in rows}
+            rebuilt = State()
+            at_seq: dict[int, str] = {}
+            while True:
+                self._arm(conn)  # each page gets op_timeout, however long the log
+                page = conn.execute(
+                    Q["events_page"], {"ns": self.namespace, "since": rebuilt.seq, "limit": _PAGE}
+                ).fetchall()
+                for seq, body in page:
+                    apply(rebuilt, self._decode(seq, body))
+                    if rebuilt.seq in wanted:
+                        at_seq[rebuilt.seq] = json.dumps(rebuilt.to_json(), sort_keys=True)
+                if len(page) < _PAGE:
+                    break
+            conn.execute(Q["commit"])
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return counters, wanted, rebuilt, at_seq
 
     # Moving a local store in ------------------------------------------------------------
 

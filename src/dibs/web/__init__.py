@@ -23,6 +23,7 @@ import json
 import os
 
 from dibs.errors import UsageError
+from dibs.service import MAX_SEQ
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -116,8 +117,8 @@ def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
             limit = int(request.query_params.get("limit", "1000"))
         except ValueError:
             return JSONResponse({"error": "since and limit must be whole numbers"}, 400)
-        if since < 0 or not 1 <= limit <= 100_000:
-            return JSONResponse({"error": "since >= 0, 1 <= limit <= 100000"}, 400)
+        if not 0 <= since <= MAX_SEQ or not 1 <= limit <= 100_000:
+            return JSONResponse({"error": f"0 <= since <= {MAX_SEQ}, 1 <= limit <= 100000"}, 400)
 
         def read() -> list[Any]:
             found = []

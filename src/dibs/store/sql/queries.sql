@@ -137,8 +137,13 @@ SELECT n.seq, n.last_token, (SELECT count(*) FROM dibs.events e WHERE e.namespac
        (SELECT max(seq) FROM dibs.events e WHERE e.namespace = n.name)
 FROM dibs.namespaces n WHERE n.name = %(ns)s;
 
--- name: set_last_token
-UPDATE dibs.namespaces SET last_token = %(token)s WHERE name = %(ns)s;
+-- name: raise_last_token
+-- `dibs doctor --repair`: the fencing counter only ever goes up, whoever writes meanwhile.
+UPDATE dibs.namespaces SET last_token = greatest(last_token, %(token)s) WHERE name = %(ns)s;
+
+-- name: begin_snapshot
+-- `dibs doctor`: every later statement of the transaction sees one committed moment.
+BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
 
 -- name: checkpoints
 SELECT seq, state FROM dibs.checkpoints WHERE namespace = %(ns)s ORDER BY seq;
