@@ -254,7 +254,9 @@ def load(dibs: Coordinator) -> tuple[list[Task], list[Problem]]:
 
 
 def _landed(state: State) -> set[str]:
-    return {e["issue"] for e in state.tables.get("queue", {}).values() if e["state"] == "landed"}
+    from dibs.queue import landed_issues
+
+    return landed_issues(state)
 
 
 def readiness(tasks: list[Task], state: State, ctx: Context) -> list[dict[str, Any]]:
@@ -312,7 +314,8 @@ def next_task(
     """Take the best ready task for the acting agent, atomically: under any number of
     concurrent callers no task goes to two agents (the choice and the claim are one
     transaction). With *steal*, a task whose holder is stale or dead is taken over (logged
-    as a ``force-evict`` with the reason). With *start*, its worktree is made too.
+    as a ``force-evict`` with the reason). With *start*, its worktree is made too (or a
+    former holder's taken over), with the same *ttl*; if that fails the task is released.
 
     Raises:
         NotFound: nothing is ready (the message says why the first tasks are not).
@@ -351,7 +354,7 @@ def next_task(
             from dibs import worktrees
         except ImportError:  # pragma: no cover - worktrees ship with dibs
             raise UsageError("--start needs `dibs start`") from None
-        result["started"] = worktrees.start(dibs, result["id"])
+        result["started"] = worktrees.start(dibs, result["id"], ttl=ttl, taken=True)
     return result
 
 

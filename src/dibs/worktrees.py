@@ -14,6 +14,7 @@ this host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from dibs.git.discover import IDENTITY_FILE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     from dibs.core.leases import Context
@@ -176,18 +177,31 @@ def start(
     agent: str | None = None,
     files: Iterable[str] = (),
     base: str | None = None,
+    ttl: float | None = None,
+    taken: bool = False,
 ) -> dict[str, Any]:
     """Claim *issue* (and *files*), make its worktree and branch, and say where it is.
 
     Run again by the same agent, it resumes: the claims are renewed and the worktree kept.
-    On any failure nothing is left half-made: new claims are released, a new branch deleted.
+    When the issue's worktree belongs to an agent that lost the issue (dead, stale, or gone:
+    its claim was evicted or stolen), it is taken over in the same step: moved, with its
+    branch, commits and uncommitted changes, to this agent's place (``adopted``).
+    On any failure nothing is left half-made: new claims are released, a new branch deleted,
+    an adopted worktree moved back.
+
+    Args:
+        ttl: seconds the claims live without a heartbeat (default: the agent's).
+        taken: the caller claimed ``issue:ISSUE`` just before (``dibs next --start``): a
+            failure releases that claim too.
 
     Returns:
-        ``{"agent", "token", "issue", "path", "branch", "base", "claims", "resumed"}``.
+        ``{"agent", "token", "issue", "path", "branch", "base", "claims", "resumed"}``, and
+        ``adopted`` (the former owner and path) after a takeover.
 
     Raises:
         Conflict: the issue or a file is held by another agent (exit 3).
-        Refused: the branch is checked out elsewhere, or the path is taken (exit 3).
+        Refused: the branch is checked out elsewhere, the path is taken, or the issue's
+            worktree belongs to a live agent (exit 3).
     """
     repo = _repo(dibs)
     issue = _issue(issue)
@@ -202,13 +216,18 @@ def start(
     known = state.tables.get(TABLE, {}).get(rel)
     resumed = known is not None and known["agent"] == name and os.path.isdir(path)
     held_before = {lease["resource"] for lease in state.leases_of(name)}
-    claims = dibs.claim([f"issue:{issue}", *globs], note=f"start {issue}")
+    if taken:
+        held_before.discard(f"issue:{issue}")
+    claims = dibs.claim([f"issue:{issue}", *globs], ttl=ttl, note=f"start {issue}")
     made_branch = False
+    adopted: dict[str, Any] | None = None
     try:
         if not resumed:
-            made_branch = _make_worktree(dibs, root, path, branch, base)
+            adopted = _adopt(dibs, root, issue, name, path)
+            if adopted is None or not adopted["moved"]:
+                made_branch = _make_worktree(dibs, root, path, branch, base)
         write_identity(path, name, token)
-        value = {
+        value: dict[str, Any] = {
             "path": rel,
             "agent": name,
             "issue": issue,
@@ -216,9 +235,14 @@ def start(
             "files": globs,
             "base": base or str(dibs.settings["merge.target"]),
         }
-        if not resumed:
+        if adopted is not None:
+            value["adopted"] = {"agent": adopted["agent"], "path": adopted["path"]}
+            _record_adoption(dibs, adopted["forget"], value)
+        elif not resumed:
             _record(dibs, TABLE, rel, value)
     except BaseException:
+        if adopted is not None and adopted["moved"]:
+            _git(root, "worktree", "move", path, os.path.join(root, adopted["path"]), check=False)
         _undo(
             dibs,
             root,
@@ -237,6 +261,74 @@ def start(
         "resumed": resumed,
         "registered": registered,
     }
+
+
+def _adopt(dibs: Coordinator, root: str, issue: str, name: str, path: str) -> dict[str, Any] | None:
+    """Move the issue's worktree of a former holder to *path*; None when there is none.
+
+    Called with ``issue:ISSUE`` just claimed by *name*, so a former owner has lost it; its
+    worktree (the work to resume) is taken over unless that owner is still live.
+
+    Returns:
+        ``{"agent", "path" (relative), "moved", "forget" (records to drop)}``.
+    """
+    state, now = dibs.store.read()
+    ctx = dibs.context(now)
+    former = sorted(
+        (rel, record)
+        for rel, record in state.tables.get(TABLE, {}).items()
+        if record.get("issue") == issue and record.get("agent") != name
+    )
+    if not former:
+        return None
+    on_disk = [(rel, r) for rel, r in former if os.path.isdir(os.path.join(root, rel))]
+    rel, record = (on_disk or former)[0]
+    owner = state.agents.get(record["agent"])
+    if owner is not None and agent_status(owner, ctx) == "live" and on_disk:
+        raise Refused(
+            f"the worktree of {issue} ({rel}) belongs to {record['agent']}, which is live",
+            hint=f"ask {record['agent']} to finish it, or take it over once it is stale "
+            "(dibs next --steal)",
+            path=rel,
+            agent=record["agent"],
+        )
+    moved = False
+    if on_disk:
+        if os.path.lexists(path):
+            raise Refused(
+                f"{path} already exists", hint="remove it, or run `dibs doctor` to see why"
+            )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _git(root, "worktree", "move", os.path.join(root, rel), path)
+        moved = True
+    else:
+        _git(root, "worktree", "prune", check=False)
+    return {"agent": record["agent"], "path": rel, "moved": moved, "forget": [r for r, _ in former]}
+
+
+def _record_adoption(dibs: Coordinator, forget: list[str], value: dict[str, Any]) -> None:
+    """The takeover, logged as one transaction: the new record, the former ones dropped."""
+
+    def decide(_state: State, ctx: Context) -> Decision:
+        events = [
+            new_event("record", ctx.now, table=TABLE, key=rel, value=None)
+            for rel in forget
+            if rel != value["path"]
+        ]
+        events.append(
+            new_event(
+                "worktree-adopt",
+                ctx.now,
+                agent=value["agent"],
+                resource=f"issue:{value['issue']}",
+                table=TABLE,
+                key=value["path"],
+                value=value,
+            )
+        )
+        return Decision(events)
+
+    dibs.transact(decide)
 
 
 def _make_worktree(dibs: Coordinator, root: str, path: str, branch: str, base: str | None) -> bool:
@@ -675,8 +767,15 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
             item["repaired"] = True
         findings.append(item)
 
+    # Read before repairs change the state: a worktree removed below is not an orphan.
+    owned = set(state.tables.get(TABLE, {})) | {
+        r["path"] for r in state.tables.get(POOL, {}).values()
+    }
     for rel, record in sorted(state.tables.get(TABLE, {}).items()):
         if rel in entries and os.path.isdir(os.path.join(root, rel)):
+            judged = _judge_owner(dibs, state, ctx, rel, record)
+            if judged is not None:
+                found(*judged)
             continue
         held = [lease["resource"] for lease in state.leases_of(record["agent"])]
 
@@ -692,9 +791,6 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
             gone,
         )
     folder = os.path.relpath(_folder(dibs, root), root)
-    owned = set(state.tables.get(TABLE, {})) | {
-        r["path"] for r in state.tables.get(POOL, {}).values()
-    }
     for rel, entry in sorted(entries.items()):
         if entry.get("prunable"):
             found(
@@ -750,12 +846,73 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
     return findings
 
 
+def _judge_owner(
+    dibs: Coordinator, state: State, ctx: Context, rel: str, record: dict[str, Any]
+) -> tuple[str, str, str, Callable[[], None]] | None:
+    """A worktree on disk is judged by its owner's health and its branch's state; the
+    finding (kind, message, what --repair does, the repair), or None when all is well.
+
+    A live owner's is fine. A dead, stale or gone owner's worktree with nothing to lose (its
+    branch landed, or never had a commit) is removed with its branch; one with unlanded work
+    is kept and offered: the owner's issue claim is evicted so that the next taker (`dibs
+    next --start`, `dibs start ISSUE`) adopts the worktree.
+    """
+    owner = record["agent"]
+    info = state.agents.get(owner)
+    status = "gone" if info is None else agent_status(info, ctx)
+    if status == "live":
+        return None
+    root = main_root(_repo(dibs))
+    target = str(dibs.settings["merge.target"])
+    path = os.path.join(root, rel)
+    issue = f"issue:{record['issue']}"
+    held = [
+        lease["resource"]
+        for lease in state.leases_of(owner)
+        if lease["resource"] == issue or status != "stale"
+    ]
+    lost = lost_work(root, path, record["branch"], target)
+    who = f"{rel} ({owner}, {status}, issue {record['issue']})"
+    if not lost["changed"] and not lost["unlanded"]:
+
+        def remove() -> None:
+            for resource in held:
+                _evict(dibs, resource, owner, f"worktree landed, agent {status}")
+            _git(root, "worktree", "remove", "--force", path)
+            _git(root, "branch", "-D", record["branch"], check=False)
+            _record(dibs, TABLE, rel, None)
+
+        return (
+            "abandoned-landed",
+            f"{who}: its agent is {status}; branch {record['branch']} has nothing off {target}",
+            "remove the worktree and its branch, forget it"
+            + (f", evict {', '.join(held)}" if held else ""),
+            remove,
+        )
+    parts = [f"{len(lost['changed'])} uncommitted"] if lost["changed"] else []
+    parts += [f"{len(lost['unlanded'])} commits not on {target}"] if lost["unlanded"] else []
+
+    def offer() -> None:
+        for resource in held:
+            _evict(dibs, resource, owner, f"worktree offered, agent {status}")
+
+    return (
+        "abandoned-work",
+        f"{who}: its agent is {status}, with work not landed ({'; '.join(parts)})",
+        (f"evict {', '.join(held)}; " if held else "")
+        + f"keep the worktree for the next taker of {record['issue']} (dibs next --start "
+        f"or dibs start {record['issue']} adopts it)",
+        offer,
+    )
+
+
 def _evict(dibs: Coordinator, resource: str, agent: str, reason: str) -> None:
     from dibs.core.leases import decide
     from dibs.core.resources import parse_resource
 
     command = ForceEvict(parse_resource(resource), by="doctor", reason=reason, agent=agent)
-    dibs.transact(lambda state, ctx: decide(state, command, ctx))
+    with contextlib.suppress(NotFound):  # evicted meanwhile (or by an earlier finding)
+        dibs.transact(lambda state, ctx: decide(state, command, ctx))
 
 
 # run --------------------------------------------------------------------------------------

@@ -94,7 +94,9 @@ OPS = (
     "land-done",
     "land-fail",
     "land-cancel",
+    "landed",
     "gate",
+    "worktree-adopt",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
