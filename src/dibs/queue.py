@@ -545,6 +545,23 @@ def land(
             delay = min(delay * 2, 1.0)
 
 
+def dead_lander_worktrees(base: str) -> list[str]:
+    """The temporary worktrees in *base* (``<git common dir>/dibs-land``) of processors on
+    this host whose process is gone (killed mid-landing)."""
+    from dibs.host import process_start
+
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[1].isdigit() and process_start(int(parts[1])) is None:
+            out.append(os.path.join(base, name))
+    return out
+
+
 class _Failed(Exception):
     """An entry cannot land: carries the fields recorded with it."""
 
@@ -761,14 +778,9 @@ class _Processor:
         """Remove temporary worktrees of processors that died (kill -9) on this host."""
         import shutil
 
-        from dibs.host import process_start
-
-        for name in os.listdir(base):
-            parts = name.split("-")
-            if len(parts) == 3 and parts[1].isdigit() and process_start(int(parts[1])) is None:
-                path = os.path.join(base, name)
-                self._git("worktree", "remove", "--force", path, check=False)
-                shutil.rmtree(path, ignore_errors=True)
+        for path in dead_lander_worktrees(base):
+            self._git("worktree", "remove", "--force", path, check=False)
+            shutil.rmtree(path, ignore_errors=True)
         self._git("worktree", "prune", check=False)
 
     def _fetch(self, item: dict[str, Any]) -> None:

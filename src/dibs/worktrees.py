@@ -223,8 +223,8 @@ def start(
     adopted: dict[str, Any] | None = None
     try:
         if not resumed:
-            adopted = _adopt(dibs, root, issue, name, path)
-            if adopted is None or not adopted["moved"]:
+            adopted = _adopt(dibs, root, issue, name, path=path, branch=branch)
+            if adopted is None or not adopted["here"]:
                 made_branch = _make_worktree(dibs, root, path, branch, base)
         write_identity(path, name, token)
         value: dict[str, Any] = {
@@ -263,47 +263,65 @@ def start(
     }
 
 
-def _adopt(dibs: Coordinator, root: str, issue: str, name: str, path: str) -> dict[str, Any] | None:
+def _adopt(
+    dibs: Coordinator, root: str, issue: str, name: str, *, path: str, branch: str
+) -> dict[str, Any] | None:
     """Move the issue's worktree of a former holder to *path*; None when there is none.
 
     Called with ``issue:ISSUE`` just claimed by *name*, so a former owner has lost it; its
-    worktree (the work to resume) is taken over unless that owner is still live.
+    worktree (the work to resume) is taken over unless that owner is still live. The
+    worktree is found by its record, or, when a process died between moving or making one
+    and recording it, by where git has the issue's branch checked out under the folder.
 
     Returns:
-        ``{"agent", "path" (relative), "moved", "forget" (records to drop)}``.
+        ``{"agent", "path" (relative), "moved", "here" (the worktree is now at *path*),
+        "forget" (records to drop)}``.
     """
     state, now = dibs.store.read()
     ctx = dibs.context(now)
+    table = state.tables.get(TABLE, {})
     former = sorted(
         (rel, record)
-        for rel, record in state.tables.get(TABLE, {}).items()
+        for rel, record in table.items()
         if record.get("issue") == issue and record.get("agent") != name
     )
-    if not former:
-        return None
-    on_disk = [(rel, r) for rel, r in former if os.path.isdir(os.path.join(root, rel))]
-    rel, record = (on_disk or former)[0]
-    owner = state.agents.get(record["agent"])
-    if owner is not None and agent_status(owner, ctx) == "live" and on_disk:
-        raise Refused(
-            f"the worktree of {issue} ({rel}) belongs to {record['agent']}, which is live",
-            hint=f"ask {record['agent']} to finish it, or take it over once it is stale "
-            "(dibs next --steal)",
-            path=rel,
-            agent=record["agent"],
-        )
-    moved = False
-    if on_disk:
-        if os.path.lexists(path):
-            raise Refused(
-                f"{path} already exists", hint="remove it, or run `dibs doctor` to see why"
-            )
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _git(root, "worktree", "move", os.path.join(root, rel), path)
-        moved = True
+    elsewhere = _checked_out(root).get(branch)
+    folder = os.path.relpath(_folder(dibs, root), root)
+    if elsewhere is not None:
+        rel = os.path.relpath(elsewhere, root)
+        if not rel.startswith(folder + os.sep):
+            return None  # not one dibs made: `_make_worktree` explains the refusal
+        owner = (table.get(rel) or {}).get("agent") or rel[len(folder) + 1 :].split(os.sep)[0]
+    elif former:
+        rel, owner = former[0][0], former[0][1]["agent"]
     else:
-        _git(root, "worktree", "prune", check=False)
-    return {"agent": record["agent"], "path": rel, "moved": moved, "forget": [r for r, _ in former]}
+        return None
+    forget = [r for r, _ in former if r != os.path.relpath(path, root)]
+    adopted = {"agent": owner, "path": rel, "moved": False, "here": False, "forget": forget}
+    if elsewhere is not None and os.path.realpath(elsewhere) == os.path.realpath(path):
+        adopted["here"] = True  # our own, made or moved by an earlier start that died
+        return adopted
+    info = state.agents.get(owner)
+    status = "gone" if info is None else agent_status(info, ctx)
+    if status == "live" and owner != name and elsewhere is not None:
+        raise Refused(
+            f"the worktree of {issue} ({rel}) belongs to {owner}, which is live",
+            hint=f"ask {owner} to finish it, or take it over once it is stale (dibs next --steal)",
+            path=rel,
+            agent=owner,
+        )
+    if elsewhere is None:
+        _git(root, "worktree", "prune", check=False)  # a record whose folder is gone
+        return adopted
+    if os.path.lexists(path):
+        raise Refused(f"{path} already exists", hint="remove it, or run `dibs doctor` to see why")
+    if status in ("dead", "gone"):  # a git command it ran died with it, holding the index
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_worktree_git_dir(elsewhere), "index.lock"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _git(root, "worktree", "move", elsewhere, path)
+    adopted["moved"] = adopted["here"] = True
+    return adopted
 
 
 def _record_adoption(dibs: Coordinator, forget: list[str], value: dict[str, Any]) -> None:
@@ -771,26 +789,14 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
     owned = set(state.tables.get(TABLE, {})) | {
         r["path"] for r in state.tables.get(POOL, {}).values()
     }
-    for rel, record in sorted(state.tables.get(TABLE, {}).items()):
-        if rel in entries and os.path.isdir(os.path.join(root, rel)):
-            judged = _judge_owner(dibs, state, ctx, rel, record)
-            if judged is not None:
-                found(*judged)
-            continue
-        held = [lease["resource"] for lease in state.leases_of(record["agent"])]
-
-        def gone(rel: str = rel, record: dict[str, Any] = record, held: list[str] = held) -> None:
-            for resource in held:
-                _evict(dibs, resource, record["agent"], "worktree gone")
-            _record(dibs, TABLE, rel, None)
-
-        found(
-            "worktree-gone",
-            f"{rel} ({record['agent']}, issue {record['issue']}) is gone from disk",
-            f"release {', '.join(held) or 'nothing'} and forget the worktree",
-            gone,
-        )
+    for finding in _stored_findings(dibs, state, ctx, root, entries):
+        found(*finding)
     folder = os.path.relpath(_folder(dibs, root), root)
+    target = str(dibs.settings["merge.target"])
+    from dibs.queue import dead_lander_worktrees
+
+    base = os.path.join(repo.common_dir, "dibs-land")
+    landers = {os.path.realpath(p) for p in dead_lander_worktrees(base)}
     for rel, entry in sorted(entries.items()):
         if entry.get("prunable"):
             found(
@@ -800,20 +806,33 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
                 lambda: _git(root, "worktree", "prune"),
             )
             continue
+        if os.path.realpath(entry["worktree"]) in landers:
+            found(
+                "lander-worktree",
+                f"{entry['worktree']} is the temporary worktree of a merge queue processor "
+                "that died",
+                "remove it",
+                lambda path=entry["worktree"]: _git(root, "worktree", "remove", "--force", path),
+            )
+            continue
         if not rel.startswith(folder + os.sep) or rel in owned:
             continue
         branch = str(entry.get("branch", "")).removeprefix("refs/heads/")
-        lost = lost_work(root, entry["worktree"], branch, str(dibs.settings["merge.target"]))
+        lost = lost_work(root, entry["worktree"], branch, target)
         clean = not lost["changed"] and not lost["unlanded"]
 
-        def remove(path: str = entry["worktree"]) -> None:
+        def remove(path: str = entry["worktree"], branch: str = branch) -> None:
             _git(root, "worktree", "remove", path)
+            if branch:
+                _git(root, "branch", "-D", branch, check=False)
 
         found(
             "orphan-worktree",
             f"{entry['worktree']} is in {folder}/ but no agent owns it"
             + ("" if clean else " (it has work not on the target)"),
-            "remove it (clean and landed)" if clean else "keep it: decide yourself",
+            "remove it and its branch (clean and landed)"
+            if clean
+            else "keep it: the next taker of its issue adopts it, or decide yourself",
             remove if clean else None,
             repairable=clean,
         )
@@ -844,6 +863,53 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
                 repairable=False,
             )
     return findings
+
+
+def _stored_findings(
+    dibs: Coordinator, state: State, ctx: Context, root: str, entries: dict[str, Any]
+) -> list[tuple[str, str, str, Callable[[], None]]]:
+    """Findings about the worktrees dibs remembers: gone from disk, or owned by an agent
+    that is not live (see `_judge_owner`)."""
+    target = str(dibs.settings["merge.target"])
+    checked_out = _checked_out(root)
+    out = []
+    for rel, record in sorted(state.tables.get(TABLE, {}).items()):
+        if rel in entries and os.path.isdir(os.path.join(root, rel)):
+            judged = _judge_owner(dibs, state, ctx, rel, record)
+            if judged is not None:
+                out.append(judged)
+            continue
+        held = [lease["resource"] for lease in state.leases_of(record["agent"])]
+        branch = record["branch"]
+        exists = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+        drop = (
+            bool(exists.strip())
+            and branch not in checked_out
+            and not lost_work(root, "", branch, target)["unlanded"]
+        )
+
+        def gone(
+            rel: str = rel,
+            record: dict[str, Any] = record,
+            held: list[str] = held,
+            drop: bool = drop,
+        ) -> None:
+            for resource in held:
+                _evict(dibs, resource, record["agent"], "worktree gone")
+            if drop:
+                _git(root, "branch", "-D", record["branch"], check=False)
+            _record(dibs, TABLE, rel, None)
+
+        out.append(
+            (
+                "worktree-gone",
+                f"{rel} ({record['agent']}, issue {record['issue']}) is gone from disk",
+                f"release {', '.join(held) or 'nothing'} and forget the worktree"
+                + (f" (and its landed branch {branch})" if drop else ""),
+                gone,
+            )
+        )
+    return out
 
 
 def _judge_owner(
