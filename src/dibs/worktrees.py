@@ -269,7 +269,8 @@ def _adopt(
     """Move the issue's worktree of a former holder to *path*; None when there is none.
 
     Called with ``issue:ISSUE`` just claimed by *name*, so a former owner has lost it; its
-    worktree (the work to resume) is taken over unless that owner is still live. The
+    worktree (the work to resume) is taken over unless that owner is still live and did not
+    let it go (``dibs finish --keep-worktree``). The
     worktree is found by its record, or, when a process died between moving or making one
     and recording it, by where git has the issue's branch checked out under the folder.
 
@@ -291,9 +292,10 @@ def _adopt(
         rel = os.path.relpath(elsewhere, root)
         if not rel.startswith(folder + os.sep):
             return None  # not one dibs made: `_make_worktree` explains the refusal
-        owner = (table.get(rel) or {}).get("agent") or rel[len(folder) + 1 :].split(os.sep)[0]
+        record = table.get(rel) or {}
+        owner = record.get("agent") or rel[len(folder) + 1 :].split(os.sep)[0]
     elif former:
-        rel, owner = former[0][0], former[0][1]["agent"]
+        (rel, record), owner = former[0], former[0][1]["agent"]
     else:
         return None
     forget = [r for r, _ in former if r != os.path.relpath(path, root)]
@@ -303,7 +305,7 @@ def _adopt(
         return adopted
     info = state.agents.get(owner)
     status = "gone" if info is None else agent_status(info, ctx)
-    if status == "live" and owner != name and elsewhere is not None:
+    if status == "live" and not record.get("finished") and elsewhere is not None:
         raise Refused(
             f"the worktree of {issue} ({rel}) belongs to {owner}, which is live",
             hint=f"ask {owner} to finish it, or take it over once it is stale (dibs next --steal)",

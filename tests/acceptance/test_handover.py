@@ -221,20 +221,21 @@ def test_a_failed_next_start_releases_the_task_it_took(repo: Path, cli: Cli) -> 
     assert ["F"] == [t["id"] for t in cli.json("ready")["ready"]]
 
 
-def test_a_live_owners_kept_worktree_is_not_taken_and_the_claim_is_released(
-    repo: Path, cli: Cli
-) -> None:
-    """A live agent that released the issue but kept its worktree keeps it: `start` by
-    another agent is refused (exit 3) and leaves no claim behind."""
+def test_a_live_owners_worktree_is_taken_only_once_it_lets_it_go(repo: Path, cli: Cli) -> None:
+    """A live agent whose lease ran out keeps its worktree: `start` by another is refused
+    (exit 3) leaving no claim; once it lets go (`finish --keep-worktree`) it is taken over."""
     settings(repo)
     alice = cli.register("alice", "--ttl", "600")
-    cli.json("start", "K-1", env=alice)
-    assert 0 == cli("finish", "K-1", "--keep-worktree", env=alice).returncode
+    cli.json("start", "K-1", "--ttl", "1", env=alice)
+    time.sleep(1.5)  # the issue's 1 s lease ran out; alice itself is live (600 s)
     bob = cli.register("bob")
     out = cli("start", "K-1", env=bob)
     assert 3 == out.returncode, out.stderr
     assert "alice, which is live" in out.stderr
     assert [] == cli.json("claims")
+    assert 0 == cli("finish", "K-1", "--keep-worktree", env=alice).returncode
+    took = cli.json("start", "K-1", env=bob)
+    assert "alice" == took["adopted"]["agent"]
 
 
 def test_next_ttl_is_the_ttl_of_the_started_worktrees_claim(repo: Path, cli: Cli) -> None:
