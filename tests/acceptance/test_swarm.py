@@ -19,7 +19,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "swarm.py"
 
 def trial(tmp_path: Path, **size: Any) -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location("swarm", BENCH)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     swarm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(swarm)
     seed = int.from_bytes(os.urandom(4), "big")
@@ -31,7 +32,8 @@ def test_a_small_swarm_with_a_kill_inside_land_hands_every_task_out_once(tmp_pat
     """4 agents, 8 tasks, 1 SIGKILL inside `dibs land`: the trial finds no problem."""
     figures = trial(tmp_path, agents=4, tasks=8, kills=1, timeout=600)
     assert [] == figures["problems"], figures
-    assert 1 == len(figures["kills"]) and "in land" in figures["kills"][0]
+    assert 1 == len(figures["kills"])
+    assert "in land" in figures["kills"][0]
 
 
 @pytest.mark.soak
