@@ -79,6 +79,8 @@ if before.returncode == 0:
     if dropped:
         sys.exit(f"drops landed tasks {sorted(dropped)}")
 """
+#: Phases an agent can be struck in ("done": it is leaving).
+BUSY = ("next", "work", "land", "redo", "finish")
 DONE_LINE = re.compile(r"[A-Z0-9-]+ by [a-z0-9-]+ [0-9a-f]{8}\n")
 
 
@@ -156,7 +158,8 @@ def make_repo(root: Path, tasks: list[dict[str, Any]], shared: int) -> Path:
     (repo / "done").mkdir()
     (repo / "done" / ".keep").write_text("")
     (repo / "dibs.toml").write_text(
-        f'[merge]\ntarget = "main"\n[gates]\ntests = "{sys.executable} check.py"\n'
+        '[leases]\nttl = 30\n[merge]\ntarget = "main"\n'
+        f'[gates]\ntests = "{sys.executable} check.py"\n'
     )
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "the task graph, its gate and the shared files")
@@ -172,8 +175,11 @@ def make_repo(root: Path, tasks: list[dict[str, Any]], shared: int) -> Path:
 class Agent:
     """One agent process: next, work, land (redo on conflict), finish, until all is done."""
 
-    def __init__(self, repo: Path, name: str, journal: Path, *, ttl: float, steal: bool):
+    def __init__(
+        self, repo: Path, name: str, journal: Path, *, ttl: float, lease: float, steal: bool
+    ):
         self.repo, self.name, self.journal, self.ttl, self.steal = repo, name, journal, ttl, steal
+        self.lease = lease
         self.env: dict[str, str] = {}
         self.out = open(journal / f"{name}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self.rng = random.Random(os.urandom(8))
@@ -199,7 +205,7 @@ class Agent:
         threading.Thread(target=self._heartbeat, daemon=True).start()
         while True:
             self.phase("next")
-            args = ["next", "--start", "--json", "--ttl", str(self.ttl)]
+            args = ["next", "--start", "--json", "--ttl", str(self.lease)]
             got = dibs(self.repo, *args, *(["--steal"] if self.steal else []), env=self.env)
             if got.returncode == 1 and "nothing is ready" in got.stderr:
                 if self._all_done():
@@ -324,14 +330,20 @@ class Trial:
         tasks: int,
         kills: int,
         seed: int,
+        pauses: int = 0,
         shared: int = 3,
-        ttl: float = 30.0,
+        ttl: float = 20.0,
+        lease: float = 60.0,
         timeout: float = 900.0,
     ):
         self.rng = random.Random(seed)
-        self.seed, self.agents, self.kills, self.ttl, self.timeout = (
-            seed, agents, kills, ttl, timeout,
+        self.seed, self.agents, self.ttl, self.lease, self.timeout = (
+            seed, agents, ttl, lease, timeout,
         )  # fmt: skip
+        # The first blow comes inside `dibs land`; the others at random points.
+        rest = ["kill"] * max(0, kills - 1) + ["pause"] * pauses
+        self.rng.shuffle(rest)
+        self.blows = (["kill-in-land"] if kills else []) + rest
         self.tasks = task_graph(self.rng, tasks, shared)
         self.repo = make_repo(workdir, self.tasks, shared)
         self.journal = workdir / "journal"
@@ -344,7 +356,8 @@ class Trial:
         self.spawned += 1
         name = f"{'r' if steal else 'a'}{self.spawned:02d}"
         cmd = [sys.executable, __file__, "agent", str(self.repo), name, str(self.journal)]
-        cmd += ["--ttl", str(self.ttl)] + (["--steal"] if steal else [])
+        cmd += ["--ttl", str(self.ttl), "--lease", str(self.lease)]
+        cmd += ["--steal"] if steal else []
         err = open(self.journal / f"{name}.err", "wb")  # noqa: SIM115
         self.procs[name] = subprocess.Popen(
             cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
@@ -356,15 +369,18 @@ class Trial:
         except FileNotFoundError:
             return ""
 
-    def kill(self, name: str) -> None:
+    def strike(self, name: str, blow: str) -> None:
+        """SIGKILL (or, for a pause, SIGSTOP: stale, never resumed) the agent's process
+        group, its `dibs` children with it; a replacement that steals takes its place."""
         proc = self.procs[name]
         phase = self.phase(name)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGSTOP if blow == "pause" else signal.SIGKILL)
         except ProcessLookupError:
             return
-        proc.wait()
-        self.killed.append({"agent": name, "phase": phase, "at": time.time()})
+        if blow != "pause":
+            proc.wait()
+        self.killed.append({"agent": name, "phase": phase, "blow": blow, "at": time.time()})
         self.spawn(steal=True)
 
     def run(self) -> dict[str, Any]:
@@ -375,28 +391,22 @@ class Trial:
         started = time.monotonic()
         for _ in range(self.agents):
             self.spawn(steal=False)
-        # The first kill waits for an agent inside `dibs land`; the others come at random.
-        plan = [self.rng.uniform(1.0, 4.0) for _ in range(self.kills)]
-        in_land = self.kills > 0
-        next_kill = time.monotonic() + (plan.pop(0) if plan else 0)
+        blows = list(self.blows)
+        next_blow = time.monotonic() + self.rng.uniform(1.0, 4.0)
+        paused = {k["agent"] for k in self.killed}
         try:
-            while any(p.poll() is None for p in self.procs.values()):
+            while any(p.poll() is None for n, p in self.procs.items() if n not in paused):
                 if time.monotonic() - started > self.timeout:
                     raise AssertionError(f"the swarm did not finish in {self.timeout:g} s")
-                live = [n for n, p in self.procs.items() if p.poll() is None]
-                if len(self.killed) < self.kills and time.monotonic() >= next_kill:
-                    if in_land:
-                        landing = [n for n in live if self.phase(n) == "land"]
-                        if landing:
-                            time.sleep(self.rng.uniform(0.0, 0.3))
-                            self.kill(self.rng.choice(landing))
-                            in_land = False
-                            next_kill = time.monotonic() + (plan.pop(0) if plan else 0)
-                    else:
-                        working = [n for n in live if self.phase(n) not in ("", "done")]
-                        if working:
-                            self.kill(self.rng.choice(working))
-                            next_kill = time.monotonic() + (plan.pop(0) if plan else 0)
+                live = [n for n, p in self.procs.items() if p.poll() is None and n not in paused]
+                if blows and time.monotonic() >= next_blow:
+                    phases = ("land",) if blows[0] == "kill-in-land" else BUSY
+                    targets = [n for n in live if self.phase(n) in phases]
+                    if targets:
+                        time.sleep(self.rng.uniform(0.0, 0.3))
+                        self.strike(self.rng.choice(targets), blows.pop(0))
+                        paused = {k["agent"] for k in self.killed if k["blow"] == "pause"}
+                        next_blow = time.monotonic() + self.rng.uniform(1.0, 4.0)
                 time.sleep(0.02)
         finally:
             for proc in self.procs.values():
@@ -526,7 +536,7 @@ class Trial:
             "land_calls": len(lands),
             "land_retries": len(lands) - sum(1 for n in lands if n["code"] == 0),
             "conflicts_redone": sum(1 for n in notes if n.get("ev") == "land" and n["code"] == 3),
-            "kills": [f"{k['agent']} in {k['phase'] or 'start'}" for k in self.killed],
+            "kills": [f"{k['blow']} {k['agent']} in {k['phase'] or 'start'}" for k in self.killed],
             "steals": sum(
                 1 for e in events if e["op"] == "force-evict" and "stolen" in e.get("reason", "")
             ),
@@ -542,21 +552,26 @@ def main(argv: list[str] | None = None) -> int:
     agent.add_argument("repo")
     agent.add_argument("name")
     agent.add_argument("journal")
-    agent.add_argument("--ttl", type=float, default=30.0)
+    agent.add_argument("--ttl", type=float, default=20.0)
+    agent.add_argument("--lease", type=float, default=60.0)
     agent.add_argument("--steal", action="store_true")
     parser.add_argument("--agents", type=int, default=12)
     parser.add_argument("--tasks", type=int, default=40)
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--pauses", type=int, default=1, help="agents SIGSTOPped (stale)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (to look after)")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="S")
     args = parser.parse_args(argv)
     if args.mode == "agent":
-        Agent(Path(args.repo), args.name, Path(args.journal), ttl=args.ttl, steal=args.steal).run()
+        Agent(
+            Path(args.repo), args.name, Path(args.journal),
+            ttl=args.ttl, lease=args.lease, steal=args.steal,
+        ).run()  # fmt: skip
         return 0
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    size = {"agents": args.agents, "tasks": args.tasks, "kills": args.kills}
+    size = {"agents": args.agents, "tasks": args.tasks, "kills": args.kills, "pauses": args.pauses}
     with tempfile.TemporaryDirectory(prefix="dibs-swarm-") as scratch:
         workdir = Path(args.keep or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
