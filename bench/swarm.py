@@ -2,7 +2,7 @@
 some killed with SIGKILL at random moments (one inside `dibs land`) and replaced by agents
 that steal.
 
-    python bench/swarm.py [--agents 12] [--tasks 40] [--kills 3] [--seed S] [--json]
+    python bench/swarm.py [--agents 12] [--tasks 40] [--kills 3] [--pauses 1] [--seed S]
 
 Each agent registers watching its own process, heartbeats from a thread, and loops: `dibs
 next --start` (replacements add `--steal`) -> write the task's file and append its id to one
@@ -12,7 +12,8 @@ main and land again) -> `dibs finish`. Tasks have priorities, dependency chains 
 conflict markers, every task on main at most once in the shared files, every landed task's
 dependencies landed before it.
 
-A killed agent's process group dies with it (its `dibs land` too, processor or not). The
+A killed agent's process group dies with it (its `dibs land` too, processor or not); a
+paused one (SIGSTOP, never resumed) goes stale, so its replacement must steal its task. The
 trial then asserts, from the log and from git:
 
 * every task landed exactly once (one ``land-done`` each), and its file is on main;

@@ -3,7 +3,7 @@ task graph with shared files, one is killed inside `dibs land` and replaced by a
 agent; every task lands exactly once, none is handed out after it landed, main is green at
 every commit, holds never overlap, `doctor --repair` leaves nothing behind, and no killed
 agent's work is lost. `make test` runs 4 agents over 8 tasks with 1 kill; `make soak` runs
-12 agents over 40 tasks with 3 kills."""
+12 agents over 40 tasks with 3 kills and 1 pause (a stale agent whose task is stolen)."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def test_a_small_swarm_with_a_kill_inside_land_hands_every_task_out_once(tmp_pat
 
 
 @pytest.mark.soak
-def test_a_swarm_of_twelve_over_forty_tasks_with_three_kills(tmp_path: Path) -> None:
-    """12 agents, 40 tasks, 3 SIGKILLs (one inside `dibs land`): no problem, figures shown."""
-    figures = trial(tmp_path, agents=12, tasks=40, kills=3, timeout=1800)
+def test_a_swarm_of_twelve_over_forty_tasks_with_kills_and_a_pause(tmp_path: Path) -> None:
+    """12 agents, 40 tasks, 3 SIGKILLs (one inside `dibs land`) and a SIGSTOP: no problem."""
+    figures = trial(tmp_path, agents=12, tasks=40, kills=3, pauses=1, timeout=1800)
     print(figures)
     assert [] == figures["problems"], figures
