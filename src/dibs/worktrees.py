@@ -270,9 +270,9 @@ def _adopt(
 
     Called with ``issue:ISSUE`` just claimed by *name*, so a former owner has lost it; its
     worktree (the work to resume) is taken over unless that owner is still live and did not
-    let it go (``dibs finish --keep-worktree``). The
-    worktree is found by its record, or, when a process died between moving or making one
-    and recording it, by where git has the issue's branch checked out under the folder.
+    let it go (``dibs finish --keep-worktree``). The worktree is found by its record, or,
+    when a process died between moving or making one and recording it, by where git has the
+    issue's branch checked out under the folder.
 
     Returns:
         ``{"agent", "path" (relative), "moved", "here" (the worktree is now at *path*),
