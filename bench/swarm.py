@@ -359,10 +359,10 @@ class Trial:
         cmd = [sys.executable, __file__, "agent", str(self.repo), name, str(self.journal)]
         cmd += ["--ttl", str(self.ttl), "--lease", str(self.lease)]
         cmd += ["--steal"] if steal else []
-        err = open(self.journal / f"{name}.err", "wb")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
-        )
+        with open(self.journal / f"{name}.err", "wb") as err:
+            self.procs[name] = subprocess.Popen(
+                cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            )
 
     def phase(self, name: str) -> str:
         try:
