@@ -275,6 +275,11 @@ class Agent:
     def _work(self, task_id: str, path: Path) -> str:
         """The task's file and its shared line, committed (kept when adopted)."""
         done = path / "done" / task_id
+        committed = subprocess.run(
+            ["git", "cat-file", "-e", f"HEAD:done/{task_id}"], cwd=path, check=False
+        )
+        if committed.returncode == 0:  # the work is in HEAD: drop what a killed checkout left
+            git(path, "reset", "-q", "--hard", "HEAD")
         if not done.exists() or not DONE_LINE.fullmatch(done.read_text()):
             done.write_text(f"{task_id} by {self.name} {os.urandom(4).hex()}\n")
         shared = path / "shared" / self.spec[task_id]["shared"]
@@ -394,6 +399,7 @@ class Trial:
             self.spawn(steal=False)
         blows = list(self.blows)
         next_blow = time.monotonic() + self.rng.uniform(1.0, 4.0)
+        want = ""
         paused = {k["agent"] for k in self.killed}
         try:
             while any(p.poll() is None for n, p in self.procs.items() if n not in paused):
@@ -401,13 +407,19 @@ class Trial:
                     raise AssertionError(f"the swarm did not finish in {self.timeout:g} s")
                 live = [n for n, p in self.procs.items() if p.poll() is None and n not in paused]
                 if blows and time.monotonic() >= next_blow:
-                    phases = ("land",) if blows[0] == "kill-in-land" else BUSY
-                    targets = [n for n in live if self.phase(n) in phases]
+                    # A random phase first (agents spend most of their time landing), any
+                    # busy agent when none has been in it for 3 s.
+                    late = time.monotonic() - next_blow > 3.0
+                    phases = ("land",) if blows[0] == "kill-in-land" else (want,)
+                    targets = [n for n in live if self.phase(n) in phases] or (
+                        [n for n in live if self.phase(n) in BUSY] if late and want else []
+                    )
                     if targets:
                         time.sleep(self.rng.uniform(0.0, 0.3))
                         self.strike(self.rng.choice(targets), blows.pop(0))
                         paused = {k["agent"] for k in self.killed if k["blow"] == "pause"}
                         next_blow = time.monotonic() + self.rng.uniform(1.0, 4.0)
+                        want = self.rng.choice(BUSY)
                 time.sleep(0.02)
         finally:
             for proc in self.procs.values():
