@@ -922,8 +922,9 @@ def _judge_owner(
 
     A live owner's is fine. A dead, stale or gone owner's worktree with nothing to lose (its
     branch landed, or never had a commit) is removed with its branch; one with unlanded work
-    is kept and offered: the owner's issue claim is evicted so that the next taker (`dibs
-    next --start`, `dibs start ISSUE`) adopts the worktree.
+    is kept and offered: a stale owner's issue claim is evicted (a dead one's go with the
+    dead-agent finding) so that the next taker (`dibs next --start`, `dibs start ISSUE`)
+    adopts the worktree.
     """
     owner = record["agent"]
     info = state.agents.get(owner)
@@ -934,11 +935,9 @@ def _judge_owner(
     target = str(dibs.settings["merge.target"])
     path = os.path.join(root, rel)
     issue = f"issue:{record['issue']}"
-    held = [
-        lease["resource"]
-        for lease in state.leases_of(owner)
-        if lease["resource"] == issue or status != "stale"
-    ]
+    # A dead owner's claims are evicted by the dead-agent finding; a gone one holds none.
+    held = [lease["resource"] for lease in state.leases_of(owner) if lease["resource"] == issue]
+    held = held if status == "stale" else []
     lost = lost_work(root, path, record["branch"], target)
     who = f"{rel} ({owner}, {status}, issue {record['issue']})"
     if not lost["changed"] and not lost["unlanded"]:
