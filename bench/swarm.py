@@ -416,7 +416,10 @@ class Trial:
                     )
                     if targets:
                         time.sleep(self.rng.uniform(0.0, 0.3))
-                        self.strike(self.rng.choice(targets), blows.pop(0))
+                        victim = self.rng.choice(targets)
+                        if blows[0] == "kill-in-land" and self.phase(victim) != "land":
+                            continue  # it left `dibs land` meanwhile: aim again
+                        self.strike(victim, blows.pop(0))
                         paused = {k["agent"] for k in self.killed if k["blow"] == "pause"}
                         next_blow = time.monotonic() + self.rng.uniform(1.0, 4.0)
                         want = self.rng.choice(BUSY)
