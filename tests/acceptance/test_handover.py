@@ -246,3 +246,23 @@ def test_next_ttl_is_the_ttl_of_the_started_worktrees_claim(repo: Path, cli: Cli
     assert 0 == cli("next", "--ttl", "40", "--start", env=env).returncode
     leases: list[dict[str, Any]] = cli.json("claims")
     assert [("issue:TTL", 40.0)] == [(c["resource"], c["ttl"]) for c in leases]
+
+
+def test_doctor_repair_removes_a_dead_processors_worktree_and_a_gone_worktrees_landed_branch(
+    repo: Path, cli: Cli
+) -> None:
+    """What a kill mid-landing or mid-finish leaves (a processor's temporary worktree, a
+    landed branch whose worktree is gone) is reported, and removed by --repair."""
+    settings(repo)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lander = repo / ".git" / "dibs-land" / f"lander-{gone.pid}-abcdef"
+    git(repo, "worktree", "add", "-q", "--detach", str(lander))
+    env = cli.register("alice")
+    started = cli.json("start", "G-1", env=env)
+    git(repo, "worktree", "remove", "--force", started["path"])  # finish killed half-way
+    kinds = {f["kind"] for f in json.loads(cli("doctor", "--json").stdout)["findings"]}
+    assert {"lander-worktree", "worktree-gone"} <= kinds
+    assert 0 == cli("doctor", "--repair").returncode
+    assert 1 == git(repo, "worktree", "list", "--porcelain").count("worktree ")
+    assert "" == git(repo, "branch", "--list", "agent/G-1")
