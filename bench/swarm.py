@@ -299,7 +299,7 @@ class Agent:
         base = git(path, "rev-parse", "main").strip()  # once: main moves meanwhile
         lines = git(path, "show", f"{base}:{shared}").splitlines()
         text = "".join(f"{line}\n" for line in [*lines, task_id])
-        index = {"GIT_INDEX_FILE": str(path / f".swarm-index-{os.getpid()}")}
+        index = {"GIT_INDEX_FILE": str(self.journal / f"{self.name}.index")}  # not in the tree
         git(path, "read-tree", base, env=index)
         blob = subprocess.run(
             ["git", "hash-object", "-w", "--stdin"], cwd=path, input=text, text=True,
