@@ -873,7 +873,12 @@ def _stored_findings(
     """Findings about the worktrees dibs remembers: gone from disk, or owned by an agent
     that is not live (see `_judge_owner`)."""
     target = str(dibs.settings["merge.target"])
-    checked_out = _checked_out(root)
+    # A prunable entry (its folder gone) holds no branch: it is pruned before the delete.
+    checked_out = {
+        str(e.get("branch", "")).removeprefix("refs/heads/")
+        for e in entries.values()
+        if not e.get("prunable")
+    }
     out = []
     for rel, record in sorted(state.tables.get(TABLE, {}).items()):
         if rel in entries and os.path.isdir(os.path.join(root, rel)):
@@ -899,6 +904,7 @@ def _stored_findings(
             for resource in held:
                 _evict(dibs, resource, record["agent"], "worktree gone")
             if drop:
+                _git(root, "worktree", "prune", check=False)
                 _git(root, "branch", "-D", record["branch"], check=False)
             _record(dibs, TABLE, rel, None)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -261,8 +262,10 @@ def test_doctor_repair_removes_a_dead_processors_worktree_and_a_gone_worktrees_l
     env = cli.register("alice")
     started = cli.json("start", "G-1", env=env)
     git(repo, "worktree", "remove", "--force", started["path"])  # finish killed half-way
+    torn = cli.json("start", "G-2", env=env)
+    shutil.rmtree(torn["path"])  # ... or before git forgot the folder (prunable)
     kinds = {f["kind"] for f in json.loads(cli("doctor", "--json").stdout)["findings"]}
-    assert {"lander-worktree", "worktree-gone"} <= kinds
+    assert {"lander-worktree", "worktree-gone", "prunable"} <= kinds
     assert 0 == cli("doctor", "--repair").returncode
     assert 1 == git(repo, "worktree", "list", "--porcelain").count("worktree ")
-    assert "" == git(repo, "branch", "--list", "agent/G-1")
+    assert "" == git(repo, "branch", "--list", "agent/G-*")
