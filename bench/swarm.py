@@ -531,7 +531,11 @@ class Trial:
         for note in self.notes():
             if note["agent"] in killed and note.get("ev") == "commit":
                 path = f"done/{note['task']}"
-                have = git(self.repo, "show", f"main:{path}")
+                shown = subprocess.run(
+                    ["git", "show", f"main:{path}"], cwd=self.repo, capture_output=True,
+                    text=True, check=False,
+                )  # fmt: skip
+                have = shown.stdout if shown.returncode == 0 else None
                 if have != note["content"]:
                     problems.append(
                         f"{note['agent']}'s work on {note['task']} was lost: main has {have!r}, "

@@ -808,6 +808,16 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
                 lambda: _git(root, "worktree", "prune"),
             )
             continue
+        if _half_made(state, ctx, rel, entry, folder) or (
+            os.path.realpath(entry["worktree"]) in landers and entry.get("locked")
+        ):
+            found(
+                "half-made-worktree",
+                f"{entry['worktree']} was never finished: `git worktree add` was killed",
+                "unlock it, delete its folder, git worktree prune",
+                lambda path=entry["worktree"]: _drop_half_made(root, path),
+            )
+            continue
         if os.path.realpath(entry["worktree"]) in landers:
             found(
                 "lander-worktree",
@@ -865,6 +875,26 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
                 repairable=False,
             )
     return findings
+
+
+def _drop_half_made(root: str, path: str) -> None:
+    import shutil
+
+    # `worktree remove` refuses a folder without its .git file: unlock, delete, prune.
+    _git(root, "worktree", "unlock", path, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+    _git(root, "worktree", "prune")
+
+
+def _half_made(state: State, ctx: Context, rel: str, entry: dict[str, Any], folder: str) -> bool:
+    """A worktree under the folder whose `git worktree add` died half-way (still locked
+    ``initializing``, no commit checked out), made for an agent that is not live."""
+    if entry.get("locked") != "initializing" or set(str(entry.get("HEAD", "0"))) != {"0"}:
+        return False
+    if not rel.startswith(folder + os.sep):
+        return False
+    owner = state.agents.get(rel[len(folder) + 1 :].split(os.sep, maxsplit=1)[0])
+    return owner is None or agent_status(owner, ctx) != "live"
 
 
 def _stored_findings(
