@@ -269,3 +269,20 @@ def test_doctor_repair_removes_a_dead_processors_worktree_and_a_gone_worktrees_l
     assert 0 == cli("doctor", "--repair").returncode
     assert 1 == git(repo, "worktree", "list", "--porcelain").count("worktree ")
     assert "" == git(repo, "branch", "--list", "agent/G-*")
+
+
+def test_doctor_repair_removes_a_worktree_whose_creation_was_killed(repo: Path, cli: Cli) -> None:
+    """`git worktree add` killed half-way leaves a locked worktree without a commit or a .git
+    file, which `git worktree remove` refuses: --repair unlocks, deletes and prunes it."""
+    settings(repo)
+    path = repo / ".worktrees" / "ghost" / "H-1"
+    git(repo, "worktree", "add", "-q", "--detach", str(path))
+    git(repo, "worktree", "lock", "--reason", "initializing", str(path))
+    admin = Path(git(path, "rev-parse", "--absolute-git-dir").strip())
+    (admin / "HEAD").write_text("0" * 40 + "\n")
+    (path / ".git").unlink()
+    kinds = {f["kind"] for f in json.loads(cli("doctor", "--json").stdout)["findings"]}
+    assert "half-made-worktree" in kinds
+    assert 0 == cli("doctor", "--repair").returncode
+    assert 1 == git(repo, "worktree", "list", "--porcelain").count("worktree ")
+    assert not path.exists()
