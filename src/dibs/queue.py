@@ -23,7 +23,11 @@ on green and on red splits the batch in halves to find the culprit (as bors does
 equals landing them one by one.
 
 The queue lives in the log as ``land-*`` events on table ``queue`` (key: the entry id); gate
-results as ``gate`` events on table ``gates`` (key: the issue).
+results as ``gate`` events on table ``gates`` (key: the issue). Finished entries are pruned
+from ``queue`` (the last `KEEP_FINISHED` stay for `dibs queue`), so nothing that decides reads
+them there: what landed is also written, in the same transaction as each ``land-done``, to
+table ``landed`` (key: the issue), which is never pruned (`landed_issues`), and an entry's
+outcome is read back from the log once its row is gone (`entry`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
 
 QUEUE = "queue"
 GATES = "gates"
+#: Every issue the queue ever landed (never pruned: readiness reads it).
+LANDED = "landed"
 LOCK = "lock:merge-queue"
 #: Finished entries kept in the queue table for `dibs queue` (their events stay in the log).
 KEEP_FINISHED = 50
@@ -146,12 +152,62 @@ def _entries(state: State, *, finished: bool = True) -> list[dict[str, Any]]:
 
 
 def entry(dibs: Coordinator, entry_id: str) -> dict[str, Any]:
-    """One entry by id (``q12``)."""
+    """One entry by id (``q12``): from the queue table, or from the log once it was pruned."""
     state, _ = dibs.store.read()
     found = state.tables.get(QUEUE, {}).get(entry_id)
     if found is None:
+        found = _logged_entry(dibs, entry_id)
+    if found is None:
         raise NotFound(f"no queue entry {entry_id!r}", hint="see `dibs queue`")
     return dict(found)
+
+
+def _logged_entry(dibs: Coordinator, entry_id: str) -> dict[str, Any] | None:
+    """The last value the log gave entry *entry_id*: its outcome after the row was pruned.
+
+    ``q<n>`` is numbered by the seq of its first ``land-enqueue``, so the search starts there.
+    """
+    number = entry_id[1:]
+    if not (entry_id.startswith("q") and number.isdigit()):
+        return None
+    last = None
+    for event in dibs.store.events(int(number) - 1):
+        if event.get("table") == QUEUE and event.get("key") == entry_id and event.get("value"):
+            last = event["value"]
+    return None if last is None else {**last, "pruned": True}
+
+
+def landed_issues(state: State) -> set[str]:
+    """Every issue the merge queue landed, however long ago (table `LANDED`, never pruned;
+    plus the finished queue entries of a log written before that table existed)."""
+    landed = set(state.tables.get(LANDED, {}))
+    return landed | {
+        e["issue"] for e in state.tables.get(QUEUE, {}).values() if e["state"] == "landed"
+    }
+
+
+def _landed_event(state: State, ctx: Context, value: dict[str, Any]) -> Any:
+    """The durable record of a landing, written with its ``land-done``."""
+    before = state.tables.get(LANDED, {}).get(value["issue"]) or {}
+    record = {
+        "issue": value["issue"],
+        "entry": value["id"],
+        "branch": value["branch"],
+        "agent": value.get("agent"),
+        "token": value.get("token"),
+        "commit": value.get("commit"),
+        "landed": ctx.now.iso(),
+        "times": int(before.get("times", 0)) + 1,
+    }
+    return new_event(
+        "landed",
+        ctx.now,
+        agent=value.get("agent"),
+        resource=f"issue:{value['issue']}",
+        table=LANDED,
+        key=value["issue"],
+        value=record,
+    )
 
 
 def enqueue(
@@ -568,6 +624,23 @@ def land(
             delay = min(delay * 2, 1.0)
 
 
+def dead_lander_worktrees(base: str) -> list[str]:
+    """The temporary worktrees in *base* (``<git common dir>/dibs-land``) of processors on
+    this host whose process is gone (killed mid-landing)."""
+    from dibs.host import process_start
+
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[1].isdigit() and process_start(int(parts[1])) is None:
+            out.append(os.path.join(base, name))
+    return out
+
+
 class _Failed(Exception):
     """An entry cannot land: carries the fields recorded with it."""
 
@@ -687,6 +760,8 @@ class _Processor:
                     value["seconds"] = round(ctx.now.wall - started, 3)
                     value["queued_seconds"] = round(started - value["enqueued_wall"], 3)
                 events.append(_entry_event(op, ctx, value))
+                if op == "land-done":
+                    events.append(_landed_event(state, ctx, value))
                 values.append(value)
             return Decision(events, result=values)
 
@@ -861,14 +936,9 @@ class _Processor:
         """Remove temporary worktrees of processors that died (kill -9) on this host."""
         import shutil
 
-        from dibs.host import process_start
-
-        for name in os.listdir(base):
-            parts = name.split("-")
-            if len(parts) == 3 and parts[1].isdigit() and process_start(int(parts[1])) is None:
-                path = os.path.join(base, name)
-                self._git("worktree", "remove", "--force", path, check=False)
-                shutil.rmtree(path, ignore_errors=True)
+        for path in dead_lander_worktrees(base):
+            self._git("worktree", "remove", "--force", path, check=False)
+            shutil.rmtree(path, ignore_errors=True)
         self._git("worktree", "prune", check=False)
 
     def _fetch(self, item: dict[str, Any]) -> None:

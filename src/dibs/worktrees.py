@@ -14,6 +14,7 @@ this host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from dibs.git.discover import IDENTITY_FILE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     from dibs.core.leases import Context
@@ -180,18 +181,31 @@ def start(
     agent: str | None = None,
     files: Iterable[str] = (),
     base: str | None = None,
+    ttl: float | None = None,
+    taken: bool = False,
 ) -> dict[str, Any]:
     """Claim *issue* (and *files*), make its worktree and branch, and say where it is.
 
     Run again by the same agent, it resumes: the claims are renewed and the worktree kept.
-    On any failure nothing is left half-made: new claims are released, a new branch deleted.
+    When the issue's worktree belongs to an agent that lost the issue (dead, stale, or gone:
+    its claim was evicted or stolen), it is taken over in the same step: moved, with its
+    branch, commits and uncommitted changes, to this agent's place (``adopted``).
+    On any failure nothing is left half-made: new claims are released, a new branch deleted,
+    an adopted worktree moved back.
+
+    Args:
+        ttl: seconds the claims live without a heartbeat (default: the agent's).
+        taken: the caller claimed ``issue:ISSUE`` just before (``dibs next --start``): a
+            failure releases that claim too.
 
     Returns:
-        ``{"agent", "token", "issue", "path", "branch", "base", "claims", "resumed"}``.
+        ``{"agent", "token", "issue", "path", "branch", "base", "claims", "resumed"}``, and
+        ``adopted`` (the former owner and path) after a takeover.
 
     Raises:
         Conflict: the issue or a file is held by another agent (exit 3).
-        Refused: the branch is checked out elsewhere, or the path is taken (exit 3).
+        Refused: the branch is checked out elsewhere, the path is taken, or the issue's
+            worktree belongs to a live agent (exit 3).
     """
     repo = _repo(dibs)
     issue = _issue(issue)
@@ -206,13 +220,18 @@ def start(
     known = state.tables.get(TABLE, {}).get(rel)
     resumed = known is not None and known["agent"] == name and os.path.isdir(path)
     held_before = {lease["resource"] for lease in state.leases_of(name)}
-    claims = dibs.claim([f"issue:{issue}", *globs], note=f"start {issue}")
+    if taken:
+        held_before.discard(f"issue:{issue}")
+    claims = dibs.claim([f"issue:{issue}", *globs], ttl=ttl, note=f"start {issue}")
     made_branch = False
+    adopted: dict[str, Any] | None = None
     try:
         if not resumed:
-            made_branch = _make_worktree(dibs, root, path, branch, base)
+            adopted = _adopt(dibs, root, issue, name, path=path, branch=branch)
+            if adopted is None or not adopted["here"]:
+                made_branch = _make_worktree(dibs, root, path, branch, base)
         write_identity(path, name, token)
-        value = {
+        value: dict[str, Any] = {
             "path": rel,
             "agent": name,
             "issue": issue,
@@ -220,9 +239,14 @@ def start(
             "files": globs,
             "base": base or str(dibs.settings["merge.target"]),
         }
-        if not resumed:
+        if adopted is not None:
+            value["adopted"] = {"agent": adopted["agent"], "path": adopted["path"]}
+            _record_adoption(dibs, adopted["forget"], value)
+        elif not resumed:
             _record(dibs, TABLE, rel, value)
     except BaseException:
+        if adopted is not None and adopted["moved"]:
+            _git(root, "worktree", "move", path, os.path.join(root, adopted["path"]), check=False)
         _undo(
             dibs,
             root,
@@ -241,6 +265,94 @@ def start(
         "resumed": resumed,
         "registered": registered,
     }
+
+
+def _adopt(
+    dibs: Coordinator, root: str, issue: str, name: str, *, path: str, branch: str
+) -> dict[str, Any] | None:
+    """Move the issue's worktree of a former holder to *path*; None when there is none.
+
+    Called with ``issue:ISSUE`` just claimed by *name*, so a former owner has lost it; its
+    worktree (the work to resume) is taken over unless that owner is still live and did not
+    let it go (``dibs finish --keep-worktree``). The worktree is found by its record, or,
+    when a process died between moving or making one and recording it, by where git has the
+    issue's branch checked out under the folder.
+
+    Returns:
+        ``{"agent", "path" (relative), "moved", "here" (the worktree is now at *path*),
+        "forget" (records to drop)}``.
+    """
+    state, now = dibs.store.read()
+    ctx = dibs.context(now)
+    table = state.tables.get(TABLE, {})
+    former = sorted(
+        (rel, record)
+        for rel, record in table.items()
+        if record.get("issue") == issue and record.get("agent") != name
+    )
+    elsewhere = _checked_out(root).get(branch)
+    folder = os.path.relpath(_folder(dibs, root), root)
+    if elsewhere is not None:
+        rel = os.path.relpath(elsewhere, root)
+        if not rel.startswith(folder + os.sep):
+            return None  # not one dibs made: `_make_worktree` explains the refusal
+        record = table.get(rel) or {}
+        owner = record.get("agent") or rel[len(folder) + 1 :].split(os.sep)[0]
+    elif former:
+        (rel, record), owner = former[0], former[0][1]["agent"]
+    else:
+        return None
+    forget = [r for r, _ in former if r != os.path.relpath(path, root)]
+    adopted = {"agent": owner, "path": rel, "moved": False, "here": False, "forget": forget}
+    if elsewhere is not None and os.path.realpath(elsewhere) == os.path.realpath(path):
+        adopted["here"] = True  # our own, made or moved by an earlier start that died
+        return adopted
+    info = state.agents.get(owner)
+    status = "gone" if info is None else agent_status(info, ctx)
+    if status == "live" and not record.get("finished") and elsewhere is not None:
+        raise Refused(
+            f"the worktree of {issue} ({rel}) belongs to {owner}, which is live",
+            hint=f"ask {owner} to finish it, or take it over once it is stale (dibs next --steal)",
+            path=rel,
+            agent=owner,
+        )
+    if elsewhere is None:
+        _git(root, "worktree", "prune", check=False)  # a record whose folder is gone
+        return adopted
+    if os.path.lexists(path):
+        raise Refused(f"{path} already exists", hint="remove it, or run `dibs doctor` to see why")
+    if status in ("dead", "gone"):  # a git command it ran died with it, holding the index
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(_worktree_git_dir(elsewhere), "index.lock"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _git(root, "worktree", "move", elsewhere, path)
+    adopted["moved"] = adopted["here"] = True
+    return adopted
+
+
+def _record_adoption(dibs: Coordinator, forget: list[str], value: dict[str, Any]) -> None:
+    """The takeover, logged as one transaction: the new record, the former ones dropped."""
+
+    def decide(_state: State, ctx: Context) -> Decision:
+        events = [
+            new_event("record", ctx.now, table=TABLE, key=rel, value=None)
+            for rel in forget
+            if rel != value["path"]
+        ]
+        events.append(
+            new_event(
+                "worktree-adopt",
+                ctx.now,
+                agent=value["agent"],
+                resource=f"issue:{value['issue']}",
+                table=TABLE,
+                key=value["path"],
+                value=value,
+            )
+        )
+        return Decision(events)
+
+    dibs.transact(decide)
 
 
 def _make_worktree(dibs: Coordinator, root: str, path: str, branch: str, base: str | None) -> bool:
@@ -725,26 +837,18 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
             item["repaired"] = True
         findings.append(item)
 
-    for rel, record in sorted(state.tables.get(TABLE, {}).items()):
-        if rel in entries and os.path.isdir(os.path.join(root, rel)):
-            continue
-        held = [lease["resource"] for lease in state.leases_of(record["agent"])]
-
-        def gone(rel: str = rel, record: dict[str, Any] = record, held: list[str] = held) -> None:
-            for resource in held:
-                _evict(dibs, resource, record["agent"], "worktree gone")
-            _record(dibs, TABLE, rel, None)
-
-        found(
-            "worktree-gone",
-            f"{rel} ({record['agent']}, issue {record['issue']}) is gone from disk",
-            f"release {', '.join(held) or 'nothing'} and forget the worktree",
-            gone,
-        )
-    folder = os.path.relpath(_folder(dibs, root), root)
+    # Read before repairs change the state: a worktree removed below is not an orphan.
     owned = set(state.tables.get(TABLE, {})) | {
         r["path"] for r in state.tables.get(POOL, {}).values()
     }
+    for finding in _stored_findings(dibs, state, ctx, root, entries):
+        found(*finding)
+    folder = os.path.relpath(_folder(dibs, root), root)
+    target = str(dibs.settings["merge.target"])
+    from dibs.queue import dead_lander_worktrees
+
+    base = os.path.join(repo.common_dir, "dibs-land")
+    landers = {os.path.realpath(p) for p in dead_lander_worktrees(base)}
     for rel, entry in sorted(entries.items()):
         if entry.get("prunable"):
             found(
@@ -754,20 +858,43 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
                 lambda: _git(root, "worktree", "prune"),
             )
             continue
+        if _half_made(state, ctx, rel, entry, folder) or (
+            os.path.realpath(entry["worktree"]) in landers and entry.get("locked")
+        ):
+            found(
+                "half-made-worktree",
+                f"{entry['worktree']} was never finished: `git worktree add` was killed",
+                "unlock it, delete its folder, git worktree prune",
+                lambda path=entry["worktree"]: _drop_half_made(root, path),
+            )
+            continue
+        if os.path.realpath(entry["worktree"]) in landers:
+            found(
+                "lander-worktree",
+                f"{entry['worktree']} is the temporary worktree of a merge queue processor "
+                "that died",
+                "remove it",
+                lambda path=entry["worktree"]: _git(root, "worktree", "remove", "--force", path),
+            )
+            continue
         if not rel.startswith(folder + os.sep) or rel in owned:
             continue
         branch = str(entry.get("branch", "")).removeprefix("refs/heads/")
-        lost = lost_work(root, entry["worktree"], branch, str(dibs.settings["merge.target"]))
+        lost = lost_work(root, entry["worktree"], branch, target)
         clean = not lost["changed"] and not lost["unlanded"]
 
-        def remove(path: str = entry["worktree"]) -> None:
+        def remove(path: str = entry["worktree"], branch: str = branch) -> None:
             _git(root, "worktree", "remove", path)
+            if branch:
+                _git(root, "branch", "-D", branch, check=False)
 
         found(
             "orphan-worktree",
             f"{entry['worktree']} is in {folder}/ but no agent owns it"
             + ("" if clean else " (it has work not on the target)"),
-            "remove it (clean and landed)" if clean else "keep it: decide yourself",
+            "remove it and its branch (clean and landed)"
+            if clean
+            else "keep it: the next taker of its issue adopts it, or decide yourself",
             remove if clean else None,
             repairable=clean,
         )
@@ -800,12 +927,145 @@ def reconcile(dibs: Coordinator, *, repair: bool = False) -> list[dict[str, Any]
     return findings
 
 
+def _drop_half_made(root: str, path: str) -> None:
+    import shutil
+
+    # `worktree remove` refuses a folder without its .git file: unlock, delete, prune.
+    _git(root, "worktree", "unlock", path, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+    _git(root, "worktree", "prune")
+
+
+def _half_made(state: State, ctx: Context, rel: str, entry: dict[str, Any], folder: str) -> bool:
+    """A worktree under the folder whose `git worktree add` died half-way (still locked
+    ``initializing``, no commit checked out), made for an agent that is not live."""
+    if entry.get("locked") != "initializing" or set(str(entry.get("HEAD", "0"))) != {"0"}:
+        return False
+    if not rel.startswith(folder + os.sep):
+        return False
+    owner = state.agents.get(rel[len(folder) + 1 :].split(os.sep, maxsplit=1)[0])
+    return owner is None or agent_status(owner, ctx) != "live"
+
+
+def _stored_findings(
+    dibs: Coordinator, state: State, ctx: Context, root: str, entries: dict[str, Any]
+) -> list[tuple[str, str, str, Callable[[], None]]]:
+    """Findings about the worktrees dibs remembers: gone from disk, or owned by an agent
+    that is not live (see `_judge_owner`)."""
+    target = str(dibs.settings["merge.target"])
+    # A prunable entry (its folder gone) holds no branch: it is pruned before the delete.
+    checked_out = {
+        str(e.get("branch", "")).removeprefix("refs/heads/")
+        for e in entries.values()
+        if not e.get("prunable")
+    }
+    out = []
+    for rel, record in sorted(state.tables.get(TABLE, {}).items()):
+        if rel in entries and os.path.isdir(os.path.join(root, rel)):
+            judged = _judge_owner(dibs, state, ctx, rel, record)
+            if judged is not None:
+                out.append(judged)
+            continue
+        held = [lease["resource"] for lease in state.leases_of(record["agent"])]
+        branch = record["branch"]
+        exists = _git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+        drop = (
+            bool(exists.strip())
+            and branch not in checked_out
+            and not lost_work(root, "", branch, target)["unlanded"]
+        )
+
+        def gone(
+            rel: str = rel,
+            record: dict[str, Any] = record,
+            held: list[str] = held,
+            drop: bool = drop,
+        ) -> None:
+            for resource in held:
+                _evict(dibs, resource, record["agent"], "worktree gone")
+            if drop:
+                _git(root, "worktree", "prune", check=False)
+                _git(root, "branch", "-D", record["branch"], check=False)
+            _record(dibs, TABLE, rel, None)
+
+        out.append(
+            (
+                "worktree-gone",
+                f"{rel} ({record['agent']}, issue {record['issue']}) is gone from disk",
+                f"release {', '.join(held) or 'nothing'} and forget the worktree"
+                + (f" (and its landed branch {branch})" if drop else ""),
+                gone,
+            )
+        )
+    return out
+
+
+def _judge_owner(
+    dibs: Coordinator, state: State, ctx: Context, rel: str, record: dict[str, Any]
+) -> tuple[str, str, str, Callable[[], None]] | None:
+    """A worktree on disk is judged by its owner's health and its branch's state; the
+    finding (kind, message, what --repair does, the repair), or None when all is well.
+
+    A live owner's is fine. A dead, stale or gone owner's worktree with nothing to lose (its
+    branch landed, or never had a commit) is removed with its branch; one with unlanded work
+    is kept and offered: a stale owner's issue claim is evicted (a dead one's go with the
+    dead-agent finding) so that the next taker (`dibs next --start`, `dibs start ISSUE`)
+    adopts the worktree.
+    """
+    owner = record["agent"]
+    info = state.agents.get(owner)
+    status = "gone" if info is None else agent_status(info, ctx)
+    if status == "live":
+        return None
+    root = main_root(_repo(dibs))
+    target = str(dibs.settings["merge.target"])
+    path = os.path.join(root, rel)
+    issue = f"issue:{record['issue']}"
+    # A dead owner's claims are evicted by the dead-agent finding; a gone one holds none.
+    held = [lease["resource"] for lease in state.leases_of(owner) if lease["resource"] == issue]
+    held = held if status == "stale" else []
+    lost = lost_work(root, path, record["branch"], target)
+    who = f"{rel} ({owner}, {status}, issue {record['issue']})"
+    if not lost["changed"] and not lost["unlanded"]:
+
+        def remove() -> None:
+            for resource in held:
+                _evict(dibs, resource, owner, f"worktree landed, agent {status}")
+            _git(root, "worktree", "remove", "--force", path)
+            _git(root, "branch", "-D", record["branch"], check=False)
+            _record(dibs, TABLE, rel, None)
+
+        return (
+            "abandoned-landed",
+            f"{who}: its agent is {status}; branch {record['branch']} has nothing off {target}",
+            "remove the worktree and its branch, forget it"
+            + (f", evict {', '.join(held)}" if held else ""),
+            remove,
+        )
+    parts = [f"{len(lost['changed'])} uncommitted"] if lost["changed"] else []
+    parts += [f"{len(lost['unlanded'])} commits not on {target}"] if lost["unlanded"] else []
+
+    def offer() -> None:
+        for resource in held:
+            _evict(dibs, resource, owner, f"worktree offered, agent {status}")
+
+    return (
+        "abandoned-work",
+        f"{who}: its agent is {status}, with work not landed ({'; '.join(parts)})",
+        (f"evict {', '.join(held)}; " if held else "")
+        + f"keep the worktree for the next taker of {record['issue']} (dibs next --start "
+        f"or dibs start {record['issue']} adopts it)",
+        offer,
+    )
+
+
 def _evict(dibs: Coordinator, resource: str, agent: str, reason: str) -> None:
     from dibs.core.leases import decide
     from dibs.core.resources import parse_resource
 
     command = ForceEvict(parse_resource(resource), by="doctor", reason=reason, agent=agent)
-    dibs.transact(lambda state, ctx: decide(state, command, ctx))
+    with contextlib.suppress(NotFound):  # evicted meanwhile (or by an earlier finding)
+        dibs.transact(lambda state, ctx: decide(state, command, ctx))
 
 
 # run --------------------------------------------------------------------------------------

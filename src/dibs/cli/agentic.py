@@ -94,6 +94,9 @@ def run_next(args: argparse.Namespace) -> int:
     stolen = " (taken over from a dead holder)" if task.get("stolen") else ""
     sys.stdout.write(f"{task['id']}: {task['title']}{stolen}\n")
     if task.get("started"):
+        adopted = task["started"].get("adopted")
+        if adopted:
+            sys.stderr.write(f"took over {adopted['agent']}'s worktree ({adopted['path']})\n")
         sys.stdout.write(f"{task['started']['path']}\n")
     return 0
 

@@ -29,11 +29,14 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
         ".worktrees/<agent>/<issue> on a new branch (worktrees.branch, default agent/<issue>)\n"
         "from the target's tip, and prints its path. Inside it, dibs commands act as the\n"
         "agent without flags. Run again, it resumes. Without --agent (or DIBS_AGENT) the\n"
-        "agent is named after the issue and registered now; --json shows its token."
+        "agent is named after the issue and registered now; --json shows its token.\n"
+        "The worktree of an agent that lost the issue (dead, stale, gone) is taken over:\n"
+        "moved here with its branch and changes."
     )
     parser.add_argument("issue", metavar="ISSUE", help="the issue to work on, e.g. ROOSE-158")
     parser.add_argument("--files", nargs="+", default=[], metavar="GLOB", help="paths to claim")
     parser.add_argument("--base", metavar="REF", help="start from REF instead of the target's tip")
+    parser.add_argument("--ttl", type=float, metavar="S", help="lease seconds of the claims")
     common(parser, identity=True)
     parser.set_defaults(handler=run_start)
 
@@ -43,12 +46,14 @@ def run_start(args: argparse.Namespace) -> int:
 
     with coordinator(args) as dibs:
         result = worktrees.start(
-            dibs, args.issue, agent=args.agent, files=args.files, base=args.base
+            dibs, args.issue, agent=args.agent, files=args.files, base=args.base, ttl=args.ttl
         )
     if args.json:
         print_json(result)
     else:
         said = "resumed" if result["resumed"] else "started"
+        if result.get("adopted"):
+            said = f"took over {result['adopted']['agent']}'s worktree of"
         sys.stderr.write(
             f"{said} {result['issue']} as {result['agent']} on branch {result['branch']}\n"
         )

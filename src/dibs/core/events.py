@@ -96,10 +96,12 @@ OPS = (
     "land-done",
     "land-fail",
     "land-cancel",
+    "landed",
     "gate",
     "outbox",
     "agent-roles",
     "log-repair",
+    "worktree-adopt",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")

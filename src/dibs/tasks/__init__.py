@@ -256,8 +256,11 @@ def _read_source(
 
 
 def _landed(state: State) -> set[str]:
-    """Issues the merge queue landed: done, whatever their source still says."""
-    return {e["issue"] for e in state.tables.get("queue", {}).values() if e["state"] == "landed"}
+    """Issues the merge queue landed: done, whatever their source still says (table
+    ``landed``, never pruned: a landed task is never handed out again)."""
+    from dibs.queue import landed_issues
+
+    return landed_issues(state)
 
 
 def agent_roles(state: State, agent: str | None) -> list[str]:
@@ -393,7 +396,8 @@ def next_task(
     """Take the best ready task for the acting agent, atomically: under any number of
     concurrent callers no task goes to two agents (the choice and the claim are one
     transaction). With *steal*, a task whose holder is stale or dead is taken over (logged
-    as a ``force-evict`` with the reason). With *start*, its worktree is made too. With
+    as a ``force-evict`` with the reason). With *start*, its worktree is made too (or a
+    former holder's taken over), with the same *ttl*; if that fails the task is released. With
     *role* (or the roles the agent registered with), only tasks labelled with it are taken.
 
     Raises:
@@ -437,7 +441,7 @@ def next_task(
             from dibs import worktrees
         except ImportError:  # pragma: no cover - worktrees ship with dibs
             raise UsageError("--start needs `dibs start`") from None
-        result["started"] = worktrees.start(dibs, result["id"])
+        result["started"] = worktrees.start(dibs, result["id"], ttl=ttl, taken=True)
     return result
 
 
