@@ -1062,8 +1062,12 @@ def _judge_owner(
 def _evict(dibs: Coordinator, resource: str, agent: str, reason: str) -> None:
     from dibs.core.leases import decide
     from dibs.core.resources import parse_resource
+    from dibs.identity import operator
 
-    command = ForceEvict(parse_resource(resource), by="doctor", reason=reason, agent=agent)
+    # `doctor --repair` is a person's act: logged as the OS user and host, like `dibs evict`.
+    command = ForceEvict(
+        parse_resource(resource), by=operator(), reason=f"doctor --repair: {reason}", agent=agent
+    )
     with contextlib.suppress(NotFound):  # evicted meanwhile (or by an earlier finding)
         dibs.transact(lambda state, ctx: decide(state, command, ctx))
 
