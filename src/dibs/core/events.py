@@ -100,6 +100,8 @@ OPS = (
     "outbox",
     "agent-roles",
     "log-repair",
+    "wait",
+    "wait-end",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")
