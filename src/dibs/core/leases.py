@@ -410,7 +410,8 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
 
     ttl = cmd.ttl if cmd.ttl is not None else agent["ttl"]
     events = ev.events
-    events += [wait_end(cmd.agent, "granted", ctx)] if cmd.agent in _waits(state) else []
+    if cmd.waiter is not None and cmd.agent in _waits(state):
+        events.append(wait_end(cmd.agent, "granted", ctx))  # the waiting call itself
     token = state.last_token
     granted: list[dict[str, Any]] = []
     for resource in cmd.resources:
