@@ -520,7 +520,7 @@ class Coordinator:
                 blockers: Any = [{"agent": h["agent"]} for h in exc.details.get("holders", [])]
                 events.append(leases.refusal(command, parse_resource(text), blockers, ctx))
             if agent in state.tables.get(deadlock.TABLE, {}):
-                events.append(leases.wait_end(agent, "gave-up", ctx))
+                events.append(deadlock.wait_end(agent, "gave-up", ctx.now))
             return Decision(events)
 
         with contextlib.suppress(DibsError):  # a record of a refusal must not hide it

@@ -19,14 +19,18 @@ so a wait stays accurate when the resource it wants changes hands.
 
 from __future__ import annotations
 
+from dibs.core.events import new_event
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from dibs.core.events import Event, Now
+
     #: One step of a cycle: (waiter, resource it waits for, holder of that resource).
     Step = tuple[str, str, str]
 
-__all__ = ["TABLE", "describe", "find_cycle"]
+__all__ = ["TABLE", "describe", "find_cycle", "wait_end"]
 
 #: The state table of recorded waits (key: the waiting agent).
 TABLE = "waits"
@@ -83,3 +87,8 @@ def describe(cycle: list[Step]) -> str:
     parts = [f"{cycle[0][0]} waits for {cycle[0][1]} held by {cycle[0][2]}"]
     parts += [f"who waits for {resource} held by {holder}" for _, resource, holder in cycle[1:]]
     return "deadlock: " + ", ".join(parts)
+
+
+def wait_end(agent: str, reason: str, now: Now) -> Event:
+    """The ``wait-end`` event: *agent*'s recorded wait is over (granted, gave up, deadlock)."""
+    return new_event("wait-end", now, agent=agent, reason=reason, table=TABLE, key=agent)

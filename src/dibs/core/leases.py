@@ -25,7 +25,7 @@ from __future__ import annotations
 from dibs.core import deadlock
 from dibs.core.events import new_event
 from dibs.core.state import EXCLUSIVE, NS, SHARED, State, ttl_ns
-from dibs.errors import AuthError, Conflict, Deadlock, DibsError, LeaseLost, NotFound
+from dibs.errors import AuthError, Conflict, DibsError, LeaseLost, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -410,8 +410,8 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
 
     ttl = cmd.ttl if cmd.ttl is not None else agent["ttl"]
     events = ev.events
-    if cmd.waiter is not None and cmd.agent in _waits(state):
-        events.append(wait_end(cmd.agent, "granted", ctx))  # the waiting call itself
+    if cmd.waiter is not None and cmd.agent in state.tables.get(deadlock.TABLE, {}):
+        events.append(deadlock.wait_end(cmd.agent, "granted", ctx.now))  # the waiting call
     token = state.last_token
     granted: list[dict[str, Any]] = []
     for resource in cmd.resources:
@@ -484,120 +484,12 @@ def _blocked(
     error: Conflict,
 ) -> Decision:
     if cmd.waiter is not None:
-        return _wait(state, cmd, blocked, ev, error)
+        from dibs.core import waits  # only a --wait claim that is blocked needs it
+
+        return waits.decide_wait(state, cmd, blocked, ev, error)
     if cmd.log_refusal:
         ev.events.append(refusal(cmd, blocked[0][0], blocked[0][1], ev.ctx))
     return Decision(ev.events, error)
-
-
-def _wait(
-    state: State,
-    cmd: Acquire,
-    blocked: list[tuple[Resource, list[LeaseRecord]]],
-    ev: _Evictions,
-    error: Conflict,
-) -> Decision:
-    """A blocked ``--wait`` try: refuse a wait that closes a cycle, else record (or refresh)
-    the wait, in the same step, so two waits closing one cycle cannot both be recorded."""
-    ctx = ev.ctx
-    wants: dict[str, str] = {}
-    for resource, blockers in blocked:
-        for lease in blockers:
-            wants.setdefault(lease["agent"], resource.text)
-    waits = _waits(state)
-    cycle = deadlock.find_cycle(_wait_graph(state, waits, cmd.agent, ev), cmd.agent, wants)
-    events = ev.events
-    if cycle is not None:
-        first = blocked[0]
-        event = refusal(cmd, first[0], first[1], ctx)
-        event["reason"] = "deadlock"
-        events.append(event)
-        if cmd.agent in waits:
-            events.append(wait_end(cmd.agent, "deadlock", ctx))
-        message = deadlock.describe(cycle)
-        return Decision(
-            events,
-            Deadlock(
-                message,
-                hint="release what you hold that the others wait for, or pick other work",
-                cycle=[{"agent": a, "waits_for": r, "held_by": h} for a, r, h in cycle],
-                **error.details,
-            ),
-        )
-    waiter = cmd.waiter or {}
-    horizon = int(float(waiter.get("horizon", 30.0)) * NS)
-    texts = [r.text for r in cmd.resources]
-    old = waits.get(cmd.agent)
-    if (
-        old is None
-        or old.get("resources") != texts
-        or old.get("clock") != ctx.now.boot
-        or old.get("pid") != waiter.get("pid")
-        or old.get("until", 0) - ctx.now.mono < horizon // 2
-    ):
-        value: dict[str, Any] = {
-            "resources": texts,
-            "mode": cmd.mode,
-            "until": ctx.now.mono + horizon,
-            "clock": ctx.now.boot,
-            **{k: waiter[k] for k in ("host", "pid", "pid_start", "host_boot") if k in waiter},
-        }
-        events.append(
-            new_event(
-                "wait",
-                ctx.now,
-                agent=cmd.agent,
-                resource=texts[0],
-                by=",".join(sorted(wants)),
-                table=deadlock.TABLE,
-                key=cmd.agent,
-                value=value,
-            )
-        )
-    return Decision(events, error)
-
-
-def _wait_graph(
-    state: State, waits: dict[str, Any], agent: str, ev: _Evictions
-) -> dict[str, dict[str, str]]:
-    """Who waits for whom now: the live waits of others, against the current holders.
-
-    A wait is dead when its record ran out (``until``, on the deciding clock) or its waiting
-    process is gone (this host only; elsewhere the record's short horizon bounds it)."""
-    from dibs.core.resources import parse_resource
-
-    now = ev.ctx.now
-    graph: dict[str, dict[str, str]] = {}
-    for waiter, wait in waits.items():
-        if waiter == agent or wait.get("clock") != now.boot or wait.get("until", 0) <= now.mono:
-            continue
-        if "pid" in wait and "host_boot" in wait:
-            process: Any = {"name": f"wait {waiter}", "boot": wait["host_boot"], **wait}
-            if ev.ctx.alive(process) is False:
-                continue
-        edges: dict[str, str] = {}
-        for text in wait["resources"]:
-            for lease in state.overlapping(parse_resource(text)):
-                holder = lease["agent"]
-                if holder == waiter or (lease["mode"] == SHARED and wait["mode"] == SHARED):
-                    continue
-                if (lease["resource"], holder) in ev.gone or eviction_reason(state, lease, ev.ctx):
-                    continue
-                edges.setdefault(holder, text)
-        if edges:
-            graph[waiter] = edges
-    return graph
-
-
-def _waits(state: State) -> dict[str, Any]:
-    return state.tables.get(deadlock.TABLE, {})
-
-
-def wait_end(agent: str, reason: str, ctx: Context) -> Event:
-    """The ``wait-end`` event: *agent*'s recorded wait is over (granted, gave up, deadlock)."""
-    return new_event(
-        "wait-end", ctx.now, agent=agent, reason=reason, table=deadlock.TABLE, key=agent
-    )
 
 
 def refusal(cmd: Acquire, resource: Resource, blockers: list[LeaseRecord], ctx: Context) -> Event:
