@@ -120,6 +120,12 @@ class LockTimeout(Refused, TimeoutError):
     code = "timeout"
 
 
+class Deadlock(Refused):
+    """Refused: waiting would close a cycle of waiting agents, so no wait could ever end."""
+
+    code = "deadlock"
+
+
 class LeaseLost(DibsError):
     """The lease is lost: it was evicted or its fencing token is no longer current."""
 

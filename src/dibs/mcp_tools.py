@@ -87,7 +87,8 @@ def add_tools(dibs: Coordinator, acting: Acting, tool: Decorator) -> None:  # no
         wait: Annotated[
             float | None,
             Field(
-                description="seconds to wait while a resource is held (default: refuse at once)",
+                description="seconds to wait while a resource is held (default: refuse at once); "
+                "a wait that would close a cycle of waiting agents is refused at once (deadlock)",
                 ge=0,
             ),
         ] = None,

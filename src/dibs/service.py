@@ -22,11 +22,11 @@ import re
 import time
 
 from dibs import host
-from dibs.core import leases
+from dibs.core import deadlock, leases
 from dibs.core.leases import Context, Decision, agent_status, expires_in
 from dibs.core.resources import KINDS, parse_resource, parse_resources
 from dibs.core.state import EXCLUSIVE, NS, SHARED
-from dibs.errors import Conflict, DibsError, LockTimeout, NotFound, UsageError, shown
+from dibs.errors import Conflict, Deadlock, DibsError, LockTimeout, NotFound, UsageError, shown
 from dibs.identity import operator, require, secret_hash
 
 TYPE_CHECKING = False
@@ -59,6 +59,25 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
 _WAKE_POLL = 5.0
+
+
+#: Seconds a recorded wait holds without a refresh (a waiter refreshes it at half of this): a
+#: waiter that died on another host (whose process this host cannot look up) stops counting
+#: in the wait-for graph this long after its last try at most.
+WAIT_HORIZON = 30.0
+
+
+def _waiter() -> dict[str, Any]:
+    """This process as a waiter (`leases.Acquire.waiter`): a SIGKILLed waiter on this host is
+    seen as gone by its pid, so its wait cannot make a phantom cycle."""
+    pid = os.getpid()
+    return {
+        "host": host.host_id(),
+        "pid": pid,
+        "pid_start": host.process_start(pid),
+        "host_boot": host.boot_id(),
+        "horizon": WAIT_HORIZON,
+    }
 
 
 def check_agent_name(name: str) -> str:
@@ -433,56 +452,76 @@ class Coordinator:
         delay = _BACKOFF_FIRST
         waited: float | None = None
         tries = 0
-        while True:
-            tries += 1
-            command = leases.Acquire(
-                agent,
-                secret,
-                parsed,
-                mode=mode,
-                ttl=ttl,
-                note=note,
-                waited=waited,
-                log_refusal=record_refusal and not wait,
-                tries=tries if wait else None,
-            )
-            try:
-                decision = self._command(command)
-                break
-            except Conflict as exc:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if not wait:
-                        raise
-                    waited = round(time.monotonic() - started, 3)
-                    if record_refusal:
-                        self._log_refusal(
+        waiter = _waiter() if wait else None
+        try:
+            while True:
+                tries += 1
+                command = leases.Acquire(
+                    agent,
+                    secret,
+                    parsed,
+                    mode=mode,
+                    ttl=ttl,
+                    note=note,
+                    waited=waited,
+                    log_refusal=record_refusal and not wait,
+                    tries=tries if wait else None,
+                    waiter=waiter,
+                )
+                try:
+                    decision = self._command(command)
+                    break
+                except Conflict as exc:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        if not wait:
+                            raise
+                        waited = round(time.monotonic() - started, 3)
+                        self._give_up(
                             leases.Acquire(
                                 agent, secret, parsed, mode=mode, waited=waited, tries=tries
                             ),
                             exc,
+                            log=record_refusal,
                         )
-                    raise LockTimeout(
-                        f"{exc.message}; gave up after waiting {time.monotonic() - started:.1f} s",
-                        hint="wait longer (--wait SECONDS) or pick other work",
-                        **exc.details,
-                    ) from exc
-                self._wait_for_change(min(remaining, delay * _jitter()), remaining)
-                delay = min(delay * 2, _BACKOFF_CAP)
-                waited = round(time.monotonic() - started, 3)
+                        waiter = None  # the give-up step ended the wait
+                        raise LockTimeout(
+                            f"{exc.message}; gave up after waiting "
+                            f"{time.monotonic() - started:.1f} s",
+                            hint="wait longer (--wait SECONDS) or pick other work",
+                            **exc.details,
+                        ) from exc
+                    self._wait_for_change(min(remaining, delay * _jitter()), remaining)
+                    delay = min(delay * 2, _BACKOFF_CAP)
+                    waited = round(time.monotonic() - started, 3)
+        except Deadlock:
+            raise  # the step that refused it ended the wait
+        except BaseException:
+            if waiter is not None:
+                self._give_up(None, None, log=False)  # interrupted: no phantom edge left
+            raise
         return list(decision.result)
 
-    def _log_refusal(self, command: leases.Acquire, exc: Conflict) -> None:
-        """Record that a waiting claim call gave up (its tries were not logged one by one)."""
+    def _give_up(self, command: leases.Acquire | None, exc: Conflict | None, *, log: bool) -> None:
+        """End a waiting claim call that gave up: drop its recorded wait and, with *log*,
+        record the refusal (its tries were not logged one by one)."""
         import contextlib
 
-        text = exc.details.get("resource") or command.resources[0].text
-        holders = [{"agent": h["agent"]} for h in exc.details.get("holders", [])]
+        agent, secret = self._identity()
 
-        def decide(_state: State, ctx: Context) -> Decision:
-            blockers: Any = holders
-            event = leases.refusal(command, parse_resource(text), blockers, ctx)
-            return Decision([event])
+        def decide(state: State, ctx: Context) -> Decision:
+            events: list[Event] = []
+            try:
+                leases.authenticate(state, agent, secret)
+            except DibsError:
+                return Decision()
+            if log and command is not None and exc is not None:
+                text = exc.details.get("resource") or command.resources[0].text
+                blockers: Any = [{"agent": h["agent"]} for h in exc.details.get("holders", [])]
+                events.append(leases.refusal(command, parse_resource(text), blockers, ctx))
+            if agent in state.tables.get(deadlock.TABLE, {}):
+                events.append(deadlock.wait_end(agent, "gave-up", ctx.now))
+            return Decision(events)
 
         with contextlib.suppress(DibsError):  # a record of a refusal must not hide it
             self.transact(decide)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,54 @@ def test_check_finds_nothing_wrong_after_normal_use(backend: Backend, clock: Fak
     for event in backend.store.events():
         apply(rebuilt, event)
     assert rebuilt.to_json() == backend.store.read()[0].to_json()
+
+
+def test_crossing_waits_decided_at_once_refuse_exactly_one(backend: Backend) -> None:
+    """Two waits closing one cycle in the same instant: the second sees the first's edge."""
+    import threading
+
+    from dibs.errors import Deadlock
+
+    other = backend.reopen()
+    try:
+        c1, c2 = coordinator(backend.store), coordinator(other)
+        c1.register("a1")
+        c2.register("a2")
+        for round_ in range(5):
+            mine, theirs = f"issue:A{round_}", f"issue:B{round_}"
+            c1.claim([mine])
+            c2.claim([theirs])
+            barrier = threading.Barrier(2)
+            errors: list[Exception | None] = [None, None]
+            threads = [
+                threading.Thread(target=_cross, args=(barrier, errors, 0, c1, theirs)),
+                threading.Thread(target=_cross, args=(barrier, errors, 1, c2, mine)),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            kinds = sorted(type(e).__name__ for e in errors)
+            assert ["Conflict", "Deadlock"] == kinds, errors
+            refused = 0 if isinstance(errors[0], Deadlock) else 1
+            assert [("a1", "a2")[1 - refused]] == sorted(other.read()[0].tables["waits"])
+            for c, text in ((c1, mine), (c2, theirs)):
+                c.release([text])
+            survivor = (c1, c2)[1 - refused]
+            survivor.claim([(theirs, mine)[1 - refused]], wait=1)  # the waiting call's grant
+            survivor.release()
+    finally:
+        if other is not backend.store:
+            other.close()
+
+
+def _cross(barrier: Any, errors: list[Exception | None], i: int, c: Coordinator, text: str) -> None:
+    """One blocked ``--wait`` try of *c*'s agent on *text*, started together with the other."""
+    from dibs.core import leases
+    from dibs.core.resources import parse_resource
+
+    agent, secret = c._identity()
+    waiter = {"host": "h", "pid": 1, "host_boot": "b", "horizon": 30.0}
+    cmd = leases.Acquire(agent, secret, [parse_resource(text)], waiter=waiter)
+    barrier.wait()
+    errors[i] = c.store.transact(lambda state, now: leases.decide(state, cmd, c.context(now))).error

@@ -57,7 +57,8 @@ def configure_claim(parser: argparse.ArgumentParser) -> None:
         type=_wait,
         const=DEFAULT_WAIT,
         metavar="S",
-        help="retry with backoff while held, up to S seconds (bare --wait: 600)",
+        help="retry with backoff while held, up to S seconds (bare --wait: 600); "
+        "refused at once (exit 3) when the wait would close a cycle of waiting agents",
     )
     parser.add_argument("--note", metavar="TEXT", help="why, for people")
     common(parser, identity=True)

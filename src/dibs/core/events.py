@@ -102,6 +102,8 @@ OPS = (
     "agent-roles",
     "log-repair",
     "worktree-adopt",
+    "wait",
+    "wait-end",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")

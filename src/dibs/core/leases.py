@@ -22,6 +22,7 @@ answers from ``/proc`` (see `dibs.host`).
 
 from __future__ import annotations
 
+from dibs.core import deadlock
 from dibs.core.events import new_event
 from dibs.core.state import EXCLUSIVE, NS, SHARED, State, ttl_ns
 from dibs.errors import AuthError, Conflict, DibsError, LeaseLost, NotFound
@@ -168,7 +169,7 @@ class Heartbeat(_AgentCommand):
 class Acquire(_AgentCommand):
     """Claim *resources* for *agent*, all or none."""
 
-    __slots__ = ("log_refusal", "mode", "note", "resources", "tries", "ttl", "waited")
+    __slots__ = ("log_refusal", "mode", "note", "resources", "tries", "ttl", "waited", "waiter")
 
     def __init__(
         self,
@@ -182,6 +183,7 @@ class Acquire(_AgentCommand):
         waited: float | None = None,
         log_refusal: bool = False,
         tries: int | None = None,
+        waiter: dict[str, Any] | None = None,
     ):
         super().__init__(agent, secret)
         self.resources = resources
@@ -193,6 +195,10 @@ class Acquire(_AgentCommand):
         #: conflict rate can be computed from the log alone.
         self.log_refusal = log_refusal
         self.tries = tries
+        #: A ``--wait`` claim's waiting process (``host``, ``pid``, ``pid_start``,
+        #: ``host_boot``) and ``horizon`` (seconds a wait record holds unrefreshed): when
+        #: blocked, the wait is recorded, or refused as a deadlock (`dibs.core.deadlock`).
+        self.waiter = waiter
 
 
 class Renew(_AgentCommand):
@@ -400,13 +406,12 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
         error = _conflict_error(resource, blockers, ctx)
         if len(blocked) > 1:
             error.details["blocked"] = [r.text for r, _ in blocked]
-        events = ev.events
-        if cmd.log_refusal:
-            events.append(refusal(cmd, resource, blockers, ctx))
-        return Decision(events, error)
+        return _blocked(state, cmd, blocked, ev, error)
 
     ttl = cmd.ttl if cmd.ttl is not None else agent["ttl"]
     events = ev.events
+    if cmd.waiter is not None and cmd.agent in state.tables.get(deadlock.TABLE, {}):
+        events.append(deadlock.wait_end(cmd.agent, "granted", ctx.now))  # the waiting call
     token = state.last_token
     granted: list[dict[str, Any]] = []
     for resource in cmd.resources:
@@ -469,6 +474,22 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
             }
         )
     return Decision(events, result=granted)
+
+
+def _blocked(
+    state: State,
+    cmd: Acquire,
+    blocked: list[tuple[Resource, list[LeaseRecord]]],
+    ev: _Evictions,
+    error: Conflict,
+) -> Decision:
+    if cmd.waiter is not None:
+        from dibs.core import waits  # only a --wait claim that is blocked needs it
+
+        return waits.decide_wait(state, cmd, blocked, ev, error)
+    if cmd.log_refusal:
+        ev.events.append(refusal(cmd, blocked[0][0], blocked[0][1], ev.ctx))
+    return Decision(ev.events, error)
 
 
 def refusal(cmd: Acquire, resource: Resource, blockers: list[LeaseRecord], ctx: Context) -> Event:
