@@ -145,7 +145,9 @@ def tasks_toml(tasks: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def make_repo(root: Path, tasks: list[dict[str, Any]], shared: int) -> Path:
+def make_repo(
+    root: Path, tasks: list[dict[str, Any]], shared: int, gate_seconds: float = 0.0
+) -> Path:
     repo = root / "repo"
     repo.mkdir(parents=True)
     git(repo, "init", "-q", "-b", "main")
@@ -161,6 +163,9 @@ def make_repo(root: Path, tasks: list[dict[str, Any]], shared: int) -> Path:
     (repo / "dibs.toml").write_text(
         '[leases]\nttl = 30\n[merge]\ntarget = "main"\n'
         f'[gates]\ntests = "{sys.executable} check.py"\n'
+        # A slower gate keeps agents inside `dibs land` longer: a short trial on a fast
+        # machine would otherwise finish before its kill inside `dibs land` finds a target.
+        + (f'pace = "sleep {gate_seconds:g}"\n' if gate_seconds > 0 else "")
     )
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "the task graph, its gate and the shared files")
@@ -341,6 +346,7 @@ class Trial:
         ttl: float = 20.0,
         lease: float = 60.0,
         timeout: float = 900.0,
+        gate_seconds: float = 0.0,
     ):
         self.rng = random.Random(seed)
         self.seed, self.agents, self.ttl, self.lease, self.timeout = (
@@ -351,7 +357,7 @@ class Trial:
         self.rng.shuffle(rest)
         self.blows = (["kill-in-land"] if kills else []) + rest
         self.tasks = task_graph(self.rng, tasks, shared)
-        self.repo = make_repo(workdir, self.tasks, shared)
+        self.repo = make_repo(workdir, self.tasks, shared, gate_seconds)
         self.journal = workdir / "journal"
         self.journal.mkdir()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -398,7 +404,10 @@ class Trial:
         for _ in range(self.agents):
             self.spawn(steal=False)
         blows = list(self.blows)
-        next_blow = time.monotonic() + self.rng.uniform(1.0, 4.0)
+        # The kill inside `dibs land` is aimed at once (at the first agent seen landing): a
+        # small swarm can finish before a later aim finds anyone there.
+        first_in_land = blows[:1] == ["kill-in-land"]
+        next_blow = time.monotonic() + (0.0 if first_in_land else self.rng.uniform(1.0, 4.0))
         want = ""
         paused = {k["agent"] for k in self.killed}
         try:
@@ -583,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (to look after)")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="S")
+    parser.add_argument(
+        "--gate-seconds", type=float, default=0.0, metavar="S", help="a gate that sleeps S s"
+    )
     args = parser.parse_args(argv)
     if args.mode == "agent":
         Agent(
@@ -595,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dibs-swarm-") as scratch:
         workdir = Path(args.keep or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        figures = Trial(workdir, seed=seed, timeout=args.timeout, **size).run()
+        figures = Trial(
+            workdir, seed=seed, timeout=args.timeout, gate_seconds=args.gate_seconds, **size
+        ).run()
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

@@ -30,7 +30,7 @@ def trial(tmp_path: Path, **size: Any) -> dict[str, Any]:
 
 def test_a_small_swarm_with_a_kill_inside_land_hands_every_task_out_once(tmp_path: Path) -> None:
     """4 agents, 8 tasks, 1 SIGKILL inside `dibs land`: the trial finds no problem."""
-    figures = trial(tmp_path, agents=4, tasks=8, kills=1, timeout=600)
+    figures = trial(tmp_path, agents=4, tasks=8, kills=1, timeout=600, gate_seconds=0.5)
     assert [] == figures["problems"], figures
     assert 1 == len(figures["kills"])
     assert "in land" in figures["kills"][0]
