@@ -30,6 +30,11 @@ MAX_DURATION = 520 * _UNITS["w"]
 BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 #: Points in the time series the dashboard charts.
 SERIES_POINTS = 30
+#: Eviction reasons every report names (0 when none happened), so a rate over them exists
+#: from the first scrape; a person's own words for ``dibs evict`` count as ``forced``.
+EVICT_REASONS = ("expired", "forced", "holder-dead", "rebooted", "replaced", "unregistered")
+#: Causes of a failed landing besides ``gate:NAME`` (one per configured gate).
+FAIL_CAUSES = ("conflict", "lease-lost", "other")
 
 
 def parse_duration(text: str) -> float:
@@ -122,6 +127,8 @@ class _Tally:
         self.landed = 0
         self.failed = 0
         self.failed_by: dict[str, int] = {}
+        self.cancelled = 0
+        self.wait_timeouts = 0
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
@@ -142,11 +149,7 @@ class _Tally:
         elif op in ("release", "auto-evict", "force-evict"):
             self._end(event)
         elif op == "refuse":
-            self.refused += 1
-            kind = event.get("resource", "?").split(":", 1)[0]
-            self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
-            self.agent(event.get("agent"), "refused")
-            self.timeline.append((event["wall"], "refuse", None))
+            self._refuse(event)
         elif op == "register":
             self.registered += 1
             self.sessions[event["agent"]] = event
@@ -162,6 +165,8 @@ class _Tally:
             self.agent(event.get("agent"), "landed")
         elif op == "land-fail":
             self._land_failed(event)
+        elif op == "land-cancel":
+            self.cancelled += 1
         elif op == "record" and event.get("table") == "pool":
             self._pool(event)
 
@@ -182,6 +187,18 @@ class _Tally:
         self.open[(resource, event["token"])] = event
         self.agent(event.get("agent"), "acquired")
         self.timeline.append((event["wall"], "acquire", None))
+
+    def _refuse(self, event: Event) -> None:
+        self.refused += 1
+        kind = event.get("resource", "?").split(":", 1)[0]
+        self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
+        self.agent(event.get("agent"), "refused")
+        self.timeline.append((event["wall"], "refuse", None))
+        if "waited" in event:  # a --wait that ran out waited too
+            self.wait_timeouts += 1
+            self.waits.append(float(event["waited"]))
+            if kind == "lock":
+                self.lock_waits.append(float(event["waited"]))
 
     def _end(self, event: Event) -> None:
         op = event["op"]
@@ -238,6 +255,12 @@ def compute(
     if tally.first is not None and tally.last is not None:
         end_wall = now_wall if now_wall is not None else _wall_seconds(tally.last["wall"])
         period = max(0.0, end_wall - _wall_seconds(tally.first["wall"]))
+        # a slot taken now is busy up to the end of the period, not idle
+        tally.pool_busy += sum(
+            max(0.0, end_wall - _wall_seconds(started["wall"]))
+            for (resource, _token), started in tally.open.items()
+            if resource.startswith("worktree:")
+        )
     attempts = tally.calls + tally.refused
     total_evictions = sum(tally.evictions.values())
     landings = tally.landed + tally.failed
@@ -264,6 +287,7 @@ def compute(
                 for kind in sorted(set(tally.acquired_by_kind) | set(tally.refused_by_kind))
             },
             "wait_seconds": _summary(tally.waits),
+            "wait_timeouts": tally.wait_timeouts,
             "lock_wait_seconds": _summary(tally.lock_waits),
             "hold_seconds": _summary(tally.holds),
             "open_leases": len(tally.open),
@@ -293,6 +317,7 @@ def compute(
         "queue": {
             "landed": tally.landed,
             "failed": tally.failed,
+            "cancelled": tally.cancelled,
             "failure_rate": round(tally.failed / landings, 4) if landings else 0.0,
             "failed_by": dict(sorted(tally.failed_by.items())),
             "merge_conflicts": tally.merge_conflicts,

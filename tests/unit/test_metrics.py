@@ -126,3 +126,41 @@ def test_durations_and_percentiles() -> None:
     assert percentile([], 50) is None
     assert 2 == percentile([3, 1, 2], 50)
     assert 100 == percentile(list(range(1, 101)), 99) + 1
+
+
+def test_a_wait_that_timed_out_counts_in_the_wait_times() -> None:
+    """A --wait call refused when its wait ran out waited too: its seconds are in the figures."""
+    log = Log()
+    log.at(0, "acquire", agent="a1", resource="lock:deploy", token=1)
+    log.at(5, "refuse", agent="a2", resource="lock:deploy", mode="exclusive", by="a1", waited=5.0)
+    log.at(6, "refuse", agent="a3", resource="issue:9", mode="exclusive", by="a1")  # no wait
+    log.at(7, "release", agent="a1", resource="lock:deploy", token=1)
+    log.at(8, "acquire", agent="a2", resource="lock:deploy", token=2, waited=1.0)
+    claims = compute(log.events)["claims"]
+    assert (2, 6.0, 1) == (
+        claims["wait_seconds"]["count"],
+        claims["wait_seconds"]["sum"],
+        claims["wait_timeouts"],
+    )
+    assert (2, 5.0) == (claims["lock_wait_seconds"]["count"], claims["lock_wait_seconds"]["max"])
+    assert 2 == claims["refusals"]
+
+
+def test_a_slot_taken_now_counts_as_used() -> None:
+    """A pool slot still taken at the end of the period is busy, not 0% used."""
+    log = Log()
+    log.at(0, "record", table="pool", key="1", value={"slot": "1", "path": "p/1"})
+    log.at(0, "record", table="pool", key="2", value={"slot": "2", "path": "p/2"})
+    log.at(0, "acquire", agent="a1", resource="worktree:1", token=1)
+    log.at(50, "register", agent="a2")
+    pool = compute(log.events, now_wall=T0 + 100)["pool"]
+    assert 2 == pool["slots"]
+    assert 0.5 == pytest.approx(pool["utilization"])  # one of two slots, the whole 100 s
+
+
+def test_a_cancelled_landing_is_counted_apart() -> None:
+    """`dibs queue cancel` is neither landed nor failed."""
+    log = Log()
+    log.at(0, "land-cancel", agent="a1", table="queue", key="q1", value={"state": "cancelled"})
+    queue = compute(log.events)["queue"]
+    assert (0, 0, 1) == (queue["landed"], queue["failed"], queue["cancelled"])

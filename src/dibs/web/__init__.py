@@ -188,41 +188,73 @@ def prometheus_text(dibs: Coordinator) -> str:
     report = metrics.of_store(dibs)
     status = dibs.status()
 
+    from dibs import __version__
+    from dibs.queue import required_gates
+
+    gates = required_gates(dibs.settings)[1]
+
     class Figures:
         def collect(self) -> Iterator[Any]:
             claims, evictions, queue = report["claims"], report["evictions"], report["queue"]
-            yield _counter(
-                "dibs_acquisitions", "leases granted", claims["acquisitions"], CounterMetricFamily
+            yield _labelled(
+                GaugeMetricFamily,
+                "dibs_build_info",
+                "the dibs serving these figures (always 1)",
+                "version",
+                {__version__: 1},
             )
-            yield _counter(
-                "dibs_claim_calls",
-                "claim calls granted",
-                claims["claim_calls"],
+            yield CounterMetricFamily(
+                "dibs_acquisitions", "leases granted", value=claims["acquisitions"]
+            )
+            yield _labelled(
                 CounterMetricFamily,
+                "dibs_claim_calls",
+                "claim calls, granted or refused (a refused --wait call counts once)",
+                "outcome",
+                {"granted": claims["claim_calls"], "refused": claims["refusals"]},
             )
-            yield _counter(
-                "dibs_refusals", "claim calls refused", claims["refusals"], CounterMetricFamily
+            yield CounterMetricFamily(
+                "dibs_wait_timeouts",
+                "--wait claim calls still refused when the wait ran out",
+                value=claims["wait_timeouts"],
             )
-            by_reason = CounterMetricFamily(
-                "dibs_evictions", "leases evicted, by reason", labels=["reason"]
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_evictions",
+                "leases evicted, by reason",
+                "reason",
+                {**dict.fromkeys(metrics.EVICT_REASONS, 0), **evictions["by_reason"]},
             )
-            for reason, count in evictions["by_reason"].items():
-                by_reason.add_metric([reason], count)
-            yield by_reason
-            landings = CounterMetricFamily(
-                "dibs_landings", "merge queue outcomes", labels=["outcome"]
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_landings",
+                "merge queue outcomes",
+                "outcome",
+                {
+                    "landed": queue["landed"],
+                    "failed": queue["failed"],
+                    "cancelled": queue["cancelled"],
+                },
             )
-            landings.add_metric(["landed"], queue["landed"])
-            landings.add_metric(["failed"], queue["failed"])
-            yield landings
-            failures = CounterMetricFamily(
-                "dibs_landing_failures", "failed landings, by cause", labels=["cause"]
+            causes = dict.fromkeys((*metrics.FAIL_CAUSES, *(f"gate:{g}" for g in gates)), 0)
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_landing_failures",
+                "failed landings, by cause",
+                "cause",
+                {**causes, **queue["failed_by"]},
             )
-            for cause, count in queue["failed_by"].items():
-                failures.add_metric([cause], count)
-            yield failures
             for name, doc, summary in (
-                ("dibs_wait_seconds", "seconds --wait claims waited", claims["wait_seconds"]),
+                (
+                    "dibs_wait_seconds",
+                    "seconds --wait claim calls waited, granted or timed out",
+                    claims["wait_seconds"],
+                ),
+                (
+                    "dibs_lock_wait_seconds",
+                    "seconds --wait claim calls on lock:* resources waited",
+                    claims["lock_wait_seconds"],
+                ),
                 ("dibs_hold_seconds", "seconds leases were held", claims["hold_seconds"]),
                 (
                     "dibs_pool_allocation_seconds",
@@ -250,6 +282,11 @@ def prometheus_text(dibs: Coordinator) -> str:
             yield GaugeMetricFamily("dibs_pool_slots", "pool slots", value=len(slots))
             busy = sum(1 for slot in slots if slot["agent"])
             yield GaugeMetricFamily("dibs_pool_slots_busy", "pool slots taken", value=busy)
+            yield GaugeMetricFamily(
+                "dibs_pool_utilization",
+                "share of pool slot time taken since the log began (0-1; a slot taken now counts)",
+                value=report["pool"]["utilization"],
+            )
             yield GaugeMetricFamily("dibs_log_seq", "events in the log", value=status["seq"])
 
     registry = CollectorRegistry()
@@ -257,8 +294,12 @@ def prometheus_text(dibs: Coordinator) -> str:
     return generate_latest(registry).decode()
 
 
-def _counter(name: str, doc: str, value: float, family: Any) -> Any:
-    return family(name, doc, value=value)
+def _labelled(family: Any, name: str, doc: str, label: str, values: dict[str, float]) -> Any:
+    """One family with a sample per label value (every known value, 0 included)."""
+    made = family(name, doc, labels=[label])
+    for value_name, value in sorted(values.items()):
+        made.add_metric([value_name], value)
+    return made
 
 
 def serve(
