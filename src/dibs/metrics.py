@@ -12,6 +12,7 @@ readings when both ends share a ``boot``, else the wall times.
 from __future__ import annotations
 
 import re
+from collections import deque
 from datetime import UTC
 
 from dibs.core.events import iso_time
@@ -33,6 +34,9 @@ SERIES_POINTS = 30
 #: Eviction reasons every report names (0 when none happened), so a rate over them exists
 #: from the first scrape; a person's own words for ``dibs evict`` count as ``forced``.
 EVICT_REASONS = ("expired", "forced", "holder-dead", "rebooted", "replaced", "unregistered")
+#: Rows of the landing history and of the hot spots a report keeps.
+LANDINGS_KEPT = 50
+HOTSPOTS_KEPT = 10
 #: Causes of a failed landing besides ``gate:NAME`` (one per configured gate).
 FAIL_CAUSES = ("conflict", "lease-lost", "other")
 
@@ -129,6 +133,9 @@ class _Tally:
         self.failed_by: dict[str, int] = {}
         self.cancelled = 0
         self.wait_timeouts = 0
+        self.landings: deque[dict[str, Any]] = deque(maxlen=LANDINGS_KEPT)
+        self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
+        self.held_by: dict[str, set[tuple[str, int]]] = {}
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
@@ -167,6 +174,8 @@ class _Tally:
             self._land_failed(event)
         elif op == "land-cancel":
             self.cancelled += 1
+        if op in ("land-done", "land-fail", "land-cancel"):
+            self._landing(event)
         elif op == "record" and event.get("table") == "pool":
             self._pool(event)
 
@@ -182,9 +191,11 @@ class _Tally:
             self.calls += 1
             if "waited" in event:
                 self.waits.append(float(event["waited"]))
+                self._spot(resource, 0, float(event["waited"]))
                 if kind == "lock":
                     self.lock_waits.append(float(event["waited"]))
         self.open[(resource, event["token"])] = event
+        self.held_by.setdefault(event.get("agent", ""), set()).add((resource, event["token"]))
         self.agent(event.get("agent"), "acquired")
         self.timeline.append((event["wall"], "acquire", None))
 
@@ -194,16 +205,51 @@ class _Tally:
         self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
         self.agent(event.get("agent"), "refused")
         self.timeline.append((event["wall"], "refuse", None))
+        waited = float(event.get("waited", 0.0))
         if "waited" in event:  # a --wait that ran out waited too
             self.wait_timeouts += 1
-            self.waits.append(float(event["waited"]))
+            self.waits.append(waited)
             if kind == "lock":
-                self.lock_waits.append(float(event["waited"]))
+                self.lock_waits.append(waited)
+        self._spot(self._blocker(event), 1, waited)
+
+    def _blocker(self, event: Event) -> str:
+        """The held resource (often a glob) that refused *event*, else the one asked for."""
+        from dibs.core.resources import overlaps, parse_resource
+        from dibs.errors import DibsError
+
+        asked = event.get("resource", "?")
+        blockers = str(event.get("by", "")).split(",")
+        held = sorted(r for agent in blockers for r, _ in self.held_by.get(agent, ()))
+        try:
+            wanted = parse_resource(asked)
+            for resource in held:
+                if overlaps(parse_resource(resource), wanted):
+                    return resource
+        except DibsError:  # a refusal of the edit guard may name what is no resource
+            pass
+        return asked
+
+    def _spot(self, resource: str, refusals: int, waited: float) -> None:
+        spot = self.spots.setdefault(resource, [0, 0.0])
+        spot[0] += refusals
+        spot[1] += waited
+
+    def _landing(self, event: Event) -> None:
+        value: dict[str, Any] = event.get("value") or {}
+        outcome = {"land-done": "landed", "land-fail": "failed"}.get(event["op"], "cancelled")
+        row = {"id": event.get("key"), "outcome": outcome, "at": event["wall"]}
+        for name in ("branch", "issue", "agent", "reason", "gate", "exit", "seconds", "commit"):
+            if value.get(name) is not None:
+                row[name] = value[name]
+        self.landings.append(row)
 
     def _end(self, event: Event) -> None:
         op = event["op"]
-        started = self.open.pop((event.get("resource", ""), event.get("token", -1)), None)
+        key = (event.get("resource", ""), event.get("token", -1))
+        started = self.open.pop(key, None)
         if started is not None:
+            self.held_by.get(started.get("agent", ""), set()).discard(key)
             held = _between(started, event)
             self.holds.append(held)
             self.timeline.append((event["wall"], "hold", held))
@@ -325,6 +371,13 @@ def compute(
             "land_seconds": _summary(tally.land_seconds),
         },
         "series": _series(tally.timeline),
+        "hotspots": [
+            {"resource": resource, "refusals": int(spot[0]), "waited_seconds": round(spot[1], 3)}
+            for resource, spot in sorted(
+                tally.spots.items(), key=lambda item: (-item[1][0], -item[1][1], item[0])
+            )[:HOTSPOTS_KEPT]
+        ],
+        "landings": list(reversed(tally.landings)),
     }
 
 

@@ -164,3 +164,36 @@ def test_a_cancelled_landing_is_counted_apart() -> None:
     log.at(0, "land-cancel", agent="a1", table="queue", key="q1", value={"state": "cancelled"})
     queue = compute(log.events)["queue"]
     assert (0, 0, 1) == (queue["landed"], queue["failed"], queue["cancelled"])
+
+
+def test_hot_spots_name_the_glob_that_refused(log: Log) -> None:
+    """Refusals count against the held glob that blocked them, waits against what was asked."""
+    log.at(101, "acquire", agent="a1", resource="path:src/api/**", token=6)
+    for second, wanted in ((102, "users.py"), (103, "orders.py")):
+        log.at(second, "refuse", agent="a2", resource=f"path:src/api/{wanted}", by="a1")
+    log.at(104, "refuse", agent="a2", resource="path:src/api/x.py", by="a1", waited=2.0)
+    spots = compute(log.events)["hotspots"]
+    assert {"resource": "path:src/api/**", "refusals": 3, "waited_seconds": 2.0} == spots[0]
+    by_name = {spot["resource"]: spot for spot in spots}
+    assert (1, 3.0) == (by_name["issue:1"]["refusals"], by_name["issue:1"]["waited_seconds"])
+    assert (1, 0.5) == (
+        by_name["lock:deploy"]["refusals"],
+        by_name["lock:deploy"]["waited_seconds"],
+    )
+
+
+def test_landing_history_newest_first_with_reason_gate_and_duration() -> None:
+    """Each entry that left the queue, from the log: outcome, reason, gate, exit, seconds."""
+    log = Log()
+    entry = {"branch": "agent/A-1", "issue": "A-1", "agent": "a1"}
+    log.at(0, "land-done", key="q1", value={**entry, "state": "landed", "seconds": 4.5})
+    failed = {"state": "failed", "reason": "gate tests failed", "gate": "tests", "exit": 1}
+    log.at(9, "land-fail", key="q2", value={**entry, **failed, "seconds": 61.0})
+    log.at(10, "land-cancel", key="q3", value={**entry, "state": "cancelled"})
+    rows = compute(log.events)["landings"]
+    assert ["q3", "q2", "q1"] == [row["id"] for row in rows]
+    assert ("cancelled", "failed", "landed") == tuple(row["outcome"] for row in rows)
+    assert ("gate tests failed", "tests", 1, 61.0) == tuple(
+        rows[1][name] for name in ("reason", "gate", "exit", "seconds")
+    )
+    assert ("agent/A-1", 4.5) == (rows[2]["branch"], rows[2]["seconds"])
