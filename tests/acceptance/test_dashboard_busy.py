@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.test_dashboard import Server
+from tests.acceptance.test_dashboard import CHROMIUM, Server
 from tests.acceptance.test_queue import agent_with_issue, branch, settings
 from tests.conftest import Cli
 
@@ -48,6 +48,12 @@ def busy_swarm(repo: Path, cli: Cli) -> None:
     branch(repo, "agent/B-1", {"broken": "x\n"})
     assert 0 == cli("land", "agent/A-1", env=alice).returncode
     assert 0 != cli("land", "agent/B-1", env=bob).returncode
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        cli.register("ghost", "--pid", str(sleeper.pid))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.fixture
@@ -119,3 +125,65 @@ def test_a_busy_metrics_page_passes_promtool(busy: Server, tmp_path: Path) -> No
     )
     assert 0 == checked.returncode, checked.stdout + checked.stderr
     assert "" == checked.stdout.strip() + checked.stderr.strip()
+
+
+def test_the_page_shows_landings_hot_spots_and_a_live_feed(
+    busy: Server, cli: Cli, tmp_path: Path
+) -> None:
+    """Headless Chromium: the failed landing's gate and reason, src/api/** as the hot spot,
+    the dead agent hidden until asked for, and a new event in the feed without a reload."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing on CI: .ci/run installs Debian's chromium")
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM}: sudo apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    failed = {e["branch"]: e for e in cli.json("queue")}["agent/B-1"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(busy.url + "/")
+            page.wait_for_selector("#landings td.failed", timeout=20_000)
+            row = page.inner_text("#landings tr:has(td.failed)")
+            assert "agent/B-1" in row
+            assert "tests (exit 1)" in row
+            assert failed["reason"] in row
+            assert "landed" in page.inner_text("#landings")
+            first_spot = page.inner_text("#hotspots tbody tr:first-child")
+            assert first_spot.split("\t")[:2] == ["path:src/api/**", "3"]
+            assert "ghost" not in page.inner_text("#agents")
+            assert "1 dead agent hidden" in page.inner_text("#agents-hidden")
+            page.check("#show-dead")
+            assert "ghost" in page.inner_text("#agents")
+            assert "641 s" not in page.inner_text("body")
+            page.wait_for_selector("#contention title", state="attached", timeout=20_000)
+            assert "UTC" in (page.text_content("#contention") or "")
+            tips = page.eval_on_selector_all(
+                "#contention title", "titles => titles.map(t => t.textContent)"
+            )
+            assert any("refused" in tip and "calls" in tip for tip in tips)
+            page.screenshot(path=str(tmp_path / "busy.png"), full_page=True)
+            loads = page.evaluate("performance.getEntriesByType('navigation').length")
+            carol = cli.register("carol")
+            assert 0 == cli("claim", "issue:LIVE-1", env=carol).returncode
+            page.wait_for_selector("#feed td:has-text('issue:LIVE-1')", timeout=20_000)
+            page.fill("#feed-agent", "bob")
+            agents = page.eval_on_selector_all(
+                "#feed tbody tr td:nth-child(4)", "cells => cells.map(c => c.textContent)"
+            )
+            assert agents
+            assert {"bob"} == set(agents)
+            page.select_option("#feed-kind", "refuse")
+            kinds = page.eval_on_selector_all(
+                "#feed tbody tr td:nth-child(3)", "cells => cells.map(c => c.textContent)"
+            )
+            assert 4 == len(kinds)
+            assert {"refuse"} == set(kinds)
+            assert loads == page.evaluate("performance.getEntriesByType('navigation').length")
+            page.screenshot(path=str(tmp_path / "busy-feed.png"), full_page=True)
+            assert (tmp_path / "busy-feed.png").stat().st_size > 1000
+        finally:
+            browser.close()
