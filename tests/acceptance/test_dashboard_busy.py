@@ -34,6 +34,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def busy_swarm(repo: Path, cli: Cli) -> None:
     """Landed and failed entries, refusals on src/api/**, a --wait that ran out, a pool slot."""
     settings(repo, 'tests = "if [ -f broken ]; then echo boom; exit 1; fi"')
+    (repo / "tasks.toml").write_text(
+        '[[task]]\nid = "T-1"\ntitle = "Ship the dashboard"\npriority = 1\n'
+        '[[task]]\nid = "T-2"\ntitle = "After the dashboard"\ndepends_on = ["T-1"]\n'
+    )
     assert 0 == cli("pool", "init", "2").returncode
     assert 0 == cli("pool", "take", "--agent", "p1").returncode
     alice = agent_with_issue(cli, "alice", "A-1")
@@ -159,6 +163,10 @@ def test_the_page_shows_landings_hot_spots_and_a_live_feed(
             page.check("#show-dead")
             assert "ghost" in page.inner_text("#agents")
             assert "641 s" not in page.inner_text("body")
+            page.wait_for_selector("#tasks td:has-text('T-1')", timeout=20_000)
+            assert "Ship the dashboard" in page.inner_text("#tasks")
+            assert "T-2" not in page.inner_text("#tasks")
+            assert "1 more not ready" in page.inner_text("#tasks-note")
             page.wait_for_selector("#contention title", state="attached", timeout=20_000)
             assert "UTC" in (page.text_content("#contention") or "")
             tips = page.eval_on_selector_all(

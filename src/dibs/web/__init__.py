@@ -6,6 +6,7 @@ Routes (all GET):
 * ``/api/state``           agents, claims, queue, pool, worktrees, summary (JSON)
 * ``/api/events?since=S``  events after seq S (JSON; ``limit`` caps them, default 1,000)
 * ``/api/metrics``         `dibs.metrics.compute` over the log (``?since=2h``)
+* ``/api/tasks``           the ready tasks of the task sources (`dibs.tasks.ready`)
 * ``/api/stream``          server-sent events: ``seq`` whenever the log grows
 * ``/metrics``             Prometheus text (prometheus_client)
 
@@ -22,7 +23,7 @@ import hmac
 import json
 import os
 
-from dibs.errors import UsageError
+from dibs.errors import DibsError, UsageError
 from dibs.service import MAX_SEQ
 
 TYPE_CHECKING = False
@@ -58,6 +59,15 @@ def state(dibs: Coordinator) -> dict[str, Any]:
         for path, record in sorted(store_state.tables.get("worktrees", {}).items())
     ]
     return {**status, "worktrees": worktrees, "now": now.iso()}
+
+
+def ready_tasks(dibs: Coordinator) -> dict[str, Any]:
+    """The ready tasks, how many others are not ready, and the tasks skipped as malformed."""
+    from dibs import tasks
+
+    report = tasks.ready(dibs)
+    waiting = len(report["tasks"]) - len(report["ready"])
+    return {"ready": report["ready"], "not_ready": waiting, "problems": report["problems"]}
 
 
 def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
@@ -141,6 +151,12 @@ def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
             return JSONResponse({"error": exc.message}, 400)
         return JSONResponse(await asyncio.to_thread(metrics.of_store, dibs, since=since))
 
+    async def api_tasks(_request: Request) -> Response:
+        try:
+            return JSONResponse(await asyncio.to_thread(ready_tasks, dibs))
+        except DibsError as exc:  # a task source that cannot be read at all
+            return JSONResponse({"error": exc.message}, 400)
+
     async def stream(request: Request) -> Response:
         async def events() -> AsyncIterator[str]:
             last = -1
@@ -164,6 +180,7 @@ def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
         Route("/api/state", api_state),
         Route("/api/events", api_events),
         Route("/api/metrics", api_metrics),
+        Route("/api/tasks", api_tasks),
         Route("/api/stream", stream),
         Route("/metrics", prometheus),
     ]

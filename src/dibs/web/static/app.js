@@ -155,6 +155,17 @@ async function charts() {
   $("pool-note").textContent = pool.slots ? `${Math.round(100 * pool.utilization)}% of slot time used over the period` : "";
 }
 
+async function readyTasks() {
+  const response = await fetch(q("api/tasks"));
+  const report = await response.json();
+  if (!response.ok) { $("tasks-note").textContent = report.error || `error ${response.status}`; return; }
+  fill("tasks", report.ready.map((t) => [[t.id], [t.title || ""], [t.priority], [t.source || ""]]), "no task is ready");
+  const notes = [];
+  if (report.not_ready) notes.push(`${report.not_ready} more not ready (held, blocked or done)`);
+  if (report.problems.length) notes.push(`${report.problems.length} task${report.problems.length > 1 ? "s" : ""} skipped: ${report.problems[0]}`);
+  $("tasks-note").textContent = notes.join("; ");
+}
+
 function detail(e) {
   const v = e.value || {};
   const parts = [];
@@ -198,7 +209,7 @@ async function readEvents(seq) {
 function connect() {
   const source = new EventSource(q("api/stream"));
   const live = $("live");
-  source.addEventListener("seq", () => { refresh(); charts(); });
+  source.addEventListener("seq", () => { refresh(); charts(); readyTasks(); });
   source.onopen = () => { live.textContent = "live"; live.className = "ok"; };
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "bad"; };
 }
@@ -208,5 +219,7 @@ $("range").addEventListener("change", charts);
 for (const id of ["feed-agent", "feed-kind", "feed-resource"]) $(id).addEventListener("input", showFeed);
 refresh();
 charts();
+readyTasks();
 connect();
 setInterval(countdown, 1000);
+setInterval(readyTasks, 15000);  // task files change without the log growing
