@@ -136,6 +136,7 @@ class _Tally:
         self.landings: deque[dict[str, Any]] = deque(maxlen=LANDINGS_KEPT)
         self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
         self.held_by: dict[str, set[tuple[str, int]]] = {}
+        self.parsed: dict[str, Any] = {}
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
@@ -170,11 +171,12 @@ class _Tally:
             value: dict[str, Any] = event.get("value") or {}
             self.land_seconds.append(float(value.get("seconds") or 0.0))
             self.agent(event.get("agent"), "landed")
+            self._landing(event)
         elif op == "land-fail":
             self._land_failed(event)
+            self._landing(event)
         elif op == "land-cancel":
             self.cancelled += 1
-        if op in ("land-done", "land-fail", "land-cancel"):
             self._landing(event)
         elif op == "record" and event.get("table") == "pool":
             self._pool(event)
@@ -194,8 +196,12 @@ class _Tally:
                 self._spot(resource, 0, float(event["waited"]))
                 if kind == "lock":
                     self.lock_waits.append(float(event["waited"]))
-        self.open[(resource, event["token"])] = event
-        self.held_by.setdefault(event.get("agent", ""), set()).add((resource, event["token"]))
+        key = (resource, event["token"])
+        self.open[key] = event
+        held = self.held_by.get(event.get("agent", ""))
+        if held is None:
+            held = self.held_by[event.get("agent", "")] = set()
+        held.add(key)
         self.agent(event.get("agent"), "acquired")
         self.timeline.append((event["wall"], "acquire", None))
 
@@ -215,20 +221,30 @@ class _Tally:
 
     def _blocker(self, event: Event) -> str:
         """The held resource (often a glob) that refused *event*, else the one asked for."""
-        from dibs.core.resources import overlaps, parse_resource
-        from dibs.errors import DibsError
+        from dibs.core.resources import overlaps
 
         asked = event.get("resource", "?")
         blockers = str(event.get("by", "")).split(",")
         held = sorted(r for agent in blockers for r, _ in self.held_by.get(agent, ()))
-        try:
-            wanted = parse_resource(asked)
+        wanted = self._parsed(asked)
+        if wanted is not None:
             for resource in held:
-                if overlaps(parse_resource(resource), wanted):
+                parsed = self._parsed(resource)
+                if parsed is not None and overlaps(parsed, wanted):
                     return resource
-        except DibsError:  # a refusal of the edit guard may name what is no resource
-            pass
         return asked
+
+    def _parsed(self, text: str) -> Any:
+        """*text* as a Resource (parsed once), or None: the edit guard may name no resource."""
+        if text not in self.parsed:
+            from dibs.core.resources import parse_resource
+            from dibs.errors import DibsError
+
+            try:
+                self.parsed[text] = parse_resource(text)
+            except DibsError:
+                self.parsed[text] = None
+        return self.parsed[text]
 
     def _spot(self, resource: str, refusals: int, waited: float) -> None:
         spot = self.spots.setdefault(resource, [0, 0.0])
