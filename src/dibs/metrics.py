@@ -37,6 +37,8 @@ EVICT_REASONS = ("expired", "forced", "holder-dead", "rebooted", "replaced", "un
 #: Rows of the landing history and of the hot spots a report keeps.
 LANDINGS_KEPT = 50
 HOTSPOTS_KEPT = 10
+#: Marks (holds, waits, refusals, landings) of each agent's timeline a report keeps.
+TIMELINE_KEPT = 12
 #: Causes of a failed landing besides ``gate:NAME`` (one per configured gate).
 FAIL_CAUSES = ("conflict", "lease-lost", "other")
 
@@ -137,6 +139,7 @@ class _Tally:
         self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
         self.held_by: dict[str, set[tuple[str, int]]] = {}
         self.parsed: dict[str, Any] = {}
+        self.marks: dict[str, deque[dict[str, Any]]] = {}
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
@@ -194,6 +197,11 @@ class _Tally:
             if "waited" in event:
                 self.waits.append(float(event["waited"]))
                 self._spot(resource, 0, float(event["waited"]))
+                waited_from = iso_time(_wall_seconds(event["wall"]) - float(event["waited"]))
+                self.mark(
+                    event.get("agent"),
+                    {"kind": "waited", "what": resource, "from": waited_from, "to": event["wall"]},
+                )
                 if kind == "lock":
                     self.lock_waits.append(float(event["waited"]))
         key = (resource, event["token"])
@@ -211,6 +219,10 @@ class _Tally:
         self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
         self.agent(event.get("agent"), "refused")
         self.timeline.append((event["wall"], "refuse", None))
+        self.mark(
+            event.get("agent"),
+            {"kind": "refused", "what": event.get("resource"), "at": event["wall"]},
+        )
         waited = float(event.get("waited", 0.0))
         if "waited" in event:  # a --wait that ran out waited too
             self.wait_timeouts += 1
@@ -251,6 +263,13 @@ class _Tally:
         spot[0] += refusals
         spot[1] += waited
 
+    def mark(self, agent: str | None, row: dict[str, Any]) -> None:
+        if agent:
+            marks = self.marks.get(agent)
+            if marks is None:
+                marks = self.marks[agent] = deque(maxlen=TIMELINE_KEPT)
+            marks.append(row)
+
     def _landing(self, event: Event) -> None:
         value: dict[str, Any] = event.get("value") or {}
         outcome = {"land-done": "landed", "land-fail": "failed"}.get(event["op"], "cancelled")
@@ -259,6 +278,10 @@ class _Tally:
             if value.get(name) is not None:
                 row[name] = value[name]
         self.landings.append(row)
+        self.mark(
+            row.get("agent") or event.get("agent"),
+            {"kind": outcome, "at": event["wall"], "what": row["id"]},
+        )
 
     def _end(self, event: Event) -> None:
         op = event["op"]
@@ -266,6 +289,10 @@ class _Tally:
         started = self.open.pop(key, None)
         if started is not None:
             self.held_by.get(started.get("agent", ""), set()).discard(key)
+            self.mark(
+                started.get("agent"),
+                {"kind": "held", "what": key[0], "from": started["wall"], "to": event["wall"]},
+            )
             held = _between(started, event)
             self.holds.append(held)
             self.timeline.append((event["wall"], "hold", held))
@@ -394,7 +421,18 @@ def compute(
             )[:HOTSPOTS_KEPT]
         ],
         "landings": list(reversed(tally.landings)),
+        "timeline": _timeline(tally),
     }
+
+
+def _timeline(tally: _Tally) -> dict[str, list[dict[str, Any]]]:
+    """Each agent's last marks in log order, then the leases it still holds (``to``: None)."""
+    for (resource, _token), started in tally.open.items():
+        tally.mark(
+            started.get("agent"),
+            {"kind": "held", "what": resource, "from": started["wall"], "to": None},
+        )
+    return {agent: list(tally.marks[agent]) for agent in sorted(tally.marks)}
 
 
 def _series(timeline: list[tuple[str, str, float | None]]) -> list[dict[str, Any]]:

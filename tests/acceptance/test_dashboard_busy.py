@@ -173,6 +173,12 @@ def test_the_page_shows_landings_hot_spots_and_a_live_feed(
                 "#contention title", "titles => titles.map(t => t.textContent)"
             )
             assert any("refused" in tip and "calls" in tip for tip in tips)
+            tips = page.eval_on_selector_all(
+                "#timeline title", "titles => titles.map(t => t.textContent)"
+            )
+            assert any(t.startswith("bob: q") and "failed" in t for t in tips), tips
+            assert any(t.startswith("bob was refused path:src/api/users.py") for t in tips)
+            assert any(t.startswith("alice held path:src/api/**") for t in tips)
             page.screenshot(path=str(tmp_path / "busy.png"), full_page=True)
             loads = page.evaluate("performance.getEntriesByType('navigation').length")
             carol = cli.register("carol")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dibs.core.events import Now, new_event
+from dibs.core.events import Now, iso_time, new_event
 from dibs.errors import UsageError
 from dibs.metrics import compute, parse_duration, percentile
 
@@ -197,3 +197,24 @@ def test_landing_history_newest_first_with_reason_gate_and_duration() -> None:
         rows[1][name] for name in ("reason", "gate", "exit", "seconds")
     )
     assert ("agent/A-1", 4.5) == (rows[2]["branch"], rows[2]["seconds"])
+
+
+def test_each_agent_has_a_timeline_of_holds_waits_refusals_and_landings(log: Log) -> None:
+    """What a2 did, as marks with their times; the lease a1 still holds has no end."""
+    timeline = compute(log.events)["timeline"]
+    at = {second: log.events[n]["wall"] for n, second in ((2, 1), (3, 2), (4, 11), (5, 12))}
+    a2 = [(m["kind"], m["what"]) for m in timeline["a2"]]
+    assert a2[:3] == [
+        ("refused", "issue:1"),
+        ("waited", "issue:1"),
+        ("held", "issue:1"),
+    ]
+    assert {"kind": "refused", "what": "issue:1", "at": at[2]} == timeline["a2"][0]
+    assert ("landed", "q1") in a2
+    assert ("failed", "q2") in a2
+    waited = timeline["a2"][1]
+    assert (iso_time(T0 + 9), at[12]) == (waited["from"], waited["to"])  # 3 s before 12 s
+    assert {"kind": "held", "what": "issue:1", "from": at[1], "to": at[11]} == timeline["a1"][0]
+    assert {"kind": "held", "what": "lock:deploy", "to": None} == {
+        k: v for k, v in timeline["a1"][-1].items() if k != "from"
+    }

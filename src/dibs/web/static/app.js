@@ -11,6 +11,7 @@ let claims = [];
 let agents = [];
 let feed = [];
 let feedSeq = -1;
+let report = null;
 
 function cell(text, cls) {
   const td = document.createElement("td");
@@ -140,7 +141,9 @@ async function charts() {
   const response = await fetch(q(since ? `api/metrics?since=${since}` : "api/metrics"));
   if (!response.ok) return;
   const m = await response.json();
-  chart($("contention"), m.series, ["acquired", "refused"], ["#2f855a", "#c53030"], (v) => `${Math.round(v)} calls`);
+  report = m;
+  timeline();
+  chart($("contention"), m.series, ["acquired", "refused"], ["#2f855a", "#c53030"], (v) => `${Math.round(v)} call${Math.round(v) === 1 ? "" : "s"}`);
   chart($("holds"), m.series, ["mean_hold_seconds"], ["#3b6fd1"], human);
   const h = m.claims.hold_seconds;
   $("holds-note").textContent = h.count
@@ -155,11 +158,57 @@ async function charts() {
   $("pool-note").textContent = pool.slots ? `${Math.round(100 * pool.utilization)}% of slot time used over the period` : "";
 }
 
+// One row per agent shown in the agents panel (dead ones only when asked for): bars for
+// claims held and waits, ticks for refusals, dots for landings, over the period's time axis.
+function timeline() {
+  const svg = $("timeline");
+  svg.replaceChildren();
+  if (!report || !report.since) return;
+  const all = $("show-dead").checked;
+  const names = Object.keys(report.timeline).filter((n) => agents.some((a) => a.name === n && (all || a.status !== "dead")));
+  const start = Date.parse(report.since), end = Math.max(Date.parse(report.until), start + 1000);
+  const left = 130, right = 990, row = 20, top = 4;
+  const x = (iso) => left + ((iso ? Date.parse(iso) : end) - start) / (end - start) * (right - left);
+  const height = top + names.length * row + 22;
+  svg.setAttribute("viewBox", `0 0 1000 ${height}`);
+  svg.style.height = `${height}px`;
+  if (!names.length) { svg.append(el("text", { x: 500, y: 20, "text-anchor": "middle", class: "axis" }, "no agent did anything in this period")); return; }
+  names.forEach((name, i) => {
+    const y = top + i * row;
+    svg.append(el("text", { x: left - 6, y: y + 13, "text-anchor": "end", class: "name" }, name));
+    svg.append(el("line", { x1: left, y1: y + row - 2, x2: right, y2: y + row - 2, class: "axisline", "stroke-opacity": 0.2 }));
+    const spans = (m) => m.kind === "held" || m.kind === "waited" ? 0 : 1;  // marks over bars
+    for (const m of [...report.timeline[name]].sort((a, b) => spans(a) - spans(b))) {
+      const group = el("g", {});
+      let tip;
+      if (m.kind === "held" || m.kind === "waited") {
+        const from = Math.max(left, x(m.from)), to = Math.max(from + 2, x(m.to));
+        const seconds = ((m.to ? Date.parse(m.to) : Date.now()) - Date.parse(m.from)) / 1000;
+        tip = `${name} ${m.kind === "held" ? "held" : "waited for"} ${m.what} from ${clock(m.from)}${m.to ? ` to ${clock(m.to)}` : ", still held"} (${human(seconds)})`;
+        group.append(el("rect", { x: from, y: y + (m.kind === "held" ? 3 : 7), width: to - from, height: m.kind === "held" ? 12 : 4, fill: m.kind === "held" ? "#3b6fd1" : "#dd8a2a", "fill-opacity": 0.8 }));
+      } else if (m.kind === "refused") {
+        tip = `${name} was refused ${m.what} at ${clock(m.at)}`;
+        group.append(el("rect", { x: x(m.at) - 1, y: y + 1, width: 3, height: 16, fill: "#c53030" }));
+      } else {
+        tip = `${name}: ${m.what} ${m.kind} at ${clock(m.at)}`;
+        group.append(el("circle", { cx: x(m.at), cy: y + 9, r: 5, fill: m.kind === "landed" ? "#2f855a" : m.kind === "failed" ? "#c53030" : "#6b7280" }));
+      }
+      group.prepend(el("title", {}, tip));
+      svg.append(group);
+    }
+  });
+  const bottom = top + names.length * row;
+  svg.append(el("line", { x1: left, y1: bottom, x2: right, y2: bottom, class: "axisline" }));
+  svg.append(el("text", { x: left, y: bottom + 14, class: "axis" }, clock(report.since)));
+  svg.append(el("text", { x: (left + right) / 2, y: bottom + 14, "text-anchor": "middle", class: "axis" }, `${human((end - start) / 1000)} shown`));
+  svg.append(el("text", { x: right, y: bottom + 14, "text-anchor": "end", class: "axis" }, `${clock(report.until)} UTC`));
+}
+
 async function readyTasks() {
   const response = await fetch(q("api/tasks"));
   const report = await response.json();
   if (!response.ok) { $("tasks-note").textContent = report.error || `error ${response.status}`; return; }
-  fill("tasks", report.ready.map((t) => [[t.id], [t.title || ""], [t.priority], [t.source || ""]]), "no task is ready");
+  fill("tasks", report.ready.map((t) => [[t.id], [t.title || ""], [t.priority], [(t.source || "").split("/").slice(-2).join("/"), "", t.source]]), "no task is ready");
   const notes = [];
   if (report.not_ready) notes.push(`${report.not_ready} more not ready (held, blocked or done)`);
   if (report.problems.length) notes.push(`${report.problems.length} task${report.problems.length > 1 ? "s" : ""} skipped: ${report.problems[0]}`);
@@ -214,7 +263,7 @@ function connect() {
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "bad"; };
 }
 
-$("show-dead").addEventListener("change", showAgents);
+$("show-dead").addEventListener("change", () => { showAgents(); timeline(); });
 $("range").addEventListener("change", charts);
 for (const id of ["feed-agent", "feed-kind", "feed-resource"]) $(id).addEventListener("input", showFeed);
 refresh();
