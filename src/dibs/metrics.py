@@ -139,7 +139,7 @@ class _Tally:
         self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
         self.held_by: dict[str, set[tuple[str, int]]] = {}
         self.parsed: dict[str, Any] = {}
-        self.marks: dict[str, deque[dict[str, Any]]] = {}
+        self.marks: dict[str, deque[tuple[str, Any, str, str | None]]] = {}
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
@@ -200,7 +200,7 @@ class _Tally:
                 waited_from = iso_time(_wall_seconds(event["wall"]) - float(event["waited"]))
                 self.mark(
                     event.get("agent"),
-                    {"kind": "waited", "what": resource, "from": waited_from, "to": event["wall"]},
+                    ("waited", resource, waited_from, event["wall"]),
                 )
                 if kind == "lock":
                     self.lock_waits.append(float(event["waited"]))
@@ -221,7 +221,7 @@ class _Tally:
         self.timeline.append((event["wall"], "refuse", None))
         self.mark(
             event.get("agent"),
-            {"kind": "refused", "what": event.get("resource"), "at": event["wall"]},
+            ("refused", event.get("resource"), event["wall"], None),
         )
         waited = float(event.get("waited", 0.0))
         if "waited" in event:  # a --wait that ran out waited too
@@ -263,7 +263,8 @@ class _Tally:
         spot[0] += refusals
         spot[1] += waited
 
-    def mark(self, agent: str | None, row: dict[str, Any]) -> None:
+    def mark(self, agent: str | None, row: tuple[str, Any, str, str | None]) -> None:
+        """(kind, what, from or at, to): a tuple, as most leases end and few are shown."""
         if agent:
             marks = self.marks.get(agent)
             if marks is None:
@@ -280,7 +281,7 @@ class _Tally:
         self.landings.append(row)
         self.mark(
             row.get("agent") or event.get("agent"),
-            {"kind": outcome, "at": event["wall"], "what": row["id"]},
+            (outcome, row["id"], event["wall"], None),
         )
 
     def _end(self, event: Event) -> None:
@@ -291,7 +292,7 @@ class _Tally:
             self.held_by.get(started.get("agent", ""), set()).discard(key)
             self.mark(
                 started.get("agent"),
-                {"kind": "held", "what": key[0], "from": started["wall"], "to": event["wall"]},
+                ("held", key[0], started["wall"], event["wall"]),
             )
             held = _between(started, event)
             self.holds.append(held)
@@ -430,9 +431,17 @@ def _timeline(tally: _Tally) -> dict[str, list[dict[str, Any]]]:
     for (resource, _token), started in tally.open.items():
         tally.mark(
             started.get("agent"),
-            {"kind": "held", "what": resource, "from": started["wall"], "to": None},
+            ("held", resource, started["wall"], None),
         )
-    return {agent: list(tally.marks[agent]) for agent in sorted(tally.marks)}
+    return {
+        agent: [
+            {"kind": kind, "what": what, "from": start, "to": end}
+            if kind in ("held", "waited")
+            else {"kind": kind, "what": what, "at": start}
+            for kind, what, start, end in tally.marks[agent]
+        ]
+        for agent in sorted(tally.marks)
+    }
 
 
 def _series(timeline: list[tuple[str, str, float | None]]) -> list[dict[str, Any]]:
