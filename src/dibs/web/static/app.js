@@ -255,10 +255,22 @@ async function readEvents(seq) {
   showFeed();
 }
 
+// At most one call per *ms*, the last one always made: a busy log grows many times a second,
+// and the figures and task sources are read whole.
+function throttle(fn, ms) {
+  let last = 0, timer = null;
+  return () => {
+    if (timer) return;
+    const wait = Math.max(0, last + ms - Date.now());
+    timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
+  };
+}
+const chartsSoon = throttle(charts, 2000), tasksSoon = throttle(readyTasks, 5000);
+
 function connect() {
   const source = new EventSource(q("api/stream"));
   const live = $("live");
-  source.addEventListener("seq", () => { refresh(); charts(); readyTasks(); });
+  source.addEventListener("seq", () => { refresh(); chartsSoon(); tasksSoon(); });
   source.onopen = () => { live.textContent = "live"; live.className = "ok"; };
   source.onerror = () => { live.textContent = "reconnecting…"; live.className = "bad"; };
 }
