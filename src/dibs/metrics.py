@@ -12,6 +12,7 @@ readings when both ends share a ``boot``, else the wall times.
 from __future__ import annotations
 
 import re
+from collections import deque
 from datetime import UTC
 
 from dibs.core.events import iso_time
@@ -30,6 +31,16 @@ MAX_DURATION = 520 * _UNITS["w"]
 BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 #: Points in the time series the dashboard charts.
 SERIES_POINTS = 30
+#: Eviction reasons every report names (0 when none happened), so a rate over them exists
+#: from the first scrape; a person's own words for ``dibs evict`` count as ``forced``.
+EVICT_REASONS = ("expired", "forced", "holder-dead", "rebooted", "replaced", "unregistered")
+#: Rows of the landing history and of the hot spots a report keeps.
+LANDINGS_KEPT = 50
+HOTSPOTS_KEPT = 10
+#: Marks (holds, waits, refusals, landings) of each agent's timeline a report keeps.
+TIMELINE_KEPT = 12
+#: Causes of a failed landing besides ``gate:NAME`` (one per configured gate).
+FAIL_CAUSES = ("conflict", "lease-lost", "other")
 
 
 def parse_duration(text: str) -> float:
@@ -122,6 +133,13 @@ class _Tally:
         self.landed = 0
         self.failed = 0
         self.failed_by: dict[str, int] = {}
+        self.cancelled = 0
+        self.wait_timeouts = 0
+        self.landings: deque[dict[str, Any]] = deque(maxlen=LANDINGS_KEPT)
+        self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
+        self.held_by: dict[str, set[tuple[str, int]]] = {}
+        self.parsed: dict[str, Any] = {}
+        self.marks: dict[str, deque[tuple[str, Any, str, str | None]]] = {}
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
@@ -142,11 +160,7 @@ class _Tally:
         elif op in ("release", "auto-evict", "force-evict"):
             self._end(event)
         elif op == "refuse":
-            self.refused += 1
-            kind = event.get("resource", "?").split(":", 1)[0]
-            self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
-            self.agent(event.get("agent"), "refused")
-            self.timeline.append((event["wall"], "refuse", None))
+            self._refuse(event)
         elif op == "register":
             self.registered += 1
             self.sessions[event["agent"]] = event
@@ -160,8 +174,13 @@ class _Tally:
             value: dict[str, Any] = event.get("value") or {}
             self.land_seconds.append(float(value.get("seconds") or 0.0))
             self.agent(event.get("agent"), "landed")
+            self._landing(event)
         elif op == "land-fail":
             self._land_failed(event)
+            self._landing(event)
+        elif op == "land-cancel":
+            self.cancelled += 1
+            self._landing(event)
         elif op == "record" and event.get("table") == "pool":
             self._pool(event)
 
@@ -177,16 +196,104 @@ class _Tally:
             self.calls += 1
             if "waited" in event:
                 self.waits.append(float(event["waited"]))
+                self._spot(resource, 0, float(event["waited"]))
+                waited_from = iso_time(_wall_seconds(event["wall"]) - float(event["waited"]))
+                self.mark(
+                    event.get("agent"),
+                    ("waited", resource, waited_from, event["wall"]),
+                )
                 if kind == "lock":
                     self.lock_waits.append(float(event["waited"]))
-        self.open[(resource, event["token"])] = event
+        key = (resource, event["token"])
+        self.open[key] = event
+        held = self.held_by.get(event.get("agent", ""))
+        if held is None:
+            held = self.held_by[event.get("agent", "")] = set()
+        held.add(key)
         self.agent(event.get("agent"), "acquired")
         self.timeline.append((event["wall"], "acquire", None))
 
+    def _refuse(self, event: Event) -> None:
+        self.refused += 1
+        kind = event.get("resource", "?").split(":", 1)[0]
+        self.refused_by_kind[kind] = self.refused_by_kind.get(kind, 0) + 1
+        self.agent(event.get("agent"), "refused")
+        self.timeline.append((event["wall"], "refuse", None))
+        self.mark(
+            event.get("agent"),
+            ("refused", event.get("resource"), event["wall"], None),
+        )
+        waited = float(event.get("waited", 0.0))
+        if "waited" in event:  # a --wait that ran out waited too
+            self.wait_timeouts += 1
+            self.waits.append(waited)
+            if kind == "lock":
+                self.lock_waits.append(waited)
+        self._spot(self._blocker(event), 1, waited)
+
+    def _blocker(self, event: Event) -> str:
+        """The held resource (often a glob) that refused *event*, else the one asked for."""
+        from dibs.core.resources import overlaps
+
+        asked = event.get("resource", "?")
+        blockers = str(event.get("by", "")).split(",")
+        held = sorted(r for agent in blockers for r, _ in self.held_by.get(agent, ()))
+        wanted = self._parsed(asked)
+        if wanted is not None:
+            for resource in held:
+                parsed = self._parsed(resource)
+                if parsed is not None and overlaps(parsed, wanted):
+                    return resource
+        return asked
+
+    def _parsed(self, text: str) -> Any:
+        """*text* as a Resource (parsed once), or None: the edit guard may name no resource."""
+        if text not in self.parsed:
+            from dibs.core.resources import parse_resource
+            from dibs.errors import DibsError
+
+            try:
+                self.parsed[text] = parse_resource(text)
+            except DibsError:
+                self.parsed[text] = None
+        return self.parsed[text]
+
+    def _spot(self, resource: str, refusals: int, waited: float) -> None:
+        spot = self.spots.setdefault(resource, [0, 0.0])
+        spot[0] += refusals
+        spot[1] += waited
+
+    def mark(self, agent: str | None, row: tuple[str, Any, str, str | None]) -> None:
+        """(kind, what, from or at, to): a tuple, as most leases end and few are shown."""
+        if agent:
+            marks = self.marks.get(agent)
+            if marks is None:
+                marks = self.marks[agent] = deque(maxlen=TIMELINE_KEPT)
+            marks.append(row)
+
+    def _landing(self, event: Event) -> None:
+        value: dict[str, Any] = event.get("value") or {}
+        outcome = {"land-done": "landed", "land-fail": "failed"}.get(event["op"], "cancelled")
+        row = {"id": event.get("key"), "outcome": outcome, "at": event["wall"]}
+        for name in ("branch", "issue", "agent", "reason", "gate", "exit", "seconds", "commit"):
+            if value.get(name) is not None:
+                row[name] = value[name]
+        self.landings.append(row)
+        self.mark(
+            row.get("agent") or event.get("agent"),
+            (outcome, row["id"], event["wall"], None),
+        )
+
     def _end(self, event: Event) -> None:
         op = event["op"]
-        started = self.open.pop((event.get("resource", ""), event.get("token", -1)), None)
+        key = (event.get("resource", ""), event.get("token", -1))
+        started = self.open.pop(key, None)
         if started is not None:
+            self.held_by.get(started.get("agent", ""), set()).discard(key)
+            self.mark(
+                started.get("agent"),
+                ("held", key[0], started["wall"], event["wall"]),
+            )
             held = _between(started, event)
             self.holds.append(held)
             self.timeline.append((event["wall"], "hold", held))
@@ -238,6 +345,12 @@ def compute(
     if tally.first is not None and tally.last is not None:
         end_wall = now_wall if now_wall is not None else _wall_seconds(tally.last["wall"])
         period = max(0.0, end_wall - _wall_seconds(tally.first["wall"]))
+        # a slot taken now is busy up to the end of the period, not idle
+        tally.pool_busy += sum(
+            max(0.0, end_wall - _wall_seconds(started["wall"]))
+            for (resource, _token), started in tally.open.items()
+            if resource.startswith("worktree:")
+        )
     attempts = tally.calls + tally.refused
     total_evictions = sum(tally.evictions.values())
     landings = tally.landed + tally.failed
@@ -264,6 +377,7 @@ def compute(
                 for kind in sorted(set(tally.acquired_by_kind) | set(tally.refused_by_kind))
             },
             "wait_seconds": _summary(tally.waits),
+            "wait_timeouts": tally.wait_timeouts,
             "lock_wait_seconds": _summary(tally.lock_waits),
             "hold_seconds": _summary(tally.holds),
             "open_leases": len(tally.open),
@@ -293,6 +407,7 @@ def compute(
         "queue": {
             "landed": tally.landed,
             "failed": tally.failed,
+            "cancelled": tally.cancelled,
             "failure_rate": round(tally.failed / landings, 4) if landings else 0.0,
             "failed_by": dict(sorted(tally.failed_by.items())),
             "merge_conflicts": tally.merge_conflicts,
@@ -300,6 +415,32 @@ def compute(
             "land_seconds": _summary(tally.land_seconds),
         },
         "series": _series(tally.timeline),
+        "hotspots": [
+            {"resource": resource, "refusals": int(spot[0]), "waited_seconds": round(spot[1], 3)}
+            for resource, spot in sorted(
+                tally.spots.items(), key=lambda item: (-item[1][0], -item[1][1], item[0])
+            )[:HOTSPOTS_KEPT]
+        ],
+        "landings": list(reversed(tally.landings)),
+        "timeline": _timeline(tally),
+    }
+
+
+def _timeline(tally: _Tally) -> dict[str, list[dict[str, Any]]]:
+    """Each agent's last marks in log order, then the leases it still holds (``to``: None)."""
+    for (resource, _token), started in tally.open.items():
+        tally.mark(
+            started.get("agent"),
+            ("held", resource, started["wall"], None),
+        )
+    return {
+        agent: [
+            {"kind": kind, "what": what, "from": start, "to": end}
+            if kind in ("held", "waited")
+            else {"kind": kind, "what": what, "at": start}
+            for kind, what, start, end in tally.marks[agent]
+        ]
+        for agent in sorted(tally.marks)
     }
 
 

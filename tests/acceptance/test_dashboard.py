@@ -100,8 +100,9 @@ def test_state_events_and_metrics_agree_with_the_cli(server: Server, cli: Cli) -
     figures = cli.json("metrics")
     claims = figures["claims"]
     assert claims["acquisitions"] == samples[("dibs_acquisitions_total", ())]
-    assert claims["refusals"] == samples[("dibs_refusals_total", ())] == 2
-    assert claims["claim_calls"] == samples[("dibs_claim_calls_total", ())]
+    refused = samples[("dibs_claim_calls_total", (("outcome", "refused"),))]
+    assert claims["refusals"] == refused == 2
+    assert claims["claim_calls"] == samples[("dibs_claim_calls_total", (("outcome", "granted"),))]
     assert 1 == samples[("dibs_evictions_total", (("reason", "forced"),))]
     assert claims["hold_seconds"]["count"] == samples[("dibs_hold_seconds_count", ())]
     assert 1 == samples[("dibs_claims_live", ())]

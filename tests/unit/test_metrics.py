@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from dibs.core.events import Now, new_event
+from dibs.core.events import Now, iso_time, new_event
 from dibs.errors import UsageError
 from dibs.metrics import compute, parse_duration, percentile
 
@@ -126,3 +126,95 @@ def test_durations_and_percentiles() -> None:
     assert percentile([], 50) is None
     assert 2 == percentile([3, 1, 2], 50)
     assert 100 == percentile(list(range(1, 101)), 99) + 1
+
+
+def test_a_wait_that_timed_out_counts_in_the_wait_times() -> None:
+    """A --wait call refused when its wait ran out waited too: its seconds are in the figures."""
+    log = Log()
+    log.at(0, "acquire", agent="a1", resource="lock:deploy", token=1)
+    log.at(5, "refuse", agent="a2", resource="lock:deploy", mode="exclusive", by="a1", waited=5.0)
+    log.at(6, "refuse", agent="a3", resource="issue:9", mode="exclusive", by="a1")  # no wait
+    log.at(7, "release", agent="a1", resource="lock:deploy", token=1)
+    log.at(8, "acquire", agent="a2", resource="lock:deploy", token=2, waited=1.0)
+    claims = compute(log.events)["claims"]
+    assert (2, 6.0, 1) == (
+        claims["wait_seconds"]["count"],
+        claims["wait_seconds"]["sum"],
+        claims["wait_timeouts"],
+    )
+    assert (2, 5.0) == (claims["lock_wait_seconds"]["count"], claims["lock_wait_seconds"]["max"])
+    assert 2 == claims["refusals"]
+
+
+def test_a_slot_taken_now_counts_as_used() -> None:
+    """A pool slot still taken at the end of the period is busy, not 0% used."""
+    log = Log()
+    log.at(0, "record", table="pool", key="1", value={"slot": "1", "path": "p/1"})
+    log.at(0, "record", table="pool", key="2", value={"slot": "2", "path": "p/2"})
+    log.at(0, "acquire", agent="a1", resource="worktree:1", token=1)
+    log.at(50, "register", agent="a2")
+    pool = compute(log.events, now_wall=T0 + 100)["pool"]
+    assert 2 == pool["slots"]
+    assert 0.5 == pytest.approx(pool["utilization"])  # one of two slots, the whole 100 s
+
+
+def test_a_cancelled_landing_is_counted_apart() -> None:
+    """`dibs queue cancel` is neither landed nor failed."""
+    log = Log()
+    log.at(0, "land-cancel", agent="a1", table="queue", key="q1", value={"state": "cancelled"})
+    queue = compute(log.events)["queue"]
+    assert (0, 0, 1) == (queue["landed"], queue["failed"], queue["cancelled"])
+
+
+def test_hot_spots_name_the_glob_that_refused(log: Log) -> None:
+    """Refusals count against the held glob that blocked them, waits against what was asked."""
+    log.at(101, "acquire", agent="a1", resource="path:src/api/**", token=6)
+    for second, wanted in ((102, "users.py"), (103, "orders.py")):
+        log.at(second, "refuse", agent="a2", resource=f"path:src/api/{wanted}", by="a1")
+    log.at(104, "refuse", agent="a2", resource="path:src/api/x.py", by="a1", waited=2.0)
+    spots = compute(log.events)["hotspots"]
+    assert {"resource": "path:src/api/**", "refusals": 3, "waited_seconds": 2.0} == spots[0]
+    by_name = {spot["resource"]: spot for spot in spots}
+    assert (1, 3.0) == (by_name["issue:1"]["refusals"], by_name["issue:1"]["waited_seconds"])
+    assert (1, 0.5) == (
+        by_name["lock:deploy"]["refusals"],
+        by_name["lock:deploy"]["waited_seconds"],
+    )
+
+
+def test_landing_history_newest_first_with_reason_gate_and_duration() -> None:
+    """Each entry that left the queue, from the log: outcome, reason, gate, exit, seconds."""
+    log = Log()
+    entry = {"branch": "agent/A-1", "issue": "A-1", "agent": "a1"}
+    log.at(0, "land-done", key="q1", value={**entry, "state": "landed", "seconds": 4.5})
+    failed = {"state": "failed", "reason": "gate tests failed", "gate": "tests", "exit": 1}
+    log.at(9, "land-fail", key="q2", value={**entry, **failed, "seconds": 61.0})
+    log.at(10, "land-cancel", key="q3", value={**entry, "state": "cancelled"})
+    rows = compute(log.events)["landings"]
+    assert ["q3", "q2", "q1"] == [row["id"] for row in rows]
+    assert ("cancelled", "failed", "landed") == tuple(row["outcome"] for row in rows)
+    assert ("gate tests failed", "tests", 1, 61.0) == tuple(
+        rows[1][name] for name in ("reason", "gate", "exit", "seconds")
+    )
+    assert ("agent/A-1", 4.5) == (rows[2]["branch"], rows[2]["seconds"])
+
+
+def test_each_agent_has_a_timeline_of_holds_waits_refusals_and_landings(log: Log) -> None:
+    """What a2 did, as marks with their times; the lease a1 still holds has no end."""
+    timeline = compute(log.events)["timeline"]
+    at = {second: log.events[n]["wall"] for n, second in ((2, 1), (3, 2), (4, 11), (5, 12))}
+    a2 = [(m["kind"], m["what"]) for m in timeline["a2"]]
+    assert a2[:3] == [
+        ("refused", "issue:1"),
+        ("waited", "issue:1"),
+        ("held", "issue:1"),
+    ]
+    assert {"kind": "refused", "what": "issue:1", "at": at[2]} == timeline["a2"][0]
+    assert ("landed", "q1") in a2
+    assert ("failed", "q2") in a2
+    waited = timeline["a2"][1]
+    assert (iso_time(T0 + 9), at[12]) == (waited["from"], waited["to"])  # 3 s before 12 s
+    assert {"kind": "held", "what": "issue:1", "from": at[1], "to": at[11]} == timeline["a1"][0]
+    assert {"kind": "held", "what": "lock:deploy", "to": None} == {
+        k: v for k, v in timeline["a1"][-1].items() if k != "from"
+    }

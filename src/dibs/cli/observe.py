@@ -53,7 +53,10 @@ def run_metrics(args: argparse.Namespace) -> int:
         ["refused", f"{claims['refusals']} (conflict rate {claims['conflict_rate']:.1%})"],
         [
             "--wait time",
-            f"p50 {_s(claims['wait_seconds']['p50'])}, p99 {_s(claims['wait_seconds']['p99'])}",
+            (
+                f"p50 {_s(claims['wait_seconds']['p50'])}, p99 {_s(claims['wait_seconds']['p99'])}"
+                f" ({claims['wait_seconds']['count']}, {claims['wait_timeouts']} timed out)"
+            ),
         ],
         [
             "lock wait time",

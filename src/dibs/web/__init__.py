@@ -6,6 +6,7 @@ Routes (all GET):
 * ``/api/state``           agents, claims, queue, pool, worktrees, summary (JSON)
 * ``/api/events?since=S``  events after seq S (JSON; ``limit`` caps them, default 1,000)
 * ``/api/metrics``         `dibs.metrics.compute` over the log (``?since=2h``)
+* ``/api/tasks``           the ready tasks of the task sources (`dibs.tasks.ready`)
 * ``/api/stream``          server-sent events: ``seq`` whenever the log grows
 * ``/metrics``             Prometheus text (prometheus_client)
 
@@ -22,7 +23,7 @@ import hmac
 import json
 import os
 
-from dibs.errors import UsageError
+from dibs.errors import DibsError, UsageError
 from dibs.service import MAX_SEQ
 
 TYPE_CHECKING = False
@@ -58,6 +59,15 @@ def state(dibs: Coordinator) -> dict[str, Any]:
         for path, record in sorted(store_state.tables.get("worktrees", {}).items())
     ]
     return {**status, "worktrees": worktrees, "now": now.iso()}
+
+
+def ready_tasks(dibs: Coordinator) -> dict[str, Any]:
+    """The ready tasks, how many others are not ready, and the tasks skipped as malformed."""
+    from dibs import tasks
+
+    report = tasks.ready(dibs)
+    waiting = len(report["tasks"]) - len(report["ready"])
+    return {"ready": report["ready"], "not_ready": waiting, "problems": report["problems"]}
 
 
 def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
@@ -141,6 +151,12 @@ def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
             return JSONResponse({"error": exc.message}, 400)
         return JSONResponse(await asyncio.to_thread(metrics.of_store, dibs, since=since))
 
+    async def api_tasks(_request: Request) -> Response:
+        try:
+            return JSONResponse(await asyncio.to_thread(ready_tasks, dibs))
+        except DibsError as exc:  # a task source that cannot be read at all
+            return JSONResponse({"error": exc.message}, 400)
+
     async def stream(request: Request) -> Response:
         async def events() -> AsyncIterator[str]:
             last = -1
@@ -164,6 +180,7 @@ def app(dibs: Coordinator, *, token: str | None = None) -> Starlette:
         Route("/api/state", api_state),
         Route("/api/events", api_events),
         Route("/api/metrics", api_metrics),
+        Route("/api/tasks", api_tasks),
         Route("/api/stream", stream),
         Route("/metrics", prometheus),
     ]
@@ -188,41 +205,73 @@ def prometheus_text(dibs: Coordinator) -> str:
     report = metrics.of_store(dibs)
     status = dibs.status()
 
+    from dibs import __version__
+    from dibs.queue import required_gates
+
+    gates = required_gates(dibs.settings)[1]
+
     class Figures:
         def collect(self) -> Iterator[Any]:
             claims, evictions, queue = report["claims"], report["evictions"], report["queue"]
-            yield _counter(
-                "dibs_acquisitions", "leases granted", claims["acquisitions"], CounterMetricFamily
+            yield _labelled(
+                GaugeMetricFamily,
+                "dibs_build_info",
+                "the dibs serving these figures (always 1)",
+                "version",
+                {__version__: 1},
             )
-            yield _counter(
-                "dibs_claim_calls",
-                "claim calls granted",
-                claims["claim_calls"],
+            yield CounterMetricFamily(
+                "dibs_acquisitions", "leases granted", value=claims["acquisitions"]
+            )
+            yield _labelled(
                 CounterMetricFamily,
+                "dibs_claim_calls",
+                "claim calls, granted or refused (a refused --wait call counts once)",
+                "outcome",
+                {"granted": claims["claim_calls"], "refused": claims["refusals"]},
             )
-            yield _counter(
-                "dibs_refusals", "claim calls refused", claims["refusals"], CounterMetricFamily
+            yield CounterMetricFamily(
+                "dibs_wait_timeouts",
+                "--wait claim calls still refused when the wait ran out",
+                value=claims["wait_timeouts"],
             )
-            by_reason = CounterMetricFamily(
-                "dibs_evictions", "leases evicted, by reason", labels=["reason"]
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_evictions",
+                "leases evicted, by reason",
+                "reason",
+                {**dict.fromkeys(metrics.EVICT_REASONS, 0), **evictions["by_reason"]},
             )
-            for reason, count in evictions["by_reason"].items():
-                by_reason.add_metric([reason], count)
-            yield by_reason
-            landings = CounterMetricFamily(
-                "dibs_landings", "merge queue outcomes", labels=["outcome"]
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_landings",
+                "merge queue outcomes",
+                "outcome",
+                {
+                    "landed": queue["landed"],
+                    "failed": queue["failed"],
+                    "cancelled": queue["cancelled"],
+                },
             )
-            landings.add_metric(["landed"], queue["landed"])
-            landings.add_metric(["failed"], queue["failed"])
-            yield landings
-            failures = CounterMetricFamily(
-                "dibs_landing_failures", "failed landings, by cause", labels=["cause"]
+            causes = dict.fromkeys((*metrics.FAIL_CAUSES, *(f"gate:{g}" for g in gates)), 0)
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_landing_failures",
+                "failed landings, by cause",
+                "cause",
+                {**causes, **queue["failed_by"]},
             )
-            for cause, count in queue["failed_by"].items():
-                failures.add_metric([cause], count)
-            yield failures
             for name, doc, summary in (
-                ("dibs_wait_seconds", "seconds --wait claims waited", claims["wait_seconds"]),
+                (
+                    "dibs_wait_seconds",
+                    "seconds --wait claim calls waited, granted or timed out",
+                    claims["wait_seconds"],
+                ),
+                (
+                    "dibs_lock_wait_seconds",
+                    "seconds --wait claim calls on lock:* resources waited",
+                    claims["lock_wait_seconds"],
+                ),
                 ("dibs_hold_seconds", "seconds leases were held", claims["hold_seconds"]),
                 (
                     "dibs_pool_allocation_seconds",
@@ -250,6 +299,11 @@ def prometheus_text(dibs: Coordinator) -> str:
             yield GaugeMetricFamily("dibs_pool_slots", "pool slots", value=len(slots))
             busy = sum(1 for slot in slots if slot["agent"])
             yield GaugeMetricFamily("dibs_pool_slots_busy", "pool slots taken", value=busy)
+            yield GaugeMetricFamily(
+                "dibs_pool_utilization",
+                "share of pool slot time taken since the log began (0-1; a slot taken now counts)",
+                value=report["pool"]["utilization"],
+            )
             yield GaugeMetricFamily("dibs_log_seq", "events in the log", value=status["seq"])
 
     registry = CollectorRegistry()
@@ -257,8 +311,12 @@ def prometheus_text(dibs: Coordinator) -> str:
     return generate_latest(registry).decode()
 
 
-def _counter(name: str, doc: str, value: float, family: Any) -> Any:
-    return family(name, doc, value=value)
+def _labelled(family: Any, name: str, doc: str, label: str, values: dict[str, float]) -> Any:
+    """One family with a sample per label value (every known value, 0 included)."""
+    made = family(name, doc, labels=[label])
+    for value_name, value in sorted(values.items()):
+        made.add_metric([value_name], value)
+    return made
 
 
 def serve(
