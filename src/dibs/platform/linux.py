@@ -99,21 +99,15 @@ class Linux(Posix):
         """Field 22 of ``/proc/<pid>/stat``; the portable answer without ``/proc``."""
         if not self.proc_mounted():
             return super().process_start(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return None
-        return parse_stat(stat)
+        stat = _read_stat(pid)
+        return None if stat is None else parse_stat(stat)
 
     def process_parent(self, pid: int) -> tuple[str, int] | None:
         """Fields 2 and 4 of ``/proc/<pid>/stat``; the portable answer without ``/proc``."""
         if not self.proc_mounted():
             return super().process_parent(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+        stat = _read_stat(pid)
+        if stat is None:
             return None
         # The command name may hold spaces and parentheses: split after the last ')'.
         name = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode("utf-8", "replace")
@@ -145,6 +139,15 @@ class Linux(Posix):
                 os._exit(1)
 
         return setup
+
+
+def _read_stat(pid: int) -> bytes | None:
+    """The ``/proc/<pid>/stat`` line of *pid*, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def parse_stat(stat: bytes) -> int | None:
