@@ -177,6 +177,37 @@ def _logged_entry(dibs: Coordinator, entry_id: str) -> dict[str, Any] | None:
     return None if last is None else {**last, "pruned": True}
 
 
+def _contains(root: str, tip: str, commit: str) -> bool:
+    """Whether *commit* is *tip* or one of its ancestors (False when git does not know it)."""
+    from dibs.git.run import git
+
+    base = git(root, "merge-base", tip, commit, check=False).strip()
+    return base == commit
+
+
+def moved_unrecorded(dibs: Coordinator, state: State) -> set[str]:
+    """Issues whose landing moved the target though no ``land-done`` says so: its processor
+    was killed between the two (the entry is still open, with the ``moving`` it wrote first).
+
+    Asks git only when such an entry exists; readiness adds these to the landed issues so the
+    task is never handed out again before the next processor records the landing.
+    """
+    moving = [
+        e for e in state.tables.get(QUEUE, {}).values() if e["state"] in OPEN and e.get("moving")
+    ]
+    if not moving or dibs.repo is None:
+        return set()
+    from dibs.git.run import git
+
+    target = _target(dibs)
+    remote = str(dibs.settings["merge.remote"])
+    ref = f"refs/remotes/{remote}/{target}" if remote else f"refs/heads/{target}"
+    tip = git(dibs.repo.root, "rev-parse", "--verify", "--quiet", ref, check=False).strip()
+    if not tip:
+        return set()
+    return {e["issue"] for e in moving if _contains(dibs.repo.root, tip, e["moving"]["commit"])}
+
+
 def landed_issues(state: State) -> set[str]:
     """Every issue the merge queue landed, however long ago (table `LANDED`, never pruned;
     plus the finished queue entries of a log written before that table existed)."""
@@ -728,6 +759,11 @@ class _Processor:
             group = pending[: self.batch]
             ready = []
             for waiting in group:
+                moving = waiting.get("moving")
+                if moving and _contains(self.repo.root, self._tip(), moving["commit"]):
+                    # Its processor died after moving the target, before recording it.
+                    self._finish(waiting, "landed", commit=moving["commit"], onto=moving["onto"])
+                    continue
                 item = self._mark(waiting, "land-start", state="running", processor=self.name)
                 try:
                     self._precheck(item)
@@ -751,7 +787,9 @@ class _Processor:
             values = []
             for item, op, fields in changes:
                 value = {**state.tables.get(QUEUE, {}).get(item["id"], item), **fields}
-                if op == "land-start":
+                if op == "land-start" and "moving" in fields:
+                    pass  # the same run, about to move the target: its start stands
+                elif op == "land-start":
                     value.setdefault("started", ctx.now.iso())
                     value["started_wall"] = ctx.now.wall
                 else:
@@ -1026,6 +1064,12 @@ class _Processor:
             if lost:
                 rest = [item for item, _ in stack if item["id"] not in lost]
                 return self._settle(self._stack(rest, tip), tip, attempt)
+            # Written before the target moves: a processor killed between the move and its
+            # `land-done` leaves this behind, and whoever looks next (the next processor,
+            # `dibs ready`/`next`) sees from the target that the entry landed.
+            self._write(
+                [(item, "land-start", {"moving": {"commit": c, "onto": tip}}) for item, c in stack]
+            )
             try:
                 moved = self._move(tip, top)
             except _Failed as failed:  # the target's checkout cannot take the whole stack

@@ -286,3 +286,57 @@ def test_doctor_repair_removes_a_worktree_whose_creation_was_killed(repo: Path, 
     assert 0 == cli("doctor", "--repair").returncode
     assert 1 == git(repo, "worktree", "list", "--porcelain").count("worktree ")
     assert not path.exists()
+
+
+_DIE_AFTER_MOVE = """
+import os, signal, sys
+from dibs import Coordinator, queue
+
+original = queue._Processor._move
+
+
+def move_then_die(self, old, new):
+    moved = original(self, old, new)
+    if moved:  # the target moved; the kill comes before its land-done is written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return moved
+
+
+queue._Processor._move = move_then_die
+with Coordinator.open(".", agent=os.environ["DIBS_AGENT"], token=os.environ["DIBS_TOKEN"]) as c:
+    queue.land(c, "agent/T1")
+"""
+
+
+def test_a_landing_whose_processor_died_after_moving_main_is_never_handed_out_again(
+    repo: Path, cli: Cli
+) -> None:
+    """A processor SIGKILLed between moving main and writing land-done: T1 is not ready (main
+    has it), not stolen, and the next processor records it landed without landing it twice."""
+    settings(repo)
+    tasks(repo, "T1", "T2")
+    alice = cli.register("alice")
+    started = cli.json("next", "--start", env=alice)
+    commit_in(started["started"]["path"], "t1.txt", "one\n")
+    died = subprocess.run(
+        [sys.executable, "-c", _DIE_AFTER_MOVE],
+        cwd=repo,
+        env={**cli.env, **alice},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert -9 == died.returncode, died.stderr
+    assert "t1.txt" in git(repo, "ls-tree", "--name-only", "main")  # main moved
+    assert "land-done" not in {e["op"] for e in cli.jsonl("log", "-n", "100")}
+    assert 0 == cli("evict", "issue:T1", "--reason", "alice is gone").returncode
+    bob = cli.register("bob")
+    ready = {t["id"] for t in cli.json("ready")["ready"]}
+    assert {"T2"} == ready
+    assert "T2" == cli.json("next", "--steal", env=bob)["id"]
+    # The next processor finds the landing in main and records it, landing nothing again.
+    git(repo, "branch", "agent/T2", "main")
+    assert 0 == cli("land", "agent/T2", env=bob).returncode
+    done = [e for e in cli.jsonl("log", "-n", "200") if e["op"] == "land-done"]
+    assert ["T1", "T2"] == sorted(e["value"]["issue"] for e in done)
+    assert 1 == git(repo, "log", "--oneline", "main", "--", "t1.txt").count("\n")

@@ -30,6 +30,7 @@ from dibs.errors import Conflict, DibsError, NotFound, Refused, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from typing import Any
 
     from dibs.core.leases import Context
@@ -263,6 +264,13 @@ def _landed(state: State) -> set[str]:
     return landed_issues(state)
 
 
+def _moved(dibs: Coordinator, state: State) -> set[str]:
+    """Issues landed by a processor killed before it recorded the landing (git decides)."""
+    from dibs.queue import moved_unrecorded
+
+    return moved_unrecorded(dibs, state)
+
+
 def agent_roles(state: State, agent: str | None) -> list[str]:
     """The roles *agent* registered with (``dibs agent register --role``)."""
     if not agent:
@@ -302,14 +310,19 @@ def set_roles(dibs: Coordinator, agent: str, roles: list[str]) -> list[str]:
 
 
 def readiness(
-    tasks: list[Task], state: State, ctx: Context, roles: list[str] | None = None
+    tasks: list[Task],
+    state: State,
+    ctx: Context,
+    roles: list[str] | None = None,
+    moved: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Each task with ``ready`` and, when not, why; best first (priority, then the order its
-    tool uses). With *roles*, a task labelled with none of them is not ready."""
+    tool uses). With *roles*, a task labelled with none of them is not ready. *moved*: issues
+    whose landing moved the target without a ``land-done`` yet (`queue.moved_unrecorded`)."""
     from dibs.tasks import beads
 
     by_id = {task.id: task for task in tasks}
-    landed = _landed(state)
+    landed = _landed(state) | set(moved)
     done = {t.id for t in tasks if _done(t)} | landed
     held = {}
     for task in tasks:
@@ -377,7 +390,7 @@ def ready(dibs: Coordinator, *, role: str | None = None) -> dict[str, Any]:
     """The ready tasks (and every other with why not), with the sources' problems."""
     tasks, problems = load(dibs)
     state, now = dibs.store.read()
-    rows = readiness(tasks, state, dibs.context(now), [role] if role else None)
+    rows = readiness(tasks, state, dibs.context(now), [role] if role else None, _moved(dibs, state))
     return {
         "ready": [r for r in rows if r["ready"]],
         "tasks": rows,
@@ -409,13 +422,14 @@ def next_task(
     agent, secret = dibs._identity()
     ttl = check_ttl(ttl)
 
+    moved = _moved(dibs, dibs.store.read()[0])
     stolen: list[str] = []
     if steal:
-        stolen = _steal_one(dibs, tasks, agent)
+        stolen = _steal_one(dibs, tasks, agent, moved)
 
     def choose(state: State, ctx: Context) -> Decision:
         roles = [role] if role else agent_roles(state, agent)
-        rows = readiness(tasks, state, ctx, roles or None)
+        rows = readiness(tasks, state, ctx, roles or None, moved)
         for row in (r for r in rows if r["ready"]):
             note = f"next: {row['title']}"
             command = Acquire(agent, secret, [_resource(row["id"])], ttl=ttl, note=note)
@@ -445,12 +459,14 @@ def next_task(
     return result
 
 
-def _steal_one(dibs: Coordinator, tasks: list[Task], agent: str) -> list[str]:
+def _steal_one(
+    dibs: Coordinator, tasks: list[Task], agent: str, moved: Collection[str] = ()
+) -> list[str]:
     """Evict the holders of the best task held only by stale or dead agents (logged as a
     ``force-evict`` by the stealing agent, with the reason); its id, if any."""
 
     def evict(state: State, ctx: Context) -> Decision:
-        rows = readiness(tasks, state, ctx)
+        rows = readiness(tasks, state, ctx, moved=moved)
         for row in rows:
             if not _stealable(row, state, ctx):
                 continue
