@@ -75,7 +75,9 @@ def raw_append_latency(
 
 def claim_latency(folder: str, n: int, sync: str = "full") -> tuple[list[float], list[float]]:
     """Claim then release issue:k, n times, through the Python API."""
-    dibs = Coordinator(LocalStore(os.path.join(folder, f"dibs-{sync}"), sync=sync))
+    # A store of its own each call: a second call may not take over the first's live agent.
+    store = LocalStore(os.path.join(folder, f"dibs-{sync}-{os.urandom(3).hex()}"), sync=sync)
+    dibs = Coordinator(store)
     dibs.register("bench")
     claims, releases = [], []
     for k in range(n):
