@@ -227,12 +227,19 @@ def materialize(state: CrashState, base: str, target: Path) -> Path:
 def local_store_os(fake: Any) -> Iterator[None]:
     """Put *fake* in place of ``os`` wherever the local store reaches the disk: the store itself
     and the platform layer that syncs and locks for it."""
+    import dibs.platform
     import dibs.platform.darwin
     import dibs.platform.linux
     import dibs.platform.posix
     import dibs.store.local
 
-    modules = [dibs.store.local, dibs.platform.posix, dibs.platform.linux, dibs.platform.darwin]
+    modules = [
+        dibs.store.local,
+        dibs.platform,  # replace_file
+        dibs.platform.posix,
+        dibs.platform.linux,
+        dibs.platform.darwin,
+    ]
     originals = [m.os for m in modules]
     for module in modules:
         module.os = fake

@@ -49,6 +49,7 @@ __all__ = [
     "process_alive",
     "process_parent",
     "process_start",
+    "replace_file",
     "select",
     "sync_data",
     "sync_dir",
@@ -140,6 +141,30 @@ process_parent = current.process_parent
 #: Which primitive decides each answer here, for people (`dibs doctor`).
 describe = current.describe
 parent_death_setup: Callable[[], Callable[[], None] | None] = current.parent_death_setup
+
+
+def replace_file(path: str, data: bytes, how: str = "full", *, sync_folder: bool = False) -> None:
+    """Replace *path* with *data* atomically and durably: a temp file beside it, written in
+    full and synced (*how* as ``store.sync``), renamed over *path*; with *sync_folder* the
+    folder is synced too, so the rename itself survives a crash. A failed write leaves no
+    temp file behind."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view) :]
+            sync_file(fd, how)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if sync_folder:
+        sync_dir(os.path.dirname(path) or ".")
 
 
 def process_alive(pid: int, start: int | None) -> bool:

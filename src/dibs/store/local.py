@@ -79,20 +79,6 @@ def _segment_name(first_seq: int) -> str:
     return f"{first_seq:0{_SEGMENT_DIGITS}d}.jsonl"
 
 
-def _replace_file(path: str, data: bytes, how: str, *, sync_dir: bool = False) -> None:
-    """Replace *path* with *data* atomically: temp file, sync, rename (then the directory)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        platform.sync_file(fd, how)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if sync_dir:
-        platform.sync_dir(os.path.dirname(path))
-
-
 def _make_dir(path: str) -> None:
     """Create *path* (and parents) durably: a new directory entry is synced in its parent."""
     if os.path.isdir(path):
@@ -313,7 +299,9 @@ class LocalStore:
         """Replace ``high-water`` durably: the log must already be synced up to *offset*."""
         mark = {"seq": seq, "segment": segment, "offset": offset, "token": token}
         data = json.dumps(mark, separators=(",", ":")).encode() + b"\n"
-        _replace_file(os.path.join(self.root, HIGH_WATER), data, self.sync, sync_dir=True)
+        platform.replace_file(
+            os.path.join(self.root, HIGH_WATER), data, self.sync, sync_folder=True
+        )
         self._ceiling = token
 
     def _reaches(self, high: dict[str, Any]) -> bool:
@@ -709,7 +697,7 @@ class LocalStore:
         # A log found shorter than its checkpoint is refused: never let the checkpoint reach
         # past what is on disk (others' events may still await their writers' sync).
         platform.sync_data(self._read_fd, self.sync)
-        _replace_file(self.index_path, data, self.sync)
+        platform.replace_file(self.index_path, data, self.sync)
         self._checkpoint_at = (state.seq, len(data))
         self._since_checkpoint = 0
         st = os.stat(self.index_path)

@@ -294,15 +294,5 @@ def write_status(path: str, status: str, when: str) -> bool:
             changed = True
     if not changed:
         return False
-    tmp = f"{path}.dibs-{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write("".join(lines))
-            f.flush()
-            platform.sync_file(f.fileno())
-        os.replace(tmp, path)
-        platform.sync_dir(os.path.dirname(path) or ".")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    platform.replace_file(path, "".join(lines).encode("utf-8"), sync_folder=True)
     return True
