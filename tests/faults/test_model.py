@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from dibs.core.resources import overlaps, parse_resource
-from dibs.errors import Conflict, LeaseLost, NotFound
+from dibs.ground.errors import Conflict, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.base import Store
 from dibs.store.local import LocalStore
