@@ -402,7 +402,7 @@ def test_claim_with_wait_is_granted_after_another_process_releases(
     was recorded as waiting first, and it returns a grant, not a timeout."""
     import threading
 
-    from dibs.errors import DibsError
+    from dibs.ground.errors import DibsError
 
     holder_store, waiting_store = shared_backend.real(), shared_backend.real()
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dibs.ground.errors import CorruptLog, LogBehind, StoreIOError
+from dibs.ground.errors import Conflict, CorruptLog, LogBehind, StoreIOError
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness
@@ -185,8 +185,6 @@ def test_a_checkpoint_whose_path_index_lost_a_claim_is_found_and_rewritten(
     """The checkpoint carries the derived path index beside the claims, and openers trust it.
     An index that lost a claim's entry would let them grant an overlapping path claim: check
     reports it (it once compared the claims alone and found nothing), repair rewrites it."""
-    from dibs.errors import Conflict
-
     root = tmp_path / "dibs"
     store = open_store(root, clock)
     use(store).claim(["path:src/**"])
