@@ -41,6 +41,9 @@ from dibs.store.postgres import PostgresStore
 from tests.conftest import FakeClock, FakeLiveness
 from tests.faults.history import check
 
+# Thousands of examples: on a loaded 2-core machine they outlast the default 120 s per test.
+pytestmark = pytest.mark.timeout(900)
+
 AGENTS = ["a1", "a2", "a3"]
 RESOURCES = ["issue:A", "issue:B", "lock:x", "path:src/**", "path:src/app.py", "path:docs/a.md"]
 # mkdtemp makes a private folder there; tmpfs makes fsync free, which 2,000 examples need.
