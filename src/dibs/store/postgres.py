@@ -254,6 +254,8 @@ class PostgresStore:
         self.timeouts = 0
         #: Writes whose answer was lost and were settled by their idempotency key.
         self.settled = 0
+        #: When a dict, where the time of locked writes goes (`profile_locked`; bench only).
+        self.profile: dict[str, float] | None = None
         self._armed: tuple[float, Any] | None = None  # (deadline, connection) of a request
         self._watchdog: Any = None
         self._closing = False
@@ -589,6 +591,7 @@ class PostgresStore:
             raise _Reload
         if count != seq - since:
             # We waited for the lock: read what the writer before us added (see the query).
+            self._count("recatch")
             caught = conn.execute(Q["catch_up"], params)
             pipeline.sync()
             micros, count, bodies = _one(caught)
@@ -652,6 +655,7 @@ class PostgresStore:
                 added, micros, _ = _one(conn.execute(Q["append_if_current"], params))
                 self._sync(micros)
                 if added:
+                    self._count("optimistic")
                     self._check_appended(added, len(events))
                     for event in events:
                         apply(state, event)
@@ -668,15 +672,19 @@ class PostgresStore:
             return decision
         if count:
             self._apply_bodies(state, bodies.split("\n"))
+        self._count("optimistic-miss")
         return None
 
     def _locked(self, conn: psycopg.Connection[Any], decide: DecideFn, request: str) -> Decision:
         """The pessimistic path: two round trips holding the namespace lock in between."""
         pending: tuple[Decision, list[Event]] | None = None
+        clock = time.perf_counter
         try:
             state = self._state if self._state is not None else self._load(conn)
             with conn.pipeline() as pipeline:
+                t0 = clock()
                 micros, bodies = self._begin(conn, pipeline, state.seq)
+                t1 = clock()
                 self._sync(micros)
                 if bodies:
                     self._apply_bodies(state, bodies.split("\n"))
@@ -687,11 +695,15 @@ class PostgresStore:
                     pending = (decision, events)
                     params = self._append_params(state, events, request)
                     params["decided_us"] = None  # decided at the server's own reading
+                    t2 = clock()
                     added = conn.execute(Q["append_if_current"], params)
                     conn.execute(Q["commit"])
                     self._check_appended(_one(added)[0], len(events))
                 else:
+                    t2 = clock()
                     conn.execute(Q["commit"])
+            if self.profile is not None:
+                self._profiled(t1 - t0, t2 - t1, clock() - t2)
         except psycopg.Error as exc:
             raise self._translate(conn, exc, pending) from exc
         except BaseException:
@@ -703,6 +715,19 @@ class PostgresStore:
             self._since_checkpoint += sum(len(body) for body in params["bodies"])
         self._maybe_checkpoint(conn)
         return decision
+
+    def _count(self, key: str) -> None:
+        if self.profile is not None:
+            self.profile[key] = self.profile.get(key, 0.0) + 1
+
+    def _profiled(self, begin: float, decide: float, commit: float) -> None:
+        """Add one locked write's times to `profile`: the first round trip (lock wait
+        included), the client's turnaround (catch-up, decide, encode) and the commit."""
+        profile = self.profile
+        assert profile is not None  # noqa: S101 -- only called when profiling
+        for key, value in (("begin", begin), ("decide", decide), ("commit", commit)):
+            profile[key] = profile.get(key, 0.0) + value
+        profile["locked"] = profile.get("locked", 0.0) + 1
 
     def _check_appended(self, added: int, expected: int) -> None:
         if added != expected:
