@@ -48,6 +48,7 @@ from psycopg import conninfo as _conninfo
 from dibs.core.events import SCHEMA_VERSION, Now, encode
 from dibs.core.state import State, apply, seal
 from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
+from dibs.store.postgres import live
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock, DecideFn, Finding
 
 #: The schema version this dibs reads and writes (``sql/migrate_NNN.sql`` up to it).
-SCHEMA = 1
+SCHEMA = 2
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
 # An optimistic decision that meets a namespace moved by someone else catches up and tries
@@ -73,6 +74,9 @@ _PAGE = 5000
 _PING_EVERY = 1.0
 _FREEING = frozenset(("release", "auto-evict", "force-evict", "unregister"))
 _SQL_DIR = os.path.join(os.path.dirname(__file__), "sql")
+#: Rows expiring this long after the estimated server time are read with the namespace lock
+#: (nanoseconds): the estimate may lag, and a row found live needs no second look.
+_EXPIRY_MARGIN_NS = 2 * 10**9
 _HINT = (
     "check the host, port, user, password (PGPASSWORD or ~/.pgpass) and database name in "
     "DIBS_STORE (or store.url in dibs.toml), and that the server is running"
@@ -241,6 +245,9 @@ class PostgresStore:
         #: Releases notified in this namespace since the last wait began (see `_noted`).
         self._notes = 0
         self._state: State | None = None
+        #: Rows of dibs.live read under their lock and found expired (see `live.expiring`).
+        self._confirmed: dict[tuple[str, str], int] = {}
+        self._answered = 0.0  # when the first round trip of a locked write was answered
         self._boot = ""
         self._offset = 0
         self._checkpoint_at = (0, 0)  # (seq, bytes) of the newest checkpoint we know
@@ -476,10 +483,12 @@ class PostgresStore:
                 hint="run `dibs init --store URL` in the repository (once per namespace), or "
                 "set store.namespace / DIBS_NAMESPACE to the team's namespace",
             )
-        version, boot, offset, _seq, checkpoint_seq, checkpoint = row
+        version, boot, offset, _seq, checkpoint_seq, checkpoint, micros = row
         if version != SCHEMA:
             raise self._version_error(int(version))
         self._boot, self._offset = boot, int(offset)
+        self._sync(micros)
+        self._confirmed = {}
         state = State()
         if checkpoint is not None:
             try:
@@ -570,53 +579,129 @@ class PostgresStore:
                     self._state = None
 
     def _begin(
-        self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline, since: int
-    ) -> tuple[Any, Any]:
-        """Round trip 1: lock the namespace, then read the clock and the events after *since*."""
+        self, conn: psycopg.Connection[Any], pipeline: psycopg.Pipeline, state: State
+    ) -> Now:
+        """Round trip 1: lock the namespace, read the clock and the events after the cached
+        state; with them the rows of `dibs.live` the decision may find expired, locked.
+
+        Returns the time to decide at. Rows that only turn out expired after the catch-up
+        (events of other writers) are read and locked in one more round trip.
+        """
         if self._listening:
             conn.execute(Q["unlisten"])
             self._listening = False
+        since = state.seq
+        keys = live.expiring(state, self._estimate()[0].mono + _EXPIRY_MARGIN_NS, self._confirmed)
         conn.execute(Q["begin"])
-        params = {"ns": self.namespace, "since": since}
-        locked = conn.execute(Q["lock_and_catch_up"], params)
+        locked = conn.execute(Q["lock_and_read"], self._keys(keys) | {"since": since})
         # A Sync, not a mere flush: only after a Sync is the session "idle in transaction"
         # on the server, so that idle_in_transaction_session_timeout ends it (and frees the
         # namespace lock) if this client stops before it commits.
         pipeline.sync()
         row = locked.fetchone()
+        self._answered = time.perf_counter()
         if row is None:
             raise _Reload
-        seq, boot, offset, micros, count, bodies = row
+        seq, boot, offset, micros, count, bodies, *rows = row
         if boot != self._boot or int(offset) != self._offset or seq < since:
             raise _Reload
-        if count != seq - since:
-            # We waited for the lock: read what the writer before us added (see the query).
-            self._count("recatch")
-            caught = conn.execute(Q["catch_up"], params)
-            pipeline.sync()
-            micros, count, bodies = _one(caught)
         if count != seq - since:
             raise CorruptLog(
                 f"namespace {self.namespace!r} in {self.where} is at seq {seq} but has "
                 f"{count} events after {since}: the log has a gap",
                 hint="run `dibs doctor`",
             )
-        return micros, bodies
+        if bodies:
+            self._apply_bodies(state, bodies.split("\n"))
+        live.patch(state, rows)
+        self._sync(micros)
+        now = self._now(micros)
+        live.confirm(state, *keys, now.mono, self._confirmed)
+        more = live.expiring(state, now.mono, self._confirmed)
+        if more[0]:
+            # Locked after `now` was read: a renewal of one of them that has not committed
+            # yet reads its clock after this transaction, too late to revive it.
+            self._count("more-rows")
+            fetched = conn.execute(Q["live_rows"], self._keys(more) | {"lock": True})
+            pipeline.sync()
+            live.patch(state, _one(fetched)[1:])
+            live.confirm(state, *more, now.mono, self._confirmed)
+        return now
+
+    def _keys(self, keys: tuple[list[str], list[str]]) -> dict[str, Any]:
+        return {"ns": self.namespace, "keys_agent": keys[0], "keys_resource": keys[1]}
 
     def _step(self, conn: psycopg.Connection[Any], decide: DecideFn, request: str) -> Decision:
-        """One decision: optimistically in one round trip, else under the namespace lock.
+        """One decision: a renewal without the lock, optimistically in one round trip, or
+        else under the namespace lock.
 
-        Optimism pays when writers rarely meet; when they do, each miss costs round trips,
-        so after a miss the next decisions take the lock straight away for a while.
+        The rules decide first on the cached state. A decision that only renews is done in
+        dibs.live alone (`_renew`). Optimism pays when writers rarely meet; when they do,
+        each miss costs round trips, so after a miss the next decisions take the lock straight
+        away for a while. A cached state with rows that look expired and were not read under
+        the lock cannot decide optimistically: they may have been renewed outside the log.
         """
-        if (self.clock is not None or self._synced is not None) and self._pessimistic <= 0:
+        state = self._state if self._state is not None else self._load(conn)
+        if self._listening:
+            self._unlisten(conn)
+        now, decided_us = self._estimate()
+        decision = decide(state, now)
+        renewal = live.renewal(state, decision)
+        if renewal is None and live.renewal_blocked(decision):
+            # It would renew but for leases that look expired: they may not be. Read them.
+            now, decided_us, decision = self._reread(conn, state, decide)
+            renewal = live.renewal(state, decision)
+        if renewal is not None and self._renew(conn, state, renewal):
+            return decision
+        if self._pessimistic <= 0 and not live.expiring(state, now.mono, self._confirmed)[0]:
+            first: tuple[Now, int | None, Decision] | None = (now, decided_us, decision)
             for _ in range(_OPTIMISTIC_TRIES):
-                decision = self._optimistic(conn, decide, request)
-                if decision is not None:
-                    return decision
+                decided = self._optimistic(conn, decide, request, first)
+                if decided is not None:
+                    return decided
+                first = None
             self._pessimistic = _PESSIMISTIC_AFTER_MISS
         self._pessimistic -= 1
         return self._locked(conn, decide, request)
+
+    def _unlisten(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            conn.execute(Q["unlisten"])
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, None) from exc
+        self._listening = False
+
+    def _reread(
+        self, conn: psycopg.Connection[Any], state: State, decide: DecideFn
+    ) -> tuple[Now, int | None, Decision]:
+        """Read the expired-looking rows of dibs.live (no lock) and decide again."""
+        now = self._estimate()[0]
+        keys = live.expiring(state, now.mono, self._confirmed)
+        try:
+            rows = _one(conn.execute(Q["live_rows"], self._keys(keys) | {"lock": False}))
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, None) from exc
+        live.patch(state, rows[1:])
+        self._sync(rows[0])
+        now, decided_us = self._estimate()
+        return now, decided_us, decide(state, now)
+
+    def _renew(self, conn: psycopg.Connection[Any], state: State, renewal: dict[str, Any]) -> bool:
+        """Renew in dibs.live alone, one statement, no namespace lock; False: decide under
+        the lock instead (the server found something the cached state did not know)."""
+        at_mono = self.clock().mono if self.clock is not None else None
+        params = renewal | {"ns": self.namespace, "at_mono": at_mono, "offset": self._offset}
+        try:
+            micros = _one(conn.execute(Q["renew"], params))[0]
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, None) from exc
+        if micros is None:
+            self._count("renew-refused")
+            return False
+        self._sync(micros)
+        live.renewed(state, renewal, at_mono if at_mono is not None else self._now(micros).mono)
+        self._count("renew")
+        return True
 
     def _sync(self, micros: int) -> None:
         self._synced = (int(micros), time.monotonic_ns())
@@ -632,7 +717,11 @@ class PostgresStore:
         return self._now(estimate), estimate
 
     def _optimistic(
-        self, conn: psycopg.Connection[Any], decide: DecideFn, request: str
+        self,
+        conn: psycopg.Connection[Any],
+        decide: DecideFn,
+        request: str,
+        first: tuple[Now, int | None, Decision] | None,
     ) -> Decision | None:
         """Decide on the cached state; prove it current with the write itself (or a read).
 
@@ -642,17 +731,17 @@ class PostgresStore:
         pending: tuple[Decision, list[Event]] | None = None
         state = self._state if self._state is not None else self._load(conn)
         try:
-            if self._listening:
-                conn.execute(Q["unlisten"])
-                self._listening = False
-            now, decided_us = self._estimate()
-            decision = decide(state, now)
+            if first is not None:
+                _, decided_us, decision = first  # the rules ran on this state already
+            else:
+                now, decided_us = self._estimate()
+                decision = decide(state, now)
             events = seal(decision.events, state.seq)
             if events:
                 pending = (decision, events)
                 params = self._append_params(state, events, request)
                 params["decided_us"] = decided_us
-                added, micros, _ = _one(conn.execute(Q["append_if_current"], params))
+                added, micros = _one(conn.execute(Q["append_if_current"], params))
                 self._sync(micros)
                 if added:
                     self._count("optimistic")
@@ -683,12 +772,8 @@ class PostgresStore:
             state = self._state if self._state is not None else self._load(conn)
             with conn.pipeline() as pipeline:
                 t0 = clock()
-                micros, bodies = self._begin(conn, pipeline, state.seq)
-                t1 = clock()
-                self._sync(micros)
-                if bodies:
-                    self._apply_bodies(state, bodies.split("\n"))
-                now = self._now(micros)
+                now = self._begin(conn, pipeline, state)
+                t1 = self._answered
                 decision = decide(state, now)
                 events = seal(decision.events, state.seq)
                 if events:
@@ -759,7 +844,7 @@ class PostgresStore:
             "resources": [e.get("resource") for e in events],
             "tokens": tokens,
             "bodies": [encode(e)[:-1].decode() for e in events],
-        }
+        } | live.live_params(events)
 
     def _settle(
         self,
@@ -859,10 +944,16 @@ class PostgresStore:
 
         def read(conn: psycopg.Connection[Any]) -> tuple[State, Now]:
             state = self._state if self._state is not None else self._load(conn)
-            caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
-            micros, _count, bodies = _one(caught)
+            # Leases and agents that look expired may have been renewed outside the log:
+            # their rows of dibs.live come in the same round trip as the catch-up.
+            before = self._estimate()[0].mono + _EXPIRY_MARGIN_NS
+            keys = live.expiring(state, before, self._confirmed)
+            caught = conn.execute(Q["catch_up_live"], self._keys(keys) | {"since": state.seq})
+            micros, _count, bodies, *rows = _one(caught)
             if bodies:
                 self._apply_bodies(state, bodies.split("\n"))
+            live.patch(state, rows)
+            self._sync(micros)
             return state, self._now(micros)
 
         with self._tlock:
