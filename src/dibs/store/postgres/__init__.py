@@ -8,15 +8,15 @@
 
 from __future__ import annotations
 
-from dibs.store.postgres.store import (
+from dibs.store.postgres.connection import (
     SCHEMA,
-    PostgresStore,
     check_namespace,
     describe,
     migrations,
     parse_url,
     without_password,
 )
+from dibs.store.postgres.store import PostgresStore
 
 __all__ = [
     "SCHEMA",

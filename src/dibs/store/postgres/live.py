@@ -151,3 +151,23 @@ def renewal_blocked(decision: Decision) -> bool:
     been renewed outside the log since the cache last looked)."""
     ops = {e["op"] for e in decision.events}
     return bool(ops) and ops <= {"heartbeat", "renew", "auto-evict"} and "auto-evict" in ops
+
+
+def without_expiry(data: dict[str, Any]) -> dict[str, Any]:
+    """*data* (`State.to_json`) without the times dibs.live may have moved past the log.
+
+    A checkpoint is written from a cache that took renewals made outside the log, so its
+    lease expiries and agents' last-seen times may differ from a replay of the log alone;
+    `dibs doctor` compares everything else.
+    """
+    agents = {
+        name: {k: v for k, v in agent.items() if k not in ("seen", "seen_wall", "seen_boot")}
+        for name, agent in data["agents"].items()
+    }
+    claims = {
+        text: {
+            name: {k: v for k, v in lease.items() if k != "expires"} for name, lease in held.items()
+        }
+        for text, held in data["claims"].items()
+    }
+    return data | {"agents": agents, "claims": claims}
