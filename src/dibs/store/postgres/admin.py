@@ -9,7 +9,7 @@ import os
 import psycopg
 
 from dibs.core.state import State, apply
-from dibs.errors import StoreUnavailable, UsageError
+from dibs.ground.errors import StoreUnavailable, UsageError
 from dibs.store.postgres import live
 from dibs.store.postgres.connection import (
     _PAGE,
@@ -54,7 +54,7 @@ class Admin(Session):
             boot: the new namespace's boot id (default: a random one). `dibs store migrate`
                 passes the local store's, with the *mono_offset* that continues its clock.
         """
-        from dibs._version import __version__
+        from dibs.ground.version import __version__
 
         conn = self._connect()
         try:

@@ -23,9 +23,10 @@ import time
 import psycopg
 from psycopg import conninfo as _conninfo
 
-from dibs.core.events import SCHEMA_VERSION, Now
+from dibs.core.events import SCHEMA_VERSION
 from dibs.core.state import State, apply
-from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
+from dibs.ground.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
+from dibs.ground.now import Now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

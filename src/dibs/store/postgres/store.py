@@ -39,9 +39,10 @@ import time
 
 import psycopg
 
-from dibs.core.events import Now, encode
+from dibs.core.events import encode
 from dibs.core.state import State, apply, seal
-from dibs.errors import CorruptLog, StoreIOError
+from dibs.ground.errors import CorruptLog, StoreIOError
+from dibs.ground.now import Now
 from dibs.store.postgres import live
 from dibs.store.postgres.connection import (
     _EXPIRY_MARGIN_NS,
