@@ -153,7 +153,7 @@ class Admin(Session):
         """
         findings: list[Finding] = []
         with self._tlock:
-            counters, wanted, rebuilt, at_seq = self._retrying(self._snapshot)
+            counters, wanted, rebuilt, at_seq, rows = self._retrying(self._snapshot)
         if counters is None:
             raise StoreUnavailable(
                 f"the namespace {self.namespace!r} does not exist in {self.where}",
@@ -211,13 +211,78 @@ class Admin(Session):
                                 Q["drop_checkpoint"], {"ns": self.namespace, "seq": s}
                             )
                         )
+        findings += self._check_live(rebuilt, rows, repair=repair)
         with self._tlock:
             self._state = None  # reload: the cache may have come from a bad checkpoint
         return findings
 
+    def _check_live(self, rebuilt: State, rows: list[Any], *, repair: bool) -> list[Finding]:
+        """dibs.live against a replay of the log: each row must belong to a current lease
+        (same token) or registration (same secret), and never expire before the log says.
+
+        A missing row is no finding: the log's expiry then holds (a namespace from schema 1
+        has none until its next decision). Repairs delete a stale row only if it is still the
+        one found, and raise a row that lags the log to the log's expiry.
+        """
+        stale: list[tuple[str, str, Any, Any]] = []
+        behind: list[tuple[str, str, int]] = []
+        for agent_name, resource, token, secret, expires in rows:
+            if resource == "":
+                agent = rebuilt.agents.get(agent_name)
+                if agent is None or agent["secret"] != secret:
+                    stale.append((agent_name, resource, token, secret))
+                elif expires < live.agent_expiry(agent):
+                    behind.append((agent_name, resource, live.agent_expiry(agent)))
+                continue
+            lease = rebuilt.claims.get(resource, {}).get(agent_name)
+            if lease is None or lease["token"] != token:
+                stale.append((agent_name, resource, token, secret))
+            elif expires < lease["expires"]:
+                behind.append((agent_name, resource, lease["expires"]))
+        findings: list[Finding] = []
+        if stale:
+            findings.append(
+                {
+                    "kind": "live-row-stale",
+                    "message": f"{len(stale)} row(s) of dibs.live belong to no current lease or "
+                    f"registration (first: {stale[0][0]} {stale[0][1] or '(agent)'})",
+                    "repair": "delete them (each only if it is still the row found)",
+                    "repaired": repair,
+                }
+            )
+        if behind:
+            findings.append(
+                {
+                    "kind": "live-row-behind",
+                    "message": f"{len(behind)} row(s) of dibs.live expire before the log says "
+                    f"(first: {behind[0][0]} {behind[0][1] or '(agent)'})",
+                    "repair": "raise them to the log's expiry",
+                    "repaired": repair,
+                }
+            )
+        if repair and (stale or behind):
+
+            def mend(conn: psycopg.Connection[Any]) -> None:
+                for agent_name, resource, token, secret in stale:
+                    conn.execute(
+                        Q["drop_live_row"],
+                        self._row(agent_name, resource) | {"token": token, "secret": secret},
+                    )
+                for agent_name, resource, expires in behind:
+                    conn.execute(
+                        Q["raise_live_row"], self._row(agent_name, resource) | {"expires": expires}
+                    )
+
+            with self._tlock:
+                self._retrying(mend)
+        return findings
+
+    def _row(self, agent: str, resource: str) -> dict[str, Any]:
+        return {"ns": self.namespace, "agent": agent, "resource": resource}
+
     def _snapshot(
         self, conn: psycopg.Connection[Any]
-    ) -> tuple[Any, dict[int, str], State, dict[int, str]]:
+    ) -> tuple[Any, dict[int, str], State, dict[int, str], list[Any]]:
         """The namespace's counters, its checkpoints, a replay of every event, and the replay
         at each checkpoint's seq: all as one committed moment (a repeatable-read snapshot,
         which takes no lock, so writers never wait for a doctor)."""
@@ -240,11 +305,12 @@ class Admin(Session):
                         at_seq[rebuilt.seq] = json.dumps(replayed, sort_keys=True)
                 if len(page) < _PAGE:
                     break
+            rows = conn.execute(Q["live_all"], {"ns": self.namespace}).fetchall()
             conn.execute(Q["commit"])
         except BaseException:
             self._rollback(conn)
             raise
-        return counters, wanted, rebuilt, at_seq
+        return counters, wanted, rebuilt, at_seq, rows
 
     # Moving a local store in ------------------------------------------------------------
 

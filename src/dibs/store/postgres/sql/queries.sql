@@ -145,6 +145,22 @@ WHERE namespace = %(ns)s AND seq < ALL (
     SELECT seq FROM dibs.checkpoints WHERE namespace = %(ns)s ORDER BY seq DESC LIMIT 2
 );
 
+-- name: live_all
+-- `dibs doctor`: every row of dibs.live of the namespace (in the doctor's snapshot).
+SELECT agent, resource, token, secret, expires FROM dibs.live WHERE namespace = %(ns)s;
+
+-- name: drop_live_row
+-- `dibs doctor --repair`: a row of no current lease or registration, if it is still that row.
+DELETE FROM dibs.live
+WHERE namespace = %(ns)s AND agent = %(agent)s AND resource = %(resource)s
+  AND token IS NOT DISTINCT FROM %(token)s::bigint
+  AND secret IS NOT DISTINCT FROM %(secret)s::text;
+
+-- name: raise_live_row
+-- `dibs doctor --repair`: a row never expires before the log says (only ever raised).
+UPDATE dibs.live SET expires = greatest(expires, %(expires)s)
+WHERE namespace = %(ns)s AND agent = %(agent)s AND resource = %(resource)s;
+
 -- name: drop_checkpoint
 DELETE FROM dibs.checkpoints WHERE namespace = %(ns)s AND seq = %(seq)s;
 
