@@ -1,15 +1,20 @@
 """The PostgreSQL store: the same rules, one database, agents on many machines.
 
 Several repositories share one database, each in its own *namespace* (a row of
-``dibs.namespaces``). A write is one transaction in two round trips, both pipelined:
+``dibs.namespaces``). Every write first runs the rules on the client's cached `State`, at an
+estimate of the server's clock, and then takes the cheapest of three paths that is safe:
 
-1. ``BEGIN``; lock the namespace row (``SELECT ... FOR UPDATE``: writers of one namespace take
-   turns, so exclusion holds for overlapping globs too); fetch the events committed since this
-   client last looked, and the server's clock (a later statement of the transaction, so it sees
-   everything committed before the lock was granted).
-2. The client applies those events to its cached `State`, runs the same `decide` as every
-   other store, and sends the decision's events, the namespace's new counters and
-   ``COMMIT``.
+* a decision that only renews (a heartbeat, a renew keeping the ttl) is one statement on
+  ``dibs.live`` that never touches the namespace row (``dibs.renew``; see `live` and
+  docs/explanation/postgres.md for why an eviction and a renewal cannot both win);
+* on a cache that is current, the decision is appended in one autocommit statement that
+  inserts nothing if anyone wrote since (``dibs.append``: optimistic, no lock held across a
+  round trip);
+* else, one transaction in two pipelined round trips: (1) ``BEGIN`` and ``dibs.lock_and_read``,
+  which locks the namespace row (writers of one namespace take turns, so exclusion holds for
+  overlapping globs too) and the ``dibs.live`` rows the cache finds expired, then reads the
+  clock and the events since the cache (after the lock was granted); (2) the client applies
+  them, runs the same `decide` as every other store, and sends ``dibs.append`` and ``COMMIT``.
 
 The lock is transaction-level: a client that dies or hangs mid-transaction loses it with its
 connection, or after ``idle_in_transaction_session_timeout`` (set per session), never later.
