@@ -175,7 +175,10 @@ class PostgresStore(Listening):
         away for a while. A cached state with rows that look expired and were not read under
         the lock cannot decide optimistically: they may have been renewed outside the log.
         """
-        state = self._state if self._state is not None else self._load(conn)
+        try:
+            state = self._state if self._state is not None else self._load(conn)
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, None) from exc
         if self._listening:
             self._unlisten(conn)
         now, decided_us = self._estimate()
