@@ -479,7 +479,11 @@ def _small_pages(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make each store's unit of reading small, so a few thousand events cross many of them:
     PostgreSQL pages, the local store's segments and read chunks."""
     if backend.kind == "postgres":
-        monkeypatch.setattr("dibs.store.postgres._PAGE", 128)
+        import sys
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith("dibs.store.postgres") and hasattr(module, "_PAGE"):
+                monkeypatch.setattr(module, "_PAGE", 128)
     elif backend.kind == "local":
         monkeypatch.setattr("dibs.store.local._READ_CHUNK", 4096)
         monkeypatch.setattr(backend.store, "segment_bytes", 64 * 1024)
