@@ -269,12 +269,12 @@ class Coordinator:
         repo = find_repo(os.fspath(where) if where is not None else None)
         settings = config.load(repo.root, cache_dir=repo.store_dir)
         if store is None:
-            store = open_store(
-                settings["store.url"],
-                repo,
-                namespace=settings["store.namespace"],
-                sync=settings["store.sync"],
+            url, namespace = settings["store.url"], settings["store.namespace"]
+            store = preopened.pop((repo.common_dir, url, namespace), None) or open_store(
+                url, repo, namespace=namespace, sync=settings["store.sync"]
             )
+            if is_postgres_url(url):
+                last_opened[:] = [(repo.common_dir, url, namespace, store)]
         return cls(store, agent=agent, token=token, settings=settings, repo=repo)
 
     def __enter__(self) -> Coordinator:
@@ -715,6 +715,16 @@ def _event_filter(
         )
 
     return match
+
+
+#: Stores opened before the call that uses them was known (the CLI helper's spare process,
+#: `dibs.cli.helper`), by ``(git common dir, store.url, store.namespace)``: `Coordinator.open`
+#: takes one whose repository and settings are the call's. Only its connection and loaded
+#: state are early: every decision still happens inside the store's transaction.
+preopened: dict[tuple[str, str, str], Store] = {}
+#: The PostgreSQL store `Coordinator.open` opened last, with what named it: the helper opens
+#: the next call's store ahead from it.
+last_opened: list[tuple[str, str, str, Store]] = []
 
 
 def is_postgres_url(url: str) -> bool:

@@ -177,7 +177,29 @@ def _unknown(name: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the dibs command line; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        return _relayed_or_run(sys.argv)
+    return _main(list(argv))
+
+
+def _relayed_or_run(argv: list[str]) -> int:
+    """A call from the shell: through the helper when one runs (`dibs.cli.helper`), else
+    here; a direct call on a PostgreSQL store starts the helper for the next calls."""
+    from dibs.cli import helper
+
+    if not helper.enabled(argv[1:]):
+        return _main(argv[1:])
+    code = helper.relay(argv)
+    if code is not None:
+        return code
+    code = _main(argv[1:])
+    if "dibs.store.postgres" in sys.modules:  # this call opened a PostgreSQL store
+        helper.remember()
+        helper.start_server()
+    return code
+
+
+def _main(args: list[str]) -> int:
     from dibs.platform import problem
 
     stop = problem()

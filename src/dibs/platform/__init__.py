@@ -127,6 +127,7 @@ sync_dir = current.sync_dir
 sync_primitives = current.sync_primitives
 #: The exclusive lock on an open file (flock), and its release.
 lock = current.lock
+try_lock = current.try_lock
 unlock = current.unlock
 #: The deciding clock in nanoseconds, and its name.
 clock_ns = current.clock_ns

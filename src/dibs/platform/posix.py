@@ -85,6 +85,16 @@ class Posix:
 
         fcntl.flock(fd, fcntl.LOCK_EX)
 
+    def try_lock(self, fd: int) -> bool:
+        """Take the exclusive lock on *fd* if nobody holds it (True), without waiting."""
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     def unlock(self, fd: int) -> None:
         """Let go of `lock`."""
         import fcntl
