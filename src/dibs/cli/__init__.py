@@ -192,6 +192,12 @@ def _relayed_or_run(argv: list[str]) -> int:
     code = helper.relay(argv)
     if code is not None:
         return code
+    if helper.required():
+        sys.stderr.write(
+            "dibs: no helper took this call (DIBS_HELPER=only); nothing was done\n"
+            "hint: start one with `python -m dibs.cli.helper &`, or unset DIBS_HELPER\n"
+        )
+        return 1
     code = _main(argv[1:])
     if "dibs.store.postgres" in sys.modules:  # this call opened a PostgreSQL store
         helper.remember()

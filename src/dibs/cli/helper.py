@@ -115,6 +115,12 @@ def enabled(args: Sequence[str]) -> bool:
     return bool(args) and args[0] in RELAYED
 
 
+def required() -> bool:
+    """``DIBS_HELPER=only``: a call no helper takes fails instead of running directly (for
+    tests and for checking that a helper serves a machine's calls)."""
+    return os.environ.get("DIBS_HELPER", "").lower() == "only"
+
+
 # The client -------------------------------------------------------------------------------
 
 
