@@ -13,6 +13,8 @@ commit), from the same number of clients, against the same server, in the same r
    clients. Goal: at least 0.5x at 16 clients.
 3. The same two figures for the local store (on this machine's disk), in the same run, for the
    README's "when to switch" advice.
+4. A CLI call and the edit guard on PostgreSQL end to end, through the CLI helper and direct,
+   as ratios to `python -c pass` in the same run (bench/postgres_cli.py). Goal: at most 4x.
 
 The server is DIBS_TEST_PG's (default postgresql://postgres@127.0.0.1:5432/postgres); the
 benchmark creates and drops its own database. Never run as a test: figures go in the README.
@@ -140,6 +142,18 @@ def throughput(target: str, clients: int, seconds: float, raw: bool) -> float:
 # Main ---------------------------------------------------------------------------------------
 
 
+def _postgres_cli() -> Any:
+    """bench/postgres_cli.py, beside this file (``python -P`` leaves it off sys.path)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("postgres_cli.py")
+    spec = importlib.util.spec_from_file_location("postgres_cli", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter runs")
@@ -216,6 +230,10 @@ def main() -> None:
             f"throughput >= 0.5x raw at 16 clients: {t16:.2f}x "
             f"({'met' if t16 >= 0.5 else 'missed'})"
         )
+        # The CLI call and the edit guard, end to end (bench/postgres_cli.py), same run.
+        cli_rows = _postgres_cli().measure(url, 10 if args.quick else 30)
+        _postgres_cli().report(cli_rows)
+        results["cli"] = cli_rows
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
