@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -148,10 +149,19 @@ def _postgres_cli() -> Any:
 
     path = Path(__file__).with_name("postgres_cli.py")
     spec = importlib.util.spec_from_file_location("postgres_cli", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _cli_figures(url: str, quick: bool) -> list[dict[str, Any]]:
+    """The CLI call and the edit guard, end to end (bench/postgres_cli.py), in this run."""
+    cli = _postgres_cli()
+    rows: list[dict[str, Any]] = cli.measure(url, 10 if quick else 30)
+    cli.report(rows)
+    return rows
 
 
 def main() -> None:
@@ -230,10 +240,7 @@ def main() -> None:
             f"throughput >= 0.5x raw at 16 clients: {t16:.2f}x "
             f"({'met' if t16 >= 0.5 else 'missed'})"
         )
-        # The CLI call and the edit guard, end to end (bench/postgres_cli.py), same run.
-        cli_rows = _postgres_cli().measure(url, 10 if args.quick else 30)
-        _postgres_cli().report(cli_rows)
-        results["cli"] = cli_rows
+        results["cli"] = _cli_figures(url, args.quick)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
@@ -241,8 +248,6 @@ def main() -> None:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
             )
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
 
 

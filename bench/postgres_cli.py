@@ -34,7 +34,9 @@ ADMIN = os.environ.get("DIBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/pos
 
 def timed(argv: list[str], env: dict[str, str], cwd: str, stdin: str = "") -> float:
     t = time.perf_counter()
-    out = subprocess.run(argv, env=env, cwd=cwd, input=stdin, capture_output=True, text=True)
+    out = subprocess.run(
+        argv, env=env, cwd=cwd, input=stdin, capture_output=True, text=True, check=False
+    )
     took = time.perf_counter() - t
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({out.returncode}): {out.stderr}")
@@ -50,17 +52,38 @@ def setup(url: str, folder: str) -> tuple[str, dict[str, str], str]:
     repo = os.path.join(folder, "repo")
     os.mkdir(repo)
     git(repo, "init", "-q", "-b", "main")
-    git(repo, "-c", "user.name=b", "-c", "user.email=b@b.invalid", "commit", "-q",
-        "--allow-empty", "-m", "root")  # fmt: skip
+    git(
+        repo,
+        "-c",
+        "user.name=b",
+        "-c",
+        "user.email=b@b.invalid",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "root",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
     env["XDG_RUNTIME_DIR"] = os.path.join(folder, "run")
     os.mkdir(env["XDG_RUNTIME_DIR"], 0o700)
     env["DIBS_NAMESPACE"] = "bench-cli"
     off = {**env, "DIBS_HELPER": "off"}
-    subprocess.run([str(BIN / "dibs"), "init", "--store", url], cwd=repo, env=off, check=True,
-                   capture_output=True)  # fmt: skip
-    out = subprocess.run([str(BIN / "dibs"), "agent", "register", "bench", "--ttl", "3600",
-                          "--json"], cwd=repo, env=off, check=True, capture_output=True, text=True)  # fmt: skip
+    subprocess.run(
+        [str(BIN / "dibs"), "init", "--store", url],
+        cwd=repo,
+        env=off,
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [str(BIN / "dibs"), "agent", "register", "bench", "--ttl", "3600", "--json"],
+        cwd=repo,
+        env=off,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     env["DIBS_AGENT"] = "bench"
     env["DIBS_TOKEN"] = json.loads(out.stdout)["token"]
     payload = json.dumps(
@@ -76,13 +99,19 @@ def setup(url: str, folder: str) -> tuple[str, dict[str, str], str]:
 
 
 def start_helper(env: dict[str, str], repo: str) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen([sys.executable, "-m", "dibs.cli.helper"], env=env, cwd=repo,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dibs.cli.helper"],
+        env=env,
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     only = {**env, "DIBS_HELPER": "only"}
     while time.monotonic() < deadline:
-        probe = subprocess.run([str(BIN / "dibs"), "claims"], env=only, cwd=repo,
-                               capture_output=True)  # fmt: skip
+        probe = subprocess.run(
+            [str(BIN / "dibs"), "claims"], env=only, cwd=repo, capture_output=True, check=False
+        )
         if probe.returncode == 0:
             return server
         time.sleep(0.05)
@@ -132,8 +161,10 @@ def report(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         print(f"{row['figure']:<44}{row['ms']:>10.1f}{row['base_ms']:>10.1f}{row['ratio']:>7.2f}x")
     worst = max(r["ratio"] for r in rows if r["figure"].startswith("helper"))
-    print(f"goal: a call and the edit guard through the helper <= 4x python -c pass: "
-          f"{worst:.2f}x ({'met' if worst <= 4 else 'missed'})")  # fmt: skip
+    print(
+        f"goal: a call and the edit guard through the helper <= 4x python -c pass: "
+        f"{worst:.2f}x ({'met' if worst <= 4 else 'missed'})"
+    )
 
 
 def main() -> None:
