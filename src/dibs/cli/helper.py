@@ -158,9 +158,9 @@ def relay(argv: Sequence[str]) -> int | None:
     the caller runs it directly; nothing was done)."""
     import _socket
 
+    if not private(folder()):
+        return None  # no helper ever ran here for this user: skip naming the socket
     path = socket_path()
-    if not private(os.path.dirname(path)):
-        return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
