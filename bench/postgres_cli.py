@@ -6,7 +6,7 @@ What an agent waits for on every claim and every edit: interpreter start, import
 store, deciding, answering. Three ways, interleaved round by round with `python -c pass` (the
 baseline, measured in the same run):
 
-* through the helper (`dibs.cli.helper`, a warm per-user server the CLI hands its calls to);
+* through the helper (`dibs.faces.cli.helper`, a warm per-user server the CLI hands its calls to);
 * direct (``DIBS_HELPER=off``: the call imports psycopg and connects itself);
 
 for ``dibs claim`` + ``dibs release`` of a path (two calls; the figure is one call, their mean)
@@ -100,7 +100,7 @@ def setup(url: str, folder: str) -> tuple[str, dict[str, str], str]:
 
 def start_helper(env: dict[str, str], repo: str) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "dibs.cli.helper"],
+        [sys.executable, "-m", "dibs.faces.cli.helper"],
         env=env,
         cwd=repo,
         stdout=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The CLI helper (dibs.cli.helper): calls it runs act as direct ones, and it fails safe.
+"""The CLI helper (dibs.faces.cli.helper): calls it runs act as direct ones, and it fails safe.
 
 Every test starts its own helper server in a private runtime folder of its own and runs the
 installed ``dibs`` against a PostgreSQL store, with ``DIBS_HELPER=only`` (a call no helper takes
@@ -46,7 +46,7 @@ class Helper:
 
     def start(self) -> None:
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "dibs.cli.helper"],
+            [sys.executable, "-m", "dibs.faces.cli.helper"],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -155,6 +155,7 @@ def test_calls_through_the_helper_answer_as_direct_calls(
             for person, reg in (("a1", a1), ("a2", a2)):
                 text = text.replace(reg["DIBS_TOKEN"], f"<{person}>")
             # Durations differ from run to run (seconds left, seconds ago): not the answer.
+            text = re.sub(r"\d{4}-\d\d-\d\dT[0-9:.]+Z", "<when>", text)
             text = re.sub(r"\d+\.\d+|\b\d+ (s|ms|min|h)\b", "<t>", text)
             text = re.sub(r" +", " ", text)  # and so do the columns' widths
             seen.append((args, out.returncode, text))

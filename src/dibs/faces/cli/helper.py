@@ -1,0 +1,611 @@
+"""The per-user helper: warm processes that run CLI calls, so a call skips Python's imports.
+
+Importing psycopg costs ~180 ms, ten times Python's own start, and every call of the edit
+guard on a PostgreSQL store paid it. The helper keeps those imports done once per host and
+user: a small *server* process with dibs, psycopg and every command module imported, which
+keeps one *spare* child forked and waiting on a Unix socket. A CLI call (the *client*) that
+finds the socket hands its whole invocation over and waits:
+
+1. the client connects; the spare accepts, checks the peer's user id (the kernel's
+   ``SO_PEERCRED``: only the same user is served) and answers ``S<pid>``;
+2. the client answers ``G`` (go) and passes its argv, environment, standard input, output and
+   error, and its working directory (as file descriptors, ``SCM_RIGHTS``); only after ``G``
+   does the spare act, so a client that gave up waiting runs the call itself and nothing
+   runs twice;
+3. the spare becomes that call: it takes the client's descriptors as 0, 1 and 2, its working
+   directory and environment, and the client's process as where the caller's ancestry starts
+   (`dibs.integrations.sessions` finds a host's session agent from it); it runs
+   `dibs.faces.cli.main` exactly as a direct call would (it opens the store, and every
+   decision happens inside the store's transaction, as always), reports ``X<exit code>`` and
+   exits. The server forks the next spare as soon as one is taken.
+
+One process per call, forked from a server that only imported modules, so no call sees
+another's state: the server holds no store, connection, identity or environment of any
+caller. The helper is never needed for correctness: without a socket (or with one nobody
+answers) the client runs the call itself, and a direct call on a PostgreSQL store starts a
+server for the next calls. The server exits after ``DIBS_HELPER_IDLE`` seconds (default 600)
+without a call; ``DIBS_HELPER=off`` turns the helper off.
+
+Fate is shared both ways: a signal to the client (Ctrl-C, SIGTERM, SIGHUP) is passed on to the
+process running the call, and when the client dies (even by SIGKILL) that process kills
+itself, as if the client had been killed running the call directly. When that process dies
+before it reports an exit code, the client says so (exit 1): like a direct call killed
+mid-way, the outcome is then unknown, and the client never runs the call a second time.
+
+The socket lives in a folder only its user can enter (``$XDG_RUNTIME_DIR/dibs-<uid>`` or
+``/tmp/dibs-<uid>``, mode 0700, owned by the user: anything else is not used), and is named
+by the Python interpreter, dibs's install and version, and the environment variables read
+when Python starts, so a call is only ever run by the same code it would run directly.
+
+The client side imports only built-in modules (``_socket``, ``_signal``, ``_blake2``): it is
+what every relayed call pays on top of Python's start.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+#: Commands the helper runs: one-shot calls whose processes start no agent of their own.
+#: `run`, `mcp`, `dashboard`, `land` (and the rest) run directly: they start or serve
+#: processes whose ancestry must be the caller's own.
+RELAYED = frozenset(
+    ("guard", "claim", "release", "renew", "heartbeat", "claims", "status", "agent", "next",
+     "ready", "limit", "check", "plan", "gate", "gates", "evict", "log", "metrics", "doctor")
+)  # fmt: skip
+#: Environment variables that change what Python or dibs does at import time: part of the
+#: socket's name, so a caller is served only by a server started like itself.
+_STARTUP_ENV = (
+    "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONUTF8", "PYTHONIOENCODING",
+    "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "LC_ALL", "LC_CTYPE", "LANG", "DIBS_PLATFORM",
+)  # fmt: skip
+#: Seconds a client waits for a spare to accept before running the call itself.
+_ACCEPT_WAIT = 2.0
+_IDLE = 600.0
+_VERSION = b"dibs-helper-1"
+
+
+# Where ------------------------------------------------------------------------------------
+
+
+def folder() -> str:
+    """This user's helper folder (it may not exist yet)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"  # noqa: S108 -- checked: owner, mode
+    return os.path.join(base, f"dibs-{os.getuid()}")
+
+
+def private(path: str) -> bool:
+    """Whether *path* is a real folder owned by this user that nobody else may enter."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    is_dir = (st.st_mode & 0o170000) == 0o040000
+    return is_dir and st.st_uid == os.getuid() and st.st_mode & 0o077 == 0
+
+
+def key() -> str:
+    """The socket's name part: this interpreter, this dibs, and Python's start-up settings."""
+    from _blake2 import blake2b
+
+    from dibs.ground.version import __version__
+
+    parts = [sys.executable, os.path.dirname(os.path.dirname(__file__)), __version__]
+    parts += [f"{name}={os.environ.get(name, '')}" for name in _STARTUP_ENV]
+    parts.append(repr(sys.flags))
+    text = "\0".join(parts).encode("utf-8", "surrogateescape")
+    return blake2b(text, digest_size=8).hexdigest()
+
+
+def socket_path() -> str:
+    return os.path.join(folder(), f"helper-{key()}.sock")
+
+
+def enabled(args: Sequence[str]) -> bool:
+    """Whether this call may go through the helper."""
+    if not sys.platform.startswith("linux"):  # SO_PEERCRED and /proc: Linux only for now
+        return False
+    if os.environ.get("DIBS_HELPER", "").lower() in ("off", "0", "no", "false"):
+        return False
+    return bool(args) and args[0] in RELAYED
+
+
+def required() -> bool:
+    """``DIBS_HELPER=only``: a call no helper takes fails instead of running directly (for
+    tests and for checking that a helper serves a machine's calls)."""
+    return os.environ.get("DIBS_HELPER", "").lower() == "only"
+
+
+# The client -------------------------------------------------------------------------------
+
+
+def _recv_line(sock: Any) -> bytes | None:
+    """One ``\\n``-ended message from *sock*, or None at end of stream."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(64)
+        if not chunk:
+            return None
+        data += chunk
+    return data[:-1]
+
+
+def _peer(sock: Any) -> tuple[int, int]:
+    """The ``(pid, uid)`` of the process at the other end of a Unix socket (from the kernel)."""
+    import _socket
+    import struct
+
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return pid, uid
+
+
+def _request(argv: Sequence[str]) -> bytes:
+    """The call as bytes: argv and the environment, NUL-separated, exactly as given."""
+    parts = [_VERSION, str(len(argv)).encode()]
+    parts += [os.fsencode(a) for a in argv]
+    parts += [k + b"=" + v for k, v in os.environb.items()]
+    return b"\0".join(parts)
+
+
+def relay(argv: Sequence[str]) -> int | None:
+    """Run the call *argv* in the helper: its exit code, or None when no helper took it (then
+    the caller runs it directly; nothing was done)."""
+    import _socket
+
+    if not private(folder()):
+        return None  # no helper ever ran here for this user: skip naming the socket
+    path = socket_path()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(path)
+            if _peer(sock)[1] != os.getuid():
+                return None
+            sock.settimeout(_ACCEPT_WAIT)
+            started = _recv_line(sock)
+        except OSError:
+            return None
+        if started is None or not started.startswith(b"S"):
+            return None
+        worker = int(started[1:])
+        return _hand_over(sock, worker, argv)
+    finally:
+        sock.close()
+
+
+def _hand_over(sock: Any, worker: int, argv: Sequence[str]) -> int | None:
+    """Pass the call to *worker*, then wait for its exit code, passing signals on."""
+    import _socket
+    import struct
+
+    try:
+        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no working directory to hand over: run directly (and fail there)
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+        body = _request(argv)
+        fds = struct.pack("4i", 0, 1, 2, cwd)
+        sock.settimeout(None)
+        head = b"G%d\n" % len(body)
+        sock.sendmsg([head], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    except OSError:
+        return None  # not handed over: the worker never got a "go"
+    finally:
+        os.close(cwd)
+    # From here the worker may act: the call is its, and we never run it a second time.
+    _forward_signals(worker)
+    try:
+        sock.sendall(body)
+        done = _recv_line(sock)
+    except OSError:
+        done = None
+    if done is None or not done.startswith(b"X"):
+        sys.stderr.write(
+            "dibs: the helper process running this call stopped before it finished; whether "
+            "the call took effect is unknown\n"
+            "hint: check with `dibs status` (or `dibs claims`) before trying again; "
+            "DIBS_HELPER=off runs calls without the helper\n"
+        )
+        return 1
+    return int(done[1:])
+
+
+def _forward_signals(worker: int) -> None:
+    """Pass Ctrl-C, SIGTERM and SIGHUP on to the process running the call."""
+    import _signal  # type: ignore[import-not-found,unused-ignore]
+
+    def forward(signum: int, _frame: object) -> None:
+        try:  # noqa: SIM105 -- contextlib is an import the client does without
+            os.kill(worker, signum)
+        except OSError:
+            pass  # it ended meanwhile: its exit code is on the way
+
+    for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(signum, forward)
+
+
+def start_server() -> None:
+    """Start a helper server in the background for the next calls (a new session, no
+    terminal, output to /dev/null); a server already running makes it exit at once."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "dibs.faces.cli.helper"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, null, 1),
+                (os.POSIX_SPAWN_DUP2, null, 2),
+            ],
+            setsid=True,
+        )
+    except OSError:
+        pass  # the helper is an optimisation: this call is done anyway
+    finally:
+        os.close(null)
+
+
+# Opening the next call's store ahead ------------------------------------------------------
+
+#: What decides where a PostgreSQL connection goes and how it logs in, besides the URL: a
+#: store opened ahead is used only by a call whose values of these are the spare's own.
+_PG_ENV = (
+    "HOME", "PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGPASSWORD", "PGPASSFILE",
+    "PGSERVICE", "PGSERVICEFILE", "PGSSLMODE", "PGOPTIONS", "PGAPPNAME", "PGCONNECT_TIMEOUT",
+    "PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT", "PGTARGETSESSIONATTRS",
+)  # fmt: skip
+
+
+def _record_path() -> str:
+    return os.path.join(folder(), f"helper-{key()}.store")
+
+
+def remember() -> None:
+    """Note the PostgreSQL store this call opened (repository, settings, namespace), so the
+    helper's next spare opens it ahead; written only when it changed."""
+    from dibs.service.opening import last_opened
+
+    if not last_opened or not private(folder()):
+        return
+    common, url, setting, store = last_opened[-1]
+    text = "\0".join((common, url, setting, str(getattr(store, "namespace", ""))))
+    path = _record_path()
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the next call opens its store itself
+
+
+def _preopen() -> tuple[Any, dict[str, str | None]] | None:
+    """Open the store the last call used and load its state: ``(store, the PostgreSQL
+    environment it connected with)``, or None (no record, or it failed: the call opens its
+    own and meets the same failure there)."""
+    try:
+        with open(_record_path(), encoding="utf-8") as f:
+            common, url, setting, namespace = f.read().split("\0")
+        from dibs.service.opening import open_store
+
+        store = open_store(url, None, namespace=namespace)
+        store.read()
+    except Exception:  # noqa: BLE001 -- a store opened ahead is an optimisation only
+        return None
+    from dibs.service import opening
+
+    opening.preopened[(common, url, setting)] = store
+    return store, {name: os.environ.get(name) for name in _PG_ENV}
+
+
+def _keep_preopened(opened: tuple[Any, dict[str, str | None]] | None) -> None:
+    """In the call's environment: keep the store opened ahead only when it connected as this
+    call would, and its connection is still open (not closed by the server meanwhile)."""
+    if opened is None:
+        return
+    import select
+
+    from dibs.service import opening
+
+    store, env = opened
+    conn = getattr(store, "_conn", None)
+    fine = env == {name: os.environ.get(name) for name in _PG_ENV}
+    if fine and conn is not None and not conn.closed:
+        # An idle connection has nothing to read: something readable is its end.
+        fine = not select.select([conn.fileno()], [], [], 0)[0]
+    if not fine:
+        opening.preopened.clear()
+        store.close()
+
+
+# The server -------------------------------------------------------------------------------
+
+
+#: ``(path, mtime)`` of every dibs module the server imported: a spare whose code changed on
+#: disk (an upgrade, an edit of an editable install) runs no call and stops the server.
+_loaded: list[tuple[str, int]] = []
+
+
+def _code_files() -> list[tuple[str, int]]:
+    found = []
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and (module.__name__ == "dibs" or module.__name__.startswith("dibs.")):
+            try:
+                found.append((path, os.stat(path).st_mtime_ns))
+            except OSError:
+                found.append((path, -1))
+    return sorted(found)
+
+
+def _code_changed() -> bool:
+    for path, mtime in _loaded:
+        try:
+            if os.stat(path).st_mtime_ns != mtime:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def _warm_up() -> None:
+    """Import everything a call may need, once, before any fork."""
+    import contextlib
+    import importlib
+
+    from dibs.faces.cli import COMMANDS
+
+    for module in {m for m, _ in COMMANDS.values()} | {"dibs.faces.cli.output", "dibs.service"}:
+        importlib.import_module(module)
+    for module in (
+        "argparse", "json", "tomllib", "dibs.ground.settings", "dibs.ground.git.discover",
+        "dibs.service.identity", "dibs.integrations.guard", "dibs.faces.hooks",
+        "dibs.integrations.sessions", "dibs.store.local", "dibs.core.leases",
+        "dibs.store.postgres",
+    ):  # fmt: skip
+        with contextlib.suppress(ImportError):  # psycopg missing: calls fail as directly
+            importlib.import_module(module)
+
+
+def serve() -> int:
+    """Run a helper server until it is idle for ``DIBS_HELPER_IDLE`` seconds."""
+    import contextlib
+    import socket
+
+    from dibs.ground import platform
+
+    where = folder()
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(where, 0o700)
+    if not private(where):
+        return 1
+    path = socket_path()
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if not platform.try_lock(lock):
+        return 0  # another server runs
+    _server_only.append(lock)
+    _warm_up()
+    _loaded[:] = _code_files()
+    idle = float(os.environ.get("DIBS_HELPER_IDLE") or _IDLE)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    try:
+        _serve(listener, idle)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return 0
+
+
+def _serve(listener: Any, idle: float) -> None:
+    """Keep one spare forked; fork the next when one is taken; stop after *idle* seconds."""
+    import contextlib
+    import select
+
+    taken_r, taken_w = os.pipe()
+    life_r, life_w = os.pipe()
+    _server_only.extend((taken_r, life_w))
+    spare = _fork_spare(listener, taken_w, life_r)
+    while True:
+        ready, _, _ = select.select([taken_r], [], [], idle)
+        _reap()
+        if not ready:
+            break
+        if b"q" in os.read(taken_r, 64):
+            break  # the code changed on disk: the next call starts a new server
+        spare = _fork_spare(listener, taken_w, life_r)
+    # Idle: the socket goes first (new calls then run directly), then the spare with it.
+    os.unlink(listener.getsockname())
+    os.close(life_w)
+    with contextlib.suppress(OSError):
+        os.kill(spare, 15)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+#: The server's own descriptors (its lock, its ends of the pipes): a child closes them, so
+#: a call still running when the server is gone neither holds the lock nor hides its end.
+_server_only: list[int] = []
+
+
+def _fork_spare(listener: Any, taken_w: int, life_r: int) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for fd in _server_only:
+            os.close(fd)
+        code = _spare(listener, taken_w, life_r)
+    except BaseException:  # noqa: BLE001 -- a spare's failure goes to the server's log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _spare(listener: Any, taken_w: int, life_r: int) -> int:
+    """Open the last call's store ahead, wait for one call and run it; exit when the server
+    is gone before a call came."""
+    import contextlib
+    import select
+
+    opened = _preopen()
+    while True:
+        ready, _, _ = select.select([listener, life_r], [], [])
+        if life_r in ready:
+            return 0  # the server stopped (or died): nobody will fork a next spare
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            continue
+        break
+    listener.close()
+    os.close(life_r)
+    stale = _code_changed()
+    with contextlib.suppress(OSError):  # the server died: this call still runs
+        os.write(taken_w, b"q" if stale else b"t")
+    os.close(taken_w)
+    if stale:
+        return 0  # closed without a word: the client runs the call itself
+    return _take(conn, opened)
+
+
+def _take(conn: Any, opened: tuple[Any, dict[str, str | None]] | None) -> int:
+    """Serve one client: only the same user, only after its "go"."""
+    import _socket
+    import array
+
+    pid, uid = _peer(conn)
+    if uid != os.getuid():
+        return 0
+    conn.sendall(b"S%d\n" % os.getpid())
+    fds = array.array("i")
+    data, ancillary, _, _ = conn.recvmsg(64, _socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, raw in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(raw[: len(raw) - len(raw) % fds.itemsize])
+    head, newline, body = data.partition(b"\n")
+    if not head.startswith(b"G") or not newline or len(fds) != 4:
+        for fd in fds:
+            os.close(fd)
+        return 0  # the client gave up (or is not a dibs client): nothing was done
+    size = int(head[1:])
+    while len(body) < size:
+        chunk = conn.recv(min(1 << 20, size - len(body)))
+        if not chunk:
+            return 0
+        body += chunk
+    argv, env = _decode(body)
+    _become(conn, pid, list(fds), env)
+    _keep_preopened(opened)
+    code = _run(argv)
+    remember()
+    conn.sendall(b"X%d\n" % code)
+    return 0
+
+
+def _decode(body: bytes) -> tuple[list[str], dict[bytes, bytes]]:
+    parts = body.split(b"\0")
+    if parts[0] != _VERSION:
+        raise SystemExit(1)
+    count = int(parts[1])
+    argv = [os.fsdecode(a) for a in parts[2 : 2 + count]]
+    env = {}
+    for item in parts[2 + count :]:
+        name, _, value = item.partition(b"=")
+        env[name] = value
+    return argv, env
+
+
+def _become(conn: Any, client: int, fds: list[int], env: dict[bytes, bytes]) -> None:
+    """Take the client's standard streams, directory, environment and place in the process
+    tree; die with the client."""
+    import contextlib
+    import io
+    import threading
+
+    from dibs.integrations import sessions
+
+    for target, fd in zip((0, 1, 2), fds[:3], strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.fchdir(fds[3])
+    os.close(fds[3])
+    os.environb.clear()
+    os.environb.update(env)
+    sessions.called_by(client)
+
+    def stream(fd: int, mode: str, like: Any) -> Any:
+        return io.TextIOWrapper(
+            open(fd, mode + "b", closefd=False),
+            encoding=like.encoding,
+            errors=like.errors,
+            line_buffering=mode == "w" and (fd == 2 or os.isatty(fd)),
+            write_through=fd == 2,
+        )
+
+    sys.stdin = stream(0, "r", sys.__stdin__)
+    sys.stdout = stream(1, "w", sys.__stdout__)
+    sys.stderr = stream(2, "w", sys.__stderr__)
+
+    def watch() -> None:
+        # The client sends nothing after the call: any end of its socket means it is gone.
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        os.kill(os.getpid(), 9)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _run(argv: list[str]) -> int:
+    import contextlib
+
+    from dibs.faces.cli import main
+
+    try:
+        code: Any = main(argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+    except KeyboardInterrupt:
+        sys.stderr.write("dibs: interrupted\n")
+        code = 130
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(serve())
