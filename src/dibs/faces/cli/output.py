@@ -194,11 +194,9 @@ def tell_trackers(args: argparse.Namespace) -> None:
     where = getattr(args, "directory", None)
     try:
         if _last:
-            from dibs.integrations.worktrees import main_root
-
             done = _last[0]
             assert done.repo is not None  # noqa: S101 -- notes() keeps only those with one
-            where = main_root(done.repo)
+            where = done.repo.main_root
             same = os.path.normpath(where) == os.path.normpath(done.repo.root)
             if same and _nobody_listens(done):
                 # The command ran in the main checkout: opening it again would read the same
