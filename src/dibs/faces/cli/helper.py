@@ -64,6 +64,7 @@ _STARTUP_ENV = (
     "PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONUTF8", "PYTHONIOENCODING",
     "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE", "LC_ALL", "LC_CTYPE", "LANG", "DIBS_PLATFORM",
 )  # fmt: skip
+_NO_MATTER = frozenset(("safe_path", "dont_write_bytecode", "count", "index"))
 #: Seconds a client waits for a spare to accept before running the call itself.
 _ACCEPT_WAIT = 2.0
 _IDLE = 600.0
@@ -97,7 +98,10 @@ def key() -> str:
 
     parts = [sys.executable, os.path.dirname(os.path.dirname(__file__)), __version__]
     parts += [f"{name}={os.environ.get(name, '')}" for name in _STARTUP_ENV]
-    parts.append(repr(sys.flags))
+    # Python's own options, but for where the script's folder goes on sys.path (the server
+    # always starts with -P) and whether bytecode is written: neither changes an answer.
+    flags = [f for f in dir(sys.flags) if not f.startswith(("_", "n_")) and f not in _NO_MATTER]
+    parts += [f"{f}={getattr(sys.flags, f)}" for f in sorted(flags)]
     text = "\0".join(parts).encode("utf-8", "surrogateescape")
     return blake2b(text, digest_size=8).hexdigest()
 
@@ -235,11 +239,16 @@ def _forward_signals(worker: int) -> None:
 def start_server() -> None:
     """Start a helper server in the background for the next calls (a new session, no
     terminal, output to /dev/null); a server already running makes it exit at once."""
+    import subprocess
+
+    # The caller's interpreter options (-E, -I, -X utf8, ...), so that the server's socket
+    # has the caller's name; -P keeps the current folder off sys.path.
+    options = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]
     null = os.open(os.devnull, os.O_RDWR)
     try:
         os.posix_spawn(
             sys.executable,
-            [sys.executable, "-m", "dibs.faces.cli.helper"],
+            [sys.executable, *options, "-P", "-m", "dibs.faces.cli.helper"],
             os.environ,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, null, 0),
