@@ -100,7 +100,7 @@ def setup(url: str, folder: str) -> tuple[str, dict[str, str], str]:
 
 def start_helper(env: dict[str, str], repo: str) -> subprocess.Popen[bytes]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "dibs.faces.cli.helper"],
+        [sys.executable, "-m", "dibs.faces.cli.helper_server"],
         env=env,
         cwd=repo,
         stdout=subprocess.DEVNULL,

@@ -46,7 +46,7 @@ class Helper:
 
     def start(self) -> None:
         self.server = subprocess.Popen(
-            [sys.executable, "-m", "dibs.faces.cli.helper"],
+            [sys.executable, "-m", "dibs.faces.cli.helper_server"],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

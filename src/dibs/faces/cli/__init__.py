@@ -210,7 +210,8 @@ def _relayed_or_run(argv: list[str]) -> int:
     if helper.required():
         sys.stderr.write(
             "dibs: no helper took this call (DIBS_HELPER=only); nothing was done\n"
-            "hint: start one with `python -m dibs.faces.cli.helper &`, or unset DIBS_HELPER\n"
+            "hint: start one (`python -m dibs.faces.cli.helper_server &`), or unset "
+            "DIBS_HELPER\n"
         )
         return 1
     code = _main(argv[1:])
