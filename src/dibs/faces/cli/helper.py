@@ -189,7 +189,7 @@ def _hand_over(sock: Any, worker: int, argv: Sequence[str]) -> int | None:
     import struct
 
     try:
-        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)  # a folder: fchdir takes it
     except OSError:
         return None  # no working directory to hand over: run directly (and fail there)
     try:
@@ -227,10 +227,9 @@ def _forward_signals(worker: int) -> None:
     import _signal  # type: ignore[import-not-found,unused-ignore]
 
     def forward(signum: int, _frame: object) -> None:
-        try:  # noqa: SIM105 -- contextlib is an import the client does without
-            os.kill(worker, signum)
-        except OSError:
-            pass  # it ended meanwhile: its exit code is on the way
+        from dibs.ground import platform  # only when a signal comes: the client stays light
+
+        platform.send_signal(worker, signum)  # gone meanwhile: its exit code is on the way
 
     for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(signum, forward)

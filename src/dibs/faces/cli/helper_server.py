@@ -21,6 +21,7 @@ from dibs.faces.cli.helper import (
     remember,
     socket_path,
 )
+from dibs.ground import platform
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -132,8 +133,6 @@ def serve() -> int:
     import contextlib
     import socket
 
-    from dibs.ground import platform
-
     where = folder()
     with contextlib.suppress(FileExistsError):
         os.mkdir(where, 0o700)
@@ -163,7 +162,6 @@ def serve() -> int:
 
 def _serve(listener: Any, idle: float) -> None:
     """Keep one spare forked; fork the next when one is taken; stop after *idle* seconds."""
-    import contextlib
     import select
 
     taken_r, taken_w = os.pipe()
@@ -181,8 +179,7 @@ def _serve(listener: Any, idle: float) -> None:
     # Idle: the socket goes first (new calls then run directly), then the spare with it.
     os.unlink(listener.getsockname())
     os.close(life_w)
-    with contextlib.suppress(OSError):
-        os.kill(spare, 15)
+    platform.send_signal(spare, 15)
 
 
 def _reap() -> None:
@@ -326,7 +323,7 @@ def _become(conn: Any, client: int, fds: list[int], env: dict[bytes, bytes]) -> 
         # The client sends nothing after the call: any end of its socket means it is gone.
         with contextlib.suppress(OSError):
             conn.recv(1)
-        os.kill(os.getpid(), 9)
+        platform.send_signal(os.getpid(), 9)
 
     threading.Thread(target=watch, daemon=True).start()
 

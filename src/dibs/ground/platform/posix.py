@@ -95,6 +95,14 @@ class Posix:
             return False
         return True
 
+    def send_signal(self, pid: int, signum: int) -> bool:
+        """Send *signum* to process *pid*: False when it is gone (or not ours)."""
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            return False
+        return True
+
     def unlock(self, fd: int) -> None:
         """Let go of `lock`."""
         import fcntl
