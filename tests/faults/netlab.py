@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 PREFIX = "dl"  # namespaces: dl<pid>-<name>; root link ends: dl<pid>r<k>
+CLUSTER_PREFIX = "dibs-netlab-pg-"  # cluster folders in the temp dir: <prefix><pid>-<random>
 
 
 def run(*args: str, timeout: float = 60) -> str:
@@ -79,7 +80,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 def sweep() -> None:
-    """Remove namespaces and links left by lab runs whose process is gone."""
+    """Remove clusters, namespaces and links left by lab runs whose process is gone."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), CLUSTER_PREFIX + "*")):
+        owner = os.path.basename(folder)[len(CLUSTER_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            with contextlib.suppress(OSError, ValueError, ProcessLookupError):
+                postmaster = Path(folder, "data", "postmaster.pid").read_text().split()[0]
+                os.kill(int(postmaster), signal.SIGQUIT)  # the server's immediate shutdown
+            shutil.rmtree(folder, ignore_errors=True)
     for line in run("ip", "netns", "list").splitlines():
         name = line.split()[0] if line.strip() else ""
         owner = name[len(PREFIX) :].split("-", 1)[0]
@@ -160,7 +168,7 @@ class Cluster:
         assert bindir is not None  # unavailable() said so first
         self.bindir = bindir
         self.machine = machine
-        self.root = tempfile.mkdtemp(prefix="dibs-netlab-pg-")
+        self.root = tempfile.mkdtemp(prefix=f"{CLUSTER_PREFIX}{os.getpid()}-")
         self.data = os.path.join(self.root, "data")
         self.log = os.path.join(self.root, "server.log")
         self.port = 5432  # its own namespace: no other server listens there
