@@ -50,6 +50,8 @@ import json
 import multiprocessing
 import os
 import random
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -156,9 +158,9 @@ class Client:
         cpu0 = cpu_seconds()
         while self.heap:
             due, _n, index, action, resource = self.heap[0]
-            if due >= end:
-                break
             now = time.monotonic()
+            if due >= end or now >= end:
+                break
             if due > now:
                 time.sleep(due - now)
             heapq.heappop(self.heap)
@@ -171,10 +173,23 @@ class Client:
                 kind = type(exc).__name__
                 self.stats["errors"][kind] = self.stats["errors"].get(kind, 0) + 1
             self.stats["done"] += 1
-        # What was due before the end and never started counts as scheduled, not done.
-        self.stats["scheduled"] += sum(1 for item in self.heap if item[0] < end)
+        self.count_backlog(end)
         self.stats["cpu"] = cpu_seconds() - cpu0
         return self.stats
+
+    def count_backlog(self, end: float) -> None:
+        """What fell due before *end* and never started: scheduled, not done, and lagging.
+
+        An operation left in the heap never scheduled its successors: those that would have
+        fallen due before the end count too (at their mean period).
+        """
+        for due, _n, _index, action, _resource in self.heap:
+            if due >= end:
+                continue
+            period = {"heartbeat": HEARTBEAT, "claim": CLAIM_PERIOD}.get(action)
+            missed = 1 + (int((end - due) * self.speedup / period) if period else 0)
+            self.stats["scheduled"] += missed
+            self.stats["lag"] += [end - due] * missed
 
     def act(self, index: int, action: str, resource: str, due: float) -> None:
         coord = self.coords[index]
@@ -285,7 +300,7 @@ class Sampler:
     def __init__(self, url: str):
         self.stop = ctx.Event()
         self.out = ctx.Queue()
-        self.proc = ctx.Process(target=sample_locks, args=(url, self.stop, self.out))
+        self.proc = ctx.Process(target=sample_locks, args=(url, self.stop, self.out), daemon=True)
         self.proc.start()
 
     def result(self) -> dict[str, float]:
@@ -314,6 +329,7 @@ def fleet(url: str, agents: int, clients: int, seconds: float, speedup: float) -
     out = ctx.Queue()
     procs = [
         ctx.Process(
+            daemon=True,
             target=_fleet_worker,
             args=(
                 target,
@@ -406,7 +422,7 @@ def raw(url: str, clients: int, seconds: float, rate: float = 0.0) -> dict[str, 
     go = ctx.Barrier(clients + 1)
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_raw_worker, args=(url, go, seconds, rate / clients, out))
+        ctx.Process(target=_raw_worker, args=(url, go, seconds, rate / clients, out), daemon=True)
         for _ in range(clients)
     ]
     for p in procs:
@@ -520,6 +536,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--url", default=ADMIN, help="an admin URL (may create databases)")
     args = parser.parse_args()
+    # Stopped with SIGTERM, still drop the database (the client processes are daemons).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = args.runs or ([(1000, 16)] if args.quick else [(1000, 16), (10000, 16), (10000, 64)])
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     dbname = f"dibs_fleet_{os.getpid()}"
