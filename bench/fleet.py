@@ -480,6 +480,7 @@ def run_one(url: str, agents: int, clients: int, seconds: float, speedup: float)
         "raw_paced_lock_waiting": paced["lock_waiting"],
     }
     row["sustained"] = row["done_share"] >= DONE_SHARE and row["lag_p99_s"] < LAG_LIMIT
+    row["load_average"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
     return row
 
 
@@ -487,7 +488,8 @@ def show(row: dict[str, Any]) -> None:
     r = row
     print(
         f"\n{r['agents']:,} agents, {r['clients']} client processes, {r['seconds']:g} s at "
-        f"speed-up {r['speedup']:g} (registering took {r['registering_s']:.0f} s)"
+        f"speed-up {r['speedup']:g} (registering took {r['registering_s']:.0f} s; load "
+        f"average {r['load_average']:.1f} at the end)"
     )
     print(
         f"  ops/s            {r['ops_s']:9.0f} of {r['offered_ops_s']:.0f} offered "
