@@ -59,9 +59,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dibs.errors import Conflict, DibsError, LeaseLost, LockTimeout
-from dibs.service import Coordinator
-from dibs.store.postgres import PostgresStore
+from dibs import Conflict, Coordinator, DibsError, LeaseLost, LockTimeout, PostgresStore
 
 ADMIN = os.environ.get("DIBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RAW = b"UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n"

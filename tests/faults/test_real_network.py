@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dibs.store.postgres import PostgresStore
+from dibs import PostgresStore
 from tests.faults import netlab
 from tests.faults.history import History, check
 from tests.faults.proxy import FaultProxy
@@ -45,9 +45,8 @@ AGENT = textwrap.dedent(
     """
     import json, logging, random, sys, time
     from pathlib import Path
-    from dibs.errors import AuthError, DibsError, LeaseLost, Refused, StoreUnavailable
-    from dibs.service import Coordinator
-    from dibs.store.postgres import PostgresStore
+    from dibs import (AuthError, Coordinator, DibsError, LeaseLost, PostgresStore, Refused,
+                      StoreUnavailable)
     from tests.faults.history import History
 
     via, folder, me, seconds = sys.argv[1:5]
