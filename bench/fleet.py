@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -174,6 +175,8 @@ class Client:
                 self.stats["errors"][kind] = self.stats["errors"].get(kind, 0) + 1
             self.stats["done"] += 1
         self.count_backlog(end)
+        self.stats["timeouts"] = self.store.timeouts
+        self.stats["settled"] = self.store.settled
         self.stats["cpu"] = cpu_seconds() - cpu0
         return self.stats
 
@@ -259,6 +262,9 @@ def _fleet_worker(  # noqa: PLR0917 -- a process target takes positional argumen
     seconds: float,
     out: Any,
 ) -> None:
+    # The store reconnects when a request goes unanswered (its watchdog); psycopg would log
+    # each torn-down pipeline. The counts are in the figures instead.
+    logging.getLogger("psycopg").setLevel(logging.CRITICAL)
     try:
         client = Client(target, names, hot, speedup, waiter)
         client.register()
@@ -377,7 +383,8 @@ def merge(  # noqa: PLR0917
     merged: dict[str, Any] = {"latency": {}, "errors": {}}
     for kind in parts[0]["latency"]:
         merged["latency"][kind] = [x for p in parts for x in p["latency"][kind]]
-    for key in ("done", "scheduled", "granted", "refused", "timed_out", "lost", "cpu"):
+    keys = ("done", "scheduled", "granted", "refused", "timed_out", "lost", "cpu", "timeouts")
+    for key in (*keys, "settled"):
         merged[key] = sum(p[key] for p in parts)
     for p in parts:
         for kind, count in p["errors"].items():
@@ -472,6 +479,8 @@ def run_one(url: str, agents: int, clients: int, seconds: float, speedup: float)
         "timed_out": sim["timed_out"],
         "lost": sim["lost"],
         "errors": sim["errors"],
+        "request_timeouts": sim["timeouts"],
+        "settled": sim["settled"],
         "lock_waiting": sim["lock_waiting"],
         "active": sim["active"],
         "client_cpu": sim["client_cpu"],
@@ -516,7 +525,9 @@ def show(row: dict[str, Any]) -> None:
         f"  heartbeat p99 {r['heartbeat_p99_ms']:.1f} ms, release p99 {r['release_p99_ms']:.1f}"
         f" ms, waiting claim p50 {r['wait_claim_p50_ms']:.0f} ms; claims {r['claims']}: "
         f"{r['granted']} granted, {r['refused']} refused, {r['timed_out']} timed out; "
-        f"{r['lost']} leases lost; errors {r['errors'] or 'none'}; client CPU "
+        f"{r['lost']} leases lost; errors {r['errors'] or 'none'}; {r['request_timeouts']} "
+        f"requests unanswered in 10 s (reconnected; {r['settled']} settled by idempotency key); "
+        f"client CPU "
         f"{r['client_cpu']:.2f} cores"
     )
 
