@@ -30,6 +30,7 @@ demo: $(STAMP_RUN) compile
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports  # the layers: docs/explanation/architecture.md
 
 typecheck: $(STAMP_DEV)
 	$(BIN)/mypy --strict src/dibs
@@ -77,7 +78,7 @@ bench-dashboard: $(STAMP_DEV) compile
 	$(BIN)/python -P bench/dashboard.py
 
 docs: $(STAMP_DEV)
-	$(BIN)/python -m dibs.cli.docgen > docs/reference/cli.md
+	$(BIN)/python -m dibs.faces.cli.docgen > docs/reference/cli.md
 
 clean:
 	rm -rf $(VENV) $(HOSTS) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -14,8 +14,8 @@
    offers (fdatasync on Linux, F_FULLFSYNC on macOS) / fsync; and a durable claim with each
    `store.sync` choice / a raw append with that choice's primitive.
 
-"fdatasync" above is this platform's durable sync (`dibs.platform`: fsync or F_FULLFSYNC where
-there is no fdatasync).
+"fdatasync" above is this platform's durable sync (`dibs.ground.platform`: fsync or
+F_FULLFSYNC where there is no fdatasync).
 
 Never run as a test: these machines are shared and noisy; figures go in the README.
 """
@@ -35,9 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dibs import platform
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
+from dibs.ground import platform
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 

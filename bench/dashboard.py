@@ -36,7 +36,8 @@ def fill(repo: Path, agents: int, claims: int, events: int) -> None:
     ``acquire`` and its ``release``, each a transaction of its own (500,000 fsyncs through the
     API would take minutes); the store replays them when it next opens.
     """
-    from dibs.core.events import Now, encode
+    from dibs.core.events import encode
+    from dibs.ground.now import Now
 
     store_dir = repo / ".git" / "dibs"
     dibs = Coordinator(LocalStore(store_dir))

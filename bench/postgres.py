@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dibs.errors import Conflict
+from dibs.ground.errors import Conflict
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from dibs.store.postgres import PostgresStore

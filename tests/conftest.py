@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dibs import platform
-from dibs.core.events import Now
 from dibs.core.leases import Context
+from dibs.ground import platform
+from dibs.ground.now import Now
 
 if TYPE_CHECKING:
     from dibs.core.state import AgentRecord

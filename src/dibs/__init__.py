@@ -14,12 +14,12 @@ imports this package on every editor hook.
 
 from __future__ import annotations
 
-from dibs._version import __version__
+from dibs.ground.version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from dibs.core.resources import Resource, overlaps, parse_resource
-    from dibs.errors import (
+    from dibs.ground.errors import (
         AuthError,
         Conflict,
         CorruptLog,
@@ -35,34 +35,34 @@ if TYPE_CHECKING:
         StoreUnavailable,
         UsageError,
     )
+    from dibs.integrations.setup import init
     from dibs.service import Coordinator
-    from dibs.setup import init
     from dibs.store.local import LocalStore
     from dibs.store.memory import MemoryStore
     from dibs.store.postgres import PostgresStore
 
 
 _EXPORTS = {
-    "AuthError": "dibs.errors",
-    "Conflict": "dibs.errors",
+    "AuthError": "dibs.ground.errors",
+    "Conflict": "dibs.ground.errors",
     "Coordinator": "dibs.service",
-    "CorruptLog": "dibs.errors",
-    "DibsError": "dibs.errors",
-    "InvalidResource": "dibs.errors",
-    "InvalidSetting": "dibs.errors",
-    "LeaseLost": "dibs.errors",
+    "CorruptLog": "dibs.ground.errors",
+    "DibsError": "dibs.ground.errors",
+    "InvalidResource": "dibs.ground.errors",
+    "InvalidSetting": "dibs.ground.errors",
+    "LeaseLost": "dibs.ground.errors",
     "LocalStore": "dibs.store.local",
-    "LockTimeout": "dibs.errors",
+    "LockTimeout": "dibs.ground.errors",
     "MemoryStore": "dibs.store.memory",
-    "NotFound": "dibs.errors",
+    "NotFound": "dibs.ground.errors",
     "PostgresStore": "dibs.store.postgres",
-    "Refused": "dibs.errors",
+    "Refused": "dibs.ground.errors",
     "Resource": "dibs.core.resources",
-    "StoreError": "dibs.errors",
-    "StoreIOError": "dibs.errors",
-    "StoreUnavailable": "dibs.errors",
-    "UsageError": "dibs.errors",
-    "init": "dibs.setup",
+    "StoreError": "dibs.ground.errors",
+    "StoreIOError": "dibs.ground.errors",
+    "StoreUnavailable": "dibs.ground.errors",
+    "UsageError": "dibs.ground.errors",
+    "init": "dibs.integrations.setup",
     "overlaps": "dibs.core.resources",
     "parse_resource": "dibs.core.resources",
 }

@@ -2,6 +2,6 @@
 
 import sys
 
-from dibs.cli import main
+from dibs.faces.cli import main
 
 sys.exit(main())

@@ -237,7 +237,8 @@ def test_sixteen_takers_never_overdraw_the_bucket(repo: Path, cli: Cli) -> None:
 
 
 def test_python_context_manager(repo: Path, cli: Cli) -> None:
-    from dibs import Coordinator, limits
+    from dibs import Coordinator
+    from dibs.integrations import limits
 
     with Coordinator.open(repo) as dibs:
         limits.set_limit(dibs, "py", capacity=1, per=0.2, as_operator=True)

@@ -335,8 +335,8 @@ def test_binary_input_is_refused_before_anything_is_recorded(repo: Path, cli: Cl
 
 PAUSED_WRITER = """
 import os, signal, sys
-from dibs import documents
-from dibs.errors import DibsError
+from dibs.integrations import documents
+from dibs.ground.errors import DibsError
 from dibs.service import Coordinator
 
 with Coordinator.open(".", agent=os.environ["DIBS_AGENT"], token=os.environ["DIBS_TOKEN"]) as dibs:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dibs.cli import COMMANDS
+from dibs.faces.cli import COMMANDS
 from tests.conftest import BIN, Cli, make_repo, store_dir
 
 

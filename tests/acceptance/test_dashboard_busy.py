@@ -72,7 +72,7 @@ def busy(repo: Path, cli: Cli) -> Iterator[Server]:
 
 def test_every_labelled_family_starts_at_zero(repo: Path, cli: Cli) -> None:
     """Before anything happened each label value is there with 0, so rate() has a series."""
-    from dibs import __version__
+    from dibs.ground.version import __version__
 
     assert 0 == cli("init").returncode
     server = Server(repo)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dibs.cli import COMMANDS
-from dibs.cli.docgen import generate
 from dibs.core.events import OPS
+from dibs.faces.cli import COMMANDS
+from dibs.faces.cli.docgen import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

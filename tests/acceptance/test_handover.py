@@ -54,7 +54,8 @@ def commit_in(path: str, name: str, text: str) -> None:
 
 def fill_finished(repo: Path, issue: str, count: int) -> None:
     """*count* finished queue entries (queued, then cancelled) of another issue's branch."""
-    from dibs import Coordinator, queue
+    from dibs import Coordinator
+    from dibs.integrations import queue
 
     with Coordinator.open(repo) as dibs:
         dibs.register("filler")
@@ -290,7 +291,8 @@ def test_doctor_repair_removes_a_worktree_whose_creation_was_killed(repo: Path, 
 
 _DIE_AFTER_MOVE = """
 import os, signal, sys
-from dibs import Coordinator, queue
+from dibs import Coordinator
+from dibs.integrations import queue
 
 original = queue._Processor._move
 

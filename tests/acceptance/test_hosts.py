@@ -441,8 +441,9 @@ def test_broken_store_settings_refuse_for_every_host(repo: Path, work: dict[str,
 
 
 SESSION_AGENT = (
-    "import json, sys; from dibs.service import Coordinator; from dibs.sessions import "
-    "session_agent; d = Coordinator.open(sys.argv[1]); found = session_agent(d); "
+    "import json, sys; from dibs.service import Coordinator; "
+    "from dibs.integrations.sessions import session_agent; "
+    "d = Coordinator.open(sys.argv[1]); found = session_agent(d); "
     "print(json.dumps(found[0] if found else None))"
 )
 
@@ -476,7 +477,9 @@ def test_mcp_first_then_hook_adopts_its_agent(repo: Path, work: dict[str, Any], 
     second session of the same client is another agent)."""
     agent = mcp_side(repo)
     assert agent is not None
-    token = json.loads((repo / ".git/dibs/sessions" / f"{agent}.json").read_text())["token"]
+    token = json.loads((repo / ".git/dibs/sessions" / f"{agent}.json").read_text())[
+        "token"
+    ]
     assert (
         0
         == cli(
@@ -646,7 +649,7 @@ def test_install_trust_records_what_codex_checks(
 def test_plugin_files_are_the_generated_ones() -> None:
     """The committed Claude Code plugin matches what dibs generates, and the marketplace
     lists it."""
-    from dibs.host_hooks import plugin_files
+    from dibs.integrations.setup.host_hooks import plugin_files
 
     root = Path(__file__).resolve().parents[2]
     for path, text in plugin_files().items():

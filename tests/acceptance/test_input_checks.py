@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from dibs import limits, queue
-from dibs.errors import UsageError
+from dibs.ground.errors import UsageError
+from dibs.integrations import limits, queue
 from dibs.service import Coordinator
 from tests.conftest import BIN, Cli, store_dir
 

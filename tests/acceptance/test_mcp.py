@@ -68,7 +68,7 @@ def test_mcp_tools_describe_every_argument_and_carry_annotations(repo: Path, cli
     """Every argument has a description (with units and defaults), descriptions read as
     prose (no docstring indentation), tools say whether they read or destroy, and the
     server reports dibs's version."""
-    from dibs import __version__
+    from dibs.ground.version import __version__
 
     async def body(client: Any) -> None:
         assert __version__ == client.server_info.version

@@ -101,8 +101,9 @@ def test_archive_copies_events_and_clears_released_plans(cli: Cli, repo: Path) -
 COMMITTER = textwrap.dedent(
     """
     import json, sys
-    from dibs import Coordinator, plans
-    from dibs.errors import Conflict
+    from dibs import Coordinator
+    from dibs.integrations import plans
+    from dibs.ground.errors import Conflict
     dibs = Coordinator.open(sys.argv[1])
     name, mine = sys.argv[2], sys.argv[3:]
     dibs.register(name)

@@ -392,7 +392,8 @@ def test_a_killed_processor_is_taken_over(repo: Path, cli: Cli, tmp_path: Path) 
 
 
 def test_python_api(repo: Path) -> None:
-    from dibs import Coordinator, queue
+    from dibs import Coordinator
+    from dibs.integrations import queue
 
     settings(repo, 'tests = "true"')
     dibs = Coordinator.open(repo)

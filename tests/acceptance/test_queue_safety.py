@@ -225,7 +225,8 @@ def test_the_main_checkout_is_carried_forward_around_unrelated_local_changes(
 
 def test_python_api_refusal_keeps_the_queue_going(repo: Path, cli: Cli) -> None:
     """Through the Python API: the refused entry fails with its fields, the next one lands."""
-    from dibs import Coordinator, queue
+    from dibs import Coordinator
+    from dibs.integrations import queue
 
     settings(repo)
     env = agent_with_issue(cli, "alice", "P-1")
@@ -277,7 +278,8 @@ def test_a_checkout_edited_between_the_checks_and_the_swap_puts_the_target_back(
 ) -> None:
     """The instant between the last gate and the swap: the checkout cannot follow, so main is
     moved back and the entry fails; nothing is staged and the person's edit is kept."""
-    from dibs import Coordinator, queue
+    from dibs import Coordinator
+    from dibs.integrations import queue
 
     settings(repo)
     env = agent_with_issue(cli, "alice", "E-1")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dibs import platform
+from dibs.ground import platform
 from tests.conftest import BIN, Cli
 
 # The command starts a helper of its own (a grandchild of dibs run), then reports both pids.

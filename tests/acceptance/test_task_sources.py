@@ -706,7 +706,7 @@ def test_the_claim_path_never_imports_yaml(repo: Path, cli: Cli) -> None:
     """PyYAML is imported only when a markdown task file is read."""
     env = {**cli.register("worker"), "PYTHONVERBOSE": ""}
     probe = (
-        "import sys; from dibs.cli import main; main(['claim', 'path:a.py']);"
+        "import sys; from dibs.faces.cli import main; main(['claim', 'path:a.py']);"
         " print('yaml' in sys.modules)"
     )
     import subprocess

@@ -318,7 +318,8 @@ def test_doctor_finds_and_repairs_drift(repo: Path, cli: Cli) -> None:
 
 
 def test_python_api(repo: Path, cli: Cli) -> None:
-    from dibs import Coordinator, worktrees
+    from dibs import Coordinator
+    from dibs.integrations import worktrees
 
     with Coordinator.open(repo) as dibs:
         started = worktrees.start(dibs, "API-1", agent="api")

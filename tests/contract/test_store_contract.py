@@ -15,7 +15,7 @@ import pytest
 
 from dibs.core.leases import Decision
 from dibs.core.state import State
-from dibs.errors import Conflict, LeaseLost
+from dibs.ground.errors import Conflict, LeaseLost
 from dibs.service import Coordinator
 from dibs.store.base import Store
 from dibs.store.local import LocalStore
@@ -179,7 +179,7 @@ def test_crossing_waits_decided_at_once_refuse_exactly_one(backend: Backend) -> 
     """Two waits closing one cycle in the same instant: the second sees the first's edge."""
     import threading
 
-    from dibs.errors import Deadlock
+    from dibs.ground.errors import Deadlock
 
     other = backend.reopen()
     try:

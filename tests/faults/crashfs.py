@@ -227,18 +227,18 @@ def materialize(state: CrashState, base: str, target: Path) -> Path:
 def local_store_os(fake: Any) -> Iterator[None]:
     """Put *fake* in place of ``os`` wherever the local store reaches the disk: the store itself
     and the platform layer that syncs and locks for it."""
-    import dibs.platform
-    import dibs.platform.darwin
-    import dibs.platform.linux
-    import dibs.platform.posix
+    import dibs.ground.platform
+    import dibs.ground.platform.darwin
+    import dibs.ground.platform.linux
+    import dibs.ground.platform.posix
     import dibs.store.local
 
     modules = [
         dibs.store.local,
-        dibs.platform,  # replace_file
-        dibs.platform.posix,
-        dibs.platform.linux,
-        dibs.platform.darwin,
+        dibs.ground.platform,  # replace_file
+        dibs.ground.platform.posix,
+        dibs.ground.platform.linux,
+        dibs.ground.platform.darwin,
     ]
     originals = [m.os for m in modules]
     for module in modules:

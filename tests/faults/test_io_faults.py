@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from dibs.errors import Conflict, StoreIOError
+from dibs.ground.errors import Conflict, StoreIOError
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness

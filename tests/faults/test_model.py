@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from dibs.core.resources import overlaps, parse_resource
-from dibs.errors import Conflict, LeaseLost, NotFound
+from dibs.ground.errors import Conflict, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness

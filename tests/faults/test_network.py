@@ -32,7 +32,7 @@ CLIENT = textwrap.dedent(
     import json, os, random, sys, time
     from pathlib import Path
     from dibs.core.leases import eviction_reason
-    from dibs.errors import Conflict, DibsError, LeaseLost, StoreUnavailable
+    from dibs.ground.errors import Conflict, DibsError, LeaseLost, StoreUnavailable
     from dibs.service import Coordinator
     from dibs.store.postgres import PostgresStore
     from tests.faults.history import FencedRegister, History

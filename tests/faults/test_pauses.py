@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     """
     import json, os, random, signal, subprocess, sys, time
     from dibs.core.leases import eviction_reason
-    from dibs.errors import Conflict, LeaseLost
+    from dibs.ground.errors import Conflict, LeaseLost
     from dibs.service import Coordinator
     from dibs.store.local import LocalStore
     from pathlib import Path

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dibs.errors import Conflict, CorruptLog, LeaseLost, NotFound
+from dibs.ground.errors import Conflict, CorruptLog, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness

@@ -188,7 +188,7 @@ def test_dead_holder_is_evicted_at_once(
 
 def test_pid_reuse_does_not_keep_a_dead_holder_alive() -> None:
     """A live pid with another start time is another process: the holder is dead."""
-    from dibs.host import Liveness, boot_id, host_id, process_start
+    from dibs.ground.host import Liveness, boot_id, host_id, process_start
 
     start = process_start(os.getpid())
     assert start is not None

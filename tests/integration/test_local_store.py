@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dibs.errors import CorruptLog, LogBehind, StoreIOError
+from dibs.ground.errors import CorruptLog, LogBehind, StoreIOError
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness

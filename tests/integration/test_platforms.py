@@ -37,7 +37,7 @@ def without_proc(**extra: str) -> dict[str, str]:
 def test_the_simulation_really_takes_proc_and_fdatasync_away() -> None:
     """Under the simulation Python has no fdatasync, /proc is not there, and dibs says so."""
     code = (
-        "import os; from dibs import platform; "
+        "import os; from dibs.ground import platform; "
         "print(hasattr(os, 'fdatasync'), os.path.exists('/proc/self/stat'), platform.NAME, "
         "list(platform.sync_primitives()), platform.process_start(os.getpid()))"
     )

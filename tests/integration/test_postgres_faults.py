@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dibs.errors import Conflict, LeaseLost
+from dibs.ground.errors import Conflict, LeaseLost
 from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore
 from tests.conftest import FakeLiveness, pg_admin

@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from dibs import host
-from dibs.core.events import Now
-from dibs.errors import Conflict, LeaseLost, StoreUnavailable, UsageError
+from dibs.ground import host
+from dibs.ground.errors import Conflict, LeaseLost, StoreUnavailable, UsageError
+from dibs.ground.now import Now
 from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore
 from tests.conftest import FakeLiveness, pg_admin

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dibs.core.resources import overlaps, parse_resource
-from dibs.errors import Conflict
+from dibs.ground.errors import Conflict
 from dibs.service import Coordinator
 from dibs.store.base import Store
 from dibs.store.local import LocalStore

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from dibs.core.deadlock import TABLE, describe, find_cycle
 from dibs.core.leases import Acquire, Release
 from dibs.core.resources import parse_resource
-from dibs.errors import Conflict, Deadlock
+from dibs.ground.errors import Conflict, Deadlock
 from tests.conftest import FakeClock, FakeLiveness
 from tests.unit.test_leases import Core, core
 

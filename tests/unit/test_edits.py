@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dibs.edits import patch_writes, replaced_lines, shell_writes
+from dibs.integrations.guard.edits import patch_writes, replaced_lines, shell_writes
 
 
 def names(writes: list[tuple[str, object]], root: Path) -> list[str]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dibs.core.globs import covers, intersects, is_literal, literal_prefix, parse_glob, witness
-from dibs.errors import InvalidResource
+from dibs.ground.errors import InvalidResource
 
 
 def meet(a: str, b: str) -> bool:

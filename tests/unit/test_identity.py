@@ -1,4 +1,4 @@
-"""dibs.identity: the one place that says who is acting and how dibs knows."""
+"""dibs.service.identity: the one place that says who is acting and how dibs knows."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pwd
 
 import pytest
 
-from dibs import identity
 from dibs.core.leases import Context, Register, decide
 from dibs.core.state import State, apply, seal
-from dibs.errors import EXIT_REFUSED, AuthError, NotFound
+from dibs.ground.errors import EXIT_REFUSED, AuthError, NotFound
+from dibs.service import identity
 from tests.conftest import FakeClock
 
 

@@ -21,7 +21,7 @@ from dibs.core.leases import (
 )
 from dibs.core.resources import parse_resource
 from dibs.core.state import State, apply, seal
-from dibs.errors import AuthError, Conflict, CorruptLog, LeaseLost, NotFound
+from dibs.ground.errors import AuthError, Conflict, CorruptLog, LeaseLost, NotFound
 from tests.conftest import FakeClock, FakeLiveness
 
 

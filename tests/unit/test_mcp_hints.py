@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dibs.mcp_server import mcp_hint
+from dibs.faces.mcp.server import mcp_hint
 
 
 def test_flags_become_arguments_with_their_units() -> None:

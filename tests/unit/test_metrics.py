@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from dibs.core.events import Now, iso_time, new_event
-from dibs.errors import UsageError
-from dibs.metrics import compute, parse_duration, percentile
+from dibs.core.events import new_event
+from dibs.ground.errors import UsageError
+from dibs.ground.now import Now, iso_time
+from dibs.integrations.metrics import compute, parse_duration, percentile
 
 T0 = 1_800_000_000.0  # wall seconds of the first event
 S = 10**9

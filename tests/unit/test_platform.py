@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from dibs import platform
-from dibs.platform import darwin, linux, posix
-from dibs.platform.darwin import Darwin
-from dibs.platform.linux import Linux
-from dibs.platform.posix import UNKNOWN_START, Posix
+from dibs.ground import platform
+from dibs.ground.platform import darwin, linux, posix
+from dibs.ground.platform.darwin import Darwin
+from dibs.ground.platform.linux import Linux
+from dibs.ground.platform.posix import UNKNOWN_START, Posix
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "dibs"
 ON_LINUX = sys.platform.startswith("linux")
@@ -45,8 +45,8 @@ class Calls:
 
 # The one place -----------------------------------------------------------------------------
 
-# What only dibs.platform may call: durable sync, file locks, the clocks, the boot id, process
-# identity, the machine's name, and the system libraries behind them.
+# What only dibs.ground.platform may call: durable sync, file locks, the clocks, the boot id,
+# process identity, the machine's name, and the system libraries behind them.
 FORBIDDEN_CALLS = {
     "os.fsync",
     "os.fdatasync",
@@ -98,7 +98,8 @@ def direct_uses(source: str) -> list[str]:
 
 
 def test_only_the_platform_layer_calls_the_system_primitives() -> None:
-    """No module outside src/dibs/platform/ calls fsync, flock, the clocks, /proc or ctypes."""
+    """No module outside src/dibs/ground/platform/ calls fsync, flock, the clocks, /proc or
+    ctypes."""
     found = []
     for path in sorted(SRC.rglob("*.py")):
         if path.parent.name != "platform":
@@ -169,7 +170,7 @@ def test_windows_is_told_to_use_wsl() -> None:
 def test_the_cli_on_windows_says_use_wsl_without_a_traceback() -> None:
     """`dibs status` on native Windows exits 1 with the message and hint, no traceback."""
     code = (
-        "import sys; sys.platform = 'win32'; from dibs.cli import main; "
+        "import sys; sys.platform = 'win32'; from dibs.faces.cli import main; "
         "raise SystemExit(main(['status']))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -232,7 +233,7 @@ def test_posix_clock_is_clock_monotonic() -> None:
 
 def test_posix_boot_id_is_the_same_in_another_process() -> None:
     """Posix: two processes of one boot read one boot id (kern.boottime or the boot instant)."""
-    code = "from dibs.platform.posix import Posix; print(Posix().boot_id())"
+    code = "from dibs.ground.platform.posix import Posix; print(Posix().boot_id())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert Posix().boot_id() == out.stdout.strip()
 
@@ -345,7 +346,8 @@ def test_linux_without_proc_falls_back_to_the_portable_boot_id(
 def test_linux_claim_path_does_not_load_ctypes() -> None:
     """Linux: reading the clock, the boot id and a process's start time loads no ctypes."""
     code = (
-        "import os, sys; from dibs import host; host.now(); host.process_start(os.getpid()); "
+        "import os, sys; from dibs.ground import host; host.now(); "
+        "host.process_start(os.getpid()); "
         "print('ctypes' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -545,7 +547,7 @@ def test_a_bad_store_sync_is_refused_naming_the_choices(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """DIBS_SYNC=sometimes is a usage error that names full and fsync."""
-    from dibs.errors import InvalidSetting
+    from dibs.ground.errors import InvalidSetting
     from dibs.service import Coordinator
 
     monkeypatch.setenv("DIBS_SYNC", "sometimes")

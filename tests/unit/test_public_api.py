@@ -21,8 +21,8 @@ def test_all_is_sorted_and_complete() -> None:
 def test_importing_the_cli_stays_off_heavy_modules() -> None:
     """The CLI's claim path imports no dataclasses, typing, pathlib, subprocess or hashlib."""
     code = (
-        "import sys; from dibs.cli import main; "
-        "import dibs.cli.claims, dibs.service, dibs.store.local, dibs.config; "
+        "import sys; from dibs.faces.cli import main; "
+        "import dibs.faces.cli.claims, dibs.service, dibs.store.local, dibs.ground.settings; "
         "print(' '.join(sorted(m for m in ('dataclasses', 'typing', 'pathlib', 'subprocess', "
         "'hashlib', 'tomllib', 'inspect', 'psycopg') if m in sys.modules)))"
     )
@@ -44,7 +44,7 @@ def test_the_edit_guard_stays_off_heavy_modules(tmp_path: Path) -> None:
         }
     )
     code = (
-        "import io, sys; sys.stdin = io.StringIO(sys.argv[1]); from dibs.cli import main; "
+        "import io, sys; sys.stdin = io.StringIO(sys.argv[1]); from dibs.faces.cli import main; "
         "code = main(['guard', 'claude']); "
         "print(' '.join(sorted(m for m in ('dataclasses', 'typing', 'pathlib', 'subprocess', "
         "'hashlib', 'tomllib', 'inspect', 'psycopg', 'argparse') if m in sys.modules)), "

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dibs.core.globs import covers, intersects, parse_glob
 from dibs.core.resources import covers_file, overlaps, parse_resource, parse_resources
-from dibs.errors import InvalidResource
+from dibs.ground.errors import InvalidResource
 
 
 @pytest.mark.parametrize(

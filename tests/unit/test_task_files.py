@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dibs.tasks import Problem, Task, priority
-from dibs.tasks.beads import _blocked, _nanos
-from dibs.tasks.markdown import frontmatter, write_status
+from dibs.integrations.tasks import Problem, Task, priority
+from dibs.integrations.tasks.beads import _blocked, _nanos
+from dibs.integrations.tasks.markdown import frontmatter, write_status
 
 
 def test_write_status_changes_two_lines_and_keeps_every_other_byte(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from dibs.core.events import Event, Now
+    from dibs.core.events import Event
+    from dibs.ground.now import Now
 
     #: One step of a cycle: (waiter, resource it waits for, holder of that resource).
     Step = tuple[str, str, str]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import re
 
-from dibs.errors import InvalidResource
+from dibs.ground.errors import InvalidResource
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

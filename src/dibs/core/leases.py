@@ -17,7 +17,7 @@ Rules kept here (docs/explanation/architecture.md, "The rules that never bend"):
   holder extends the lease and keeps its token.
 
 Pure: no I/O, no clock. Holder liveness comes in through ``Context.alive``, which the caller
-answers from ``/proc`` (see `dibs.host`).
+answers from ``/proc`` (see `dibs.ground.host`).
 """
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ from __future__ import annotations
 from dibs.core import deadlock
 from dibs.core.events import new_event
 from dibs.core.state import EXCLUSIVE, NS, SHARED, State, ttl_ns
-from dibs.errors import AuthError, Conflict, DibsError, LeaseLost, NotFound
+from dibs.ground.errors import AuthError, Conflict, DibsError, LeaseLost, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from dibs.core.events import Event, Now
+    from dibs.core.events import Event
     from dibs.core.resources import Resource
     from dibs.core.state import AgentRecord, LeaseRecord
+    from dibs.ground.now import Now
 
 __all__ = [
     "Acquire",
@@ -276,7 +277,8 @@ def expires_in(lease: LeaseRecord, now: Now) -> float:
 
 
 def authenticate(state: State, agent: str, secret: str) -> AgentRecord:
-    """*agent*'s record when *secret* is the hash of its session token (`dibs.identity` hashes).
+    """*agent*'s record when *secret* is the hash of its session token (hashed by
+    `dibs.service.identity`).
 
     Raises:
         NotFound: no such agent.

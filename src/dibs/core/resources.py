@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from dibs.core import globs
-from dibs.errors import InvalidResource, shown
+from dibs.ground.errors import InvalidResource, shown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

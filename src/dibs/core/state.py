@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dibs.core import resources as res
 from dibs.core.events import SCHEMA_VERSION
-from dibs.errors import CorruptLog
+from dibs.ground.errors import CorruptLog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

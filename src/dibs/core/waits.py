@@ -15,7 +15,7 @@ from dibs.core.events import new_event
 from dibs.core.leases import Decision, eviction_reason, refusal
 from dibs.core.resources import parse_resource
 from dibs.core.state import NS, SHARED
-from dibs.errors import Deadlock
+from dibs.ground.errors import Deadlock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from dibs.core.leases import Acquire, _Evictions
     from dibs.core.resources import Resource
     from dibs.core.state import LeaseRecord, State
-    from dibs.errors import Conflict
+    from dibs.ground.errors import Conflict
 
 __all__ = ["decide_wait", "wait_graph"]
 

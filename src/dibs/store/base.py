@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from dibs.core.events import Event, Now
+    from dibs.core.events import Event
     from dibs.core.leases import Decision
     from dibs.core.state import State
+    from dibs.ground.now import Now
 
     #: A decision function: given the current state and the time, what to do.
     DecideFn = Callable[[State, Now], Decision]
@@ -59,7 +60,7 @@ class Store(Protocol):
         """Atomically: catch up, read the clock, decide, append + sync, then apply.
 
         The decision's events get their ``seq`` here. When appending fails nothing is applied
-        and `dibs.errors.StoreIOError` is raised. A refused decision is returned, not raised:
+        and `dibs.ground.errors.StoreIOError` is raised. A refused decision is returned, not raised:
         its events (evictions made on the way) are appended all the same.
         """
         ...

@@ -12,7 +12,7 @@ Writing (under ``flock``): catch up with what others appended, repair a torn tai
 clock, decide, append the events with one ``write``, apply them, let go of the lock, then
 ``fdatasync`` (group commit: concurrent writers' syncs overlap). An operation is acknowledged
 only after its fdatasync returns; nothing else is synced on that path (one
-fsync per operation). The sync, the lock and the clock are this platform's (`dibs.platform`:
+fsync per operation). The sync, the lock and the clock are this platform's (`dibs.ground.platform`:
 fdatasync on Linux, F_FULLFSYNC on macOS, fsync elsewhere).
 
 Reading (``status``, ``log``) takes no lock: it replays complete transactions only and leaves a
@@ -37,18 +37,19 @@ import json
 import marshal
 import os
 
-from dibs import host, platform
 from dibs.core.events import REQUIRED, SCHEMA_VERSION, decode, encode, new_event
 from dibs.core.state import State, apply, seal
-from dibs.errors import CorruptLog, LogBehind, StoreIOError, StoreUnavailable
+from dibs.ground import host, platform
+from dibs.ground.errors import CorruptLog, LogBehind, StoreIOError, StoreUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-    from dibs.core.events import Event, Now
+    from dibs.core.events import Event
     from dibs.core.leases import Decision
+    from dibs.ground.now import Now
     from dibs.store.base import Clock, DecideFn, Finding
 
 #: Written by `dibs store migrate` once the log is copied: the store takes no more writes.
@@ -111,7 +112,7 @@ class LocalStore:
 
     Args:
         root: the store folder (usually ``<git common dir>/dibs``); created on first write.
-        clock: the deciding clock (default: `dibs.host.now`).
+        clock: the deciding clock (default: `dibs.ground.host.now`).
         segment_bytes: roll over to a new segment once the current one reaches this size.
         checkpoint_bytes: rewrite the checkpoint once the tail after it reaches this size
             (or the size of the checkpoint itself, whichever is larger).
@@ -119,7 +120,7 @@ class LocalStore:
             call each, so that a process killed mid-write really leaves a torn tail (a single
             small ``write`` is never cut short by SIGKILL).
         sync: ``store.sync``: "full" (the drive has the data on stable storage) or "fsync"
-            (the system handed it to the drive); they differ on macOS (`dibs.platform`).
+            (the system handed it to the drive); they differ on macOS (`dibs.ground.platform`).
     """
 
     def __init__(

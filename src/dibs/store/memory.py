@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import _thread
 
-from dibs import host
 from dibs.core.events import decode, encode
 from dibs.core.state import State, apply, seal
+from dibs.ground import host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from dibs.core.events import Event, Now
+    from dibs.core.events import Event
     from dibs.core.leases import Decision
+    from dibs.ground.now import Now
     from dibs.store.base import Clock, DecideFn, Finding
 
 

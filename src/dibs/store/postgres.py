@@ -45,9 +45,10 @@ import time
 import psycopg
 from psycopg import conninfo as _conninfo
 
-from dibs.core.events import SCHEMA_VERSION, Now, encode
+from dibs.core.events import SCHEMA_VERSION, encode
 from dibs.core.state import State, apply, seal
-from dibs.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
+from dibs.ground.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
+from dibs.ground.now import Now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -421,7 +422,7 @@ class PostgresStore:
             boot: the new namespace's boot id (default: a random one). `dibs store migrate`
                 passes the local store's, with the *mono_offset* that continues its clock.
         """
-        from dibs._version import __version__
+        from dibs.ground.version import __version__
 
         conn = self._connect()
         try:

@@ -1,0 +1,1 @@
+"""``dibs mcp``: the MCP server (`server`) and its tools with their schemas (`tools`)."""

@@ -1,0 +1,59 @@
+"""Which store a URL names, and the namespace of a repository in a shared database."""
+
+from __future__ import annotations
+
+import os
+
+from dibs.ground.errors import DibsError, NotFound, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dibs.ground.git.discover import Repo
+    from dibs.store.base import Store
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether *url* names a PostgreSQL store."""
+    return url.startswith(("postgres://", "postgresql://"))
+
+
+def default_namespace(repo: Repo | None) -> str:
+    """The namespace of *repo* in a shared database: ``git-`` and its first commit's id."""
+    from dibs.ground.git.discover import root_commit
+
+    root = root_commit(repo) if repo is not None else None
+    if root is None:
+        raise UsageError(
+            "cannot name this repository's namespace in the shared store: "
+            + ("it has no commit yet" if repo is not None else "there is no repository"),
+            hint="commit something first, or set store.namespace in dibs.toml (or DIBS_NAMESPACE)",
+        )
+    return f"git-{root[:12]}"
+
+
+def open_store(url: str, repo: Repo | None, *, namespace: str = "", sync: str = "full") -> Store:
+    """The store named by *url*: empty for the repository's local store, a folder path, or
+    ``postgresql://...`` (in *namespace*, by default the repository's `default_namespace`).
+    A local store syncs its log as *sync* says (``store.sync``).
+    """
+    if is_postgres_url(url):
+        try:
+            from dibs.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise DibsError(
+                "the PostgreSQL store needs psycopg, which is not installed",
+                hint="pip install 'dibs[postgres]', or unset DIBS_STORE (and store.url) to use "
+                "the local store",
+            ) from exc
+        return PostgresStore(url, namespace=namespace or default_namespace(repo))
+    from dibs.store.local import LocalStore
+
+    if url.startswith("memory:"):
+        from dibs.store.memory import MemoryStore
+
+        return MemoryStore()
+    if url:
+        return LocalStore(os.path.abspath(url.removeprefix("local:")), sync=sync)
+    if repo is None:
+        raise NotFound("no repository and no store given", hint="run inside a git repository")
+    return LocalStore(repo.store_dir, sync=sync)
