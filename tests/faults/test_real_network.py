@@ -166,6 +166,7 @@ def lab() -> Iterator[netlab.Lab]:
 
 
 def run(lab: netlab.Lab, tmp_path: Path, per_machine: int, cycles: int) -> dict[str, Any]:
+    began = time.monotonic()
     db = lab.machine("db")
     machines = [lab.machine(name) for name in ("m1", "m2", "m3")]
     cluster = lab.start_cluster(db)
@@ -183,6 +184,7 @@ def run(lab: netlab.Lab, tmp_path: Path, per_machine: int, cycles: int) -> dict[
         lab.proxies.append(proxy)
         proxies[machine.name] = proxy
     seconds = cycles * CYCLE
+    ready = time.monotonic() - began
     agents = []
     for machine in machines:
         via = cluster.url("dibs", host=machine.gateway, port=proxies[machine.name].port)
@@ -223,7 +225,9 @@ def run(lab: netlab.Lab, tmp_path: Path, per_machine: int, cycles: int) -> dict[
         f"operations, grants per machine {granted}, {totals['renewed']} renewals, "
         f"{totals['lost']} leases found lost, {totals['timeouts']} requests timed out, "
         f"{totals['settled']} settled by idempotency key, {totals['unknown']} unknown, "
-        f"{proxies['m2'].held} chunks held back as lost, {verdict.violations} violations"
+        f"{proxies['m2'].held} chunks held back as lost, {verdict.violations} violations "
+        f"(network and cluster ready in {ready:.1f} s, all done in "
+        f"{time.monotonic() - began:.1f} s)"
     )
     return {
         "verdict": verdict,
