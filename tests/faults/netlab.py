@@ -179,9 +179,11 @@ class Cluster:
         self._tool("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
         with open(os.path.join(self.data, "pg_hba.conf"), "a", encoding="utf-8") as f:
             f.write(f"host all all {subnet}.0/24 trust\n")
+        # A partitioned client's old session lingers on the server (the relay in between
+        # still holds it open) while the client reconnects: room for many, and idle ones end.
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses={machine.address}"
-            " -c fsync=off -c max_connections=60"
+            " -c fsync=off -c max_connections=400 -c idle_session_timeout=20s"
         )
         self._tool("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
         self.running = True
