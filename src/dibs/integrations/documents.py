@@ -118,7 +118,7 @@ def read(coord: Coordinator, path: str) -> dict[str, Any]:
     if text is not None and _markdown(rel):
         version = _file_version(text) or 0
     else:
-        state, _ = coord.store.read()
+        state, _ = coord.read()
         record = state.tables.get(TABLE, {}).get(rel)
         version = 0 if record is None else int(record["version"])
     return {"path": rel, "version": version, "content": text, "exists": text is not None}
@@ -171,10 +171,8 @@ def write(
     if os.path.lexists(full) and not os.path.isfile(full):
         raise UsageError(f"{rel} is not a regular file", hint="documents are regular files")
     _check_content(content)
-    by = actor(coord.store.read()[0], coord.agent, coord.token, as_operator=as_operator).by
-    from dibs.service import Coordinator as Service
-
-    writer = Service(coord.store, settings=coord.settings, repo=coord.repo, liveness=coord.liveness)
+    by = actor(coord.read()[0], coord.agent, coord.token, as_operator=as_operator).by
+    writer = coord.fork()
     writer.register(f"doc-{os.getpid()}-{os.urandom(3).hex()}", ttl=30, pid=os.getpid())
     lock = f"lock:doc:{rel}"
     tmp: str | None = None

@@ -200,7 +200,7 @@ def taking(
 
 def status(coord: Coordinator) -> list[dict[str, Any]]:
     """Every bucket with its tokens now."""
-    state, now = coord.store.read()
+    state, now = coord.read()
     return [
         {"name": name, **bucket, "tokens": round(_level(bucket, now.wall), 3)}
         for name, bucket in sorted(state.tables.get(TABLE, {}).items())

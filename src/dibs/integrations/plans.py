@@ -109,7 +109,7 @@ def drop(
 
 def listing(coord: Coordinator) -> list[dict[str, Any]]:
     """Every plan, by agent."""
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     plans = state.tables.get(TABLE, {})
     return [plans[name] for name in sorted(plans)]
 
@@ -119,7 +119,7 @@ def commit(coord: Coordinator) -> dict[str, Any]:
     from dibs.service.identity import verify
 
     name = _actor(coord, None)
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     verify(state, name, coord.token)
     plan = state.tables.get(TABLE, {}).get(name)
     if plan is None:
@@ -166,7 +166,7 @@ def check(coord: Coordinator) -> dict[str, Any]:
     """Collisions among plans and live claims, the overlap matrix, and how to resolve them."""
     from dibs.core.globs import witness
 
-    state, now = coord.store.read()
+    state, now = coord.read()
     intents = _intents(state, coord.context(now))
     agents = sorted(intents)
     collisions = []
@@ -236,12 +236,10 @@ def archive(coord: Coordinator) -> dict[str, Any]:
     import json
 
     repo = coord.repo
-    folder = os.path.join(
-        getattr(coord.store, "root", None) or (repo.store_dir if repo else "."), "history"
-    )
-    state, now = coord.store.read()
+    folder = os.path.join(coord.store_folder or (repo.store_dir if repo else "."), "history")
+    state, now = coord.read()
     since = int((state.tables.get("archives") or {}).get("last", {}).get("seq", 0))
-    events = list(coord.store.events(since))
+    events = list(coord.events(since))
     # The previous archive's own bookkeeping (its record, the plans it cleared) is not news.
     if all(e["op"] == "archive" or e.get("reason") == "archived" for e in events):
         raise NotFound("nothing to archive since the last archive", hint="see `dibs log`")

@@ -216,7 +216,7 @@ def start(
     branch = branch_for(coord, issue)
     path = os.path.join(_folder(coord, root), name, issue)
     rel = os.path.relpath(path, root)
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     known = state.tables.get(TABLE, {}).get(rel)
     resumed = known is not None and known["agent"] == name and os.path.isdir(path)
     held_before = {lease["resource"] for lease in state.leases_of(name)}
@@ -282,7 +282,7 @@ def _adopt(
         ``{"agent", "path" (relative), "moved", "here" (the worktree is now at *path*),
         "forget" (records to drop)}``.
     """
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     table = state.tables.get(TABLE, {})
     former = sorted(
@@ -403,9 +403,7 @@ def _undo(
         if registered:
             coord.unregister()
         else:
-            mine = {
-                lease["resource"] for lease in coord.store.read()[0].leases_of(str(coord.agent))
-            }
+            mine = {lease["resource"] for lease in coord.read()[0].leases_of(str(coord.agent))}
             new = sorted(mine - held_before)
             if new:
                 coord.release(new)
@@ -483,7 +481,7 @@ def finish(
 
     repo = _repo(coord)
     root = main_root(repo)
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     rel, record = _find(coord, state, issue)
     acting = actor(state, coord.agent, coord.token, as_operator=as_operator)
     refusal = not_yours(acting, record["agent"], f"the worktree of {record['issue']}")
@@ -577,7 +575,7 @@ def pool_init(coord: Coordinator, slots: int) -> list[dict[str, Any]]:
     repo = _repo(coord)
     root = main_root(repo)
     tip = _target_tip(coord, root, None)
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     table = state.tables.get(POOL, {})
     made = []
     for n in range(1, slots + 1):
@@ -616,7 +614,7 @@ def pool_take(
     deadline = started + (wait or 0.0)
     delay = 0.05
     while True:
-        state, now = coord.store.read()
+        state, now = coord.read()
         ctx = coord.context(now)
         slots = sorted(state.tables.get(POOL, {}), key=int)
         if not slots:
@@ -654,7 +652,7 @@ def pool_take(
 def _check_out_slot(
     coord: Coordinator, root: str, slot: str, agent: str, waited: float
 ) -> dict[str, Any]:
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     record = dict(state.tables.get(POOL, {}).get(slot) or {})
     path = os.path.join(root, record.get("path") or os.path.join(".worktrees", POOL_FOLDER, slot))
     branch = _pool_branch(slot, agent)
@@ -684,7 +682,7 @@ def pool_give(
 
     repo = _repo(coord)
     root = main_root(repo)
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     table = state.tables.get(POOL, {})
     if slot is None:
         mine = [s for s, r in table.items() if r.get("agent") == coord.agent]
@@ -731,7 +729,7 @@ def pool_give(
 
 def pool_status(coord: Coordinator) -> list[dict[str, Any]]:
     """Every slot: its path, and who holds it since when."""
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     out = []
     for slot in sorted(state.tables.get(POOL, {}), key=int):
@@ -772,7 +770,7 @@ def listing(coord: Coordinator) -> list[dict[str, Any]]:
     """Every worktree git knows and every one dibs remembers: path, branch, agent, issue, health."""
     repo = _repo(coord)
     root = main_root(repo)
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     known = dict(state.tables.get(TABLE, {}))
     pool = {r["path"]: r for r in state.tables.get(POOL, {}).values()}
@@ -828,7 +826,7 @@ def reconcile(coord: Coordinator, *, repair: bool = False) -> list[dict[str, Any
     repo = _repo(coord)
     root = main_root(repo)
     findings: list[dict[str, Any]] = []
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     entries = {os.path.relpath(e["worktree"], root): e for e in _git_worktrees(root)}
 

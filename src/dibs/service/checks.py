@@ -25,8 +25,6 @@ MAX_PID = (1 << 31) - 1
 MAX_SEQ = (1 << 63) - 1
 #: ``--wait`` with no number waits this long (seconds).
 DEFAULT_WAIT = 600.0
-#: Queue entries still to be handled (see dibs.integrations.queue).
-OPEN_ENTRIES = ("queued", "running")
 
 
 def check_agent_name(name: str) -> str:

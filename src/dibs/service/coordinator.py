@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -24,6 +25,7 @@ from dibs.core import deadlock, leases
 from dibs.core.leases import Context, Decision
 from dibs.core.resources import KINDS, parse_resource, parse_resources
 from dibs.core.state import EXCLUSIVE, SHARED
+from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN
 from dibs.ground import host
 from dibs.ground.backoff import jitter
 from dibs.ground.errors import (
@@ -39,7 +41,6 @@ from dibs.service.checks import (
     MAX_PID,
     MAX_REASON,
     MAX_SEQ,
-    OPEN_ENTRIES,
     _check_text,
     check_agent_name,
     check_number,
@@ -182,6 +183,46 @@ class Coordinator:
         if decision.error is not None:
             raise decision.error
         return decision
+
+    def fork(self) -> Coordinator:
+        """Another coordinator on the same store, settings and repository, acting for no one
+        yet: a use case that must act as a helper agent of its own (a document write's lock
+        holder) without changing who this one acts for."""
+        return Coordinator(
+            self.store, settings=self.settings, repo=self.repo, liveness=self.liveness
+        )
+
+    @property
+    def store_folder(self) -> str | None:
+        """The folder the store keeps its files in (the local store's), or None."""
+        root = getattr(self.store, "root", None)
+        return None if root is None else str(root)
+
+    # Reading ----------------------------------------------------------------------------
+    # Integrations and faces read through these, never through ``coord.store``: the service
+    # is the one door to the store (docs/explanation/architecture.md).
+
+    def read(self) -> tuple[State, Now]:
+        """The current state and the store's time now (to decide from, or to show)."""
+        return self.store.read()
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[Event]:
+        """The events after sequence number *since*, oldest first: the first *limit* of them,
+        or all (page through a long log by passing the last ``seq`` seen as *since*)."""
+        check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
+        if limit is not None:
+            check_number(limit, "limit", low=0, high=MAX_SEQ, whole=True)
+        if limit is None:
+            return list(self.store.events(since))
+        return list(itertools.islice(self.store.events(since), limit))
+
+    def table(self, name: str) -> dict[str, Any]:
+        """An integration's table as it is now (``key -> record``); empty when it has none."""
+        return dict(self.store.read()[0].tables.get(name, {}))
+
+    def seq(self) -> int:
+        """The sequence number of the last event: it changes whenever anything happens."""
+        return self.store.read()[0].seq
 
     def _command(self, command: object) -> Decision:
         return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
@@ -498,7 +539,7 @@ class Coordinator:
         if stale:
             summary += f" ({len(stale)} expired, evicted on next touch)"
         queue = sorted(
-            (e for e in state.tables.get("queue", {}).values() if e["state"] in OPEN_ENTRIES),
+            (e for e in state.tables.get(QUEUE, {}).values() if e["state"] in QUEUE_OPEN),
             key=lambda e: e["number"],
         )
         summary += f"; queue {len(queue)}"
@@ -507,7 +548,7 @@ class Coordinator:
         }
         pool = [
             {**slot, "agent": slot.get("agent") if key in busy else None}
-            for key, slot in sorted(state.tables.get("pool", {}).items(), key=lambda kv: kv[0])
+            for key, slot in sorted(state.tables.get(POOL, {}).items(), key=lambda kv: kv[0])
         ]
         if pool:
             summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"

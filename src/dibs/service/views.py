@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dibs.core.leases import agent_status, expires_in
 from dibs.core.state import NS
+from dibs.core.tables import WORKTREES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]
     for key in ("worktree", "branch"):
         if key in agent:
             view[key] = agent.get(key)
-    for path, record in state.tables.get("worktrees", {}).items():
+    for path, record in state.tables.get(WORKTREES, {}).items():
         if record.get("agent") == agent["name"]:
             view.update(worktree=path, branch=record.get("branch"), issue=record.get("issue"))
     return view

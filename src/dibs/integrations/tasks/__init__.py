@@ -389,7 +389,7 @@ def _clashes(task: Task, by_id: dict[str, Task], working: set[str], alone: set[s
 def ready(coord: Coordinator, *, role: str | None = None) -> dict[str, Any]:
     """The ready tasks (and every other with why not), with the sources' problems."""
     tasks, problems = load(coord)
-    state, now = coord.store.read()
+    state, now = coord.read()
     rows = readiness(
         tasks, state, coord.context(now), [role] if role else None, _moved(coord, state)
     )
@@ -424,7 +424,7 @@ def next_task(
     agent, secret = coord._identity()
     ttl = check_ttl(ttl)
 
-    moved = _moved(coord, coord.store.read()[0])
+    moved = _moved(coord, coord.read()[0])
     stolen: list[str] = []
     if steal:
         stolen = _steal_one(coord, tasks, agent, moved)

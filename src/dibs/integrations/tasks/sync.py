@@ -124,7 +124,7 @@ def _work(
     the items that failed and will be retried)."""
     work: list[dict[str, Any]] = list(pending)
     last = cursor
-    for event in coord.store.events(since=cursor):
+    for event in coord.events(since=cursor):
         last = event["seq"]
         payload = _payload(event)
         if payload is None or (since is not None and payload["at"] < since):
@@ -140,7 +140,7 @@ def _work(
             from dibs.integrations.tasks import load
 
             tasks, _ = load(coord)
-        state, _ = coord.store.read()
+        state, _ = coord.read()
         by_id = {t.id: t for t in tasks}
         told: dict[str, str] = {}
         for item in work:
