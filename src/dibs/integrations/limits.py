@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
@@ -143,51 +142,54 @@ def take(
         Exhausted: not enough tokens (exit 3), with ``retry_after`` seconds; with *wait*,
             `LockTimeout` once the wait runs out.
     """
+    from dibs.ground.backoff import Backoff
+
     name, cost = _name(name), _positive(cost, "cost")
     wait = check_wait(wait)
-    deadline = time.monotonic() + (wait or 0.0)
+    pause = Backoff(wait or 0.0)
     who = coord.agent or os.environ.get("USER") or "unknown"
-
-    def decide(state: State, ctx: Context) -> Decision:
-        bucket = state.tables.get(TABLE, {}).get(name)
-        if bucket is None:
-            return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
-        if cost > bucket["capacity"]:
-            return Decision(error=UsageError(f"cost {cost:g} is more than {name}'s capacity"))
-        level = _level(bucket, ctx.now.wall)
-        if level < cost:
-            rate = bucket["capacity"] / bucket["per"]
-            after = (cost - level) / rate
-            if bucket.get("reset_at") is not None and ctx.now.wall < bucket["reset_at"]:
-                after = bucket["reset_at"] - ctx.now.wall
-            return Decision(
-                error=Exhausted(
-                    f"{name} has {level:.2f} tokens, {cost:g} asked; retry in {after:.1f} s",
-                    hint="wait for it: --wait SECONDS",
-                    retry_after=round(after, 3),
-                    remaining=round(level, 3),
-                )
-            )
-        value = {**bucket, "tokens": level - cost, "at": ctx.now.wall}
-        if value.get("reset_at") is not None and ctx.now.wall >= value["reset_at"]:
-            del value["reset_at"]
-        event = _event(ctx, "limit-take", name, value, agent=who, note=f"cost {cost:g}")
-        return Decision([event], result={"name": name, "cost": cost, "remaining": value["tokens"]})
-
     while True:
         try:
-            return dict(coord.transact(decide).result)
+            return dict(coord.transact(lambda s, ctx: decide_take(s, ctx, name, cost, who)).result)
         except Exhausted as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if pause.expired():
                 if not wait:
                     raise
                 raise LockTimeout(
                     f"{exc.message} (gave up after {wait:g} s)", **exc.details
                 ) from exc
-            from dibs.ground.backoff import jitter as _jitter
+            pause.sleep(pause.told(max(0.01, float(exc.details["retry_after"]))))
 
-            time.sleep(min(left, max(0.01, float(exc.details["retry_after"])) * (0.5 + _jitter())))
+
+def decide_take(state: State, ctx: Context, name: str, cost: float, who: str) -> Decision:
+    """The token bucket's verdict on taking *cost* tokens from *name* for *who* at ``ctx.now``:
+    a ``limit-take`` event and what remains, or the refusal (no such limit, more than its
+    capacity, or `Exhausted` with ``retry_after`` seconds). Pure: the state and the time in,
+    the decision out."""
+    bucket = state.tables.get(TABLE, {}).get(name)
+    if bucket is None:
+        return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
+    if cost > bucket["capacity"]:
+        return Decision(error=UsageError(f"cost {cost:g} is more than {name}'s capacity"))
+    level = _level(bucket, ctx.now.wall)
+    if level < cost:
+        rate = bucket["capacity"] / bucket["per"]
+        after = (cost - level) / rate
+        if bucket.get("reset_at") is not None and ctx.now.wall < bucket["reset_at"]:
+            after = bucket["reset_at"] - ctx.now.wall
+        return Decision(
+            error=Exhausted(
+                f"{name} has {level:.2f} tokens, {cost:g} asked; retry in {after:.1f} s",
+                hint="wait for it: --wait SECONDS",
+                retry_after=round(after, 3),
+                remaining=round(level, 3),
+            )
+        )
+    value = {**bucket, "tokens": level - cost, "at": ctx.now.wall}
+    if value.get("reset_at") is not None and ctx.now.wall >= value["reset_at"]:
+        del value["reset_at"]
+    event = _event(ctx, "limit-take", name, value, agent=who, note=f"cost {cost:g}")
+    return Decision([event], result={"name": name, "cost": cost, "remaining": value["tokens"]})
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from dibs.core.resources import KINDS, parse_resource, parse_resources
 from dibs.core.state import EXCLUSIVE, SHARED
 from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN
 from dibs.ground import host
-from dibs.ground.backoff import jitter
+from dibs.ground.backoff import Backoff
 from dibs.ground.errors import (
     Conflict,
     Deadlock,
@@ -64,7 +64,6 @@ if TYPE_CHECKING:
     from dibs.ground.settings import Settings
     from dibs.store.base import Finding, Store
 
-_BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
 _WAKE_POLL = 5.0
@@ -363,9 +362,7 @@ class Coordinator:
         wait = check_wait(wait)
         agent, secret = self._identity()
         mode = SHARED if shared else EXCLUSIVE
-        started = time.monotonic()
-        deadline = started + (wait or 0.0)
-        delay = _BACKOFF_FIRST
+        pause = Backoff(wait or 0.0, cap=_BACKOFF_CAP)
         waited: float | None = None
         tries = 0
         waiter = _waiter() if wait else None
@@ -388,11 +385,11 @@ class Coordinator:
                     decision = self._command(command)
                     break
                 except Conflict as exc:
-                    remaining = deadline - time.monotonic()
+                    remaining = pause.remaining()
                     if remaining <= 0:
                         if not wait:
                             raise
-                        waited = round(time.monotonic() - started, 3)
+                        waited = pause.waited()
                         self._give_up(
                             leases.Acquire(
                                 agent, secret, parsed, mode=mode, waited=waited, tries=tries
@@ -402,14 +399,12 @@ class Coordinator:
                         )
                         waiter = None  # the give-up step ended the wait
                         raise LockTimeout(
-                            f"{exc.message}; gave up after waiting "
-                            f"{time.monotonic() - started:.1f} s",
+                            f"{exc.message}; gave up after waiting {pause.waited():.1f} s",
                             hint="wait longer (--wait SECONDS) or pick other work",
                             **exc.details,
                         ) from exc
-                    self._wait_for_change(min(remaining, delay * jitter()), remaining)
-                    delay = min(delay * 2, _BACKOFF_CAP)
-                    waited = round(time.monotonic() - started, 3)
+                    self._wait_for_change(pause.pause(), remaining)
+                    waited = pause.waited()
         except Deadlock:
             raise  # the step that refused it ended the wait
         except BaseException:

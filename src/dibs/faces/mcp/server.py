@@ -233,7 +233,7 @@ class Acting:
             yield
             return
         from dibs.ground.git.discover import find_repo
-        from dibs.integrations.worktrees import main_root
+        from dibs.ground.git.worktrees import main_root
 
         path = os.path.join(main_root(repo), own["rel"])
         self.dibs.repo = find_repo(path)

@@ -176,7 +176,7 @@ def root(coord: Coordinator) -> str:
     agent sees one tracker, the one people look at)."""
     if coord.repo is None:
         raise UsageError("tasks live in a repository", hint="run dibs inside one")
-    from dibs.integrations.worktrees import main_root
+    from dibs.ground.git.worktrees import main_root
 
     return main_root(coord.repo)
 
