@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dibs.core import rules
 from dibs.core.leases import agent_status, expires_in
 from dibs.core.state import NS
 from dibs.core.tables import WORKTREES
@@ -17,18 +18,7 @@ if TYPE_CHECKING:
 
 def lease_view(lease: LeaseRecord, now: Now) -> dict[str, Any]:
     """A lease as faces show it, with seconds left (``expires_in``)."""
-    view: dict[str, Any] = {
-        "resource": lease["resource"],
-        "agent": lease["agent"],
-        "mode": lease["mode"],
-        "token": lease["token"],
-        "ttl": lease["ttl"],
-        "acquired": lease["acquired"],
-        "expires_in": round(expires_in(lease, now), 3),
-    }
-    if "note" in lease:
-        view["note"] = lease["note"]
-    return view
+    return rules.lease_view(lease, ttl=lease["ttl"], expires_in=round(expires_in(lease, now), 3))
 
 
 def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from dibs.core.leases import Context
     from dibs.core.state import State
-    from dibs.integrations.tasks import Task
+    from dibs.integrations.tasks.model import Task
     from dibs.service import Coordinator
 
 TABLE = "outbox"
@@ -68,7 +68,8 @@ def enabled(coord: Coordinator) -> bool:
         return False
     import glob
 
-    from dibs.integrations.tasks import beads, markdown, root, sources
+    from dibs.integrations.tasks import beads, markdown
+    from dibs.integrations.tasks.reading import root, sources
 
     names, _ = sources(coord)
     for name in names:
@@ -137,7 +138,7 @@ def _work(
     failed: list[dict[str, Any]] = []
     if work:
         if tasks is None:
-            from dibs.integrations.tasks import load
+            from dibs.integrations.tasks.reading import load
 
             tasks, _ = load(coord)
         state, _ = coord.read()
@@ -246,7 +247,7 @@ def _deliver(
     task = by_id.get(event["issue"])
     if task is None or task.kind not in ("beads", "ccpm"):
         return None
-    from dibs.integrations.tasks import _landed
+    from dibs.integrations.tasks.reading import landed_issues
 
     status = told.get(task.id, task.status)
     name = event["event"]
@@ -258,7 +259,8 @@ def _deliver(
     elif name == "land":
         target = "closed"
     elif name in ("release", "evict"):
-        if holders or task.id in _landed(state) or status not in ("in_progress", "in-progress"):
+        working = status in ("in_progress", "in-progress")
+        if holders or task.id in landed_issues(state) or not working:
             return None
         target = "open"
     else:
@@ -312,7 +314,7 @@ def _run(
 ) -> None:
     import subprocess
 
-    from dibs.integrations.tasks import root
+    from dibs.integrations.tasks.reading import root
 
     try:
         out = subprocess.run(
