@@ -25,7 +25,6 @@ from dibs.core import deadlock, leases
 from dibs.core.leases import Context, Decision
 from dibs.core.resources import KINDS, parse_resource, parse_resources
 from dibs.core.state import EXCLUSIVE, SHARED
-from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN
 from dibs.ground import host
 from dibs.ground.backoff import Backoff
 from dibs.ground.errors import (
@@ -49,7 +48,14 @@ from dibs.service.checks import (
 )
 from dibs.service.identity import operator, require, secret_hash
 from dibs.service.opening import open_store
-from dibs.service.views import agent_view, lease_view
+from dibs.service.views import (
+    agent_view,
+    event_filter,
+    lease_view,
+    pool_view,
+    queue_view,
+    status_summary,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -527,26 +533,9 @@ class Coordinator:
                 else:
                     view["evictable"] = reason
                     stale.append(view)
-        counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
-        parts = [f"{counts['live']} agents live"]
-        parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
-        summary = ", ".join(parts) + f"; {len(live)} claims"
-        if stale:
-            summary += f" ({len(stale)} expired, evicted on next touch)"
-        queue = sorted(
-            (e for e in state.tables.get(QUEUE, {}).values() if e["state"] in QUEUE_OPEN),
-            key=lambda e: e["number"],
-        )
-        summary += f"; queue {len(queue)}"
-        busy = {
-            c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")
-        }
-        pool = [
-            {**slot, "agent": slot.get("agent") if key in busy else None}
-            for key, slot in sorted(state.tables.get(POOL, {}).items(), key=lambda kv: kv[0])
-        ]
-        if pool:
-            summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
+        queue = queue_view(state)
+        pool = pool_view(state, live)
+        summary = status_summary(agents, live, stale, queue, pool)
         return {
             "summary": summary,
             "seq": state.seq,
@@ -571,7 +560,7 @@ class Coordinator:
         if limit is not None:
             check_number(limit, "limit", low=0, high=MAX_SEQ, whole=True)
         check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
-        match = _event_filter(agent, resource, op)
+        match = event_filter(agent, resource, op)
         if limit is not None and since == 0 and match is None:
             return self.store.tail(limit)
         found = [e for e in self.store.events(since) if match is None or match(e)]
@@ -589,7 +578,7 @@ class Coordinator:
         """Yield events as they are appended (from *since*, default: now), forever."""
         if since is not None:
             check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
-        match = _event_filter(agent, resource, op)
+        match = event_filter(agent, resource, op)
         last = self.store.read()[0].seq if since is None else since
         while True:
             for event in self.store.events(last):
@@ -609,20 +598,3 @@ class Coordinator:
             # The local store decides with this machine's primitives (docs: Platforms).
             report["platform"] = platform.describe(sync)
         return report
-
-
-def _event_filter(
-    agent: str | None, resource: str | None, op: str | None
-) -> Callable[[Event], bool] | None:
-    if agent is None and resource is None and op is None:
-        return None
-    text = parse_resource(resource).text if resource is not None else None
-
-    def match(event: Event) -> bool:
-        return (
-            (agent is None or event.get("agent") == agent)
-            and (text is None or event.get("resource") == text)
-            and (op is None or event["op"] == op)
-        )
-
-    return match

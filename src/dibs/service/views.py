@@ -1,16 +1,20 @@
-"""Leases and agents as faces show them: plain JSON-ready dicts with seconds left and status."""
+"""What faces show: leases and agents (JSON-ready dicts with seconds left and status), the
+status line with the queue and the pool, and which events a face asked for."""
 
 from __future__ import annotations
 
 from dibs.core import rules
 from dibs.core.leases import agent_status, expires_in
+from dibs.core.resources import parse_resource
 from dibs.core.state import NS
-from dibs.core.tables import WORKTREES
+from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN, WORKTREES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
+    from dibs.core.events import Event
     from dibs.core.leases import Context
     from dibs.core.state import AgentRecord, LeaseRecord, State
     from dibs.ground.now import Now
@@ -42,3 +46,58 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]
         if record.get("agent") == agent["name"]:
             view.update(worktree=path, branch=record.get("branch"), issue=record.get("issue"))
     return view
+
+
+def queue_view(state: State) -> list[dict[str, Any]]:
+    """The merge queue's open entries, in order (the status shows them)."""
+    return sorted(
+        (e for e in state.tables.get(QUEUE, {}).values() if e["state"] in QUEUE_OPEN),
+        key=lambda e: e["number"],
+    )
+
+
+def pool_view(state: State, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pool's slots, each with the agent holding it (by the *live* claims) or None."""
+    busy = {c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")}
+    return [
+        {**slot, "agent": slot.get("agent") if key in busy else None}
+        for key, slot in sorted(state.tables.get(POOL, {}).items(), key=lambda kv: kv[0])
+    ]
+
+
+def status_summary(
+    agents: list[dict[str, Any]],
+    live: list[dict[str, Any]],
+    stale: list[dict[str, Any]],
+    queue: list[dict[str, Any]],
+    pool: list[dict[str, Any]],
+) -> str:
+    """The status in one line: agents by status, claims, the queue and the pool."""
+    counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
+    parts = [f"{counts['live']} agents live"]
+    parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
+    summary = ", ".join(parts) + f"; {len(live)} claims"
+    if stale:
+        summary += f" ({len(stale)} expired, evicted on next touch)"
+    summary += f"; queue {len(queue)}"
+    if pool:
+        summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
+    return summary
+
+
+def event_filter(
+    agent: str | None, resource: str | None, op: str | None
+) -> Callable[[Event], bool] | None:
+    """A test for the events a face asked for (by agent, resource, op), or None for all."""
+    if agent is None and resource is None and op is None:
+        return None
+    text = parse_resource(resource).text if resource is not None else None
+
+    def match(event: Event) -> bool:
+        return (
+            (agent is None or event.get("agent") == agent)
+            and (text is None or event.get("resource") == text)
+            and (op is None or event["op"] == op)
+        )
+
+    return match

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from dibs.ground.names import NAME
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,7 +55,7 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
             Field(
                 description="the agent's name: 1-64 of a-z, 0-9, '.', '_', '-', starting "
                 "with a letter or digit",
-                pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+                pattern=f"^{NAME}$",
             ),
         ],
         ttl: Annotated[
