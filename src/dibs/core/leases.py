@@ -197,19 +197,7 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
                 waited=cmd.waited,
             )
         )
-        granted.append(
-            {
-                "resource": resource.text,
-                "agent": cmd.agent,
-                "mode": cmd.mode,
-                "token": token,
-                "ttl": ttl,
-                "acquired": events[-1]["wall"],
-                "expires_in": ttl,
-                **({"note": cmd.note} if cmd.note is not None else {}),
-                "new": True,
-            }
-        )
+        granted.append(_grant_new(cmd, resource, token, ttl, events[-1]["wall"]))
     return Decision(events, result=granted)
 
 
@@ -232,6 +220,22 @@ def _blocked(
 def _grant(lease: LeaseRecord, ttl: float, *, new: bool) -> dict[str, Any]:
     """What a claimant is told about a lease it now holds (``expires_in``: the full ttl)."""
     return {**lease_view(lease, ttl=ttl, expires_in=ttl), "new": new}
+
+
+def _grant_new(
+    cmd: Acquire, resource: Resource, token: int, ttl: float, wall: str
+) -> dict[str, Any]:
+    """What a claimant is told about a lease just acquired (no record of it exists yet)."""
+    lease: Any = {
+        "resource": resource.text,
+        "agent": cmd.agent,
+        "mode": cmd.mode,
+        "token": token,
+        "acquired": wall,
+    }
+    if cmd.note is not None:
+        lease["note"] = cmd.note
+    return _grant(lease, ttl, new=True)
 
 
 def _lost_error(
