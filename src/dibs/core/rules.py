@@ -17,11 +17,27 @@ from dibs.ground.errors import AuthError, DibsError, LeaseLost, NotFound
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NotRequired, TypedDict
 
     from dibs.core.events import Event
     from dibs.core.state import AgentRecord, LeaseRecord, State
     from dibs.ground.now import Now
+
+    class LeaseView(TypedDict):
+        """A lease as callers are told about it (`lease_view`)."""
+
+        resource: str
+        agent: str
+        mode: str
+        token: int
+        ttl: float
+        acquired: str
+        expires_in: float
+        note: NotRequired[str]
+        #: In a claim's result: whether this call took it (False: it renewed a hold).
+        new: NotRequired[bool]
+        #: In the status: why an expired lease will be evicted on the next touch.
+        evictable: NotRequired[str]
 
 
 class Context:
@@ -171,10 +187,10 @@ class Evictions:
         )
 
 
-def lease_view(lease: LeaseRecord, *, ttl: float, expires_in: float) -> dict[str, Any]:
+def lease_view(lease: LeaseRecord, *, ttl: float, expires_in: float) -> LeaseView:
     """A lease as a caller is told about it: what, who, how, its fencing ``token``, its ttl
     and seconds left (the full *ttl* when just granted; what the clock says when looked at)."""
-    view: dict[str, Any] = {
+    view: LeaseView = {
         "resource": lease["resource"],
         "agent": lease["agent"],
         "mode": lease["mode"],

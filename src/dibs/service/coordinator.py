@@ -64,10 +64,12 @@ if TYPE_CHECKING:
     from typing import Any
 
     from dibs.core.events import Event
+    from dibs.core.rules import LeaseView
     from dibs.core.state import AgentRecord, State
     from dibs.ground.git.discover import Repo
     from dibs.ground.now import Now
     from dibs.ground.settings import Settings
+    from dibs.service.views import AgentView
     from dibs.store.base import Finding, Store
 
 _BACKOFF_CAP = 1.0
@@ -313,13 +315,13 @@ class Coordinator:
         self.token = None
         return result
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> list[AgentView]:
         """Every registered agent, by name."""
         state, now = self.store.read()
         ctx = self.context(now)
         return [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
 
-    def agent_info(self, name: str) -> dict[str, Any]:
+    def agent_info(self, name: str) -> AgentView:
         """One agent and its claims."""
         state, now = self.store.read()
         record = state.agents.get(name)
@@ -340,7 +342,7 @@ class Coordinator:
         wait: float | None = None,
         note: str | None = None,
         record_refusal: bool = True,
-    ) -> list[dict[str, Any]]:
+    ) -> list[LeaseView]:
         """Claim every resource in *resources*, all or none.
 
         Args:
@@ -498,7 +500,7 @@ class Coordinator:
         command = leases.ForceEvict(parsed, by=operator(), reason=reason, agent=agent)
         return list(self._command(command).result)
 
-    def claims(self, *, agent: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    def claims(self, *, agent: str | None = None, kind: str | None = None) -> list[LeaseView]:
         """Live claims (expired ones awaiting eviction are left out), by resource."""
         if kind is not None and kind not in KINDS:
             raise UsageError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
@@ -522,8 +524,8 @@ class Coordinator:
         state, now = self.store.read()
         ctx = self.context(now)
         agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
-        live: list[dict[str, Any]] = []
-        stale: list[dict[str, Any]] = []
+        live: list[LeaseView] = []
+        stale: list[LeaseView] = []
         for text in sorted(state.claims):
             for lease in state.claims[text].values():
                 reason = leases.eviction_reason(state, lease, ctx)

@@ -12,23 +12,42 @@ from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN, WORKTREES
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NotRequired, TypedDict
 
     from dibs.core.events import Event
     from dibs.core.leases import Context
+    from dibs.core.rules import LeaseView
     from dibs.core.state import AgentRecord, LeaseRecord, State
     from dibs.ground.now import Now
 
+    class AgentView(TypedDict):
+        """An agent as faces show it (`agent_view`)."""
 
-def lease_view(lease: LeaseRecord, now: Now) -> dict[str, Any]:
+        name: str
+        status: str
+        host: str
+        pid: int | None
+        ttl: float
+        registered: str
+        last_seen: str
+        seen_ago: float | None
+        claims: int
+        worktree: NotRequired[str | None]
+        branch: NotRequired[str | None]
+        issue: NotRequired[str | None]
+        #: In `Coordinator.agent_info`: the leases it holds.
+        holding: NotRequired[list[LeaseView]]
+
+
+def lease_view(lease: LeaseRecord, now: Now) -> LeaseView:
     """A lease as faces show it, with seconds left (``expires_in``)."""
     return rules.lease_view(lease, ttl=lease["ttl"], expires_in=round(expires_in(lease, now), 3))
 
 
-def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]:
+def agent_view(agent: AgentRecord, state: State, ctx: Context) -> AgentView:
     """An agent as faces show it: status, seconds since last sign of life, claim count."""
     seen = (ctx.now.mono - agent["seen"]) / NS if agent["seen_boot"] == ctx.now.boot else None
-    view: dict[str, Any] = {
+    view: AgentView = {
         "name": agent["name"],
         "status": agent_status(agent, ctx),
         "host": agent["host"],
@@ -39,12 +58,15 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]
         "seen_ago": None if seen is None else round(seen, 3),
         "claims": len(state.leases_of(agent["name"])),
     }
-    for key in ("worktree", "branch"):
-        if key in agent:
-            view[key] = agent.get(key)
+    if "worktree" in agent:
+        view["worktree"] = agent.get("worktree")
+    if "branch" in agent:
+        view["branch"] = agent.get("branch")
     for path, record in state.tables.get(WORKTREES, {}).items():
         if record.get("agent") == agent["name"]:
-            view.update(worktree=path, branch=record.get("branch"), issue=record.get("issue"))
+            view["worktree"] = path
+            view["branch"] = record.get("branch")
+            view["issue"] = record.get("issue")
     return view
 
 
@@ -56,7 +78,7 @@ def queue_view(state: State) -> list[dict[str, Any]]:
     )
 
 
-def pool_view(state: State, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pool_view(state: State, live: list[LeaseView]) -> list[dict[str, Any]]:
     """The pool's slots, each with the agent holding it (by the *live* claims) or None."""
     busy = {c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")}
     return [
@@ -66,9 +88,9 @@ def pool_view(state: State, live: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def status_summary(
-    agents: list[dict[str, Any]],
-    live: list[dict[str, Any]],
-    stale: list[dict[str, Any]],
+    agents: list[AgentView],
+    live: list[LeaseView],
+    stale: list[LeaseView],
     queue: list[dict[str, Any]],
     pool: list[dict[str, Any]],
 ) -> str:

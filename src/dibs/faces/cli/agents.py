@@ -20,6 +20,7 @@ from dibs.ground.names import NAME
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 
@@ -102,7 +103,7 @@ def run_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agent_rows(agents: list[dict[str, Any]]) -> list[list[Any]]:
+def _agent_rows(agents: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return [
         [
             a["name"],

@@ -100,7 +100,8 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
     ) -> list[dict[str, Any]]:
         """Claim RESOURCES, all or none. Refused: who holds what, and when it expires."""
         acting.me()
-        return coord.claim(resources, shared=shared, ttl=ttl, wait=wait, note=note)
+        claimed: list[Any] = coord.claim(resources, shared=shared, ttl=ttl, wait=wait, note=note)
+        return claimed
 
     @tool(idempotent=True)
     def renew(resources: Resources, ttl: Seconds = None) -> list[dict[str, Any]]:

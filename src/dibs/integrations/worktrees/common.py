@@ -15,7 +15,33 @@ from dibs.ground.git.worktrees import git_dir_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NotRequired, TypedDict
+
+    class WorktreeRecord(TypedDict):
+        """A worktree `start` made, as table ``worktrees`` keeps it (key: ``path``)."""
+
+        path: str
+        agent: str
+        issue: str
+        branch: str
+        #: The path claims taken with it (``path:GLOB``), released with it.
+        files: list[str]
+        base: str
+        #: After a takeover: the former owner and where its worktree was.
+        adopted: NotRequired[dict[str, str]]
+        #: ``dibs finish --keep-worktree``: its agent let it go; the next taker adopts it.
+        finished: NotRequired[bool]
+
+    class PoolSlot(TypedDict):
+        """A pool slot, as table ``pool`` keeps it (key: ``slot``)."""
+
+        slot: str
+        path: str
+        agent: NotRequired[str]
+        branch: NotRequired[str]
+        #: Seconds the taker waited for it, and when (unix seconds) it took it.
+        waited: NotRequired[float]
+        taken: NotRequired[float]
 
     from dibs.core.leases import Context
     from dibs.core.state import State

@@ -15,10 +15,12 @@ from dibs.core.tables import POOL, WORKTREES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     from dibs.core.leases import Context
     from dibs.core.state import State
+    from dibs.integrations.worktrees.common import WorktreeRecord
 
 
 def owner_status(state: State, ctx: Context, agent: str) -> str:
@@ -28,7 +30,7 @@ def owner_status(state: State, ctx: Context, agent: str) -> str:
     return "gone" if info is None else agent_status(info, ctx)
 
 
-def may_adopt(state: State, ctx: Context, owner: str, record: dict[str, Any]) -> bool:
+def may_adopt(state: State, ctx: Context, owner: str, record: Mapping[str, Any]) -> bool:
     """Whether another agent may take over *owner*'s worktree on disk (described by
     *record*, empty when dibs has none): unless the owner is live and has not let it go
     (``dibs finish --keep-worktree`` marks it ``finished``)."""
@@ -50,7 +52,7 @@ def free_slots(state: State, ctx: Context, agent: str) -> list[str]:
     ]
 
 
-def claims_to_release(state: State, record: dict[str, Any]) -> list[str]:
+def claims_to_release(state: State, record: WorktreeRecord) -> list[str]:
     """What finishing the worktree *record* releases: its agent's claims, except those of
     its other tasks (other issues, and the files of its other worktrees)."""
     agent = record["agent"]
@@ -71,7 +73,7 @@ def claims_to_release(state: State, record: dict[str, Any]) -> list[str]:
     ]
 
 
-def health(state: State, ctx: Context, record: dict[str, Any]) -> str:
+def health(state: State, ctx: Context, record: Mapping[str, Any]) -> str:
     """A remembered worktree's health as `listing` shows it: ``free`` (a pool slot no one
     has), ``ok`` (its agent is live), or ``agent stale|dead|gone``."""
     agent = record.get("agent")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from dibs.core.leases import Context
     from dibs.core.state import State
+    from dibs.integrations.worktrees.common import WorktreeRecord
     from dibs.service import Coordinator
     from dibs.service.identity import Actor
 
@@ -272,7 +273,7 @@ def _undo(
             git(root, "branch", "-D", branch, check=False)
 
 
-def _find(coord: Coordinator, state: State, issue: str | None) -> tuple[str, dict[str, Any]]:
+def _find(coord: Coordinator, state: State, issue: str | None) -> tuple[str, WorktreeRecord]:
     """The worktree record to finish: by issue, the one we are in, or the agent's only one."""
     table = state.tables.get(TABLE, {})
     repo = repo_of(coord)
@@ -367,7 +368,7 @@ def finish(
 
 
 def _release_for(
-    coord: Coordinator, state: State, record: dict[str, Any], acting: Actor
+    coord: Coordinator, state: State, record: WorktreeRecord, acting: Actor
 ) -> list[str]:
     """Release the finishing agent's claims (as it, or by a person's eviction), except those
     of its other tasks: other issues, and the files of its other worktrees."""
