@@ -175,6 +175,11 @@ class Coordinator:
         """Close the store."""
         self.store.close()
 
+    def create(self) -> str:
+        """Make the store's files or tables where they are missing (``dibs init``); its URL."""
+        self.store.create()
+        return str(self.store.url)
+
     # Plumbing ---------------------------------------------------------------------------
 
     def context(self, now: Now) -> Context:
