@@ -182,7 +182,7 @@ def tell_trackers(args: argparse.Namespace) -> None:
 
     where = getattr(args, "directory", None)
     if _last_repo:
-        from dibs.integrations.worktrees import main_root
+        from dibs.ground.git.worktrees import main_root
 
         where = main_root(_last_repo[0])
     try:
