@@ -180,6 +180,33 @@ def test_taking_more_than_a_bucket_holds_or_from_no_bucket_is_refused(world: Wor
     assert isinstance(limits.decide_take(world.state, world.ctx(), "nope", 1, "a1").error, NotFound)
 
 
+def test_reshaping_a_bucket_keeps_its_tokens_within_the_new_capacity(world: World) -> None:
+    """A new bucket starts full; a smaller capacity caps the tokens it had."""
+    made = limits.decide_set(world.state, world.ctx(), "a1", "api", capacity=10.0, per=60.0)
+    assert 10.0 == made.result["tokens"]
+    world.apply(made)
+    smaller = limits.decide_set(world.state, world.ctx(), "a1", "api", capacity=4.0, per=60.0)
+    assert 4.0 == smaller.result["tokens"]
+    assert "a1" == smaller.events[0]["by"]
+
+
+def test_an_apis_own_count_holds_until_its_reset(world: World, clock: FakeClock) -> None:
+    """update: the API's remaining count stands until reset_at; then the bucket is full."""
+    world.apply(limits.decide_set(world.state, world.ctx(), "a1", "api", capacity=10.0, per=60.0))
+    reset_at = clock.wall + 30
+    told = limits.decide_update(
+        world.state, world.ctx(), "a1", "api", remaining=0, reset_at=reset_at
+    )
+    world.apply(told)
+    assert isinstance(
+        limits.decide_take(world.state, world.ctx(), "api", 1, "a1").error, limits.Exhausted
+    )
+    clock.advance(30)
+    assert limits.decide_take(world.state, world.ctx(), "api", 10, "a1").error is None
+    missing = limits.decide_update(world.state, world.ctx(), "a1", "x", remaining=1, reset_at=0)
+    assert isinstance(missing.error, NotFound)
+
+
 # Plans -----------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from dibs.service.checks import check_number, check_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from dibs.core.leases import Context
@@ -85,19 +85,23 @@ def set_limit(
     with *as_operator* may set it (``by`` is logged).
     """
     name, capacity, per = _name(name), _positive(capacity, "capacity"), _positive(per, "per")
+    return _reshape(
+        coord,
+        as_operator,
+        lambda state, ctx, by: decide_set(state, ctx, by, name, capacity=capacity, per=per),
+    )
 
-    def decide(state: State, ctx: Context) -> Decision:
-        try:
-            by = _by(coord, state, as_operator)
-        except DibsError as exc:
-            return Decision(error=exc)
-        old = state.tables.get(TABLE, {}).get(name)
-        tokens = capacity if old is None else min(capacity, _level(old, ctx.now.wall))
-        value = {"capacity": capacity, "per": per, "tokens": tokens, "at": ctx.now.wall}
-        event = _event(ctx, "limit-set", name, value, by=by)
-        return Decision([event], result={"name": name, **value})
 
-    return dict(coord.transact(decide).result)
+def decide_set(
+    state: State, ctx: Context, by: str, name: str, *, capacity: float, per: float
+) -> Decision:
+    """Bucket *name* made or reshaped by *by*: a full new bucket, or the old one's tokens now
+    (capped by the new capacity). Pure."""
+    old = state.tables.get(TABLE, {}).get(name)
+    tokens = capacity if old is None else min(capacity, _level(old, ctx.now.wall))
+    value = {"capacity": capacity, "per": per, "tokens": tokens, "at": ctx.now.wall}
+    event = _event(ctx, "limit-set", name, value, by=by)
+    return Decision([event], result={"name": name, **value})
 
 
 def update(
@@ -116,21 +120,43 @@ def update(
     remaining = check_number(remaining, "remaining", low=0, high=MAX_AMOUNT)
     hint = "give unix seconds (or ISO 8601 on the command line) from 1970 to 9999"
     reset_at = check_number(reset_at, "reset-at", low=0, high=MAX_WALL, hint=hint)
+    return _reshape(
+        coord,
+        as_operator,
+        lambda state, ctx, by: decide_update(
+            state, ctx, by, name, remaining=remaining, reset_at=reset_at
+        ),
+    )
 
-    def decide(state: State, ctx: Context) -> Decision:
+
+def decide_update(
+    state: State, ctx: Context, by: str, name: str, *, remaining: float, reset_at: float
+) -> Decision:
+    """Bucket *name* as an API's headers say (*remaining* tokens until *reset_at*), set by
+    *by*; refused when there is no such bucket. Pure."""
+    old = state.tables.get(TABLE, {}).get(name)
+    if old is None:
+        return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
+    value = {**old, "tokens": min(float(remaining), old["capacity"]), "at": ctx.now.wall}
+    value["reset_at"] = float(reset_at)
+    event = _event(ctx, "limit-update", name, value, by=by)
+    return Decision([event], result={"name": name, **value})
+
+
+def _reshape(
+    coord: Coordinator, as_operator: bool, decide: Callable[[State, Context, str], Decision]
+) -> dict[str, Any]:
+    """Run *decide* in one step with who reshapes the bucket (`_by`), refused when no one
+    verified acts."""
+
+    def step(state: State, ctx: Context) -> Decision:
         try:
             by = _by(coord, state, as_operator)
         except DibsError as exc:
             return Decision(error=exc)
-        old = state.tables.get(TABLE, {}).get(name)
-        if old is None:
-            return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
-        value = {**old, "tokens": min(float(remaining), old["capacity"]), "at": ctx.now.wall}
-        value["reset_at"] = float(reset_at)
-        event = _event(ctx, "limit-update", name, value, by=by)
-        return Decision([event], result={"name": name, **value})
+        return decide(state, ctx, by)
 
-    return dict(coord.transact(decide).result)
+    return dict(coord.transact(step).result)
 
 
 def take(
