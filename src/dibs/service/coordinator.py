@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from dibs.ground.git.discover import Repo
     from dibs.ground.now import Now
     from dibs.ground.settings import Settings
-    from dibs.service.views import AgentView
+    from dibs.service.views import AgentView, Registered
     from dibs.store.base import Finding, Store
 
 _BACKOFF_CAP = 1.0
@@ -260,7 +260,7 @@ class Coordinator:
         worktree: str | None = None,
         branch: str | None = None,
         token: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Registered:
         """Register agent *name* and act as it from now on.
 
         Args:

@@ -20,6 +20,18 @@ if TYPE_CHECKING:
     from dibs.core.state import AgentRecord, LeaseRecord, State
     from dibs.ground.now import Now
 
+    class Registered(TypedDict):
+        """What `Coordinator.register` returns: keep the token secret."""
+
+        agent: str
+        token: str
+        ttl: float
+        pid: int | None
+        #: Whether an earlier registration of this name existed (it is replaced).
+        replaced: bool
+        #: ``dibs agent register --role``: the roles recorded with it (the CLI adds them).
+        roles: NotRequired[list[str]]
+
     class AgentView(TypedDict):
         """An agent as faces show it (`agent_view`)."""
 
