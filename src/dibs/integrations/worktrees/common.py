@@ -57,18 +57,21 @@ POOL_FOLDER = "pool"
 
 
 def repo_of(coord: Coordinator) -> Repo:
+    """The repository the coordinator works in; worktrees need one."""
     if coord.repo is None:
         raise UsageError("worktrees need a git repository", hint="run dibs inside one")
     return coord.repo
 
 
 def git(cwd: str, *args: str, check: bool = True) -> str:
+    """`dibs.ground.git.run.git`, imported when first needed (subprocess is heavy)."""
     from dibs.ground.git.run import git
 
     return git(cwd, *args, check=check)
 
 
 def issue_name(issue: str) -> str:
+    """*issue* as an issue resource's name (``issue:`` dropped, checked)."""
     from dibs.core.resources import parse_resource
 
     return parse_resource("issue:" + issue.removeprefix("issue:")).name
@@ -100,10 +103,12 @@ def branch_for(coord: Coordinator, issue: str) -> str:
 
 
 def folder_of(coord: Coordinator, root: str) -> str:
+    """Where dibs makes worktrees (``worktrees.folder``) under the main worktree *root*."""
     return os.path.join(root, str(coord.settings["worktrees.folder"]).rstrip("/"))
 
 
 def target_tip(coord: Coordinator, root: str, base: str | None) -> str:
+    """The commit new work starts from: *base*, else the merge target, else HEAD."""
     ref = base or f"refs/heads/{coord.settings['merge.target']}"
     tip = git(root, "rev-parse", "--verify", "--quiet", ref + "^{commit}", check=False).strip()
     if not tip and base is None:
@@ -139,6 +144,7 @@ def acting_agent(coord: Coordinator, agent: str | None, default: str) -> tuple[s
 
 
 def token_of(coord: Coordinator) -> str:
+    """The acting agent's session token (it is written into the worktree it works in)."""
     if not coord.token:
         from dibs.ground.errors import AuthError
 
@@ -149,6 +155,8 @@ def token_of(coord: Coordinator) -> str:
 def write_record(
     coord: Coordinator, table: str, key: str, value: dict[str, Any] | None, *, by: str | None = None
 ) -> None:
+    """Set (or, with None, delete) one record of *table* in one step, logged with *by*."""
+
     def decide(_state: State, ctx: Context) -> Decision:
         event = new_event("record", ctx.now, table=table, key=key, value=value, by=by)
         return Decision([event])
