@@ -480,6 +480,6 @@ def _series(timeline: list[tuple[str, str, float | None]]) -> list[dict[str, Any
 
 def of_store(coord: Any, *, since: str | None = None) -> dict[str, Any]:
     """`compute` over a coordinator's whole log, or the last *since* (``2h``, ``7d``...)."""
-    _, now = coord.store.read()
+    _, now = coord.read()
     start = iso_time(max(0.0, now.wall - parse_duration(since))) if since else None
-    return compute(coord.store.events(0), since=start, now_wall=now.wall)
+    return compute(coord.events(0), since=start, now_wall=now.wall)

@@ -53,11 +53,10 @@ def _missing(exc: ImportError) -> UsageError:
 def state(coord: Coordinator) -> dict[str, Any]:
     """Everything the page shows, in one JSON-able dict."""
     status = coord.status()
-    store_state, now = coord.store.read()
-    worktrees = [
-        {"path": path, **record}
-        for path, record in sorted(store_state.tables.get("worktrees", {}).items())
-    ]
+    from dibs.integrations.worktrees import TABLE
+
+    _, now = coord.read()
+    worktrees = [{"path": path, **record} for path, record in sorted(coord.table(TABLE).items())]
     return {**status, "worktrees": worktrees, "now": now.iso()}
 
 
@@ -130,15 +129,7 @@ def app(coord: Coordinator, *, token: str | None = None) -> Starlette:
         if not 0 <= since <= MAX_SEQ or not 1 <= limit <= 100_000:
             return JSONResponse({"error": f"0 <= since <= {MAX_SEQ}, 1 <= limit <= 100000"}, 400)
 
-        def read() -> list[Any]:
-            found = []
-            for event in coord.store.events(since):
-                found.append(event)
-                if len(found) >= limit:
-                    break
-            return found
-
-        return JSONResponse(await asyncio.to_thread(read))
+        return JSONResponse(await asyncio.to_thread(coord.events, since, limit))
 
     async def api_metrics(request: Request) -> Response:
         from dibs.integrations import metrics
@@ -162,7 +153,7 @@ def app(coord: Coordinator, *, token: str | None = None) -> Starlette:
             last = -1
             yield "retry: 1000\n\n"
             while not await request.is_disconnected():
-                seq = await asyncio.to_thread(lambda: coord.store.read()[0].seq)
+                seq = await asyncio.to_thread(coord.seq)
                 if seq != last:
                     last = seq
                     yield f"event: seq\ndata: {json.dumps({'seq': seq})}\n\n"
