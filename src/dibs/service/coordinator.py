@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -39,7 +40,6 @@ from dibs.service.checks import (
     MAX_PID,
     MAX_REASON,
     MAX_SEQ,
-    OPEN_ENTRIES,
     _check_text,
     check_agent_name,
     check_number,
@@ -48,7 +48,7 @@ from dibs.service.checks import (
 )
 from dibs.service.identity import operator, require, secret_hash
 from dibs.service.opening import open_store
-from dibs.service.views import agent_view, lease_view
+from dibs.service.views import agent_view, lease_view, split_leases, status_view
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -172,6 +172,20 @@ class Coordinator:
     def context(self, now: Now) -> Context:
         """A decision context at *now* that asks this host about holders' processes."""
         return Context(now, self.liveness)
+
+    def read(self) -> tuple[State, Now]:
+        """The current state and the store's time now (to decide from, or to show)."""
+        return self.store.read()
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[Event]:
+        """The events after sequence number *since*, oldest first: the first *limit* of them,
+        or all (page through a long log by passing the last ``seq`` seen as *since*)."""
+        check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
+        if limit is not None:
+            check_number(limit, "limit", low=0, high=MAX_SEQ, whole=True)
+        if limit is None:
+            return list(self.store.events(since))
+        return list(itertools.islice(self.store.events(since), limit))
 
     def transact(self, decide: Callable[[State, Context], Decision]) -> Decision:
         """Run *decide* atomically against the store; raise its error after appending.
@@ -479,48 +493,8 @@ class Coordinator:
         """Agents, claims (live and awaiting eviction) and a one-line summary."""
         state, now = self.store.read()
         ctx = self.context(now)
-        agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
-        live: list[dict[str, Any]] = []
-        stale: list[dict[str, Any]] = []
-        for text in sorted(state.claims):
-            for lease in state.claims[text].values():
-                reason = leases.eviction_reason(state, lease, ctx)
-                view = lease_view(lease, now)
-                if reason is None:
-                    live.append(view)
-                else:
-                    view["evictable"] = reason
-                    stale.append(view)
-        counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
-        parts = [f"{counts['live']} agents live"]
-        parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
-        summary = ", ".join(parts) + f"; {len(live)} claims"
-        if stale:
-            summary += f" ({len(stale)} expired, evicted on next touch)"
-        queue = sorted(
-            (e for e in state.tables.get("queue", {}).values() if e["state"] in OPEN_ENTRIES),
-            key=lambda e: e["number"],
-        )
-        summary += f"; queue {len(queue)}"
-        busy = {
-            c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")
-        }
-        pool = [
-            {**slot, "agent": slot.get("agent") if key in busy else None}
-            for key, slot in sorted(state.tables.get("pool", {}).items(), key=lambda kv: kv[0])
-        ]
-        if pool:
-            summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
-        return {
-            "summary": summary,
-            "seq": state.seq,
-            "store": self.store.url,
-            "agents": agents,
-            "claims": live,
-            "expired": stale,
-            "queue": queue,
-            "pool": pool,
-        }
+        live, stale = split_leases(state, ctx)
+        return status_view(state, ctx, self.store.url, live, stale)
 
     def log(
         self,

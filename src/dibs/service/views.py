@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dibs.core.leases import agent_status, expires_in
+from dibs.core.leases import agent_status, eviction_reason, expires_in
 from dibs.core.state import NS
+from dibs.service.checks import OPEN_ENTRIES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
     from dibs.core.leases import Context
@@ -42,7 +44,7 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]
         "registered": agent["registered"],
         "last_seen": agent["seen_wall"],
         "seen_ago": None if seen is None else round(seen, 3),
-        "claims": len(state.leases_of(agent["name"])),
+        "claims": state.lease_count(agent["name"]),
     }
     for key in ("worktree", "branch"):
         if key in agent:
@@ -51,3 +53,83 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]
         if record.get("agent") == agent["name"]:
             view.update(worktree=path, branch=record.get("branch"), issue=record.get("issue"))
     return view
+
+
+def ordered_leases(state: State) -> list[LeaseRecord]:
+    """Every lease, expired or not, in resource order (then holder): the order faces list."""
+    return [lease for text in sorted(state.claims) for lease in state.claims[text].values()]
+
+
+def split_leases(
+    state: State, ctx: Context, ordered: Iterable[LeaseRecord] | None = None
+) -> tuple[list[LeaseRecord], list[tuple[LeaseRecord, str]]]:
+    """The leases that hold at ``ctx.now``, and those awaiting eviction with the reason.
+
+    *ordered* is `ordered_leases` of *state* when the caller kept it (the dashboard keeps it
+    per log seq: sorting 10,000 claims on every look costs more than deciding them).
+    """
+    live: list[LeaseRecord] = []
+    stale: list[tuple[LeaseRecord, str]] = []
+    for lease in ordered_leases(state) if ordered is None else ordered:
+        reason = eviction_reason(state, lease, ctx)
+        if reason is None:
+            live.append(lease)
+        else:
+            stale.append((lease, reason))
+    return live, stale
+
+
+def status_view(
+    state: State,
+    ctx: Context,
+    store_url: str,
+    live: list[LeaseRecord],
+    stale: list[tuple[LeaseRecord, str]],
+    *,
+    claims: bool = True,
+) -> dict[str, Any]:
+    """What `Coordinator.status` reports, from `split_leases`; without *claims* the live
+    claims' views are left out (a caller that renders them itself, as the dashboard does)."""
+    now = ctx.now
+    agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
+    expired = [{**lease_view(lease, now), "evictable": reason} for lease, reason in stale]
+    counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
+    parts = [f"{counts['live']} agents live"]
+    parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
+    summary = ", ".join(parts) + f"; {len(live)} claims"
+    if stale:
+        summary += f" ({len(stale)} expired, evicted on next touch)"
+    queue = sorted(
+        (e for e in state.tables.get("queue", {}).values() if e["state"] in OPEN_ENTRIES),
+        key=lambda e: e["number"],
+    )
+    summary += f"; queue {len(queue)}"
+    pool = _pool(state, live)
+    if pool:
+        summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
+    view: dict[str, Any] = {
+        "summary": summary,
+        "seq": state.seq,
+        "store": store_url,
+        "agents": agents,
+    }
+    if claims:
+        view["claims"] = [lease_view(lease, now) for lease in live]
+    view.update(expired=expired, queue=queue, pool=pool)
+    return view
+
+
+def _pool(state: State, live: list[LeaseRecord]) -> list[dict[str, Any]]:
+    """The pool's slots, each with the agent holding it now (None: free)."""
+    slots = state.tables.get("pool")
+    if not slots:
+        return []
+    busy = {
+        lease["resource"][len("worktree:") :]
+        for lease in live
+        if lease["resource"].startswith("worktree:")
+    }
+    return [
+        {**slot, "agent": slot.get("agent") if key in busy else None}
+        for key, slot in sorted(slots.items(), key=lambda kv: kv[0])
+    ]
