@@ -12,6 +12,7 @@ readings when both ends share a ``boot``, else the wall times.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import deque
 from datetime import UTC
 
@@ -65,21 +66,27 @@ def parse_duration(text: str) -> float:
 
 def percentile(values: list[float], q: float) -> float | None:
     """The *q*-th percentile (0-100) by nearest rank; None without values."""
-    if not values:
+    return _ranked(sorted(values), q)
+
+
+def _ranked(ordered: list[float], q: float) -> float | None:
+    """`percentile` of values already sorted."""
+    if not ordered:
         return None
-    ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))
     return ordered[int(rank) - 1]
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
+    """Count, sum, p50, p99, max and the histogram; sorted once, each bucket by bisection."""
+    ordered = sorted(values)
     return {
         "count": len(values),
         "sum": round(sum(values), 6),
-        "p50": percentile(values, 50),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else None,
-        "buckets": [sum(1 for v in values if v <= bound) for bound in BUCKETS],
+        "p50": _ranked(ordered, 50),
+        "p99": _ranked(ordered, 99),
+        "max": ordered[-1] if ordered else None,
+        "buckets": [bisect_right(ordered, bound) for bound in BUCKETS],
     }
 
 
@@ -99,6 +106,14 @@ def _wall_seconds(iso: str) -> float:
         _seconds_cache[whole] = base
     fraction = iso[20:23] if len(iso) >= 23 and iso[19] == "." else "0"
     return base + int(fraction) / 1000
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether folder *a* is *b*, inside it or holds it ("" is the root): the only way two
+    path claims under those literal prefixes can cover a common file."""
+    if len(a) > len(b):
+        a, b = b, a
+    return not a or b == a or b.startswith(a + "/")
 
 
 def _between(start: Event, end: Event) -> float:
@@ -139,6 +154,7 @@ class _Tally:
         self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
         self.held_by: dict[str, set[tuple[str, int]]] = {}
         self.parsed: dict[str, Any] = {}
+        self.prefixes: dict[str, str] = {}
         self.marks: dict[str, deque[tuple[str, Any, str, str | None]]] = {}
         self.merge_conflicts = 0
         self.land_seconds: list[float] = []
@@ -232,19 +248,41 @@ class _Tally:
         self._spot(self._blocker(event), 1, waited)
 
     def _blocker(self, event: Event) -> str:
-        """The held resource (often a glob) that refused *event*, else the one asked for."""
+        """The held resource (often a glob) that refused *event*, else the one asked for.
+
+        Of the blockers' held resources that overlap the one asked for, the first in text
+        order. Most of an agent's other claims lie under another folder: their literal
+        prefixes (`dibs.core.resources.prefix_key`) rule them out before any glob is matched.
+        """
+        asked = event.get("resource", "?")
+        found: str | None = None
+        for agent in str(event.get("by", "")).split(","):
+            for resource, _token in self.held_by.get(agent, ()):
+                if (found is None or resource < found) and self._meets(asked, resource):
+                    found = resource
+        return asked if found is None else found
+
+    def _meets(self, asked: str, held: str) -> bool:
+        """Whether claims on *asked* and *held* (resource texts) overlap."""
+        kind = asked.split(":", 1)[0]
+        if kind != held.split(":", 1)[0]:
+            return False
+        if kind == "path" and not _nested(self._prefix(asked), self._prefix(held)):
+            return False
+        wanted, parsed = self._parsed(asked), self._parsed(held)
+        if wanted is None or parsed is None:
+            return False
         from dibs.core.resources import overlaps
 
-        asked = event.get("resource", "?")
-        blockers = str(event.get("by", "")).split(",")
-        held = sorted(r for agent in blockers for r, _ in self.held_by.get(agent, ()))
-        wanted = self._parsed(asked)
-        if wanted is not None:
-            for resource in held:
-                parsed = self._parsed(resource)
-                if parsed is not None and overlaps(parsed, wanted):
-                    return resource
-        return asked
+        return overlaps(parsed, wanted)
+
+    def _prefix(self, text: str) -> str:
+        found = self.prefixes.get(text)
+        if found is None:
+            from dibs.core.resources import prefix_key
+
+            found = self.prefixes[text] = prefix_key(text)
+        return found
 
     def _parsed(self, text: str) -> Any:
         """*text* as a Resource (parsed once), or None: the edit guard may name no resource."""
