@@ -87,7 +87,7 @@ def test_every_labelled_family_starts_at_zero(repo: Path, cli: Cli) -> None:
         assert 0 == got[("dibs_claim_calls_total", (("outcome", outcome),))]
     for reason in ("expired", "forced", "holder-dead", "rebooted", "replaced", "unregistered"):
         assert 0 == got[("dibs_evictions_total", (("reason", reason),))]
-    for outcome in ("landed", "failed", "cancelled"):
+    for outcome in ("landed", "failed", "returned", "cancelled"):
         assert 0 == got[("dibs_landings_total", (("outcome", outcome),))]
     for cause in ("conflict", "lease-lost", "other"):
         assert 0 == got[("dibs_landing_failures_total", (("cause", cause),))]

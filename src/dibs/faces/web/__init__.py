@@ -232,11 +232,7 @@ def prometheus_text(coord: Coordinator) -> str:
                 "dibs_landings",
                 "merge queue outcomes",
                 "outcome",
-                {
-                    "landed": queue["landed"],
-                    "failed": queue["failed"],
-                    "cancelled": queue["cancelled"],
-                },
+                {outcome: queue[outcome] for outcome in metrics.LANDING_OUTCOMES},
             )
             causes = dict.fromkeys((*metrics.FAIL_CAUSES, *(f"gate:{g}" for g in gates)), 0)
             yield _labelled(
