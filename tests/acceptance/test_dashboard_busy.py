@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,3 +203,83 @@ def test_the_page_shows_landings_hot_spots_and_a_live_feed(
             assert (tmp_path / "busy-feed.png").stat().st_size > 1000
         finally:
             browser.close()
+
+
+def send_back(repo: Path, branch: str, files: list[str]) -> None:
+    """A queue entry sent back without a gate run, as the queue records the end of an entry
+    that did not land: its finishing event, whose entry ``state`` is ``returned``, with the
+    paths it cannot merge on."""
+    from dibs import Coordinator
+    from dibs.core.events import new_event
+    from dibs.core.leases import Decision
+
+    value = {
+        "id": "q-back",
+        "number": 99,
+        "branch": branch,
+        "issue": "R-1",
+        "agent": "bob",
+        "head": "0" * 40,
+        "state": "returned",
+        "files": files,
+        "reason": f"conflicts with the entry ahead in {', '.join(files)}",
+    }
+
+    def decide(_state: Any, ctx: Any) -> Decision:
+        event = new_event(
+            "land-fail", ctx.now, agent="bob", resource="issue:R-1", table="queue", key="q-back"
+        )
+        event["value"] = value
+        return Decision([event])
+
+    with Coordinator.open(str(repo)) as coord:
+        coord.transact(decide)
+
+
+@contextmanager
+def chromium(url: str) -> Iterator[Any]:
+    """A page of headless Chromium on *url* (a failure on CI when Chromium is missing)."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing on CI: .ci/run installs Debian's chromium")
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM}: sudo apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_a_returned_entry_appears_live_with_its_paths(
+    busy: Server, repo: Path, tmp_path: Path
+) -> None:
+    """Headless Chromium: an entry the queue sends back while the page is open shows, without
+    a reload, as returned (not failed) with the paths it conflicts on; the failed landing
+    keeps its reason."""
+    with chromium(busy.url + "/") as page:
+        page.wait_for_selector("#landings td.failed", timeout=20_000)
+        loads = page.evaluate("performance.getEntriesByType('navigation').length")
+        assert "returned" not in page.inner_text("#landings tbody")
+        send_back(repo, "agent/R-1", ["src/api/users.py", "src/api/models.py"])
+        page.wait_for_selector("#landings td.returned", timeout=20_000)
+        row = page.inner_text("#landings tr:has(td.returned)")
+        assert "agent/R-1" in row
+        assert "src/api/users.py, src/api/models.py" in page.inner_text(
+            "#landings tr:has(td.returned) td.paths"
+        )
+        assert "tests (exit 1)" in page.inner_text("#landings tr:has(td.failed)")
+        assert 1 == page.locator("#landings td.failed").count()  # returned is not a failure
+        tips = page.eval_on_selector_all(
+            "#timeline title", "titles => titles.map(t => t.textContent)"
+        )
+        assert any(t.startswith("bob: q-back returned") for t in tips), tips
+        assert loads == page.evaluate("performance.getEntriesByType('navigation').length")
+        page.screenshot(path=str(tmp_path / "returned.png"), full_page=True)
+        assert (tmp_path / "returned.png").stat().st_size > 1000

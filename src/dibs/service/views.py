@@ -93,9 +93,10 @@ def status_view(
     now = ctx.now
     agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
     expired = [{**lease_view(lease, now), "evictable": reason} for lease, reason in stale]
-    counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
-    parts = [f"{counts['live']} agents live"]
-    parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
+    kinds = ("live", "stuck", "stale", "dead")  # stuck: live, without progress (issue 19)
+    counts = {s: sum(1 for a in agents if a["status"] == s) for s in kinds}
+    parts = [f"{counts['live'] + counts['stuck']} agents live"]
+    parts += [f"{counts[s]} {s}" for s in kinds[1:] if counts[s]]
     summary = ", ".join(parts) + f"; {len(live)} claims"
     if stale:
         summary += f" ({len(stale)} expired, evicted on next touch)"
@@ -115,8 +116,18 @@ def status_view(
     }
     if claims:
         view["claims"] = [lease_view(lease, now) for lease in live]
-    view.update(expired=expired, queue=queue, pool=pool)
+    view.update(expired=expired, queue=queue, pool=pool, inbox=inbox_depths(state))
     return view
+
+
+def inbox_depths(state: State) -> dict[str, int]:
+    """Unread messages per agent with any (``tables.inbox``: per recipient its pending
+    messages; names with ``@`` are streams, such as the watchers', not agents)."""
+    return {
+        name: len(box["pending"])
+        for name, box in sorted(state.tables.get("inbox", {}).items())
+        if not name.startswith("@") and box.get("pending")
+    }
 
 
 def _pool(state: State, live: list[LeaseRecord]) -> list[dict[str, Any]]:
