@@ -283,3 +283,56 @@ def test_a_returned_entry_appears_live_with_its_paths(
         assert loads == page.evaluate("performance.getEntriesByType('navigation').length")
         page.screenshot(path=str(tmp_path / "returned.png"), full_page=True)
         assert (tmp_path / "returned.png").stat().st_size > 1000
+
+
+def test_the_page_marks_stuck_agents_and_their_inbox_from_the_state_it_reads(
+    busy: Server, cli: Cli, tmp_path: Path
+) -> None:
+    """Headless Chromium on the shapes issue 19 gives the state (an agent ``status`` of
+    ``stuck`` with its ``idle`` seconds, ``inbox`` depths) and the metrics (``stuck`` periods
+    in the timeline), laid over the real answers: the stuck panel, the mark and the unread
+    count in the agent list, the band in the timeline; and, live, the panel empties when the
+    agent is no longer stuck."""
+    stuck = {"on": True}
+
+    def state(route: Any) -> None:
+        data = route.fetch().json()
+        if stuck["on"]:
+            for agent in data["agents"]:
+                if agent["name"] == "bob":
+                    agent.update(status="stuck", idle=1500.0)
+            data["inbox"] = {"bob": 3}
+        route.fulfill(json=data)
+
+    def metrics(route: Any) -> None:
+        data = route.fetch().json()
+        period = {"kind": "stuck", "what": None, "from": data["since"], "to": None}
+        data["timeline"].setdefault("bob", []).append(period)
+        route.fulfill(json=data)
+
+    with chromium("about:blank") as page:
+        page.route("**/api/state", state)
+        page.route("**/api/metrics*", metrics)
+        page.goto(busy.url + "/")
+        page.wait_for_selector("#stuck td.stuck:has-text('bob')", timeout=20_000)
+        loads = page.evaluate("performance.getEntriesByType('navigation').length")
+        assert "25 min" in page.inner_text("#stuck tbody")
+        row = page.locator("#agents tr", has_text="bob")
+        assert "⚠ stuck" in row.inner_text()
+        assert "no progress for 25 min" == row.locator("td.stuck").get_attribute("title")
+        assert "3" == row.locator("td").nth(3).inner_text()
+        assert "" == page.locator("#agents tr", has_text="alice").locator("td").nth(3).inner_text()
+        page.wait_for_function(
+            "[...document.querySelectorAll('#timeline title')]"
+            ".some(t => t.textContent.startsWith('bob was stuck'))",
+            timeout=20_000,
+        )
+        page.screenshot(path=str(tmp_path / "stuck.png"), full_page=True)
+        stuck["on"] = False
+        carol = cli.register("carol")  # the log grows: the page reads the state again
+        assert 0 == cli("claim", "issue:LIVE-2", env=carol).returncode
+        page.wait_for_selector("#stuck td:has-text('no agent is stuck')", timeout=20_000)
+        assert "stuck" not in page.locator("#agents tr", has_text="bob").inner_text()
+        assert loads == page.evaluate("performance.getEntriesByType('navigation').length")
+        page.screenshot(path=str(tmp_path / "unstuck.png"), full_page=True)
+        assert (tmp_path / "unstuck.png").stat().st_size > 1000
