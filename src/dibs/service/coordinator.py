@@ -52,9 +52,8 @@ from dibs.service.views import (
     agent_view,
     event_filter,
     lease_view,
-    pool_view,
-    queue_view,
-    status_summary,
+    split_leases,
+    status_view,
 )
 
 TYPE_CHECKING = False
@@ -528,31 +527,8 @@ class Coordinator:
         """Agents, claims (live and awaiting eviction) and a one-line summary."""
         state, now = self.store.read()
         ctx = self.context(now)
-        agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
-        live: list[LeaseView] = []
-        stale: list[LeaseView] = []
-        for text in sorted(state.claims):
-            for lease in state.claims[text].values():
-                reason = leases.eviction_reason(state, lease, ctx)
-                view = lease_view(lease, now)
-                if reason is None:
-                    live.append(view)
-                else:
-                    view["evictable"] = reason
-                    stale.append(view)
-        queue = queue_view(state)
-        pool = pool_view(state, live)
-        summary = status_summary(agents, live, stale, queue, pool)
-        return {
-            "summary": summary,
-            "seq": state.seq,
-            "store": self.store.url,
-            "agents": agents,
-            "claims": live,
-            "expired": stale,
-            "queue": queue,
-            "pool": pool,
-        }
+        live, stale = split_leases(state, ctx)
+        return status_view(state, ctx, self.store.url, live, stale)
 
     def log(
         self,

@@ -4,14 +4,14 @@ status line with the queue and the pool, and which events a face asked for."""
 from __future__ import annotations
 
 from dibs.core import rules
-from dibs.core.leases import agent_status, expires_in
+from dibs.core.leases import agent_status, eviction_reason, expires_in
 from dibs.core.resources import parse_resource
 from dibs.core.state import NS
 from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN, WORKTREES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any, NotRequired, TypedDict
 
     from dibs.core.events import Event
@@ -68,7 +68,7 @@ def agent_view(agent: AgentRecord, state: State, ctx: Context) -> AgentView:
         "registered": agent["registered"],
         "last_seen": agent["seen_wall"],
         "seen_ago": None if seen is None else round(seen, 3),
-        "claims": len(state.leases_of(agent["name"])),
+        "claims": state.lease_count(agent["name"]),
     }
     if "worktree" in agent:
         view["worktree"] = agent.get("worktree")
@@ -90,33 +90,92 @@ def queue_view(state: State) -> list[dict[str, Any]]:
     )
 
 
-def pool_view(state: State, live: list[LeaseView]) -> list[dict[str, Any]]:
-    """The pool's slots, each with the agent holding it (by the *live* claims) or None."""
-    busy = {c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")}
-    return [
-        {**slot, "agent": slot.get("agent") if key in busy else None}
-        for key, slot in sorted(state.tables.get(POOL, {}).items(), key=lambda kv: kv[0])
-    ]
+def ordered_leases(state: State) -> list[LeaseRecord]:
+    """Every lease, expired or not, in resource order (then holder): the order faces list."""
+    return [lease for text in sorted(state.claims) for lease in state.claims[text].values()]
 
 
-def status_summary(
-    agents: list[AgentView],
-    live: list[LeaseView],
-    stale: list[LeaseView],
-    queue: list[dict[str, Any]],
-    pool: list[dict[str, Any]],
-) -> str:
-    """The status in one line: agents by status, claims, the queue and the pool."""
-    counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
-    parts = [f"{counts['live']} agents live"]
-    parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
+def split_leases(
+    state: State, ctx: Context, ordered: Iterable[LeaseRecord] | None = None
+) -> tuple[list[LeaseRecord], list[tuple[LeaseRecord, str]]]:
+    """The leases that hold at ``ctx.now``, and those awaiting eviction with the reason.
+
+    *ordered* is `ordered_leases` of *state* when the caller kept it (the dashboard keeps it
+    per log seq: sorting 10,000 claims on every look costs more than deciding them).
+    """
+    live: list[LeaseRecord] = []
+    stale: list[tuple[LeaseRecord, str]] = []
+    for lease in ordered_leases(state) if ordered is None else ordered:
+        reason = eviction_reason(state, lease, ctx)
+        if reason is None:
+            live.append(lease)
+        else:
+            stale.append((lease, reason))
+    return live, stale
+
+
+def status_view(
+    state: State,
+    ctx: Context,
+    store_url: str,
+    live: list[LeaseRecord],
+    stale: list[tuple[LeaseRecord, str]],
+    *,
+    claims: bool = True,
+) -> dict[str, Any]:
+    """What `Coordinator.status` reports, from `split_leases`; without *claims* the live
+    claims' views are left out (a caller that renders them itself, as the dashboard does)."""
+    now = ctx.now
+    agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
+    expired = [{**lease_view(lease, now), "evictable": reason} for lease, reason in stale]
+    kinds = ("live", "stuck", "stale", "dead")  # stuck: live, without progress (issue 19)
+    counts = {s: sum(1 for a in agents if a["status"] == s) for s in kinds}
+    parts = [f"{counts['live'] + counts['stuck']} agents live"]
+    parts += [f"{counts[s]} {s}" for s in kinds[1:] if counts[s]]
     summary = ", ".join(parts) + f"; {len(live)} claims"
     if stale:
         summary += f" ({len(stale)} expired, evicted on next touch)"
+    queue = queue_view(state)
     summary += f"; queue {len(queue)}"
+    pool = _pool(state, live)
     if pool:
         summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
-    return summary
+    view: dict[str, Any] = {
+        "summary": summary,
+        "seq": state.seq,
+        "store": store_url,
+        "agents": agents,
+    }
+    if claims:
+        view["claims"] = [lease_view(lease, now) for lease in live]
+    view.update(expired=expired, queue=queue, pool=pool, inbox=inbox_depths(state))
+    return view
+
+
+def inbox_depths(state: State) -> dict[str, int]:
+    """Unread messages per agent with any (``tables.inbox``: per recipient its pending
+    messages; names with ``@`` are streams, such as the watchers', not agents)."""
+    return {
+        name: len(box["pending"])
+        for name, box in sorted(state.tables.get("inbox", {}).items())
+        if not name.startswith("@") and box.get("pending")
+    }
+
+
+def _pool(state: State, live: list[LeaseRecord]) -> list[dict[str, Any]]:
+    """The pool's slots, each with the agent holding it now (None: free)."""
+    slots = state.tables.get(POOL)
+    if not slots:
+        return []
+    busy = {
+        lease["resource"][len("worktree:") :]
+        for lease in live
+        if lease["resource"].startswith("worktree:")
+    }
+    return [
+        {**slot, "agent": slot.get("agent") if key in busy else None}
+        for key, slot in sorted(slots.items(), key=lambda kv: kv[0])
+    ]
 
 
 def event_filter(
