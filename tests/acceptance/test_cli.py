@@ -90,7 +90,8 @@ def test_conflict_exits_3_naming_holder_and_expiry(cli: Cli) -> None:
     # The 90 s ttl, counted down by however long the second call took to start on a busy
     # machine: said in whole seconds, never more than the ttl.
     left = re.search(r"expires in (\d+) s", out.stderr)
-    assert left is not None and 0 < int(left.group(1)) <= 90, out.stderr
+    assert left is not None, out.stderr
+    assert 0 < int(left.group(1)) <= 90
     assert "hint: wait for it with --wait" in out.stderr
     err = json.loads(cli("claim", "path:src/foo/*.py", "--json", env=a2).stdout)
     assert ("conflict", 3, "agent-1") == (
