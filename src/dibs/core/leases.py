@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dibs.core import deadlock
 from dibs.core.events import new_event
-from dibs.core.state import EXCLUSIVE, NS, SHARED, State, ttl_ns
+from dibs.core.state import EXCLUSIVE, NOT_PROGRESS, NS, SHARED, State, ttl_ns
 from dibs.ground.errors import AuthError, Conflict, DibsError, LeaseLost, NotFound
 
 TYPE_CHECKING = False
@@ -50,6 +50,7 @@ __all__ = [
     "Unregister",
     "agent_status",
     "authenticate",
+    "stuck_for",
     "decide",
     "eviction_reason",
     "expires_in",
@@ -62,14 +63,26 @@ class Context:
     ``alive(agent)`` answers True (its watched process runs), False (it is gone, or its pid
     now belongs to another process) or None (cannot tell: another host, or no watched pid).
     Answers are cached for the decision, so each holder is looked up once.
+
+    ``stuck_after`` (seconds, None: never) is when a live agent without progress counts as
+    stuck (`stuck_for`); with ``evict_stuck`` its leases no longer hold (`eviction_reason`).
     """
 
-    __slots__ = ("_alive", "_answers", "now")
+    __slots__ = ("_alive", "_answers", "evict_stuck", "now", "stuck_after")
 
-    def __init__(self, now: Now, alive: Callable[[AgentRecord], bool | None] | None = None):
+    def __init__(
+        self,
+        now: Now,
+        alive: Callable[[AgentRecord], bool | None] | None = None,
+        *,
+        stuck_after: float | None = None,
+        evict_stuck: bool = False,
+    ):
         self.now = now
         self._alive = alive
         self._answers: dict[str, bool | None] = {}
+        self.stuck_after = stuck_after
+        self.evict_stuck = evict_stuck and stuck_after is not None
 
     def alive(self, agent: AgentRecord) -> bool | None:
         """Whether *agent*'s watched process is running (None: cannot tell)."""
@@ -257,7 +270,31 @@ def eviction_reason(state: State, lease: LeaseRecord, ctx: Context) -> str | Non
         return "holder-dead"
     if ctx.now.mono >= lease["expires"]:
         return "expired"
+    if ctx.evict_stuck and agent is not None and stuck_for(agent, ctx) is not None:
+        return "stuck"
     return None
+
+
+def idle_for(agent: AgentRecord, now: Now) -> float | None:
+    """Seconds since *agent*'s last progress (None: not on this clock, e.g. after a reboot)."""
+    progress = agent.get("progress", agent["seen"])
+    if agent.get("progress_boot", agent["seen_boot"]) != now.boot:
+        return None
+    return (now.mono - progress) / NS
+
+
+def stuck_for(agent: AgentRecord, ctx: Context) -> float | None:
+    """Seconds *agent* has gone without progress when it is stuck: alive (seen within its
+    ttl, its process not gone) yet no event of its own but heartbeats and renewals, no
+    commit and no guarded edit for ``ctx.stuck_after``; None when it is not stuck."""
+    if ctx.stuck_after is None:
+        return None
+    idle = idle_for(agent, ctx.now)
+    if idle is None or idle < ctx.stuck_after:
+        return None  # the cheap test first: the liveness test may read /proc
+    if agent_status(agent, ctx) != "live":
+        return None
+    return idle
 
 
 def agent_status(agent: AgentRecord, ctx: Context) -> str:
@@ -267,6 +304,46 @@ def agent_status(agent: AgentRecord, ctx: Context) -> str:
     if agent["seen_boot"] != ctx.now.boot or ctx.now.mono - agent["seen"] >= ttl_ns(agent["ttl"]):
         return "stale"
     return "live"
+
+
+def stuck_events(state: State, ctx: Context, decided: list[Event]) -> list[Event]:
+    """What meeting stuck agents at ``ctx.now`` writes, after *decided* (the step's own
+    events): one ``stuck`` event per agent and stretch without progress (it reaches the
+    agent's inbox and the watchers'), and with ``ctx.evict_stuck`` the eviction of its
+    leases (reason ``stuck``). Lazy like expiry: whichever step meets it acts."""
+    if ctx.stuck_after is None:
+        return []
+    active = {e.get("agent") for e in decided if e["op"] not in NOT_PROGRESS}
+    gone = {
+        (e.get("resource"), e.get("agent"))
+        for e in decided
+        if e["op"] in ("auto-evict", "force-evict", "release")
+    }
+    events: list[Event] = []
+    for name in sorted(state.agents):
+        agent = state.agents[name]
+        if name in active or agent.get("stuck", -1) == agent.get("progress", 0):
+            continue  # progressing in this very step, or already told for this stretch
+        idle = stuck_for(agent, ctx)
+        if idle is None:
+            continue
+        action = "evict" if ctx.evict_stuck else "notify"
+        details = {"idle": round(idle, 3), "action": action, "since": agent.get("progress_wall")}
+        events.append(new_event("stuck", ctx.now, agent=name, details=details))
+        for lease in state.leases_of(name) if ctx.evict_stuck else ():
+            if (lease["resource"], name) not in gone:
+                events.append(
+                    new_event(
+                        "auto-evict",
+                        ctx.now,
+                        resource=lease["resource"],
+                        agent=name,
+                        mode=lease["mode"],
+                        token=lease["token"],
+                        reason="stuck",
+                    )
+                )
+    return events
 
 
 def expires_in(lease: LeaseRecord, now: Now) -> float:

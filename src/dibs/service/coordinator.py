@@ -170,18 +170,45 @@ class Coordinator:
     # Plumbing ---------------------------------------------------------------------------
 
     def context(self, now: Now) -> Context:
-        """A decision context at *now* that asks this host about holders' processes."""
-        return Context(now, self.liveness)
+        """A decision context at *now* that asks this host about holders' processes and
+        knows when an agent is stuck (``agents.stuck_after``, ``agents.on_stuck``)."""
+        stuck_after = float(self.settings["agents.stuck_after"]) or None
+        evict = self.settings["agents.on_stuck"] == "evict"
+        return Context(now, self.liveness, stuck_after=stuck_after, evict_stuck=evict)
 
     def transact(self, decide: Callable[[State, Context], Decision]) -> Decision:
         """Run *decide* atomically against the store; raise its error after appending.
 
-        Integrations (worktrees, the merge queue, plans) build their use cases on this.
+        The same step acts on the stuck agents it meets (`leases.stuck_events`): lazy, like
+        eviction, so no daemon is needed. Integrations (worktrees, the merge queue, plans)
+        build their use cases on this.
         """
-        decision = self.store.transact(lambda state, now: decide(state, self.context(now)))
+
+        def step(state: State, now: Now) -> Decision:
+            ctx = self.context(now)
+            decision = decide(state, ctx)
+            if ctx.stuck_after is not None:
+                decision.events += leases.stuck_events(state, ctx, decision.events)
+            return decision
+
+        decision = self.store.transact(step)
         if decision.error is not None:
             raise decision.error
         return decision
+
+    def read(self) -> tuple[State, Now]:
+        """The current state and the deciding clock's time (for integrations that look
+        without changing anything; never change the state returned)."""
+        return self.store.read()
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[Event]:
+        """Events after seq *since*, oldest first; at most *limit* of them."""
+        found: list[Event] = []
+        for event in self.store.events(since):
+            if limit is not None and len(found) >= limit:
+                break
+            found.append(event)
+        return found
 
     def _command(self, command: object) -> Decision:
         return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
