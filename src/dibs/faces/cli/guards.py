@@ -294,7 +294,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
     import contextlib
     import os
 
-    from dibs.faces.hooks import TOOL_EVENTS, reply
+    from dibs.faces.hooks import CONTEXT_EVENTS, TOOL_EVENTS, reply
     from dibs.ground.errors import DibsError, NotFound
     from dibs.integrations import sessions
     from dibs.integrations.guard import Verdict, check_call
@@ -328,6 +328,10 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
                     sessions.end_subagent(coord, session, payload.subagent, host=host)
             except DibsError as exc:
                 sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
+            if payload.event in CONTEXT_EVENTS:
+                told = _inbox(coord, payload, None)
+                if told:
+                    return reply(payload.host, payload.event, Verdict(True, told))
             return go
         mode = args.mode or coord.settings["guard.mode"]
         auto = (
@@ -338,7 +342,40 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
         verdict = check_call(
             coord, call, mode=mode, auto_claim=auto, ttl=coord.settings["guard.auto_claim_ttl"]
         )
+        told = _inbox(coord, payload, verdict)
+        if told:
+            verdict.message = "\n\n".join(m for m in (verdict.message, told) if m)
         return reply(payload.host, payload.event, verdict)
+
+
+def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
+    """The acting agent's unread messages for its host's context (acknowledged), and, on an
+    allowed edit, a note of its progress; never fails the hook."""
+    import contextlib
+    import os
+
+    from dibs.ground.errors import DibsError
+    from dibs.integrations import inbox, sessions
+    from dibs.service.identity import resolve, verified
+
+    with contextlib.suppress(DibsError, OSError):
+        agent, token = resolve(coord.repo, os.environ, coord.agent, coord.token)
+        if agent is None and payload.session:
+            found = sessions.session_identity(
+                coord, payload.session, host=payload.host, subagent=payload.subagent,
+                register=False,
+            )
+            if found is not None:
+                agent, token = found
+        if agent is None:
+            return ""
+        if verdict is not None and verdict.allow:
+            state, now = coord.read()
+            name = verified(state, agent, token)
+            if name is not None:
+                inbox.note_progress(coord, state, now, name, "edit")
+        return inbox.push(coord, agent, token)
+    return ""
 
 
 def _existing(path: str) -> str:
