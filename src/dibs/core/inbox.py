@@ -50,14 +50,12 @@ KINDS = {
 }
 
 _FREEING = frozenset(("release", "auto-evict", "force-evict"))
-_TO_WATCHERS_EVICT = frozenset(("stuck",))
 
 
-def notices(state: State, event: Event, before: Any = None) -> list[tuple[str, Any]]:
+def notices(state: State, event: Event) -> list[tuple[str, Any]]:
     """``(recipient, extra)`` for each inbox *event* reaches, on *state* after it applied.
 
-    *extra* is what rendering needs beyond the event (None for most kinds); *before* is the
-    waits record an ``wait-end`` removed (to remember what was given up).
+    *extra* is what rendering needs beyond the event (None for most kinds).
     """
     op = event["op"]
     agent = event.get("agent")
@@ -66,13 +64,11 @@ def notices(state: State, event: Event, before: Any = None) -> list[tuple[str, A
     out: list[tuple[str, Any]] = []
     if op in ("auto-evict", "force-evict") and agent:
         out.append((agent, None))
-        if op == "force-evict" or event.get("reason") in _TO_WATCHERS_EVICT:
+        if op == "force-evict" or event.get("reason") == "stuck":
             out.append((WATCH, None))
     elif op == "land-done" and agent:
         out.append((agent, None))
-    elif op == "land-fail" and agent:
-        out += [(agent, None), (WATCH, None)]
-    elif op == "stuck" and agent:
+    elif op in ("land-fail", "stuck") and agent:
         out += [(agent, None), (WATCH, None)]
     elif op == "plan-add" and agent:
         out += _plan_overlaps(state, event)
@@ -151,7 +147,7 @@ def note(state: State, event: Event, before: Any = None) -> None:
         wants[event["agent"]] = {"resources": before["resources"], "mode": before.get("mode")}
     elif op == "acquire" and state.tables.get(WANTS, {}).get(event.get("agent", "")):
         _drop_want(state, event["agent"], event["resource"])
-    for recipient, extra in notices(state, event, before):
+    for recipient, extra in notices(state, event):
         _deliver(state, recipient, event["seq"], extra)
         if extra is not None and "wanted" in extra:
             _drop_want(state, recipient, extra["wanted"])
@@ -227,7 +223,7 @@ def message(event: Event, extra: Any = None) -> dict[str, Any]:
     return out
 
 
-def _render_message(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+def _render_message(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     to = (event.get("details") or {}).get("to") or []
     about = (event.get("details") or {}).get("holder")
     more: dict[str, Any] = {"to": to}
@@ -236,7 +232,7 @@ def _render_message(event: Event, extra: dict[str, Any]) -> tuple[str, str, str,
     return "message", event.get("by", "?"), event.get("note", ""), more
 
 
-def _render_evict(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+def _render_evict(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     reason = event.get("reason", "?")
     by = event.get("by") or "dibs"
     resource = event.get("resource", "?")
@@ -255,7 +251,7 @@ _WHY = {
 }
 
 
-def _render_landed(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+def _render_landed(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     value = event.get("value") or {}
     commit = str(value.get("commit") or "")[:12]
     text = f"{value.get('branch')} (issue {value.get('issue')}) landed on {value.get('target')}"
@@ -263,7 +259,7 @@ def _render_landed(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, 
     return "landed", "queue", text, {"entry": value.get("id"), "issue": value.get("issue")}
 
 
-def _render_land_fail(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+def _render_land_fail(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     value = event.get("value") or {}
     text = (
         f"{value.get('branch')} (issue {value.get('issue')}) failed to land: "
@@ -271,16 +267,14 @@ def _render_land_fail(event: Event, extra: dict[str, Any]) -> tuple[str, str, st
     )
     if value.get("hint"):
         text += f" ({value['hint']})"
-    more = {
-        k: value[k] for k in ("id", "issue", "branch", "gate", "exit", "files") if k in value
-    }
+    more = {k: value[k] for k in ("id", "issue", "branch", "gate", "exit", "files") if k in value}
     if value.get("tail"):
         more["tail"] = value["tail"]
         text += "\n" + str(value["tail"])
     return "land-failed", "queue", text, more
 
 
-def _render_stuck(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+def _render_stuck(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     details = event.get("details") or {}
     idle = details.get("idle", 0)
     action = details.get("action", "notify")
@@ -305,7 +299,7 @@ def _render_free(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, di
     return "free", "dibs", text, {"resource": wanted}
 
 
-def _render_other(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
+def _render_other(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     return event["op"], "dibs", f"{event['op']} {event.get('resource', '')}".strip(), {}
 
 

@@ -50,10 +50,10 @@ __all__ = [
     "Unregister",
     "agent_status",
     "authenticate",
-    "stuck_for",
     "decide",
     "eviction_reason",
     "expires_in",
+    "stuck_for",
 ]
 
 
@@ -330,19 +330,20 @@ def stuck_events(state: State, ctx: Context, decided: list[Event]) -> list[Event
         action = "evict" if ctx.evict_stuck else "notify"
         details = {"idle": round(idle, 3), "action": action, "since": agent.get("progress_wall")}
         events.append(new_event("stuck", ctx.now, agent=name, details=details))
-        for lease in state.leases_of(name) if ctx.evict_stuck else ():
-            if (lease["resource"], name) not in gone:
-                events.append(
-                    new_event(
-                        "auto-evict",
-                        ctx.now,
-                        resource=lease["resource"],
-                        agent=name,
-                        mode=lease["mode"],
-                        token=lease["token"],
-                        reason="stuck",
-                    )
-                )
+        held = state.leases_of(name) if ctx.evict_stuck else []
+        events.extend(
+            new_event(
+                "auto-evict",
+                ctx.now,
+                resource=lease["resource"],
+                agent=name,
+                mode=lease["mode"],
+                token=lease["token"],
+                reason="stuck",
+            )
+            for lease in held
+            if (lease["resource"], name) not in gone
+        )
     return events
 
 

@@ -155,7 +155,7 @@ def send(
 class _Reader:
     """Whose inbox is read, and by whom: (recipient, cursor key, agent to log, by)."""
 
-    __slots__ = ("agent", "by", "recipient", "reader")
+    __slots__ = ("agent", "by", "reader", "recipient")
 
     def __init__(self, recipient: str, reader: str, agent: str | None, by: str):
         self.recipient = recipient
@@ -219,7 +219,7 @@ def read(
         "inbox": who.recipient,
         "reader": who.reader,
         "messages": messages,
-        "unread": len(pending) - (0 if peek else len(taken)),
+        "unread": len(pending) - len(taken),
         "dropped": dropped,
     }
 
@@ -249,9 +249,7 @@ def _acknowledge(coord: Coordinator, who: _Reader, upto: int, *, as_operator: bo
         details: dict[str, Any] = {"upto": upto, "reader": again.reader}
         if again.recipient == box.WATCH:
             details["watch"] = True
-        event = new_event(
-            "inbox-read", ctx.now, agent=again.agent, by=again.by, details=details
-        )
+        event = new_event("inbox-read", ctx.now, agent=again.agent, by=again.by, details=details)
         return Decision([event])
 
     coord.transact(decide)
@@ -271,8 +269,7 @@ def follow(
     while True:
         found = read(coord, peek=True, watch=watch, as_operator=as_operator)
         fresh = [m for m in found["messages"] if m["seq"] > seen]
-        for message in fresh:
-            yield message
+        yield from fresh
         if fresh:
             seen = fresh[-1]["seq"]
             if not peek:

@@ -518,9 +518,10 @@ class Coordinator:
                 else:
                     view["evictable"] = reason
                     stale.append(view)
-        counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
-        parts = [f"{counts['live']} agents live"]
-        parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
+        kinds = ("live", "stuck", "stale", "dead")
+        counts = {s: sum(1 for a in agents if a["status"] == s) for s in kinds}
+        parts = [f"{counts['live'] + counts['stuck']} agents live"]
+        parts += [f"{counts[s]} {s}" for s in kinds[1:] if counts[s]]
         summary = ", ".join(parts) + f"; {len(live)} claims"
         if stale:
             summary += f" ({len(stale)} expired, evicted on next touch)"
@@ -547,6 +548,11 @@ class Coordinator:
             "expired": stale,
             "queue": queue,
             "pool": pool,
+            "inbox": {
+                name: len(box["pending"])
+                for name, box in sorted(state.tables.get("inbox", {}).items())
+                if not name.startswith("@") and box["pending"]
+            },
         }
 
     def log(

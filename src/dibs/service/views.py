@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dibs.core.leases import agent_status, expires_in
+from dibs.core.leases import agent_status, expires_in, idle_for, stuck_for
 from dibs.core.state import NS
 
 TYPE_CHECKING = False
@@ -31,11 +31,18 @@ def lease_view(lease: LeaseRecord, now: Now) -> dict[str, Any]:
 
 
 def agent_view(agent: AgentRecord, state: State, ctx: Context) -> dict[str, Any]:
-    """An agent as faces show it: status, seconds since last sign of life, claim count."""
+    """An agent as faces show it: status (``live``, ``stuck``: live without progress for
+    ``agents.stuck_after``, ``stale``, ``dead``), seconds since its last sign of life and
+    since its last progress (``idle``), claim count."""
     seen = (ctx.now.mono - agent["seen"]) / NS if agent["seen_boot"] == ctx.now.boot else None
+    status = agent_status(agent, ctx)
+    if status == "live" and stuck_for(agent, ctx) is not None:
+        status = "stuck"
+    idle = idle_for(agent, ctx.now)
     view: dict[str, Any] = {
         "name": agent["name"],
-        "status": agent_status(agent, ctx),
+        "status": status,
+        "idle": None if idle is None else round(idle, 3),
         "host": agent["host"],
         "pid": agent["pid"],
         "ttl": agent["ttl"],

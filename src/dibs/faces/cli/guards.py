@@ -244,6 +244,8 @@ def run_guard_commit(args: argparse.Namespace) -> int:
         with coordinator(args) as coord:
             mode = mode or coord.settings["guard.mode"]
             code, messages, blocks = guard_commit(coord, mode=mode)
+            if code == 0:
+                _commit_progress(coord)
     except DibsError as exc:
         if (mode or "block") == "warn":
             sys.stderr.write(f"dibs warn: the commit guard could not check: {exc.message}\n")
@@ -259,6 +261,17 @@ def run_guard_commit(args: argparse.Namespace) -> int:
                 "hint: unstage those files, or ask the holder (dibs status) to release them\n"
             )
     return code
+
+
+def _commit_progress(coord: Any) -> None:
+    """A commit by a verified agent is progress (`agents.stuck_after`)."""
+    from dibs.integrations import inbox
+    from dibs.service.identity import verified
+
+    state, now = coord.read()
+    name = verified(state, coord.agent, coord.token)
+    if name is not None:
+        inbox.note_progress(coord, state, now, name, "commit")
 
 
 def run_guard_host(args: argparse.Namespace) -> int:
@@ -328,11 +341,8 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
                     sessions.end_subagent(coord, session, payload.subagent, host=host)
             except DibsError as exc:
                 sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
-            if payload.event in CONTEXT_EVENTS:
-                told = _inbox(coord, payload, None)
-                if told:
-                    return reply(payload.host, payload.event, Verdict(True, told))
-            return go
+            told = _inbox(coord, payload, None) if payload.event in CONTEXT_EVENTS else ""
+            return reply(payload.host, payload.event, Verdict(True, told)) if told else go
         mode = args.mode or coord.settings["guard.mode"]
         auto = (
             args.auto_claim if args.auto_claim is not None else coord.settings["guard.auto_claim"]
@@ -362,7 +372,10 @@ def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
         agent, token = resolve(coord.repo, os.environ, coord.agent, coord.token)
         if agent is None and payload.session:
             found = sessions.session_identity(
-                coord, payload.session, host=payload.host, subagent=payload.subagent,
+                coord,
+                payload.session,
+                host=payload.host,
+                subagent=payload.subagent,
                 register=False,
             )
             if found is not None:
