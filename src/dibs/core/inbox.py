@@ -104,7 +104,7 @@ def _plan_overlaps(state: State, event: Event) -> list[tuple[str, Any]]:
         )
         if shared:
             others.append(name)
-            out.append((name, {"with": owner, "globs": shared}))
+            out.append((name, {"with": name, "globs": shared}))
     if others:
         out.insert(0, (owner, {"with": ", ".join(others), "globs": mine}))
     return out
@@ -281,6 +281,8 @@ def _render_stuck(event: Event, _extra: dict[str, Any]) -> tuple[str, str, str, 
     text = f"{event.get('agent')} is stuck: alive, but no progress for {round(idle)} s"
     if action == "evict":
         text += "; its claims are evicted (agents.on_stuck = evict)"
+    else:
+        text += " (any act of its own counts: a claim, a release, a commit, a guarded edit)"
     return "stuck", "dibs", text, {"agent": event.get("agent"), "idle": idle, "action": action}
 
 
@@ -289,7 +291,8 @@ def _render_plan(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, di
         f"the plan of {event.get('agent')} overlaps the plan of {extra.get('with')} "
         f"on {', '.join(extra.get('globs', []))}: agree who takes what (`dibs plan check`)"
     )
-    return "plan-overlap", event.get("by", "?"), text, {"with": extra.get("with")}
+    by = (event.get("value") or {}).get("by") or event.get("agent") or "?"
+    return "plan-overlap", by, text, {"plan_of": event.get("agent"), "with": extra.get("with")}
 
 
 def _render_free(event: Event, extra: dict[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
