@@ -17,6 +17,7 @@ from dibs.core.leases import (
     ForceEvict,
     Heartbeat,
     Register,
+    Unregister,
     decide,
     eviction_reason,
     stuck_events,
@@ -194,6 +195,18 @@ def test_stuck_is_off_without_stuck_after(clock: FakeClock) -> None:
     clock.advance(80)
     core.heartbeat("a")
     assert [] == [e for e in core.log if e["op"] == "stuck"]
+
+
+def test_an_agent_that_leaves_leaves_no_inbox_but_one_registered_again_keeps_it(
+    core: Core, clock: FakeClock
+) -> None:
+    core.register("a")
+    core.write("message", by="b", note="x", details={"to": ["a"]})
+    clock.advance(91)
+    core.register("a")  # a stale name taken over: the same inbox
+    assert 1 == len(core.unread("a"))
+    core.run(Unregister("a", "s-a"))
+    assert "a" not in core.state.tables.get(inbox.TABLE, {})
 
 
 def test_replaying_the_log_rebuilds_the_same_inboxes(core: Core, clock: FakeClock) -> None:

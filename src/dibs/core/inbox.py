@@ -142,6 +142,9 @@ def note(state: State, event: Event, before: Any = None) -> None:
     if op == "inbox-read":
         _acknowledge(state, event)
         return
+    if op == "unregister" and event.get("reason") != "replaced":
+        _forget(state, event["agent"])
+        return
     if op == "wait-end" and before is not None and event.get("reason") in ("gave-up", "deadlock"):
         wants = state.tables.setdefault(WANTS, {})
         wants[event["agent"]] = {"resources": before["resources"], "mode": before.get("mode")}
@@ -151,6 +154,15 @@ def note(state: State, event: Event, before: Any = None) -> None:
         _deliver(state, recipient, event["seq"], extra)
         if extra is not None and "wanted" in extra:
             _drop_want(state, recipient, extra["wanted"])
+
+
+def _forget(state: State, agent: str) -> None:
+    """An agent that left (not one registered again) leaves no inbox behind in the state:
+    session agents come and go by the thousand. Its messages stay in the log."""
+    for table in (TABLE, WANTS):
+        found = state.tables.get(table)
+        if found is not None and found.pop(agent, None) is not None and not found:
+            del state.tables[table]
 
 
 def _drop_want(state: State, agent: str, text: str) -> None:

@@ -303,11 +303,6 @@ def prometheus_text(coord: Coordinator) -> str:
             for name, depth in status["inbox"].items():
                 unread.add_metric([name], depth)
             yield unread
-            yield GaugeMetricFamily(
-                "dibs_inbox_unread_total",
-                "unread messages in every inbox",
-                value=sum(status["inbox"].values()),
-            )
             yield GaugeMetricFamily("dibs_claims_live", "live claims", value=len(status["claims"]))
             yield GaugeMetricFamily(
                 "dibs_queue_length", "queue entries", value=len(status["queue"])
