@@ -17,7 +17,6 @@ from dibs.core.leases import (
     ForceEvict,
     Heartbeat,
     Register,
-    Unregister,
     decide,
     eviction_reason,
     stuck_events,
@@ -205,7 +204,7 @@ def test_an_agent_that_leaves_leaves_no_inbox_but_one_registered_again_keeps_it(
     clock.advance(91)
     core.register("a")  # a stale name taken over: the same inbox
     assert 1 == len(core.unread("a"))
-    core.run(Unregister("a", "s-a"))
+    core.write("unregister", agent="a")
     assert "a" not in core.state.tables.get(inbox.TABLE, {})
 
 
