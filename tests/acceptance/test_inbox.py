@@ -221,3 +221,22 @@ def test_overlapping_plans_tell_both_agents(swarm: Cli) -> None:
     assert 0 == swarm("plan", "add", "src/auth/login.py", env=bob).returncode
     assert ["plan-overlap"] == [m["kind"] for m in inbox(swarm, alice)]
     assert ["plan-overlap"] == [m["kind"] for m in inbox(swarm, bob)]
+
+
+def test_a_guarded_edit_is_progress_and_a_shell_call_writing_nothing_is_not(swarm: Cli) -> None:
+    """The edit guard writes a `progress` event for an allowed edit by a stuck agent (ending
+    its stretch), and none for a shell command that writes no file."""
+    alice = swarm.register("alice")
+    knobs = {**alice, **stuck_env("notify")}
+    heartbeat_until_stuck(swarm, knobs)
+    shell = {"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "ls"}}
+    hook(swarm, knobs, shell)
+    assert [] == swarm.jsonl("log", "--op", "progress")
+    write = {
+        "hook_event_name": "PreToolUse",
+        "tool_name": "Write",
+        "tool_input": {"file_path": str(swarm.cwd / "notes.txt"), "content": "x"},
+    }
+    hook(swarm, knobs, write)
+    [progress] = swarm.jsonl("log", "--op", "progress")
+    assert ("alice", "edit") == (progress["agent"], progress["reason"])

@@ -37,7 +37,8 @@ MAX_RECIPIENTS = 256
 #: Messages one read returns at most (the rest stay unread for the next).
 MAX_READ = 1000
 #: A guarded edit or commit is written down as progress at most this often per agent
-#: (seconds): it keeps a busy agent from counting as stuck without a write per edit.
+#: (seconds; half of ``agents.stuck_after`` when that is shorter): it keeps a busy agent
+#: from counting as stuck without a write per edit.
 PROGRESS_EVERY = 60.0
 
 
@@ -347,10 +348,11 @@ def note_progress(coord: Coordinator, state: State, now: Now, agent: str, what: 
     import contextlib
 
     record = state.agents.get(agent)
-    if record is None or not coord.settings["agents.stuck_after"]:
+    stuck_after = float(coord.settings["agents.stuck_after"])
+    if record is None or not stuck_after:
         return
     idle = idle_for(record, now)
-    if idle is not None and idle < PROGRESS_EVERY:
+    if idle is not None and idle < min(PROGRESS_EVERY, stuck_after / 2):
         return
 
     def decide(_state: State, ctx: Context) -> Decision:

@@ -360,7 +360,8 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
 
 def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
     """The acting agent's unread messages for its host's context (acknowledged), and, on an
-    allowed edit, a note of its progress; never fails the hook."""
+    allowed call that writes files (a guarded edit), a note of its progress; never fails
+    the hook."""
     import contextlib
     import os
 
@@ -382,7 +383,7 @@ def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
                 agent, token = found
         if agent is None:
             return ""
-        if verdict is not None and verdict.allow:
+        if verdict is not None and verdict.allow and payload.call and payload.call.writes:
             state, now = coord.read()
             name = verified(state, agent, token)
             if name is not None:
