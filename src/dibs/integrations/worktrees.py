@@ -48,10 +48,7 @@ def _repo(coord: Coordinator) -> Repo:
 
 def main_root(repo: Repo) -> str:
     """The main worktree's folder (where ``.worktrees/`` lives), from any worktree."""
-    common = os.path.normpath(repo.common_dir)
-    if os.path.basename(common) == ".git":
-        return os.path.dirname(common)
-    return repo.root  # a bare repository's linked worktree: use where we are
+    return repo.main_root
 
 
 def _git(cwd: str, *args: str, check: bool = True) -> str:

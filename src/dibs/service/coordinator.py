@@ -47,7 +47,7 @@ from dibs.service.checks import (
     check_wait,
 )
 from dibs.service.identity import operator, require, secret_hash
-from dibs.service.opening import open_store
+from dibs.service.opening import is_postgres_url, last_opened, open_store, preopened
 from dibs.service.views import agent_view, lease_view
 
 TYPE_CHECKING = False
@@ -144,12 +144,12 @@ class Coordinator:
         repo = find_repo(os.fspath(where) if where is not None else None)
         settings = config.load(repo.root, cache_dir=repo.store_dir)
         if store is None:
-            store = open_store(
-                settings["store.url"],
-                repo,
-                namespace=settings["store.namespace"],
-                sync=settings["store.sync"],
+            url, namespace = settings["store.url"], settings["store.namespace"]
+            store = preopened.pop((repo.common_dir, url, namespace), None) or open_store(
+                url, repo, namespace=namespace, sync=settings["store.sync"]
             )
+            if is_postgres_url(url):
+                last_opened[:] = [(repo.common_dir, url, namespace, store)]
         return cls(store, agent=agent, token=token, settings=settings, repo=repo)
 
     def __enter__(self) -> Coordinator:

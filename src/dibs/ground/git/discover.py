@@ -41,6 +41,14 @@ class Repo:
         return os.path.join(self.common_dir, "dibs")
 
     @property
+    def main_root(self) -> str:
+        """The main worktree's folder (where ``.worktrees/`` lives), from any worktree."""
+        common = os.path.normpath(self.common_dir)
+        if os.path.basename(common) == ".git":
+            return os.path.dirname(common)
+        return self.root  # a bare repository's linked worktree: use where we are
+
+    @property
     def is_linked_worktree(self) -> bool:
         """Whether we are in a worktree made by ``git worktree add`` (not the main one)."""
         return os.path.normpath(self.git_dir) != os.path.normpath(self.common_dir)

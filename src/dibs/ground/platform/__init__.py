@@ -127,6 +127,9 @@ sync_dir = current.sync_dir
 sync_primitives = current.sync_primitives
 #: The exclusive lock on an open file (flock), and its release.
 lock = current.lock
+try_lock = current.try_lock
+#: Send a signal to a process (the CLI helper passes the caller's on, ends its spares).
+send_signal = current.send_signal
 unlock = current.unlock
 #: The deciding clock in nanoseconds, and its name.
 clock_ns = current.clock_ns

@@ -21,7 +21,6 @@ releases it or lands it, the source hears of it (`dibs.integrations.tasks.sync`)
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 
@@ -176,9 +175,14 @@ def root(coord: Coordinator) -> str:
     agent sees one tracker, the one people look at)."""
     if coord.repo is None:
         raise UsageError("tasks live in a repository", hint="run dibs inside one")
-    from dibs.integrations.worktrees import main_root
+    return coord.repo.main_root
 
-    return main_root(coord.repo)
+
+def _glob(pattern: str) -> list[str]:
+    """`glob.glob`, imported when a pattern is to be matched (it compiles regexes on import)."""
+    import glob
+
+    return glob.glob(pattern)
 
 
 def sources(coord: Coordinator) -> tuple[list[str], bool]:
@@ -190,7 +194,8 @@ def sources(coord: Coordinator) -> tuple[list[str], bool]:
     found = []
     for source in DEFAULT_SOURCES:
         if source.endswith("*/"):
-            if glob.glob(os.path.join(top, source)):
+            parent = os.path.join(top, os.path.dirname(source.rstrip("/")))
+            if os.path.isdir(parent) and _glob(os.path.join(top, source)):  # glob only then
                 found.append(source)
         elif os.path.exists(os.path.join(top, source)):
             found.append(source)
@@ -237,9 +242,9 @@ def _read_source(
         return beads.read(path, problems, configured=configured)
     if os.path.isdir(path) or source.endswith("/"):
         tasks = []
-        for folder in sorted(glob.glob(path.rstrip("/"))) or [path]:
+        for folder in sorted(_glob(path.rstrip("/"))) or [path]:
             if markdown.is_epics(folder):  # `.claude/epics/` itself: every epic in it
-                for epic in sorted(glob.glob(os.path.join(folder, "*", ""))):
+                for epic in sorted(_glob(os.path.join(folder, "*", ""))):
                     tasks += markdown.read_folder(epic.rstrip("/"), problems)
             elif os.path.isdir(folder):
                 tasks += markdown.read_folder(folder, problems)

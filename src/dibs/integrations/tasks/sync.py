@@ -66,11 +66,15 @@ def enabled(coord: Coordinator) -> bool:
         return True
     if not coord.settings["tasks.writeback"] or coord.repo is None:
         return False
-    import glob
-
-    from dibs.integrations.tasks import beads, markdown, root, sources
+    from dibs.integrations.tasks import root, sources
 
     names, _ = sources(coord)
+    if not names:
+        return False  # the usual case: nothing to read, and no reader imported to say so
+    import glob
+
+    from dibs.integrations.tasks import beads, markdown
+
     for name in names:
         path = os.path.join(root(coord), name)
         if beads.is_beads(path, name):
