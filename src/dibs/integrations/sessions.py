@@ -166,7 +166,7 @@ def _registered(coord: Coordinator, record: dict[str, Any] | None) -> tuple[str,
         return None
     from dibs.service.identity import verified
 
-    state, _now = coord.store.read()
+    state, _now = coord.read()
     agent, token = str(record["agent"]), str(record["token"])
     return (agent, token) if verified(state, agent, token) is not None else None
 
@@ -351,7 +351,7 @@ def sweep(coord: Coordinator) -> list[str]:
     """Unregister session agents whose client is gone, or that are stale and hold nothing."""
     from dibs.ground import host
 
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     prefixes = tuple(f"{h}-" for h in (*HOSTS, "session"))
     if not any(name.startswith(prefixes) and _gone(state, ctx, name) for name in state.agents):

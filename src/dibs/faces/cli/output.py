@@ -12,7 +12,7 @@ from dibs.ground.humanize import seconds
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
     from dibs.service import Coordinator
@@ -222,7 +222,7 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, upper: bool 
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def claim_rows(claims: Iterable[dict[str, Any]]) -> list[list[Any]]:
+def claim_rows(claims: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
     """Table rows for lease views."""
     return [
         [

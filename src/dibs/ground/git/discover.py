@@ -75,7 +75,9 @@ def root_commit(repo: Repo) -> str | None:
     return roots[0] if roots else None
 
 
-def _read_gitfile(path: str) -> str | None:
+def read_gitfile(path: str) -> str | None:
+    """The git dir a ``.git`` file at *path* points to (``gitdir: ...``, relative to the
+    file's folder), as git reads it; None when *path* is no such file."""
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline().strip()
@@ -116,7 +118,7 @@ def find_repo(start: str | None = None, environ: Mapping[str, str] | None = None
         if os.path.isdir(dotgit):
             return Repo(current, dotgit, _common_dir(dotgit))
         if os.path.isfile(dotgit):
-            linked = _read_gitfile(dotgit)
+            linked = read_gitfile(dotgit)
             if linked is not None and os.path.isdir(linked):
                 return Repo(current, linked, _common_dir(linked))
         parent = os.path.dirname(current)

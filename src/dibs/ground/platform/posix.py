@@ -79,7 +79,7 @@ class Posix:
         try:
             import fcntl
         except ImportError:  # native Windows: the Python API says what the CLI says
-            from dibs.ground.platform import UnsupportedPlatform, unsupported
+            from dibs.ground.platform.unsupported import UnsupportedPlatform, unsupported
 
             raise unsupported("win32") or UnsupportedPlatform() from None
 
