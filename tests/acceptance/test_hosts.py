@@ -641,7 +641,9 @@ def test_install_trust_records_what_codex_checks(
     assert found["trusted"]
     text = (home / "config.toml").read_text()
     assert text.startswith('model = "m"\n')
-    assert 1 == text.count("[hooks.state.")
+    # One trust entry per hook group: the guard, and the inbox after tools and prompts.
+    assert 3 == text.count("[hooks.state.")
+    assert 1 == text.count(":pre_tool_use:")
 
 
 def test_plugin_files_are_the_generated_ones() -> None:

@@ -209,6 +209,32 @@ def test_claude_code_warn_mode_tells_the_model(
     assert "src/held.py is held by other" in told
 
 
+def test_claude_code_hears_of_an_eviction_on_its_next_tool_call(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path
+) -> None:
+    """A person evicts the session's claim mid-session: the next tool call's PostToolUse hook
+    puts the eviction (resource, who, why) into what the real Claude Code sends the model."""
+    assert 0 == cli("hooks", "install", "--claude").returncode
+    free = repo / "src" / "free.py"
+
+    def evict() -> None:
+        out = cli("evict", "path:src/free.py", "--reason", "hotfix needs it")
+        assert 0 == out.returncode, out.stderr
+
+    script = [
+        *claude_edit(free, "free = 1", "free = 2"),
+        Observe(evict),
+        Call("Read", {"file_path": str(free)}),
+        Say("done"),
+    ]
+    with ModelServer(script) as server:
+        out = clients.claude(repo, home, server.url)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+    assert "was evicted (hotfix needs it, by " in told
+    assert "path:src/free.py" in told
+
+
 def test_claude_code_started_in_a_subfolder_is_guarded_by_the_user_hook(
     repo: Path, cli: Cli, project: dict[str, Any], home: Path
 ) -> None:

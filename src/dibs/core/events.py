@@ -90,6 +90,10 @@ OPS = (
     "worktree-adopt",
     "wait",
     "wait-end",
+    "message",
+    "inbox-read",
+    "progress",
+    "stuck",
 )
 #: Fields every event has.
 REQUIRED = ("schema_version", "seq", "op", "wall", "mono", "boot")

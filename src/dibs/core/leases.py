@@ -42,9 +42,11 @@ from dibs.core.rules import (
     authenticate,
     eviction_reason,
     expires_in,
+    idle_for,
     lease_view,
+    stuck_for,
 )
-from dibs.core.state import NS, SHARED, State
+from dibs.core.state import NOT_PROGRESS, NS, SHARED, State
 from dibs.ground.errors import Conflict, DibsError, LeaseLost, NotFound
 
 TYPE_CHECKING = False
@@ -72,8 +74,11 @@ __all__ = [
     "decide",
     "eviction_reason",
     "expires_in",
+    "idle_for",
     "lease_view",
     "refusal",
+    "stuck_events",
+    "stuck_for",
 ]
 
 
@@ -492,3 +497,44 @@ _DECIDE: dict[type, Callable[[State, Any, Context], Decision]] = {
     Unregister: _unregister,
     ForceEvict: _force_evict,
 }
+
+
+def stuck_events(state: State, ctx: Context, decided: list[Event]) -> list[Event]:
+    """What meeting stuck agents at ``ctx.now`` writes, after *decided* (the step's own
+    events): one ``stuck`` event per agent and stretch without progress (it reaches the
+    agent's inbox and the watchers'), and with ``ctx.evict_stuck`` the eviction of its
+    leases (reason ``stuck``). Lazy like expiry: whichever step meets it acts."""
+    if ctx.stuck_after is None:
+        return []
+    active = {e.get("agent") for e in decided if e["op"] not in NOT_PROGRESS}
+    gone = {
+        (e.get("resource"), e.get("agent"))
+        for e in decided
+        if e["op"] in ("auto-evict", "force-evict", "release")
+    }
+    events: list[Event] = []
+    for name in sorted(state.agents):
+        agent = state.agents[name]
+        if name in active or agent.get("stuck", -1) == agent.get("progress", 0):
+            continue  # progressing in this very step, or already told for this stretch
+        idle = stuck_for(agent, ctx)
+        if idle is None:
+            continue
+        action = "evict" if ctx.evict_stuck else "notify"
+        details = {"idle": round(idle, 3), "action": action, "since": agent.get("progress_wall")}
+        events.append(new_event("stuck", ctx.now, agent=name, details=details))
+        held = state.leases_of(name) if ctx.evict_stuck else []
+        events.extend(
+            new_event(
+                "auto-evict",
+                ctx.now,
+                resource=lease["resource"],
+                agent=name,
+                mode=lease["mode"],
+                token=lease["token"],
+                reason="stuck",
+            )
+            for lease in held
+            if (lease["resource"], name) not in gone
+        )
+    return events

@@ -46,14 +46,26 @@ class Context:
     ``alive(agent)`` answers True (its watched process runs), False (it is gone, or its pid
     now belongs to another process) or None (cannot tell: another host, or no watched pid).
     Answers are cached for the decision, so each holder is looked up once.
+
+    ``stuck_after`` (seconds, None: never) is when a live agent without progress counts as
+    stuck (`stuck_for`); with ``evict_stuck`` its leases no longer hold (`eviction_reason`).
     """
 
-    __slots__ = ("_alive", "_answers", "now")
+    __slots__ = ("_alive", "_answers", "evict_stuck", "now", "stuck_after")
 
-    def __init__(self, now: Now, alive: Callable[[AgentRecord], bool | None] | None = None):
+    def __init__(
+        self,
+        now: Now,
+        alive: Callable[[AgentRecord], bool | None] | None = None,
+        *,
+        stuck_after: float | None = None,
+        evict_stuck: bool = False,
+    ):
         self.now = now
         self._alive = alive
         self._answers: dict[str, bool | None] = {}
+        self.stuck_after = stuck_after
+        self.evict_stuck = evict_stuck and stuck_after is not None
 
     def alive(self, agent: AgentRecord) -> bool | None:
         """Whether *agent*'s watched process is running (None: cannot tell)."""
@@ -91,7 +103,31 @@ def eviction_reason(state: State, lease: LeaseRecord, ctx: Context) -> str | Non
         return "holder-dead"
     if ctx.now.mono >= lease["expires"]:
         return "expired"
+    if ctx.evict_stuck and agent is not None and stuck_for(agent, ctx) is not None:
+        return "stuck"
     return None
+
+
+def idle_for(agent: AgentRecord, now: Now) -> float | None:
+    """Seconds since *agent*'s last progress (None: not on this clock, e.g. after a reboot)."""
+    progress = agent.get("progress", agent["seen"])
+    if agent.get("progress_boot", agent["seen_boot"]) != now.boot:
+        return None
+    return (now.mono - progress) / NS
+
+
+def stuck_for(agent: AgentRecord, ctx: Context) -> float | None:
+    """Seconds *agent* has gone without progress when it is stuck: alive (seen within its
+    ttl, its process not gone) yet no event of its own but heartbeats and renewals, no
+    commit and no guarded edit for ``ctx.stuck_after``; None when it is not stuck."""
+    if ctx.stuck_after is None:
+        return None
+    idle = idle_for(agent, ctx.now)
+    if idle is None or idle < ctx.stuck_after:
+        return None  # the cheap test first: the liveness test may read /proc
+    if agent_status(agent, ctx) != "live":
+        return None
+    return idle
 
 
 def agent_status(agent: AgentRecord, ctx: Context) -> str:

@@ -9,6 +9,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from dibs.core import inbox
 from dibs.core import resources as res
 from dibs.core.events import SCHEMA_VERSION
 from dibs.ground.errors import CorruptLog
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
         branch: NotRequired[str]
         host_boot: NotRequired[str]
         retired: NotRequired[list[str]]
+        progress: NotRequired[int]
+        progress_boot: NotRequired[str]
+        progress_wall: NotRequired[str]
+        stuck: NotRequired[int]
 
     class LeaseRecord(TypedDict):
         """One agent's hold on one resource."""
@@ -64,6 +69,23 @@ if TYPE_CHECKING:
         expires: int
         note: NotRequired[str]
 
+
+#: Events that are no sign of progress by their ``agent``: keeping alive, waiting, being
+#: evicted or told something (`agents.stuck_after`, docs/reference/events.md).
+NOT_PROGRESS = frozenset(
+    (
+        "heartbeat",
+        "renew",
+        "auto-evict",
+        "force-evict",
+        "refuse",
+        "wait",
+        "wait-end",
+        "inbox-read",
+        "stuck",
+        "unregister",
+    )
+)
 
 EXCLUSIVE = "exclusive"
 SHARED = "shared"
@@ -213,6 +235,9 @@ def apply(state: State, event: Event) -> State:
         )
     op = event["op"]
     handler = _APPLY.get(op)
+    before = None
+    if op == "wait-end":
+        before = state.tables.get("waits", {}).get(event.get("agent", ""))
     if handler is not None:
         handler(state, event)
     elif "table" in event:
@@ -223,7 +248,19 @@ def apply(state: State, event: Event) -> State:
             hint="it may come from a newer dibs: upgrade, then run `dibs doctor`",
         )
     state.seq = seq
+    if op not in NOT_PROGRESS and "agent" in event:
+        _progress(state, event)
+    inbox.note(state, event, before)
     return state
+
+
+def _progress(state: State, event: Event) -> None:
+    """Mark *event* as progress of its agent (`dibs.core.leases.stuck_for`)."""
+    record = state.agents.get(event["agent"])
+    if record is not None:
+        record["progress"] = event["mono"]
+        record["progress_boot"] = event["boot"]
+        record["progress_wall"] = event["wall"]
 
 
 def _apply_register(state: State, event: Event) -> None:
@@ -372,11 +409,24 @@ def _apply_log_repair(state: State, event: Event) -> None:
 
 
 def _apply_nothing(state: State, event: Event) -> None:
-    """Events that record what happened without changing who holds what (``refuse``)."""
+    """Events that record what happened without changing who holds what (``refuse``,
+    ``message``, ``progress``; `inbox.note` indexes messages and acknowledgements)."""
+
+
+def _apply_stuck(state: State, event: Event) -> None:
+    """An agent was found stuck: remember for which stretch without progress, so the next
+    notice waits for new progress and another stretch."""
+    record = state.agents.get(event["agent"])
+    if record is not None:
+        record["stuck"] = record.get("progress", 0)
 
 
 _APPLY: dict[str, Callable[[State, Event], None]] = {
     "refuse": _apply_nothing,
+    "message": _apply_nothing,
+    "progress": _apply_nothing,
+    "inbox-read": _apply_nothing,
+    "stuck": _apply_stuck,
     "register": _apply_register,
     "unregister": _apply_unregister,
     "heartbeat": _apply_heartbeat,

@@ -42,6 +42,16 @@ if TYPE_CHECKING:
 HOSTS = ("claude", "codex", "gemini", "cursor")
 #: The pre-tool event each host sends (Claude Code and Codex share the name).
 TOOL_EVENTS = {"PreToolUse", "BeforeTool", "preToolUse"}
+#: Events whose reply may add to the model's context (``additionalContext``): where the
+#: agent's inbox is pushed (Claude Code, Codex: PostToolUse, UserPromptSubmit, SessionStart;
+#: Gemini CLI: AfterTool, BeforeAgent, SessionStart), besides the pre-tool events.
+CONTEXT_EVENTS = {
+    "PostToolUse",
+    "UserPromptSubmit",
+    "SessionStart",
+    "AfterTool",
+    "BeforeAgent",
+}
 UNSTUCK = (
     "to get unstuck: run `dibs doctor` in the repository and fix what it reports; or let "
     "edits through with a warning (DIBS_GUARD_MODE=warn, or `dibs hooks install --mode warn`); "

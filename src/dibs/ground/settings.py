@@ -34,6 +34,17 @@ def _positive(limit: float) -> Callable[[Any], str | None]:
     return check
 
 
+def _seconds_or_off(limit: float) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "must be a number of seconds (0: off)"
+        if not 0 <= value <= limit:
+            return f"must be 0 (off) or more, and at most {limit:g}"
+        return None
+
+    return check
+
+
 def _text(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return "must be non-empty text"
@@ -151,6 +162,20 @@ SCHEMA: dict[str, Setting] = {
     ),
     "leases.heartbeat": Setting(
         30.0, _positive(86400), "DIBS_HEARTBEAT", "seconds between heartbeats of `dibs run`"
+    ),
+    "agents.stuck_after": Setting(
+        1200.0,
+        _seconds_or_off(30 * 86400),
+        "DIBS_STUCK_AFTER",
+        "seconds a live agent may go without progress (any event of its own but heartbeats, "
+        "a commit, a guarded edit) before it counts as stuck; 0: never",
+    ),
+    "agents.on_stuck": Setting(
+        "notify",
+        _choice("notify", "evict"),
+        "DIBS_ON_STUCK",
+        "what meeting a stuck agent does: notify (a message to it and to watchers) or evict "
+        "(also free its claims, reason stuck)",
     ),
     "worktrees.folder": Setting(
         ".worktrees", _folder, None, "where agent worktrees go (kept out of git)"

@@ -182,15 +182,28 @@ class Coordinator:
     # Plumbing ---------------------------------------------------------------------------
 
     def context(self, now: Now) -> Context:
-        """A decision context at *now* that asks this host about holders' processes."""
-        return Context(now, self.liveness)
+        """A decision context at *now* that asks this host about holders' processes and
+        knows when an agent is stuck (``agents.stuck_after``, ``agents.on_stuck``)."""
+        stuck_after = float(self.settings["agents.stuck_after"]) or None
+        evict = self.settings["agents.on_stuck"] == "evict"
+        return Context(now, self.liveness, stuck_after=stuck_after, evict_stuck=evict)
 
     def transact(self, decide: Callable[[State, Context], Decision]) -> Decision:
         """Run *decide* atomically against the store; raise its error after appending.
 
-        Integrations (worktrees, the merge queue, plans) build their use cases on this.
+        The same step acts on the stuck agents it meets (`leases.stuck_events`): lazy, like
+        eviction, so no daemon is needed. Integrations (worktrees, the merge queue, plans)
+        build their use cases on this.
         """
-        decision = self.store.transact(lambda state, now: decide(state, self.context(now)))
+
+        def step(state: State, now: Now) -> Decision:
+            ctx = self.context(now)
+            decision = decide(state, ctx)
+            if ctx.stuck_after is not None:
+                decision.events += leases.stuck_events(state, ctx, decision.events)
+            return decision
+
+        decision = self.store.transact(step)
         if decision.error is not None:
             raise decision.error
         return decision

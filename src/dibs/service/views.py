@@ -4,7 +4,7 @@ status line with the queue and the pool, and which events a face asked for."""
 from __future__ import annotations
 
 from dibs.core import rules
-from dibs.core.leases import agent_status, eviction_reason, expires_in
+from dibs.core.leases import agent_status, eviction_reason, expires_in, idle_for, stuck_for
 from dibs.core.resources import parse_resource
 from dibs.core.state import NS
 from dibs.core.tables import POOL, QUEUE, QUEUE_OPEN, WORKTREES
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
         name: str
         status: str
+        #: Seconds since its last progress (None: not on this clock).
+        idle: float | None
         host: str
         pid: int | None
         ttl: float
@@ -57,11 +59,18 @@ def lease_view(lease: LeaseRecord, now: Now) -> LeaseView:
 
 
 def agent_view(agent: AgentRecord, state: State, ctx: Context) -> AgentView:
-    """An agent as faces show it: status, seconds since last sign of life, claim count."""
+    """An agent as faces show it: status (``live``, ``stuck``: live without progress for
+    ``agents.stuck_after``, ``stale``, ``dead``), seconds since its last sign of life and
+    since its last progress (``idle``), claim count."""
     seen = (ctx.now.mono - agent["seen"]) / NS if agent["seen_boot"] == ctx.now.boot else None
+    status = agent_status(agent, ctx)
+    if status == "live" and stuck_for(agent, ctx) is not None:
+        status = "stuck"
+    idle = idle_for(agent, ctx.now)
     view: AgentView = {
         "name": agent["name"],
-        "status": agent_status(agent, ctx),
+        "status": status,
+        "idle": None if idle is None else round(idle, 3),
         "host": agent["host"],
         "pid": agent["pid"],
         "ttl": agent["ttl"],

@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "claims": ("dibs.faces.cli.claims", "list live claims"),
     "status": ("dibs.faces.cli.info", "who holds what: agents, claims and a summary"),
     "log": ("dibs.faces.cli.info", "show or follow the event log"),
+    "send": ("dibs.faces.cli.inbox", "send a message to agents, everyone, or a resource's holder"),
+    "inbox": ("dibs.faces.cli.inbox", "read your inbox: messages, evictions, landings"),
     "metrics": (
         "dibs.faces.cli.observe",
         "coordination figures from the log: conflicts, waits, holds",

@@ -107,7 +107,8 @@ def _agent_rows(agents: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return [
         [
             a["name"],
-            a["status"],
+            a["status"]
+            + (f" (idle {seconds(a['idle'])})" if a["status"] == "stuck" and a.get("idle") else ""),
             a["claims"],
             "" if a["seen_ago"] is None else seconds(a["seen_ago"]) + " ago",
             a["pid"] or "",

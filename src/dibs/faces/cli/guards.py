@@ -244,6 +244,8 @@ def run_guard_commit(args: argparse.Namespace) -> int:
         with coordinator(args) as coord:
             mode = mode or coord.settings["guard.mode"]
             code, messages, blocks = guard_commit(coord, mode=mode)
+            if code == 0:
+                _commit_progress(coord)
     except DibsError as exc:
         if (mode or "block") == "warn":
             sys.stderr.write(f"dibs warn: the commit guard could not check: {exc.message}\n")
@@ -259,6 +261,17 @@ def run_guard_commit(args: argparse.Namespace) -> int:
                 "hint: unstage those files, or ask the holder (dibs status) to release them\n"
             )
     return code
+
+
+def _commit_progress(coord: Any) -> None:
+    """A commit by a verified agent is progress (`agents.stuck_after`)."""
+    from dibs.integrations import inbox
+    from dibs.service.identity import verified
+
+    state, now = coord.read()
+    name = verified(state, coord.agent, coord.token)
+    if name is not None:
+        inbox.note_progress(coord, state, now, name, "commit")
 
 
 def run_guard_host(args: argparse.Namespace) -> int:
@@ -294,7 +307,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
     import contextlib
     import os
 
-    from dibs.faces.hooks import TOOL_EVENTS, reply
+    from dibs.faces.hooks import CONTEXT_EVENTS, TOOL_EVENTS, reply
     from dibs.ground.errors import DibsError, NotFound
     from dibs.integrations import sessions
     from dibs.integrations.guard import Verdict, check_call
@@ -328,7 +341,8 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
                     sessions.end_subagent(coord, session, payload.subagent, host=host)
             except DibsError as exc:
                 sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
-            return go
+            told = _inbox(coord, payload, None) if payload.event in CONTEXT_EVENTS else ""
+            return reply(payload.host, payload.event, Verdict(True, told)) if told else go
         mode = args.mode or coord.settings["guard.mode"]
         auto = (
             args.auto_claim if args.auto_claim is not None else coord.settings["guard.auto_claim"]
@@ -338,7 +352,44 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
         verdict = check_call(
             coord, call, mode=mode, auto_claim=auto, ttl=coord.settings["guard.auto_claim_ttl"]
         )
+        told = _inbox(coord, payload, verdict)
+        if told:
+            verdict.message = "\n\n".join(m for m in (verdict.message, told) if m)
         return reply(payload.host, payload.event, verdict)
+
+
+def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
+    """The acting agent's unread messages for its host's context (acknowledged), and, on an
+    allowed call that writes files (a guarded edit), a note of its progress; never fails
+    the hook."""
+    import contextlib
+    import os
+
+    from dibs.ground.errors import DibsError
+    from dibs.integrations import inbox, sessions
+    from dibs.service.identity import resolve, verified
+
+    with contextlib.suppress(DibsError, OSError):
+        agent, token = resolve(coord.repo, os.environ, coord.agent, coord.token)
+        if agent is None and payload.session:
+            found = sessions.session_identity(
+                coord,
+                payload.session,
+                host=payload.host,
+                subagent=payload.subagent,
+                register=False,
+            )
+            if found is not None:
+                agent, token = found
+        if agent is None:
+            return ""
+        if verdict is not None and verdict.allow and payload.call and payload.call.writes:
+            state, now = coord.read()
+            name = verified(state, agent, token)
+            if name is not None:
+                inbox.note_progress(coord, state, now, name, "edit")
+        return inbox.push(coord, agent, token)
+    return ""
 
 
 def _existing(path: str) -> str:

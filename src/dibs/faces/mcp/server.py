@@ -45,7 +45,7 @@ _FLAGS = {
 }
 _TOOLS = (
     "register", "unregister", "claim", "renew", "release", "heartbeat", "status", "ready",
-    "next", "start", "finish", "check", "land", "limit_take",
+    "next", "start", "finish", "check", "land", "limit_take", "inbox", "send",
 )  # fmt: skip
 
 

@@ -254,3 +254,50 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
         from dibs.integrations import limits
 
         return limits.take(coord, name, cost=cost, wait=wait)
+
+    @tool()
+    def inbox(
+        peek: Annotated[
+            bool,
+            Field(description="show without marking read (default: false: marked read)"),
+        ] = False,
+        limit: Annotated[
+            int | None,
+            Field(description="at most this many messages (1-1000; default: all)", ge=1, le=1000),
+        ] = None,
+    ) -> dict[str, Any]:
+        """This agent's unread messages, oldest first, then marked read: messages sent to
+        it, evictions of its leases (by whom, why), its landings (landed, or failed: gate,
+        output tail, conflicting files), resources it gave up waiting for that are free,
+        plan overlaps, and being stuck."""
+        from dibs.integrations import inbox as inboxes
+
+        acting.me()
+        return inboxes.read(coord, peek=peek, limit=limit)
+
+    @tool()
+    def send(
+        text: Annotated[
+            str, Field(description="the message: UTF-8, 1-4000 characters", max_length=4000)
+        ],
+        to: Annotated[
+            list[str] | None,
+            Field(description="agent names to send it to (default: none)"),
+        ] = None,
+        everyone: Annotated[
+            bool, Field(description="send it to every registered agent (default: false)")
+        ] = False,
+        holder: Annotated[
+            str | None,
+            Field(
+                description="send it to whoever holds a live claim overlapping this resource, "
+                "e.g. path:src/auth/** (default: none)"
+            ),
+        ] = None,
+    ) -> dict[str, Any]:
+        """Send TEXT to agents' inboxes (TO, EVERYONE, or the HOLDER of a resource), logged
+        with this agent as the sender."""
+        from dibs.integrations import inbox as inboxes
+
+        acting.me()
+        return inboxes.send(coord, text, to=to, everyone=everyone, holder=holder)

@@ -268,10 +268,22 @@ def prometheus_text(coord: Coordinator) -> str:
                 buckets.append(("+Inf", summary["count"]))
                 yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=summary["sum"])
             agents = GaugeMetricFamily("dibs_agents", "registered agents", labels=["status"])
-            for status_name in ("live", "stale", "dead"):
+            for status_name in ("live", "stuck", "stale", "dead"):
                 count = sum(1 for a in status["agents"] if a["status"] == status_name)
                 agents.add_metric([status_name], count)
             yield agents
+            stuck = sum(1 for a in status["agents"] if a["status"] == "stuck")
+            yield GaugeMetricFamily(
+                "dibs_agents_stuck",
+                "live agents without progress for agents.stuck_after",
+                value=stuck,
+            )
+            unread = GaugeMetricFamily(
+                "dibs_inbox_unread", "unread messages in an agent's inbox", labels=["agent"]
+            )
+            for name, depth in status["inbox"].items():
+                unread.add_metric([name], depth)
+            yield unread
             yield GaugeMetricFamily("dibs_claims_live", "live claims", value=len(status["claims"]))
             yield GaugeMetricFamily(
                 "dibs_queue_length", "queue entries", value=len(status["queue"])

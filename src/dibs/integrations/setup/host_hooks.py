@@ -4,11 +4,13 @@
 host       project file (``--user``: per user)  entries
 =========  ===================================  =========================================
 claude     .claude/settings.json                PreToolUse (Edit|Write|MultiEdit|NotebookEdit|
-           (~/.claude/settings.json)            Bash), SessionStart, SessionEnd, SubagentStop
-codex      .codex/hooks.json                    PreToolUse (apply_patch|Bash|shell|...)
-           ($CODEX_HOME/hooks.json)
+           (~/.claude/settings.json)            Bash), PostToolUse (*), UserPromptSubmit,
+                                                SessionStart, SessionEnd, SubagentStop
+codex      .codex/hooks.json                    PreToolUse (apply_patch|Bash|shell|...),
+           ($CODEX_HOME/hooks.json)             PostToolUse (.*), UserPromptSubmit
 gemini     .gemini/settings.json                BeforeTool (write_file|replace|
-           (~/.gemini/settings.json)            run_shell_command), SessionStart, SessionEnd
+           (~/.gemini/settings.json)            run_shell_command), AfterTool (.*),
+                                                BeforeAgent, SessionStart, SessionEnd
 cursor     .cursor/hooks.json                   preToolUse
            (~/.cursor/hooks.json)
 =========  ===================================  =========================================
@@ -18,6 +20,7 @@ small POSIX launcher (`LAUNCHER`) that finds dibs (on PATH, in the repository's 
 the main checkout's ``.venv``, or ``python3 -m dibs``) and, when dibs cannot be found or fails,
 refuses the edit in the host's protocol with a message saying how to fix it (hosts treat a
 missing command, exit 127, as "go ahead"). Session events never block: their launcher is quiet.
+The after-tool and prompt events carry the agent's inbox into the model's context.
 Files are merged: only dibs's own entries (their command runs ``guard <host>``) are touched.
 """
 
@@ -128,17 +131,18 @@ def entries(host: str, mode: str | None) -> dict[str, list[dict[str, Any]]]:
     guard = {"type": "command", "command": command(host, mode), "timeout": TIMEOUT}
     quiet = {"type": "command", "command": command(host, quiet=True), "timeout": TIMEOUT}
     if host == "claude":
-        return {
-            "PreToolUse": [{"matcher": "Edit|Write|MultiEdit|NotebookEdit|Bash", "hooks": [guard]}],
-            "SessionStart": [{"hooks": [quiet]}],
-            "SessionEnd": [{"hooks": [quiet]}],
-            "SubagentStop": [{"hooks": [quiet]}],
-        }
+        return claude_entries(guard, quiet)
     if host == "codex":
         matcher = "apply_patch|Bash|shell|exec_command|local_shell"
-        return {"PreToolUse": [{"matcher": matcher, "hooks": [guard]}]}
+        return {
+            "PreToolUse": [{"matcher": matcher, "hooks": [guard]}],
+            # The inbox reaches the model after each tool call and each prompt.
+            "PostToolUse": [{"matcher": ".*", "hooks": [quiet]}],
+            "UserPromptSubmit": [{"hooks": [quiet]}],
+        }
     if host == "gemini":
         ms = {"name": "dibs-guard", "timeout": TIMEOUT * 1000}
+        session = {**quiet, **ms, "name": "dibs-session"}
         return {
             "BeforeTool": [
                 {
@@ -146,10 +150,25 @@ def entries(host: str, mode: str | None) -> dict[str, list[dict[str, Any]]]:
                     "hooks": [{**guard, **ms}],
                 }
             ],
-            "SessionStart": [{"hooks": [{**quiet, **ms, "name": "dibs-session"}]}],
-            "SessionEnd": [{"hooks": [{**quiet, **ms, "name": "dibs-session"}]}],
+            "AfterTool": [{"matcher": ".*", "hooks": [{**session, "name": "dibs-inbox"}]}],
+            "BeforeAgent": [{"hooks": [{**session, "name": "dibs-inbox"}]}],
+            "SessionStart": [{"hooks": [session]}],
+            "SessionEnd": [{"hooks": [session]}],
         }
     return {"preToolUse": [{"command": command(host, mode)}]}
+
+
+def claude_entries(guard: dict[str, Any], quiet: dict[str, Any]) -> dict[str, Any]:
+    """Claude Code's hook entries: the guard before writing tools; the session events; and,
+    after every tool call and on every prompt, the agent's inbox (``additionalContext``)."""
+    return {
+        "PreToolUse": [{"matcher": "Edit|Write|MultiEdit|NotebookEdit|Bash", "hooks": [guard]}],
+        "PostToolUse": [{"matcher": "*", "hooks": [quiet]}],
+        "UserPromptSubmit": [{"hooks": [quiet]}],
+        "SessionStart": [{"hooks": [quiet]}],
+        "SessionEnd": [{"hooks": [quiet]}],
+        "SubagentStop": [{"hooks": [quiet]}],
+    }
 
 
 def _load(path: str) -> dict[str, Any]:
@@ -421,12 +440,7 @@ def plugin_files() -> dict[str, str]:
     quiet = {"type": "command", "command": f"{launch} --quiet guard claude", "timeout": TIMEOUT}
     hooks = {
         "description": "dibs edit guard: refuses edits of files another agent holds",
-        "hooks": {
-            "PreToolUse": [{"matcher": "Edit|Write|MultiEdit|NotebookEdit|Bash", "hooks": [guard]}],
-            "SessionStart": [{"hooks": [quiet]}],
-            "SessionEnd": [{"hooks": [quiet]}],
-            "SubagentStop": [{"hooks": [quiet]}],
-        },
+        "hooks": claude_entries(guard, quiet),
     }
     mcp = {
         "mcpServers": {
