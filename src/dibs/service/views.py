@@ -137,7 +137,7 @@ def status_view(
     now = ctx.now
     agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
     expired = [{**lease_view(lease, now), "evictable": reason} for lease, reason in stale]
-    kinds = ("live", "stuck", "stale", "dead")  # stuck: live, without progress (issue 19)
+    kinds = ("live", "stuck", "stale", "dead")  # stuck: live, without progress
     counts = {s: sum(1 for a in agents if a["status"] == s) for s in kinds}
     parts = [f"{counts['live'] + counts['stuck']} agents live"]
     parts += [f"{counts[s]} {s}" for s in kinds[1:] if counts[s]]
