@@ -183,6 +183,20 @@ class Coordinator:
             raise decision.error
         return decision
 
+    def read(self) -> tuple[State, Now]:
+        """The current state and the store's time, for integrations that only look."""
+        return self.store.read()
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[Event]:
+        """The events after seq *since*, oldest first: the first *limit* of them (all: None).
+
+        Reads lazily, so a small *limit* stops early on a long log.
+        """
+        import itertools
+
+        found = self.store.events(since)
+        return list(found if limit is None else itertools.islice(found, limit))
+
     def _command(self, command: object) -> Decision:
         return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
 
