@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     Stack = list[tuple[dict[str, Any], str]]
 
 
-
 def process_batches(proc: _Processor) -> None:
     """Take up to ``batch`` entries at a time off the queue until it is empty."""
     bisect = _Bisect(proc)

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     Results = tuple[list[str], dict[str, dict[str, Any]]]
 
 
-
 class Outcome:
     """What one processing run did."""
 
