@@ -65,7 +65,8 @@ def configure_land(parser: argparse.ArgumentParser) -> None:
         "--priority",
         choices=("normal", "high"),
         default="normal",
-        help="high: ahead of every normal entry not yet being tested",
+        metavar="LEVEL",
+        help="high: ahead of every normal entry not yet tested (default: normal)",
     )
     parser.add_argument(
         "--queue-only", action="store_true", help="enqueue and return; do not process or wait"
