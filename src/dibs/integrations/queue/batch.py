@@ -8,6 +8,7 @@ entries are good; `speculation` saves wall time instead.
 from __future__ import annotations
 
 from dibs.integrations.queue.entries import MAX_ATTEMPTS
+from dibs.integrations.queue.gates import FAILURES
 from dibs.integrations.queue.target import _Failed
 
 TYPE_CHECKING = False
@@ -140,8 +141,8 @@ class _Bisect:
             top,
             path,
             items,
-            base_tree=proc._tree(tip),
-            cache=proc.dibs.read()[0].tables.get("gate-failures", {}),
+            base_tree=lambda: proc._tree(tip),
+            cache=proc.dibs.read()[0].tables.get(FAILURES, {}),
             tick=proc.keep_lock,
         )
         if run.ran:

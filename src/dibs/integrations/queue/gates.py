@@ -268,13 +268,15 @@ class Gates:
         cwd: str,
         items: list[dict[str, Any]],
         *,
-        base_tree: str,
+        base_tree: Callable[[], str],
         cache: dict[str, dict[str, Any]],
         cancel: threading.Event | None = None,
         tick: Callable[[], None] | None = None,
     ) -> GateRun:
         """Run every required command gate on *commit* (checked out in *cwd*), in order, up
         to the first failure; a failure in *cache* for the same key stands without a run.
+        *base_tree* tells the tree the items were put on (asked only when the cache has
+        something or a gate failed: it costs a git call).
 
         *tick* is called every few seconds while a gate runs (the processor renews its lock
         there; what it raises kills the gate and propagates); *cancel* set stops the run.
@@ -287,9 +289,11 @@ class Gates:
             "DIBS_LAND_BRANCHES": " ".join(item["branch"] for item in items),
             "DIBS_LAND_ISSUES": " ".join(item["issue"] for item in items),
         }
+        tree = ""
         for name in self.names:
-            key = failure_key(base_tree, heads, name, self.commands[name])
-            known = cache.get(key)
+            if cache and not tree:
+                tree = base_tree()
+            known = cache.get(failure_key(tree, heads, name, self.commands[name])) if tree else None
             if known is not None:
                 said = _said(known["exit"])
                 run.failure = {
@@ -327,6 +331,7 @@ class Gates:
                 **({"tries": tries} if len(tries) > 1 else {}),
             }
             if last["exit"] != "timeout":  # a timeout may be the machine's load, not the code
+                key = failure_key(tree or base_tree(), heads, name, self.commands[name])
                 run.failed[key] = {"gate": name, "exit": last["exit"], "tail": last["tail"]}
             return run
         return run

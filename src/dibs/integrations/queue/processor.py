@@ -23,7 +23,7 @@ from dibs.integrations.queue.entries import (
     _entry_event,
     _landed_event,
 )
-from dibs.integrations.queue.gates import Gates, _gate_events, failure_events
+from dibs.integrations.queue.gates import FAILURES, Gates, _gate_events, failure_events
 from dibs.integrations.queue.target import _Failed
 
 TYPE_CHECKING = False
@@ -87,6 +87,8 @@ class _Processor(_Checks):
         self.commands, self.required = self.gates.commands, self.gates.required
         self.workdirs: list[_Workdir] = []
         self.outcome = Outcome()
+        #: The failure cache as `pending` last read it (its own failures are added as written).
+        self.failures: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         """Remove the temporary worktrees and let go of the lock."""
@@ -110,8 +112,10 @@ class _Processor(_Checks):
             Speculation(self, self.parallel).run()
 
     def pending(self) -> list[dict[str, Any]]:
-        """The open entries, in landing order."""
-        return _entries(self.dibs.read()[0], finished=False)
+        """The open entries, in landing order (and the failure cache of the same read)."""
+        state = self.dibs.read()[0]
+        self.failures = state.tables.get(FAILURES, {})
+        return _entries(state, finished=False)
 
     def _take(self, waiting: dict[str, Any]) -> dict[str, Any] | None:
         """Mark *waiting* as being tested by this processor; None when it is done with
@@ -182,6 +186,7 @@ class _Processor(_Checks):
             for item, state, fields in outcomes
         ]
         self.outcome.handled += self._write(changes, results, failures)
+        self.failures = {**self.failures, **(failures or {})}
 
     # Temporary worktrees ----------------------------------------------------------------
 

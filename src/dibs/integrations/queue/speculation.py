@@ -23,7 +23,7 @@ import queue
 import threading
 
 from dibs.integrations.queue.entries import MAX_ATTEMPTS
-from dibs.integrations.queue.gates import FAILURES, GateRun
+from dibs.integrations.queue.gates import GateRun
 from dibs.integrations.queue.target import _Failed
 
 TYPE_CHECKING = False
@@ -156,15 +156,25 @@ class Speculation:
         slot.cancel = threading.Event()
         path = proc._check_out(slot.work, slot.commit)
         slot.work.dirty = True
-        cache = proc.dibs.read()[0].tables.get(FAILURES, {})
-        base_tree = proc._tree(slot.base) if proc.gates.names else ""
-        generation, cancel, item, commit = slot.generation, slot.cancel, slot.item, slot.commit
+        cache = proc.failures
+        generation, cancel, item, commit, base = (
+            slot.generation,
+            slot.cancel,
+            slot.item,
+            slot.commit,
+            slot.base,
+        )
 
         def test() -> None:
             result: GateRun | BaseException
             try:
                 result = proc.gates.run(
-                    commit, path, [item], base_tree=base_tree, cache=cache, cancel=cancel
+                    commit,
+                    path,
+                    [item],
+                    base_tree=lambda: proc._tree(base),
+                    cache=cache,
+                    cancel=cancel,
                 )
             except BaseException as exc:  # noqa: BLE001 (handed to the main thread, raised there)
                 result = exc
