@@ -10,7 +10,10 @@ commit), from the same number of clients, against the same server, in the same r
    resource, released between measurements) / raw. Goal: p50 at most 2x.
 2. Throughput with 4, 16 and 64 client processes, each claiming and releasing its own
    resources in a loop (operations per second, a claim or a release each) / raw with the same
-   clients. Goal: at least 0.5x at 16 clients.
+   clients. Goal: at least 0.5x at 16 clients. Then the same clients each holding two leases
+   and heartbeating in a loop (a heartbeat each): the write that decides nothing.
+   For the claim loops, where a locked write spends its time: the first round trip (lock wait
+   included), the client's turnaround between the round trips, and the append + commit.
 3. The same two figures for the local store (on this machine's disk), in the same run, for the
    README's "when to switch" advice.
 
@@ -106,8 +109,13 @@ def _raw_worker(url: str, start: Any, seconds: float, out: Any) -> None:
 
 def _dibs_worker(target: str, start: Any, seconds: float, out: Any) -> None:
     ops = 0
-    with Coordinator(make_store(target)) as dibs:
+    store = make_store(target)
+    if isinstance(store, PostgresStore):
+        store.profile = {}
+    with Coordinator(store) as dibs:
         dibs.register(f"tp{os.getpid()}", ttl=3600)
+        if isinstance(store, PostgresStore) and store.profile is not None:
+            store.profile.clear()
         start.wait()
         deadline = time.monotonic() + seconds
         i = 0
@@ -120,21 +128,95 @@ def _dibs_worker(target: str, start: Any, seconds: float, out: Any) -> None:
             except Conflict:  # pragma: no cover - every client claims its own resources
                 pass
             i += 1
-    out.put(ops)
+    out.put((ops, getattr(store, "profile", None) or {}))
 
 
-def throughput(target: str, clients: int, seconds: float, raw: bool) -> float:
+def _heartbeat_worker(target: str, start: Any, seconds: float, out: Any) -> None:
+    """Hold two leases and heartbeat in a loop: the write that decides nothing."""
+    ops = 0
+    store = make_store(target)
+    with Coordinator(store) as dibs:
+        dibs.register(f"hb{os.getpid()}", ttl=3600)
+        dibs.claim([f"issue:hb-{os.getpid()}-a", f"issue:hb-{os.getpid()}-b"])
+        start.wait()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            dibs.heartbeat()
+            ops += 1
+    out.put((ops, {}))
+
+
+WORKERS = {"claims": _dibs_worker, "heartbeats": _heartbeat_worker}
+#: Where the lock is held, summed over the clients of the last throughput run (see main).
+PROFILE: dict[str, float] = {}
+
+
+def throughput(target: str, clients: int, seconds: float, raw: bool, kind: str = "claims") -> float:
     start = ctx.Barrier(clients + 1)
     out = ctx.Queue()
-    worker = _raw_worker if raw else _dibs_worker
+    worker = _raw_worker if raw else WORKERS[kind]
     procs = [ctx.Process(target=worker, args=(target, start, seconds, out)) for _ in range(clients)]
     for p in procs:
         p.start()
     start.wait()
-    total = sum(out.get(timeout=seconds + 300) for _ in procs)
+    total = 0
+    PROFILE.clear()
+    for _ in procs:
+        got = out.get(timeout=seconds + 300)
+        if isinstance(got, tuple):
+            got, profile = got
+            for key, value in profile.items():
+                PROFILE[key] = PROFILE.get(key, 0.0) + value
+        total += got
     for p in procs:
         p.join()
     return total / seconds
+
+
+def print_profile(clients: int) -> None:
+    """Where the time of a locked write goes, averaged over every locked write of the run."""
+    locked = PROFILE.get("locked", 0.0)
+    if not locked:
+        print(f"  ({clients} clients: no locked writes)")
+        return
+    each = {k: PROFILE.get(k, 0.0) / locked * 1e3 for k in ("begin", "decide", "commit")}
+    print(
+        f"  {clients} clients, per locked write (ms): lock wait + first round trip "
+        f"{each['begin']:.3f}, client turnaround (catch-up, decide, encode) "
+        f"{each['decide']:.3f}, append + commit {each['commit']:.3f}; "
+        f"locked {locked:.0f}, optimistic {PROFILE.get('optimistic', 0):.0f}, "
+        f"optimistic misses {PROFILE.get('optimistic-miss', 0):.0f}, "
+        f"extra catch-up round trips {PROFILE.get('recatch', 0):.0f}"
+    )
+
+
+def latency_rows(url: str, local: str, n: int, results: dict[str, Any]) -> None:
+    """Claim latency at 1 client, PostgreSQL and local, against the raw update."""
+    rows = results["rows"]
+    raw = raw_latency(url, n)
+    pg = claim_latency(url, n)
+    loc = claim_latency(local, n)
+    print(f"PostgreSQL {results['server']}, {os.cpu_count()} cores; {n} samples")
+    print(f"{'figure':<44}{'dibs':>12}{'raw':>12}{'ratio':>8}{'local':>12}")
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        ours, base, lo = pct(pg, q) * 1e3, pct(raw, q) * 1e3, pct(loc, q) * 1e3
+        rows.append(
+            {
+                "figure": f"claim latency {name}, 1 client",
+                "dibs_ms": ours,
+                "raw_ms": base,
+                "ratio": ours / base,
+                "local_ms": lo,
+            }
+        )
+        print(
+            f"{'claim latency ' + name + ', 1 client (ms)':<44}{ours:>12.3f}{base:>12.3f}"
+            f"{ours / base:>7.2f}x{lo:>12.3f}"
+        )
+    print(
+        f"{'(mean claim latency, ms)':<44}{statistics.mean(pg) * 1e3:>12.3f}"
+        f"{statistics.mean(raw) * 1e3:>12.3f}{'':>8}{statistics.mean(loc) * 1e3:>12.3f}"
+    )
 
 
 # Main ---------------------------------------------------------------------------------------
@@ -166,48 +248,35 @@ def main() -> None:
             version = conn.execute(b"SHOW server_version").fetchone()
         results["server"] = version[0] if version else "?"
 
-        raw = raw_latency(url, n)
-        pg = claim_latency(url, n)
-        loc = claim_latency(local, n)
+        latency_rows(url, local, n, results)
         rows = results["rows"]
-        print(f"PostgreSQL {results['server']}, {os.cpu_count()} cores; {n} samples")
-        print(f"{'figure':<44}{'dibs':>12}{'raw':>12}{'ratio':>8}{'local':>12}")
-        for q, name in ((0.5, "p50"), (0.99, "p99")):
-            ours, base, lo = pct(pg, q) * 1e3, pct(raw, q) * 1e3, pct(loc, q) * 1e3
-            rows.append(
-                {
-                    "figure": f"claim latency {name}, 1 client",
-                    "dibs_ms": ours,
-                    "raw_ms": base,
-                    "ratio": ours / base,
-                    "local_ms": lo,
-                }
-            )
-            print(
-                f"{'claim latency ' + name + ', 1 client (ms)':<44}{ours:>12.3f}{base:>12.3f}"
-                f"{ours / base:>7.2f}x{lo:>12.3f}"
-            )
-        print(
-            f"{'(mean claim latency, ms)':<44}{statistics.mean(pg) * 1e3:>12.3f}"
-            f"{statistics.mean(raw) * 1e3:>12.3f}{'':>8}{statistics.mean(loc) * 1e3:>12.3f}"
-        )
+        profiles = []
         for clients in (4, 16, 64):
             base = throughput(url, clients, seconds, raw=True)
-            ours = throughput(url, clients, seconds, raw=False)
-            lo = throughput(local, clients, seconds, raw=False)
-            rows.append(
-                {
-                    "figure": f"throughput, {clients} clients",
-                    "dibs_ops": ours,
-                    "raw_ops": base,
-                    "ratio": ours / base,
-                    "local_ops": lo,
-                }
-            )
-            print(
-                f"{f'throughput, {clients} clients (ops/s)':<44}{ours:>12.0f}{base:>12.0f}"
-                f"{ours / base:>7.2f}x{lo:>12.0f}"
-            )
+            for kind, name in (("claims", "throughput"), ("heartbeats", "heartbeats")):
+                ours = throughput(url, clients, seconds, raw=False, kind=kind)
+                if kind == "claims":
+                    profiles.append((clients, dict(PROFILE)))
+                lo = throughput(local, clients, seconds, raw=False, kind=kind)
+                rows.append(
+                    {
+                        "figure": f"{name}, {clients} clients",
+                        "dibs_ops": ours,
+                        "raw_ops": base,
+                        "ratio": ours / base,
+                        "local_ops": lo,
+                    }
+                )
+                print(
+                    f"{f'{name}, {clients} clients (ops/s)':<44}{ours:>12.0f}{base:>12.0f}"
+                    f"{ours / base:>7.2f}x{lo:>12.0f}"
+                )
+        print("where a locked claim or release spends its time (PostgreSQL store):")
+        for clients, profile in profiles:
+            PROFILE.clear()
+            PROFILE.update(profile)
+            print_profile(clients)
+        results["profiles"] = {str(c): p for c, p in profiles}
         p50 = rows[0]["ratio"]
         t16 = next(r for r in rows if r["figure"] == "throughput, 16 clients")["ratio"]
         print(

@@ -477,9 +477,7 @@ def test_mcp_first_then_hook_adopts_its_agent(repo: Path, work: dict[str, Any], 
     second session of the same client is another agent)."""
     agent = mcp_side(repo)
     assert agent is not None
-    token = json.loads((repo / ".git/dibs/sessions" / f"{agent}.json").read_text())[
-        "token"
-    ]
+    token = json.loads((repo / ".git/dibs/sessions" / f"{agent}.json").read_text())["token"]
     assert (
         0
         == cli(

@@ -53,6 +53,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) ->
         yield b
     finally:
         b.store.close()
+    if request.param == "postgres":
+        # Whatever the test did, dibs.live (expiry outside the log) agrees with a replay.
+        doctor = PostgresStore(url, namespace="contract")
+        findings = [f["kind"] for f in doctor.check() if f["kind"].startswith("live-")]
+        doctor.close()
+        assert [] == findings
 
 
 def coordinator(store: Store, liveness: FakeLiveness | None = None) -> Coordinator:
@@ -145,6 +151,34 @@ def test_events_since_and_tail(backend: Backend) -> None:
     assert list(range(6, 12)) == seqs
     assert [9, 10, 11] == [e["seq"] for e in backend.store.tail(3)]
     assert 11 == len(backend.store.tail(100))
+
+
+def test_heartbeat_extends_the_lease_for_every_reader_until_it_lapses(
+    backend: Backend, clock: FakeClock
+) -> None:
+    """A heartbeat gives the lease another ttl, seen from another handle; once it lapsed and
+    another agent took the resource, its holder's heartbeat and renew are refused as lost."""
+    c = coordinator(backend.store)
+    c.register("a1", ttl=30)
+    c.claim(["issue:X"], ttl=10)
+    clock.advance(8)
+    assert ["issue:X"] == c.heartbeat()["renewed"]
+    clock.advance(8)
+    other = backend.reopen()
+    try:
+        c2 = coordinator(other)
+        c2.register("a2")
+        with pytest.raises(Conflict, match="held by a1"):
+            c2.claim(["issue:X"])
+        clock.advance(5)
+        assert "issue:X" == c2.claim(["issue:X"])[0]["resource"]
+        with pytest.raises(LeaseLost):
+            c.heartbeat()
+        with pytest.raises(LeaseLost):
+            c.renew(["issue:X"])
+    finally:
+        if other is not backend.store:
+            other.close()
 
 
 def test_lease_lost_after_force_evict(backend: Backend) -> None:

@@ -24,7 +24,8 @@ ON CONFLICT (name) DO NOTHING;
 -- Everything a new client needs in one round trip: the schema version, the namespace's
 -- clock and counters, and its latest checkpoint (if any).
 SELECT (SELECT max(version) FROM dibs.schema_version),
-       n.boot, n.mono_offset, n.seq, c.seq, c.state
+       n.boot, n.mono_offset, n.seq, c.seq, c.state,
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
 FROM dibs.namespaces n
 LEFT JOIN LATERAL (
     SELECT seq, state FROM dibs.checkpoints
@@ -47,22 +48,28 @@ ROLLBACK;
 -- (READ COMMITTED takes a new snapshot per statement).
 SELECT seq, last_token, boot, mono_offset FROM dibs.namespaces WHERE name = %(ns)s FOR UPDATE;
 
--- name: lock_and_catch_up
--- Round trip 1 of a write, in one statement: lock the namespace row (writers of a namespace
--- take turns until COMMIT), then the clock (read after the lock is granted) and every event
--- after %(since)s. The events come from the statement's snapshot, taken before any wait for
--- the lock: when this statement had to wait, the events of the writer it waited for may be
--- missing, which shows as fewer events than the locked row's seq says. The caller then reads
--- them again with catch_up, a later statement, whose snapshot has them.
-SELECT n.seq, n.boot, n.mono_offset,
-       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
-       e.count, e.bodies
+-- name: lock_and_read
+-- Round trip 1 of a locked write (see dibs.lock_and_read in migrate_002.sql).
+SELECT * FROM dibs.lock_and_read(%(ns)s, %(since)s, %(keys_agent)s::text[], %(keys_resource)s::text[]);
+
+-- name: live_rows
+-- The dibs.live rows of some leases and agents (locked until COMMIT with lock).
+SELECT * FROM dibs.live_rows(%(ns)s, %(keys_agent)s::text[], %(keys_resource)s::text[], %(lock)s);
+
+-- name: catch_up_live
+-- A read: the clock, every event after %(since)s, and the dibs.live rows of the leases and
+-- agents the reader finds expired (they may have been renewed outside the log).
+SELECT c.micros, c.count, c.bodies, r.agents, r.resources, r.tokens, r.secrets, r.expires
 FROM (
-    SELECT seq, boot, mono_offset FROM dibs.namespaces WHERE name = %(ns)s FOR UPDATE
-) n, LATERAL (
-    SELECT count(*) AS count, coalesce(string_agg(body, E'\n' ORDER BY seq), '') AS bodies
+    SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS micros,
+           count(*) AS count, coalesce(string_agg(body, E'\n' ORDER BY seq), '') AS bodies
     FROM dibs.events WHERE namespace = %(ns)s AND seq > %(since)s
-) e;
+) c, dibs.live_rows(%(ns)s, %(keys_agent)s::text[], %(keys_resource)s::text[], false) r;
+
+-- name: renew
+-- A renewal or heartbeat outside the namespace lock (see dibs.renew in migrate_002.sql).
+SELECT dibs.renew(%(ns)s, %(agent)s, %(secret)s, %(everything)s, %(resources)s::text[],
+                  %(tokens)s::bigint[], %(at_mono)s::bigint, %(offset)s::bigint);
 
 -- name: catch_up
 -- The deciding clock (server time in microseconds) and every event after %(since)s, joined
@@ -74,35 +81,14 @@ FROM dibs.events
 WHERE namespace = %(ns)s AND seq > %(since)s;
 
 -- name: append_if_current
--- Append a decision's events and move the namespace's counters, in one statement (the arrays
--- travel in binary: no quoting of JSON text). The events go in only if the namespace is still
--- at %(expected)s, the state the decision was made on, and the server's clock has reached the
--- time it was made at (%(decided_us)s; NULL when the server's own reading was used, or with a
--- test clock): a stale decision inserts nothing. Used alone in autocommit (the optimistic
--- path: no lock held across a round trip) and inside the locked transaction. Returns the
--- number of events added (0: not current; decide again) and the server's clock; it wakes
--- `dibs claim --wait` in other clients when something was released.
-WITH moved AS (
-    UPDATE dibs.namespaces
-    SET seq = %(last)s, last_token = greatest(last_token, %(token)s)
-    WHERE name = %(ns)s AND seq = %(expected)s
-      AND (%(decided_us)s::bigint IS NULL
-           OR %(decided_us)s::bigint <= (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-    RETURNING name
-), added AS (
-    INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body)
-    SELECT moved.name, e.seq, e.op, e.agent, e.resource, e.token,
-           CASE WHEN e.seq = %(first)s THEN %(request)s END, e.body
-    FROM moved,
-         unnest(%(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[],
-                %(resources)b::text[], %(tokens)b::bigint[], %(bodies)b::text[])
-             AS e(seq, op, agent, resource, token, body)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM added),
-       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
-       (SELECT count(*) FROM (SELECT pg_notify('dibs', %(notify)s)) n
-        WHERE %(notify)s <> '' AND EXISTS (SELECT 1 FROM moved));
+-- Append a decision's events if the namespace is still where the decision was made (see
+-- dibs.append in migrate_002.sql); the arrays travel in binary: no quoting of JSON text.
+SELECT * FROM dibs.append(
+    %(ns)s, %(expected)s, %(first)s, %(last)s, %(token)s, %(request)s,
+    %(decided_us)s::bigint, %(notify)s,
+    %(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[], %(resources)b::text[],
+    %(tokens)b::bigint[], %(bodies)b::text[], %(monos)b::bigint[], %(ttls)b::bigint[],
+    %(secrets)b::text[]);
 
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
@@ -158,6 +144,22 @@ DELETE FROM dibs.checkpoints
 WHERE namespace = %(ns)s AND seq < ALL (
     SELECT seq FROM dibs.checkpoints WHERE namespace = %(ns)s ORDER BY seq DESC LIMIT 2
 );
+
+-- name: live_all
+-- `dibs doctor`: every row of dibs.live of the namespace (in the doctor's snapshot).
+SELECT agent, resource, token, secret, expires FROM dibs.live WHERE namespace = %(ns)s;
+
+-- name: drop_live_row
+-- `dibs doctor --repair`: a row of no current lease or registration, if it is still that row.
+DELETE FROM dibs.live
+WHERE namespace = %(ns)s AND agent = %(agent)s AND resource = %(resource)s
+  AND token IS NOT DISTINCT FROM %(token)s::bigint
+  AND secret IS NOT DISTINCT FROM %(secret)s::text;
+
+-- name: raise_live_row
+-- `dibs doctor --repair`: a row never expires before the log says (only ever raised).
+UPDATE dibs.live SET expires = greatest(expires, %(expires)s)
+WHERE namespace = %(ns)s AND agent = %(agent)s AND resource = %(resource)s;
 
 -- name: drop_checkpoint
 DELETE FROM dibs.checkpoints WHERE namespace = %(ns)s AND seq = %(seq)s;
