@@ -66,8 +66,10 @@ bench: $(STAMP_DEV) compile
 	$(BIN)/python -P bench/recovery.py
 
 # Needs a PostgreSQL server: DIBS_TEST_PG (default postgresql://postgres@127.0.0.1:5432/postgres).
+# FLEET_ARGS=--quick for a short fleet run (bench/fleet.py --help).
 bench-postgres: $(STAMP_DEV) compile
 	$(BIN)/python -P bench/postgres.py
+	$(BIN)/python -P bench/fleet.py $(FLEET_ARGS)
 
 bench-queue: $(STAMP_DEV) compile
 	$(BIN)/python -P bench/merge_queue.py

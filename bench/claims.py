@@ -163,7 +163,8 @@ def cli_latency(folder: str, n: int) -> dict[str, list[float]]:
             [dibs, "agent", "register", "cli", "--json"], cwd=repo, check=True, capture_output=True
         ).stdout
     )
-    env = dict(os.environ, DIBS_AGENT="cli", DIBS_TOKEN=reg["token"])
+    # The direct call: a CLI helper (started by PostgreSQL calls on this machine) stays out.
+    env = dict(os.environ, DIBS_AGENT="cli", DIBS_TOKEN=reg["token"], DIBS_HELPER="off")
     claim, release, base = [], [], []
     for k in range(n):
         base += run_times([sys.executable, "-c", "pass"], 1)

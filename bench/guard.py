@@ -91,7 +91,7 @@ def main() -> None:
         repo.mkdir()
         subprocess.run(["git", "init", "-q", str(repo)], check=True)
         identity = build(repo, args.claims)
-        env = {**os.environ, **identity}
+        env = {**os.environ, **identity, "DIBS_HELPER": "off"}  # the direct call
 
         def payload(path: str) -> str:
             return json.dumps(

@@ -16,6 +16,8 @@ commit), from the same number of clients, against the same server, in the same r
    included), the client's turnaround between the round trips, and the append + commit.
 3. The same two figures for the local store (on this machine's disk), in the same run, for the
    README's "when to switch" advice.
+4. A CLI call and the edit guard on PostgreSQL end to end, through the CLI helper and direct,
+   as ratios to `python -c pass` in the same run (bench/postgres_cli.py). Goal: at most 4x.
 
 The server is DIBS_TEST_PG's (default postgresql://postgres@127.0.0.1:5432/postgres); the
 benchmark creates and drops its own database. Never run as a test: figures go in the README.
@@ -27,6 +29,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -222,6 +225,27 @@ def latency_rows(url: str, local: str, n: int, results: dict[str, Any]) -> None:
 # Main ---------------------------------------------------------------------------------------
 
 
+def _postgres_cli() -> Any:
+    """bench/postgres_cli.py, beside this file (``python -P`` leaves it off sys.path)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("postgres_cli.py")
+    spec = importlib.util.spec_from_file_location("postgres_cli", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cli_figures(url: str, quick: bool) -> list[dict[str, Any]]:
+    """The CLI call and the edit guard, end to end (bench/postgres_cli.py), in this run."""
+    cli = _postgres_cli()
+    rows: list[dict[str, Any]] = cli.measure(url, 10 if quick else 30)
+    cli.report(rows)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter runs")
@@ -285,6 +309,7 @@ def main() -> None:
             f"throughput >= 0.5x raw at 16 clients: {t16:.2f}x "
             f"({'met' if t16 >= 0.5 else 'missed'})"
         )
+        results["cli"] = _cli_figures(url, args.quick)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
     finally:
@@ -292,8 +317,6 @@ def main() -> None:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
             )
-        import shutil
-
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -22,6 +22,20 @@ if TYPE_CHECKING:
 
 BIN = Path(sys.executable).parent
 
+# The CLI helper (dibs.cli.helper): tests run calls directly unless they ask for it (or the
+# whole run does: DIBS_HELPER=on), and a helper a test starts lives in a folder of this run.
+os.environ.setdefault("DIBS_HELPER", "off")
+os.environ.setdefault("DIBS_HELPER_IDLE", "30")
+if "DIBS_TEST_RUNTIME_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["DIBS_TEST_RUNTIME_DIR"] = os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(
+        prefix="dibs-test-run-"
+    )
+    atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
+
 
 class FakeClock:
     """A deciding clock that only moves when told to."""
@@ -103,7 +117,11 @@ class Cli:
 
     def __init__(self, cwd: Path, env: dict[str, str] | None = None):
         self.cwd = cwd
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("DIBS_") or k.startswith("DIBS_HELPER")
+        }
         self.env.update(env or {})
 
     def __call__(

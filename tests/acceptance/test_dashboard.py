@@ -110,6 +110,38 @@ def test_state_events_and_metrics_agree_with_the_cli(server: Server, cli: Cli) -
     assert server.json("/api/metrics")["claims"] == claims
 
 
+def test_api_state_is_the_status_and_follows_the_log_it_keeps_encoded(
+    server: Server, cli: Cli
+) -> None:
+    """/api/state is what `dibs status --json` says (each claim's seconds left aside, they
+    run down between the two looks), with worktrees; the claims it keeps encoded per log seq
+    follow the log: a release, a new claim with a note, a renewal with a new ttl."""
+    busy_log(cli)
+    status, state = cli.json("status"), server.json("/api/state")
+
+    def steady(view: dict[str, Any]) -> dict[str, Any]:
+        claims = [{k: v for k, v in c.items() if k != "expires_in"} for c in view["claims"]]
+        agents = [{k: v for k, v in a.items() if k != "seen_ago"} for a in view["agents"]]
+        return {**view, "claims": claims, "agents": agents}
+
+    assert steady(status) == steady({k: state[k] for k in status})
+    assert [] == state["worktrees"]
+    assert all(0 < c["expires_in"] <= c["ttl"] for c in state["claims"])
+    a1 = cli.register("a3")
+    assert 0 == cli("claim", "lock:deploy", "--note", "shipping", "--ttl", "60", env=a1).returncode
+    claims = server.json("/api/state")["claims"]  # encoded now, with its first ttl
+    assert [60.0] == [c["ttl"] for c in claims if c["resource"] == "lock:deploy"]
+    assert 0 == cli("renew", "lock:deploy", "--ttl", "900", env=a1).returncode
+    assert 0 == cli("claim", "issue:2", env=a1).returncode
+    assert 0 == cli("release", "issue:2", env=a1).returncode
+    state = server.json("/api/state")
+    assert ["issue:1", "lock:deploy"] == [c["resource"] for c in state["claims"]]
+    deploy = state["claims"][1]
+    assert ("shipping", 900.0) == (deploy["note"], deploy["ttl"])
+    assert 60 < deploy["expires_in"] <= 900
+    assert steady(cli.json("status"))["claims"] == steady(state)["claims"]
+
+
 def test_the_stream_announces_new_events(server: Server, cli: Cli) -> None:
     with urllib.request.urlopen(server.url + "/api/stream", timeout=30) as stream:  # noqa: S310
         seqs = []

@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,7 +89,7 @@ def test_every_labelled_family_starts_at_zero(repo: Path, cli: Cli) -> None:
         assert 0 == got[("dibs_claim_calls_total", (("outcome", outcome),))]
     for reason in ("expired", "forced", "holder-dead", "rebooted", "replaced", "unregistered"):
         assert 0 == got[("dibs_evictions_total", (("reason", reason),))]
-    for outcome in ("landed", "failed", "cancelled"):
+    for outcome in ("landed", "failed", "returned", "cancelled"):
         assert 0 == got[("dibs_landings_total", (("outcome", outcome),))]
     for cause in ("conflict", "lease-lost", "other"):
         assert 0 == got[("dibs_landing_failures_total", (("cause", cause),))]
@@ -201,3 +203,136 @@ def test_the_page_shows_landings_hot_spots_and_a_live_feed(
             assert (tmp_path / "busy-feed.png").stat().st_size > 1000
         finally:
             browser.close()
+
+
+def send_back(repo: Path, branch: str, files: list[str]) -> None:
+    """A queue entry sent back without a gate run, as the queue records the end of an entry
+    that did not land: its finishing event, whose entry ``state`` is ``returned``, with the
+    paths it cannot merge on."""
+    from dibs import Coordinator
+    from dibs.core.events import new_event
+    from dibs.core.leases import Decision
+
+    value = {
+        "id": "q-back",
+        "number": 99,
+        "branch": branch,
+        "issue": "R-1",
+        "agent": "bob",
+        "head": "0" * 40,
+        "state": "returned",
+        "files": files,
+        "reason": f"conflicts with the entry ahead in {', '.join(files)}",
+    }
+
+    def decide(_state: Any, ctx: Any) -> Decision:
+        event = new_event(
+            "land-fail", ctx.now, agent="bob", resource="issue:R-1", table="queue", key="q-back"
+        )
+        event["value"] = value
+        return Decision([event])
+
+    with Coordinator.open(str(repo)) as coord:
+        coord.transact(decide)
+
+
+@contextmanager
+def chromium(url: str) -> Iterator[Any]:
+    """A page of headless Chromium on *url* (a failure on CI when Chromium is missing)."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing on CI: .ci/run installs Debian's chromium")
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM}: sudo apt-get install chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_a_returned_entry_appears_live_with_its_paths(
+    busy: Server, repo: Path, tmp_path: Path
+) -> None:
+    """Headless Chromium: an entry the queue sends back while the page is open shows, without
+    a reload, as returned (not failed) with the paths it conflicts on; the failed landing
+    keeps its reason."""
+    with chromium(busy.url + "/") as page:
+        page.wait_for_selector("#landings td.failed", timeout=20_000)
+        loads = page.evaluate("performance.getEntriesByType('navigation').length")
+        assert "returned" not in page.inner_text("#landings tbody")
+        send_back(repo, "agent/R-1", ["src/api/users.py", "src/api/models.py"])
+        page.wait_for_selector("#landings td.returned", timeout=20_000)
+        row = page.inner_text("#landings tr:has(td.returned)")
+        assert "agent/R-1" in row
+        assert "src/api/users.py, src/api/models.py" in page.inner_text(
+            "#landings tr:has(td.returned) td.paths"
+        )
+        assert "tests (exit 1)" in page.inner_text("#landings tr:has(td.failed)")
+        assert 1 == page.locator("#landings td.failed").count()  # returned is not a failure
+        tips = page.eval_on_selector_all(
+            "#timeline title", "titles => titles.map(t => t.textContent)"
+        )
+        assert any(t.startswith("bob: q-back returned") for t in tips), tips
+        assert loads == page.evaluate("performance.getEntriesByType('navigation').length")
+        page.screenshot(path=str(tmp_path / "returned.png"), full_page=True)
+        assert (tmp_path / "returned.png").stat().st_size > 1000
+
+
+def test_the_page_marks_stuck_agents_and_their_inbox_from_the_state_it_reads(
+    busy: Server, cli: Cli, tmp_path: Path
+) -> None:
+    """Headless Chromium on the shapes issue 19 gives the state (an agent ``status`` of
+    ``stuck`` with its ``idle`` seconds, ``inbox`` depths) and the metrics (``stuck`` periods
+    in the timeline), laid over the real answers: the stuck panel, the mark and the unread
+    count in the agent list, the band in the timeline; and, live, the panel empties when the
+    agent is no longer stuck."""
+    stuck = {"on": True}
+
+    def state(route: Any) -> None:
+        data = route.fetch().json()
+        if stuck["on"]:
+            for agent in data["agents"]:
+                if agent["name"] == "bob":
+                    agent.update(status="stuck", idle=1500.0)
+            data["inbox"] = {"bob": 3}
+        route.fulfill(json=data)
+
+    def metrics(route: Any) -> None:
+        data = route.fetch().json()
+        period = {"kind": "stuck", "what": None, "from": data["since"], "to": None}
+        data["timeline"].setdefault("bob", []).append(period)
+        route.fulfill(json=data)
+
+    with chromium("about:blank") as page:
+        page.route("**/api/state", state)
+        page.route("**/api/metrics*", metrics)
+        page.goto(busy.url + "/")
+        page.wait_for_selector("#stuck td.stuck:has-text('bob')", timeout=20_000)
+        loads = page.evaluate("performance.getEntriesByType('navigation').length")
+        assert "25 min" in page.inner_text("#stuck tbody")
+        row = page.locator("#agents tr", has_text="bob")
+        assert "⚠ stuck" in row.inner_text()
+        assert "no progress for 25 min" == row.locator("td.stuck").get_attribute("title")
+        assert "3" == row.locator("td").nth(3).inner_text()
+        assert "" == page.locator("#agents tr", has_text="alice").locator("td").nth(3).inner_text()
+        page.wait_for_function(
+            "[...document.querySelectorAll('#timeline title')]"
+            ".some(t => t.textContent.startsWith('bob was stuck'))",
+            timeout=20_000,
+        )
+        page.screenshot(path=str(tmp_path / "stuck.png"), full_page=True)
+        stuck["on"] = False
+        carol = cli.register("carol")  # the log grows: the page reads the state again
+        assert 0 == cli("claim", "issue:LIVE-2", env=carol).returncode
+        page.wait_for_selector("#stuck td:has-text('no agent is stuck')", timeout=20_000)
+        assert "stuck" not in page.locator("#agents tr", has_text="bob").inner_text()
+        assert loads == page.evaluate("performance.getEntriesByType('navigation').length")
+        page.screenshot(path=str(tmp_path / "unstuck.png"), full_page=True)
+        assert (tmp_path / "unstuck.png").stat().st_size > 1000

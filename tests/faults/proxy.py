@@ -6,12 +6,20 @@ Modes, switchable while clients run (`FaultProxy.mode`):
 * ``blackhole``: connections stay open but nothing is forwarded (the proxy stops reading, so
   bytes wait in socket buffers, as a partition that later heals would leave them);
 * ``reset``: every open connection is reset (RST), and new ones are reset on arrival;
-* ``latency``: bytes flow after an added delay.
+* ``latency``: bytes flow after an added delay;
+* ``lossy``: bytes flow, but each chunk is held back with probability ``loss`` for ``rto``
+  seconds first. That is what packet loss does to a TCP stream as the application sees it: a
+  lost segment arrives only when retransmitted, a retransmission timeout (at least 200 ms on
+  Linux) later, and everything behind it waits. (No ``netem`` qdisc on these machines.)
+
+It listens on 127.0.0.1 by default; *listen* places it on another address of this host (a veth
+end, see tests/faults/netlab.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import select
 import socket
 import struct
@@ -22,12 +30,25 @@ import time
 class FaultProxy:
     """Listen on 127.0.0.1:<port>, forward to *target*; see the module docstring."""
 
-    def __init__(self, target: tuple[str, int], *, latency: float = 0.05):
+    def __init__(
+        self,
+        target: tuple[str, int],
+        *,
+        latency: float = 0.05,
+        loss: float = 0.1,
+        rto: float = 0.2,
+        listen: str = "127.0.0.1",
+    ):
         self.target = target
         self.latency = latency
+        self.loss = loss
+        self.rto = rto
         self.mode = "pass"
         self.switches = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.held = 0  # chunks held back as lost (lossy mode)
+        self._random = random.Random(0)
+        self.host = listen
+        self._listener = socket.create_server((listen, 0))
         self.port = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -92,6 +113,9 @@ class FaultProxy:
                     break
                 if self.mode == "latency":
                     time.sleep(self.latency)
+                elif self.mode == "lossy" and self._random.random() < self.loss:
+                    self.held += 1
+                    time.sleep(self.rto)
                 sink.sendall(data)
         except (OSError, ValueError):  # a socket reset and closed under us
             pass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dibs.ground.errors import CorruptLog, LogBehind, StoreIOError
+from dibs.ground.errors import Conflict, CorruptLog, LogBehind, StoreIOError
 from dibs.service import Coordinator
 from dibs.store.local import LocalStore
 from tests.conftest import FakeClock, FakeLiveness
@@ -177,6 +177,30 @@ def test_checkpoint_not_matching_a_longer_log_is_ignored(tmp_path: Path, clock: 
     state = open_store(root, clock).read()[0]
     assert 4 == state.seq
     assert ["issue:0", "issue:1", "issue:2"] == sorted(state.claims)
+
+
+def test_a_checkpoint_whose_path_index_lost_a_claim_is_found_and_rewritten(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The checkpoint carries the derived path index beside the claims, and openers trust it.
+    An index that lost a claim's entry would let them grant an overlapping path claim: check
+    reports it (it once compared the claims alone and found nothing), repair rewrites it."""
+    root = tmp_path / "dibs"
+    store = open_store(root, clock)
+    use(store).claim(["path:src/**"])
+    store.read()
+    store.write_checkpoint()
+    index = root / "checkpoint"
+    header, body = index.read_bytes().split(b"\n", 1)
+    data = marshal.loads(body)  # noqa: S302 -- the test's own checkpoint
+    data["state"]["indexes"]["prefixes"] = {}
+    index.write_bytes(header + b"\n" + marshal.dumps(data, 4))
+    doctor = open_store(root, clock)
+    assert ["checkpoint-differs"] == [f["kind"] for f in doctor.check()]
+    assert ["checkpoint-differs"] == [f["kind"] for f in doctor.check(repair=True)]
+    assert [] == doctor.check()
+    with pytest.raises(Conflict, match="held by a1"):
+        use(open_store(root, clock), "a2").claim(["path:src/app.py"])
 
 
 def test_segments_roll_over_and_replay_across(tmp_path: Path, clock: FakeClock) -> None:

@@ -44,8 +44,12 @@ def setup_namespace(url: str) -> str:
 # Workers: claim and release in a loop, reporting what was acknowledged ------------------------
 
 
-def churn_worker(url: str, index: int, seconds: float, results: Any) -> None:
-    """Claim one of three issues, release it, again and again; report every acknowledged act."""
+def churn_worker(url: str, index: int, seconds: float, results: Any, ready: Any) -> None:
+    """Claim one of three issues, release it, again and again; report every acknowledged act.
+
+    The work starts once every worker is connected and registered (*ready*, a barrier shared
+    with the test): on a loaded machine importing and connecting can take seconds, and a fault
+    that ends before the workers begin would prove nothing."""
     import faulthandler
 
     # A hung worker prints where it hangs and exits, instead of stalling the test silently.
@@ -55,6 +59,7 @@ def churn_worker(url: str, index: int, seconds: float, results: Any) -> None:
     errors: list[str] = []
     with Coordinator(store, liveness=FakeLiveness()) as dibs:
         dibs.register(f"w{index}", ttl=600)
+        ready.wait(timeout=120)
         deadline = time.monotonic() + seconds
         n = 0
         while time.monotonic() < deadline:
@@ -78,15 +83,20 @@ def churn_worker(url: str, index: int, seconds: float, results: Any) -> None:
 
 
 def run_churn(url: str, processes: int, seconds: float, fault: Any) -> list[Any]:
-    """Run churn workers while *fault()* runs in this process; return their reports."""
+    """Run churn workers while *fault()* runs in this process; return their reports.
+
+    *fault()* starts when every worker is connected and about to work."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
+    ready = ctx.Barrier(processes + 1)
     workers = [
-        ctx.Process(target=churn_worker, args=(url, i, seconds, results)) for i in range(processes)
+        ctx.Process(target=churn_worker, args=(url, i, seconds, results, ready))
+        for i in range(processes)
     ]
     for w in workers:
         w.start()
     try:
+        ready.wait(timeout=120)
         fault()
         reports = []
         deadline = time.monotonic() + seconds + 120

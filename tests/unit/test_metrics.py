@@ -219,3 +219,42 @@ def test_each_agent_has_a_timeline_of_holds_waits_refusals_and_landings(log: Log
     assert {"kind": "held", "what": "lock:deploy", "to": None} == {
         k: v for k, v in timeline["a1"][-1].items() if k != "from"
     }
+
+
+def test_a_returned_entry_is_its_own_outcome_with_its_paths(log: Log) -> None:
+    """An entry the queue sent back without a gate run (its ``state`` says ``returned``) is
+    neither landed nor failed: the history shows it with the paths it conflicts on."""
+    log.at(101, "land-fail", agent="a2", table="queue", key="q5", value={
+        "state": "returned", "branch": "agent/X-1", "files": ["src/a.py", "src/b.py"],
+        "reason": "conflicts with main in src/a.py, src/b.py",
+    })  # fmt: skip
+    log.at(102, "land-return", agent="a2", table="queue", key="q6", value={"files": ["c.py"]})
+    queue = compute(log.events)["queue"]
+    assert (queue["landed"], queue["failed"], queue["returned"]) == (1, 3, 2)
+    newest = compute(log.events)["landings"][:2]
+    assert [row["outcome"] for row in newest] == ["returned", "returned"]
+    assert newest[0]["files"] == ["c.py"]
+    assert newest[1]["files"] == ["src/a.py", "src/b.py"]
+    assert newest[1]["reason"] == "conflicts with main in src/a.py, src/b.py"
+    assert newest[1]["branch"] == "agent/X-1"
+
+
+def test_stuck_periods_run_from_the_last_progress_to_the_next() -> None:
+    """A ``stuck`` event opens a period from its ``since`` (the agent's last progress);
+    heartbeats and renewals do not end it, the agent's next claim does; one still open at
+    the end has no ``to``, and an agent's many holds do not push its periods out."""
+    log = Log()
+    log.at(0, "register", agent="s1")
+    log.at(0, "register", agent="s2")
+    log.at(10, "stuck", agent="s1", details={"idle": 50.0, "since": iso_time(T0)})
+    log.at(20, "heartbeat", agent="s1")
+    log.at(30, "acquire", agent="s1", resource="issue:9", token=1, mode="exclusive")
+    for n in range(20):
+        log.at(40 + n, "acquire", agent="s2", resource=f"issue:h{n}", token=2 + n)
+    log.at(70, "stuck", agent="s2", details={"idle": 10.0, "since": iso_time(T0 + 60)})
+    log.at(80, "renew", agent="s2", resource="issue:h0", token=2)
+    timeline = compute(log.events)["timeline"]
+    s1 = [m for m in timeline["s1"] if m["kind"] == "stuck"]
+    assert s1 == [{"kind": "stuck", "what": None, "from": iso_time(T0), "to": iso_time(T0 + 30)}]
+    s2 = [m for m in timeline["s2"] if m["kind"] == "stuck"]
+    assert s2 == [{"kind": "stuck", "what": None, "from": iso_time(T0 + 60), "to": None}]

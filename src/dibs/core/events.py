@@ -23,22 +23,7 @@ from dibs.ground.now import Now
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Literal, NotRequired, TypedDict
-
-    Op = Literal[
-        "register",
-        "unregister",
-        "heartbeat",
-        "acquire",
-        "renew",
-        "release",
-        "auto-evict",
-        "force-evict",
-        "record",
-        "log-repair",
-    ]
-    Mode = Literal["exclusive", "shared"]
-    EvictReason = Literal["expired", "holder-dead", "rebooted", "replaced", "unregistered"]
+    from typing import Any, NotRequired, TypedDict
 
     class Event(TypedDict):
         """One line of the log."""

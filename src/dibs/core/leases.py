@@ -23,9 +23,29 @@ answers from ``/proc`` (see `dibs.ground.host`).
 from __future__ import annotations
 
 from dibs.core import deadlock
+from dibs.core.commands import (
+    Acquire,
+    ForceEvict,
+    Heartbeat,
+    Register,
+    Release,
+    Renew,
+    Unregister,
+    refusal,
+)
 from dibs.core.events import new_event
-from dibs.core.state import EXCLUSIVE, NS, SHARED, State, ttl_ns
-from dibs.ground.errors import AuthError, Conflict, DibsError, LeaseLost, NotFound
+from dibs.core.rules import (
+    Context,
+    Decision,
+    Evictions,
+    agent_status,
+    authenticate,
+    eviction_reason,
+    expires_in,
+    lease_view,
+)
+from dibs.core.state import NS, SHARED, State
+from dibs.ground.errors import Conflict, DibsError, LeaseLost, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,8 +54,7 @@ if TYPE_CHECKING:
 
     from dibs.core.events import Event
     from dibs.core.resources import Resource
-    from dibs.core.state import AgentRecord, LeaseRecord
-    from dibs.ground.now import Now
+    from dibs.core.state import LeaseRecord
 
 __all__ = [
     "Acquire",
@@ -53,188 +72,9 @@ __all__ = [
     "decide",
     "eviction_reason",
     "expires_in",
+    "lease_view",
+    "refusal",
 ]
-
-
-class Context:
-    """What a decision needs besides the state: the time and a way to ask after holders.
-
-    ``alive(agent)`` answers True (its watched process runs), False (it is gone, or its pid
-    now belongs to another process) or None (cannot tell: another host, or no watched pid).
-    Answers are cached for the decision, so each holder is looked up once.
-    """
-
-    __slots__ = ("_alive", "_answers", "now")
-
-    def __init__(self, now: Now, alive: Callable[[AgentRecord], bool | None] | None = None):
-        self.now = now
-        self._alive = alive
-        self._answers: dict[str, bool | None] = {}
-
-    def alive(self, agent: AgentRecord) -> bool | None:
-        """Whether *agent*'s watched process is running (None: cannot tell)."""
-        if self._alive is None:
-            return None
-        name = agent["name"]
-        if name not in self._answers:
-            self._answers[name] = self._alive(agent)
-        return self._answers[name]
-
-
-class Decision:
-    """The outcome of `decide`: events to append, and the error when refused.
-
-    A refused command may still carry events: evictions made on the way are real and are
-    appended before the error is raised.
-    """
-
-    __slots__ = ("error", "events", "result")
-
-    def __init__(
-        self, events: list[Event] | None = None, error: DibsError | None = None, result: Any = None
-    ):
-        self.events: list[Event] = events if events is not None else []
-        self.error = error
-        self.result = result
-
-
-# Commands ---------------------------------------------------------------------------------
-
-
-class Register:
-    """Register agent *name* with the hash of its new session token."""
-
-    __slots__ = (
-        "branch",
-        "host",
-        "host_boot",
-        "name",
-        "pid",
-        "pid_start",
-        "proof",
-        "secret",
-        "ttl",
-        "worktree",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        secret: str,
-        *,
-        host: str,
-        ttl: float,
-        pid: int | None = None,
-        pid_start: int | None = None,
-        worktree: str | None = None,
-        branch: str | None = None,
-        host_boot: str | None = None,
-        proof: str | None = None,
-    ):
-        self.name = name
-        self.secret = secret
-        #: The hash of the token of the registration this one replaces, when the caller
-        #: knows it: only that proof re-registers a name that still holds live leases.
-        self.proof = proof
-        self.host = host
-        #: The boot id of the agent's host, when the deciding clock's is another one (the
-        #: PostgreSQL store's clock is the server's): liveness by pid compares against it.
-        self.host_boot = host_boot
-        self.ttl = ttl
-        self.pid = pid
-        self.pid_start = pid_start
-        self.worktree = worktree
-        self.branch = branch
-
-
-class _AgentCommand:
-    __slots__ = ("agent", "secret")
-
-    def __init__(self, agent: str, secret: str):
-        self.agent = agent
-        self.secret = secret
-
-
-class Unregister(_AgentCommand):
-    """Release everything *agent* holds and forget it."""
-
-    __slots__ = ()
-
-
-class Heartbeat(_AgentCommand):
-    """Renew every lease *agent* holds; report the ones already lost."""
-
-    __slots__ = ()
-
-
-class Acquire(_AgentCommand):
-    """Claim *resources* for *agent*, all or none."""
-
-    __slots__ = ("log_refusal", "mode", "note", "resources", "tries", "ttl", "waited", "waiter")
-
-    def __init__(
-        self,
-        agent: str,
-        secret: str,
-        resources: list[Resource],
-        *,
-        mode: str = EXCLUSIVE,
-        ttl: float | None = None,
-        note: str | None = None,
-        waited: float | None = None,
-        log_refusal: bool = False,
-        tries: int | None = None,
-        waiter: dict[str, Any] | None = None,
-    ):
-        super().__init__(agent, secret)
-        self.resources = resources
-        self.mode = mode
-        self.ttl = ttl
-        self.note = note
-        self.waited = waited
-        #: Record a refusal as a ``refuse`` event (the last try of a claim call), so the
-        #: conflict rate can be computed from the log alone.
-        self.log_refusal = log_refusal
-        self.tries = tries
-        #: A ``--wait`` claim's waiting process (``host``, ``pid``, ``pid_start``,
-        #: ``host_boot``) and ``horizon`` (seconds a wait record holds unrefreshed): when
-        #: blocked, the wait is recorded, or refused as a deadlock (`dibs.core.deadlock`).
-        self.waiter = waiter
-
-
-class Renew(_AgentCommand):
-    """Extend *agent*'s leases on *resources* (optionally with a new ttl)."""
-
-    __slots__ = ("resources", "ttl")
-
-    def __init__(
-        self, agent: str, secret: str, resources: list[Resource], *, ttl: float | None = None
-    ):
-        super().__init__(agent, secret)
-        self.resources = resources
-        self.ttl = ttl
-
-
-class Release(_AgentCommand):
-    """Let go of *resources*, or of everything when *resources* is None."""
-
-    __slots__ = ("resources",)
-
-    def __init__(self, agent: str, secret: str, resources: list[Resource] | None):
-        super().__init__(agent, secret)
-        self.resources = resources
-
-
-class ForceEvict:
-    """A person removes every hold on *resource* (or only *agent*'s), with a reason."""
-
-    __slots__ = ("agent", "by", "reason", "resource")
-
-    def __init__(self, resource: Resource, *, by: str, reason: str, agent: str | None = None):
-        self.resource = resource
-        self.by = by
-        self.reason = reason
-        self.agent = agent
 
 
 # Decisions --------------------------------------------------------------------------------
@@ -246,111 +86,6 @@ def decide(state: State, command: object, ctx: Context) -> Decision:
     if handler is None:
         raise TypeError(f"not a lease command: {command!r}")
     return handler(state, command, ctx)
-
-
-def eviction_reason(state: State, lease: LeaseRecord, ctx: Context) -> str | None:
-    """Why *lease* no longer holds at ``ctx.now`` (``rebooted``, ``holder-dead``, ``expired``)."""
-    if lease["boot"] != ctx.now.boot:
-        return "rebooted"
-    agent = state.agents.get(lease["agent"])
-    if agent is not None and ctx.alive(agent) is False:
-        return "holder-dead"
-    if ctx.now.mono >= lease["expires"]:
-        return "expired"
-    return None
-
-
-def agent_status(agent: AgentRecord, ctx: Context) -> str:
-    """``live``, ``stale`` (no sign of life within its ttl) or ``dead`` (its process is gone)."""
-    if ctx.alive(agent) is False:
-        return "dead"
-    if agent["seen_boot"] != ctx.now.boot or ctx.now.mono - agent["seen"] >= ttl_ns(agent["ttl"]):
-        return "stale"
-    return "live"
-
-
-def expires_in(lease: LeaseRecord, now: Now) -> float:
-    """Seconds until *lease* expires at *now* (0 when it already has, or after a reboot)."""
-    if lease["boot"] != now.boot:
-        return 0.0
-    return max(0.0, (lease["expires"] - now.mono) / NS)
-
-
-def authenticate(state: State, agent: str, secret: str) -> AgentRecord:
-    """*agent*'s record when *secret* is the hash of its session token (hashed by
-    `dibs.service.identity`).
-
-    Raises:
-        NotFound: no such agent.
-        AuthError: the token is missing or wrong.
-        LeaseLost: the token belonged to an earlier registration of this name, replaced
-            since: whatever that session held is gone.
-    """
-    record = state.agents.get(agent)
-    if record is None:
-        raise NotFound(
-            f"no agent named {agent!r} is registered",
-            hint=f"register it with `dibs agent register {agent}` and use the token it prints",
-        )
-    # The stored value is a hash of the token: comparing hashes leaks nothing usable.
-    if secret and secret in record.get("retired", ()):
-        raise LeaseLost(
-            f"lease lost: agent {agent!r} was registered again (at {record['registered']}) "
-            "after this session's leases ended; this session holds nothing now",
-            hint="register under a new name (or claim again as the new session)",
-            lost=[],
-        )
-    if not secret or record["secret"] != secret:
-        raise AuthError(
-            f"wrong or missing session token for agent {agent!r}",
-            hint="pass the token from `dibs agent register` (--token or DIBS_TOKEN)",
-        )
-    return record
-
-
-class _Evictions:
-    """Evictions decided so far in one decision, so later checks see them as gone."""
-
-    def __init__(self, state: State, ctx: Context):
-        self.state = state
-        self.ctx = ctx
-        self.events: list[Event] = []
-        self.gone: set[tuple[str, str]] = set()
-        self.dead: set[str] = set()
-
-    def check(self, lease: LeaseRecord) -> bool:
-        """Evict *lease* if it no longer holds; True when it was (or already is) gone."""
-        if (lease["resource"], lease["agent"]) in self.gone:
-            return True
-        reason = eviction_reason(self.state, lease, self.ctx)
-        if reason is None:
-            return False
-        if reason == "holder-dead":
-            # A dead holder's leases are all void: evict them together, not one by one.
-            self.dead.add(lease["agent"])
-            for other in self.state.leases_of(lease["agent"]):
-                self.evict(other, reason)
-        else:
-            self.evict(lease, reason)
-        return True
-
-    def evict(self, lease: LeaseRecord, reason: str, op: str = "auto-evict", **extra: Any) -> None:
-        key = (lease["resource"], lease["agent"])
-        if key in self.gone:
-            return
-        self.gone.add(key)
-        self.events.append(
-            new_event(
-                op,
-                self.ctx.now,
-                resource=lease["resource"],
-                agent=lease["agent"],
-                mode=lease["mode"],
-                token=lease["token"],
-                reason=reason,
-                **extra,
-            )
-        )
 
 
 def _conflict_error(resource: Resource, blockers: list[LeaseRecord], ctx: Context) -> Conflict:
@@ -381,7 +116,7 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
         agent = authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
-    ev = _Evictions(state, ctx)
+    ev = Evictions(state, ctx)
     if ctx.alive(agent) is False:
         for lease in state.leases_of(cmd.agent):
             ev.evict(lease, "holder-dead")
@@ -462,19 +197,7 @@ def _acquire(state: State, cmd: Acquire, ctx: Context) -> Decision:
                 waited=cmd.waited,
             )
         )
-        granted.append(
-            {
-                "resource": resource.text,
-                "agent": cmd.agent,
-                "mode": cmd.mode,
-                "token": token,
-                "ttl": ttl,
-                "acquired": events[-1]["wall"],
-                "expires_in": ttl,
-                **({"note": cmd.note} if cmd.note is not None else {}),
-                "new": True,
-            }
-        )
+        granted.append(_grant_new(cmd, resource, token, ttl, events[-1]["wall"]))
     return Decision(events, result=granted)
 
 
@@ -482,7 +205,7 @@ def _blocked(
     state: State,
     cmd: Acquire,
     blocked: list[tuple[Resource, list[LeaseRecord]]],
-    ev: _Evictions,
+    ev: Evictions,
     error: Conflict,
 ) -> Decision:
     if cmd.waiter is not None:
@@ -494,35 +217,25 @@ def _blocked(
     return Decision(ev.events, error)
 
 
-def refusal(cmd: Acquire, resource: Resource, blockers: list[LeaseRecord], ctx: Context) -> Event:
-    """The ``refuse`` event of a claim call that ended refused (one per call, not per try)."""
-    return new_event(
-        "refuse",
-        ctx.now,
-        agent=cmd.agent,
-        resource=resource.text,
-        mode=cmd.mode,
-        by=",".join(sorted({lease["agent"] for lease in blockers})),
-        waited=cmd.waited,
-        tries=cmd.tries,
-    )
-
-
 def _grant(lease: LeaseRecord, ttl: float, *, new: bool) -> dict[str, Any]:
     """What a claimant is told about a lease it now holds (``expires_in``: the full ttl)."""
-    view: dict[str, Any] = {
-        "resource": lease["resource"],
-        "agent": lease["agent"],
-        "mode": lease["mode"],
-        "token": lease["token"],
-        "ttl": ttl,
-        "acquired": lease["acquired"],
-        "expires_in": ttl,
+    return {**lease_view(lease, ttl=ttl, expires_in=ttl), "new": new}
+
+
+def _grant_new(
+    cmd: Acquire, resource: Resource, token: int, ttl: float, wall: str
+) -> dict[str, Any]:
+    """What a claimant is told about a lease just acquired (no record of it exists yet)."""
+    lease: Any = {
+        "resource": resource.text,
+        "agent": cmd.agent,
+        "mode": cmd.mode,
+        "token": token,
+        "acquired": wall,
     }
-    if "note" in lease:
-        view["note"] = lease["note"]
-    view["new"] = new
-    return view
+    if cmd.note is not None:
+        lease["note"] = cmd.note
+    return _grant(lease, ttl, new=True)
 
 
 def _lost_error(
@@ -548,7 +261,7 @@ def _lost_error(
 
 
 def _held(
-    state: State, cmd: _AgentCommand, resources: list[Resource], ev: _Evictions
+    state: State, cmd: Renew | Release, resources: list[Resource], ev: Evictions
 ) -> tuple[list[LeaseRecord], list[str], list[str]]:
     """Split *resources* into leases still held, leases lost, and resources never held."""
     held: list[LeaseRecord] = []
@@ -567,7 +280,7 @@ def _held(
 
 
 def _lost_or_never(
-    state: State, agent: str, lost: list[str], never: list[str], ev: _Evictions
+    state: State, agent: str, lost: list[str], never: list[str], ev: Evictions
 ) -> DibsError | None:
     if lost:
         fresh = {e["resource"]: e["reason"] for e in ev.events if e.get("agent") == agent}
@@ -585,35 +298,31 @@ def _lost_or_never(
 
 
 def _renew(state: State, cmd: Renew, ctx: Context) -> Decision:
-    try:
-        authenticate(state, cmd.agent, cmd.secret)
-    except DibsError as exc:
-        return Decision(error=exc)
-    ev = _Evictions(state, ctx)
-    held, lost, never = _held(state, cmd, cmd.resources, ev)
-    events = ev.events
-    for lease in held:
-        events.append(
-            new_event(
-                "renew",
-                ctx.now,
-                resource=lease["resource"],
-                agent=cmd.agent,
-                mode=lease["mode"],
-                token=lease["token"],
-                ttl=cmd.ttl if cmd.ttl is not None else lease["ttl"],
-            )
-        )
-    result = [{"resource": lease["resource"], "token": lease["token"]} for lease in held]
-    return Decision(events, _lost_or_never(state, cmd.agent, lost, never, ev), result)
+    ttl = cmd.ttl
+    return _each_held(
+        state, cmd, ctx, "renew", lambda lease: {"ttl": ttl if ttl is not None else lease["ttl"]}
+    )
 
 
 def _release(state: State, cmd: Release, ctx: Context) -> Decision:
+    return _each_held(state, cmd, ctx, "release", lambda _lease: {})
+
+
+def _each_held(
+    state: State,
+    cmd: Renew | Release,
+    ctx: Context,
+    op: str,
+    extra: Callable[[LeaseRecord], dict[str, Any]],
+) -> Decision:
+    """Renew or release: for the holder (its token checked), one *op* event per lease of
+    ``cmd.resources`` it still holds (every lease it holds when they are None); the ones it
+    lost or never held make the error, the others are still done."""
     try:
         authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
-    ev = _Evictions(state, ctx)
+    ev = Evictions(state, ctx)
     if cmd.resources is None:
         held = [lease for lease in state.leases_of(cmd.agent) if not ev.check(lease)]
         lost: list[str] = []
@@ -624,12 +333,13 @@ def _release(state: State, cmd: Release, ctx: Context) -> Decision:
     for lease in held:
         events.append(
             new_event(
-                "release",
+                op,
                 ctx.now,
                 resource=lease["resource"],
                 agent=cmd.agent,
                 mode=lease["mode"],
                 token=lease["token"],
+                **extra(lease),
             )
         )
     result = [{"resource": lease["resource"], "token": lease["token"]} for lease in held]
@@ -641,7 +351,7 @@ def _heartbeat(state: State, cmd: Heartbeat, ctx: Context) -> Decision:
         agent = authenticate(state, cmd.agent, cmd.secret)
     except DibsError as exc:
         return Decision(error=exc)
-    ev = _Evictions(state, ctx)
+    ev = Evictions(state, ctx)
     leases = state.leases_of(cmd.agent)
     if ctx.alive(agent) is False:
         for lease in leases:
@@ -705,7 +415,7 @@ def _register(state: State, cmd: Register, ctx: Context) -> Decision:
                     holding=[lease["resource"] for lease in live],
                 )
             )
-        ev = _Evictions(state, ctx)
+        ev = Evictions(state, ctx)
         for lease in held:
             # Each lease goes for the reason it really has; a live one only because its
             # own agent (proven by its token) registered again.
@@ -766,7 +476,7 @@ def _force_evict(state: State, cmd: ForceEvict, ctx: Context) -> Decision:
                 hint="see the live claims with `dibs claims`; evict takes the exact resource",
             )
         )
-    ev = _Evictions(state, ctx)
+    ev = Evictions(state, ctx)
     for lease in targets:
         ev.evict(lease, cmd.reason, op="force-evict", by=cmd.by)
     result = [{"resource": e["resource"], "agent": e["agent"]} for e in ev.events]

@@ -155,6 +155,10 @@ class State:
         """The leases *agent* holds, in resource order."""
         return [self.claims[r][agent] for r in sorted(self._by_agent.get(agent, ()))]
 
+    def lease_count(self, agent: str) -> int:
+        """How many leases *agent* holds (without sorting them, as `leases_of` does)."""
+        return len(self._by_agent.get(agent, ()))
+
     def path_candidates(self, path: str) -> Iterator[tuple[LeaseRecord, Resource]]:
         """Leases on path claims that may cover file *path*: those indexed under a prefix of it."""
         parts = path.split("/")

@@ -11,9 +11,10 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from dibs.core import deadlock
+from dibs.core.commands import refusal
 from dibs.core.events import new_event
-from dibs.core.leases import Decision, eviction_reason, refusal
 from dibs.core.resources import parse_resource
+from dibs.core.rules import Decision, eviction_reason
 from dibs.core.state import NS, SHARED
 from dibs.ground.errors import Deadlock
 
@@ -21,8 +22,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from dibs.core.leases import Acquire, _Evictions
+    from dibs.core.commands import Acquire
     from dibs.core.resources import Resource
+    from dibs.core.rules import Evictions
     from dibs.core.state import LeaseRecord, State
     from dibs.ground.errors import Conflict
 
@@ -33,7 +35,7 @@ def decide_wait(
     state: State,
     cmd: Acquire,
     blocked: list[tuple[Resource, list[LeaseRecord]]],
-    ev: _Evictions,
+    ev: Evictions,
     error: Conflict,
 ) -> Decision:
     """A blocked ``--wait`` try: refuse a wait that closes a cycle, else record (or refresh)
@@ -97,7 +99,7 @@ def decide_wait(
 
 
 def wait_graph(
-    state: State, waits: dict[str, Any], agent: str, ev: _Evictions
+    state: State, waits: dict[str, Any], agent: str, ev: Evictions
 ) -> dict[str, dict[str, str]]:
     """Who waits for whom now: the live waits of others, against the current holders.
 

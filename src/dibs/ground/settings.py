@@ -141,9 +141,9 @@ def _store_url(value: Any) -> str | None:
 def _namespace(value: Any) -> str | None:
     import re
 
-    if not isinstance(value, str) or not (
-        value == "" or re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", value)
-    ):
+    from dibs.ground.names import NAME
+
+    if not isinstance(value, str) or not (value == "" or re.fullmatch(NAME, value)):
         return "must be 1-64 lower-case letters, digits, '.', '_' or '-'"
     return None
 

@@ -118,7 +118,7 @@ def read(coord: Coordinator, path: str) -> dict[str, Any]:
     if text is not None and _markdown(rel):
         version = _file_version(text) or 0
     else:
-        state, _ = coord.store.read()
+        state, _ = coord.read()
         record = state.tables.get(TABLE, {}).get(rel)
         version = 0 if record is None else int(record["version"])
     return {"path": rel, "version": version, "content": text, "exists": text is not None}
@@ -171,10 +171,8 @@ def write(
     if os.path.lexists(full) and not os.path.isfile(full):
         raise UsageError(f"{rel} is not a regular file", hint="documents are regular files")
     _check_content(content)
-    by = actor(coord.store.read()[0], coord.agent, coord.token, as_operator=as_operator).by
-    from dibs.service import Coordinator as Service
-
-    writer = Service(coord.store, settings=coord.settings, repo=coord.repo, liveness=coord.liveness)
+    by = actor(coord.read()[0], coord.agent, coord.token, as_operator=as_operator).by
+    writer = coord.fork()
     writer.register(f"doc-{os.getpid()}-{os.urandom(3).hex()}", ttl=30, pid=os.getpid())
     lock = f"lock:doc:{rel}"
     tmp: str | None = None
@@ -192,18 +190,17 @@ def write(
                 actor(state, coord.agent, coord.token, as_operator=as_operator)
             except DibsError as exc:
                 return Decision(error=exc)
-            lease = state.claims.get(lock, {}).get(str(writer.agent))
-            if lease is None or lease["token"] != fence or eviction_reason(state, lease, ctx):
-                return Decision(
-                    error=LeaseLost(
-                        f"lease lost: the lock on {rel} (fencing token {fence}) lapsed before "
-                        "the write; nothing was written",
-                        hint=f"read it again (dibs doc read {rel}) and write with --if-version",
-                    )
-                )
-            recorded = state.tables.get(TABLE, {}).get(rel)
-            if recorded is not None and int(recorded["version"]) >= version:
-                return Decision(error=_conflict(rel, int(recorded["version"]), if_version))
+            refusal = write_refusal(
+                state,
+                ctx,
+                rel,
+                holder=str(writer.agent),
+                fence=fence,
+                version=version,
+                if_version=if_version,
+            )
+            if refusal is not None:
+                return Decision(error=refusal)
             value = {"version": version, "by": by, "fence": fence}
             return Decision([new_event("doc-write", ctx.now, table=TABLE, key=rel, value=value)])
 
@@ -221,6 +218,35 @@ def write(
         with contextlib.suppress(DibsError):
             writer.unregister()
     return {"path": rel, "version": version}
+
+
+def write_refusal(
+    state: State,
+    ctx: Context,
+    rel: str,
+    *,
+    holder: str,
+    fence: int,
+    version: int,
+    if_version: int,
+) -> DibsError | None:
+    """Why writing *version* of document *rel* must not be recorded now, or None.
+
+    The writer (*holder*) must still hold the document's lock with the fencing token *fence*
+    it was granted (a lapsed lock: `LeaseLost`), and no other writer may have recorded this
+    version or a later one meanwhile (`VersionConflict`, against *if_version*). Pure: the
+    state and the time in, the verdict out."""
+    lease = state.claims.get(f"lock:doc:{rel}", {}).get(holder)
+    if lease is None or lease["token"] != fence or eviction_reason(state, lease, ctx):
+        return LeaseLost(
+            f"lease lost: the lock on {rel} (fencing token {fence}) lapsed before "
+            "the write; nothing was written",
+            hint=f"read it again (dibs doc read {rel}) and write with --if-version",
+        )
+    recorded = state.tables.get(TABLE, {}).get(rel)
+    if recorded is not None and int(recorded["version"]) >= version:
+        return _conflict(rel, int(recorded["version"]), if_version)
+    return None
 
 
 def _conflict(rel: str, current: int, if_version: int) -> VersionConflict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
@@ -21,7 +20,7 @@ from dibs.service.checks import check_number, check_wait
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from typing import Any
 
     from dibs.core.leases import Context
@@ -86,19 +85,23 @@ def set_limit(
     with *as_operator* may set it (``by`` is logged).
     """
     name, capacity, per = _name(name), _positive(capacity, "capacity"), _positive(per, "per")
+    return _reshape(
+        coord,
+        as_operator,
+        lambda state, ctx, by: decide_set(state, ctx, by, name, capacity=capacity, per=per),
+    )
 
-    def decide(state: State, ctx: Context) -> Decision:
-        try:
-            by = _by(coord, state, as_operator)
-        except DibsError as exc:
-            return Decision(error=exc)
-        old = state.tables.get(TABLE, {}).get(name)
-        tokens = capacity if old is None else min(capacity, _level(old, ctx.now.wall))
-        value = {"capacity": capacity, "per": per, "tokens": tokens, "at": ctx.now.wall}
-        event = _event(ctx, "limit-set", name, value, by=by)
-        return Decision([event], result={"name": name, **value})
 
-    return dict(coord.transact(decide).result)
+def decide_set(
+    state: State, ctx: Context, by: str, name: str, *, capacity: float, per: float
+) -> Decision:
+    """Bucket *name* made or reshaped by *by*: a full new bucket, or the old one's tokens now
+    (capped by the new capacity). Pure."""
+    old = state.tables.get(TABLE, {}).get(name)
+    tokens = capacity if old is None else min(capacity, _level(old, ctx.now.wall))
+    value = {"capacity": capacity, "per": per, "tokens": tokens, "at": ctx.now.wall}
+    event = _event(ctx, "limit-set", name, value, by=by)
+    return Decision([event], result={"name": name, **value})
 
 
 def update(
@@ -117,21 +120,43 @@ def update(
     remaining = check_number(remaining, "remaining", low=0, high=MAX_AMOUNT)
     hint = "give unix seconds (or ISO 8601 on the command line) from 1970 to 9999"
     reset_at = check_number(reset_at, "reset-at", low=0, high=MAX_WALL, hint=hint)
+    return _reshape(
+        coord,
+        as_operator,
+        lambda state, ctx, by: decide_update(
+            state, ctx, by, name, remaining=remaining, reset_at=reset_at
+        ),
+    )
 
-    def decide(state: State, ctx: Context) -> Decision:
+
+def decide_update(
+    state: State, ctx: Context, by: str, name: str, *, remaining: float, reset_at: float
+) -> Decision:
+    """Bucket *name* as an API's headers say (*remaining* tokens until *reset_at*), set by
+    *by*; refused when there is no such bucket. Pure."""
+    old = state.tables.get(TABLE, {}).get(name)
+    if old is None:
+        return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
+    value = {**old, "tokens": min(float(remaining), old["capacity"]), "at": ctx.now.wall}
+    value["reset_at"] = float(reset_at)
+    event = _event(ctx, "limit-update", name, value, by=by)
+    return Decision([event], result={"name": name, **value})
+
+
+def _reshape(
+    coord: Coordinator, as_operator: bool, decide: Callable[[State, Context, str], Decision]
+) -> dict[str, Any]:
+    """Run *decide* in one step with who reshapes the bucket (`_by`), refused when no one
+    verified acts."""
+
+    def step(state: State, ctx: Context) -> Decision:
         try:
             by = _by(coord, state, as_operator)
         except DibsError as exc:
             return Decision(error=exc)
-        old = state.tables.get(TABLE, {}).get(name)
-        if old is None:
-            return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
-        value = {**old, "tokens": min(float(remaining), old["capacity"]), "at": ctx.now.wall}
-        value["reset_at"] = float(reset_at)
-        event = _event(ctx, "limit-update", name, value, by=by)
-        return Decision([event], result={"name": name, **value})
+        return decide(state, ctx, by)
 
-    return dict(coord.transact(decide).result)
+    return dict(coord.transact(step).result)
 
 
 def take(
@@ -143,51 +168,54 @@ def take(
         Exhausted: not enough tokens (exit 3), with ``retry_after`` seconds; with *wait*,
             `LockTimeout` once the wait runs out.
     """
+    from dibs.ground.backoff import Backoff
+
     name, cost = _name(name), _positive(cost, "cost")
     wait = check_wait(wait)
-    deadline = time.monotonic() + (wait or 0.0)
+    pause = Backoff(wait or 0.0)
     who = coord.agent or os.environ.get("USER") or "unknown"
-
-    def decide(state: State, ctx: Context) -> Decision:
-        bucket = state.tables.get(TABLE, {}).get(name)
-        if bucket is None:
-            return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
-        if cost > bucket["capacity"]:
-            return Decision(error=UsageError(f"cost {cost:g} is more than {name}'s capacity"))
-        level = _level(bucket, ctx.now.wall)
-        if level < cost:
-            rate = bucket["capacity"] / bucket["per"]
-            after = (cost - level) / rate
-            if bucket.get("reset_at") is not None and ctx.now.wall < bucket["reset_at"]:
-                after = bucket["reset_at"] - ctx.now.wall
-            return Decision(
-                error=Exhausted(
-                    f"{name} has {level:.2f} tokens, {cost:g} asked; retry in {after:.1f} s",
-                    hint="wait for it: --wait SECONDS",
-                    retry_after=round(after, 3),
-                    remaining=round(level, 3),
-                )
-            )
-        value = {**bucket, "tokens": level - cost, "at": ctx.now.wall}
-        if value.get("reset_at") is not None and ctx.now.wall >= value["reset_at"]:
-            del value["reset_at"]
-        event = _event(ctx, "limit-take", name, value, agent=who, note=f"cost {cost:g}")
-        return Decision([event], result={"name": name, "cost": cost, "remaining": value["tokens"]})
-
     while True:
         try:
-            return dict(coord.transact(decide).result)
+            return dict(coord.transact(lambda s, ctx: decide_take(s, ctx, name, cost, who)).result)
         except Exhausted as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if pause.expired():
                 if not wait:
                     raise
                 raise LockTimeout(
                     f"{exc.message} (gave up after {wait:g} s)", **exc.details
                 ) from exc
-            from dibs.ground.backoff import jitter as _jitter
+            pause.sleep(pause.told(max(0.01, float(exc.details["retry_after"]))))
 
-            time.sleep(min(left, max(0.01, float(exc.details["retry_after"])) * (0.5 + _jitter())))
+
+def decide_take(state: State, ctx: Context, name: str, cost: float, who: str) -> Decision:
+    """The token bucket's verdict on taking *cost* tokens from *name* for *who* at ``ctx.now``:
+    a ``limit-take`` event and what remains, or the refusal (no such limit, more than its
+    capacity, or `Exhausted` with ``retry_after`` seconds). Pure: the state and the time in,
+    the decision out."""
+    bucket = state.tables.get(TABLE, {}).get(name)
+    if bucket is None:
+        return Decision(error=NotFound(f"no limit {name!r}", hint=f"dibs limit set {name} ..."))
+    if cost > bucket["capacity"]:
+        return Decision(error=UsageError(f"cost {cost:g} is more than {name}'s capacity"))
+    level = _level(bucket, ctx.now.wall)
+    if level < cost:
+        rate = bucket["capacity"] / bucket["per"]
+        after = (cost - level) / rate
+        if bucket.get("reset_at") is not None and ctx.now.wall < bucket["reset_at"]:
+            after = bucket["reset_at"] - ctx.now.wall
+        return Decision(
+            error=Exhausted(
+                f"{name} has {level:.2f} tokens, {cost:g} asked; retry in {after:.1f} s",
+                hint="wait for it: --wait SECONDS",
+                retry_after=round(after, 3),
+                remaining=round(level, 3),
+            )
+        )
+    value = {**bucket, "tokens": level - cost, "at": ctx.now.wall}
+    if value.get("reset_at") is not None and ctx.now.wall >= value["reset_at"]:
+        del value["reset_at"]
+    event = _event(ctx, "limit-take", name, value, agent=who, note=f"cost {cost:g}")
+    return Decision([event], result={"name": name, "cost": cost, "remaining": value["tokens"]})
 
 
 @contextlib.contextmanager
@@ -200,7 +228,7 @@ def taking(
 
 def status(coord: Coordinator) -> list[dict[str, Any]]:
     """Every bucket with its tokens now."""
-    state, now = coord.store.read()
+    state, now = coord.read()
     return [
         {"name": name, **bucket, "tokens": round(_level(bucket, now.wall), 3)}
         for name, bucket in sorted(state.tables.get(TABLE, {}).items())

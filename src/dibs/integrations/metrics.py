@@ -12,6 +12,7 @@ readings when both ends share a ``boot``, else the wall times.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import deque
 from datetime import UTC
 
@@ -39,6 +40,42 @@ LANDINGS_KEPT = 50
 HOTSPOTS_KEPT = 10
 #: Marks (holds, waits, refusals, landings) of each agent's timeline a report keeps.
 TIMELINE_KEPT = 12
+#: Queue events that finish an entry, and the outcomes `landing` reads from them: a
+#: *returned* entry was sent back without a gate run (it cannot merge: its conflicting paths).
+LANDING_OPS = ("land-done", "land-fail", "land-cancel", "land-return")
+LANDING_OUTCOMES = ("landed", "failed", "returned", "cancelled")
+_OUTCOME_OF_OP = dict(zip(LANDING_OPS, ("landed", "failed", "cancelled", "returned"), strict=True))
+#: What a landing row keeps of its entry: why it failed (``gate``, ``exit``, ``reason``), the
+#: conflicting ``files`` of a returned one, how long it took.
+LANDING_FIELDS = (
+    "branch",
+    "issue",
+    "agent",
+    "reason",
+    "gate",
+    "exit",
+    "files",
+    "seconds",
+    "commit",
+)
+#: An agent's events that are no sign of progress: keeping alive, waiting, being evicted or
+#: told something (`agents.stuck_after`); any other event of its ends a stuck period.
+NOT_PROGRESS = frozenset(
+    (
+        "heartbeat",
+        "renew",
+        "auto-evict",
+        "force-evict",
+        "refuse",
+        "wait",
+        "wait-end",
+        "inbox-read",
+        "stuck",
+        "unregister",
+    )
+)
+#: Stuck periods of each agent's timeline a report keeps (besides `TIMELINE_KEPT` marks).
+STUCK_KEPT = 4
 #: Causes of a failed landing besides ``gate:NAME`` (one per configured gate).
 FAIL_CAUSES = ("conflict", "lease-lost", "other")
 
@@ -65,40 +102,74 @@ def parse_duration(text: str) -> float:
 
 def percentile(values: list[float], q: float) -> float | None:
     """The *q*-th percentile (0-100) by nearest rank; None without values."""
-    if not values:
+    return _ranked(sorted(values), q)
+
+
+def _ranked(ordered: list[float], q: float) -> float | None:
+    """`percentile` of values already sorted."""
+    if not ordered:
         return None
-    ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))
     return ordered[int(rank) - 1]
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
+    """Count, sum, p50, p99, max and the histogram; sorted once, each bucket by bisection."""
+    ordered = sorted(values)
     return {
         "count": len(values),
         "sum": round(sum(values), 6),
-        "p50": percentile(values, 50),
-        "p99": percentile(values, 99),
-        "max": max(values) if values else None,
-        "buckets": [sum(1 for v in values if v <= bound) for bound in BUCKETS],
+        "p50": _ranked(ordered, 50),
+        "p99": _ranked(ordered, 99),
+        "max": ordered[-1] if ordered else None,
+        "buckets": [bisect_right(ordered, bound) for bound in BUCKETS],
     }
 
 
-_seconds_cache: dict[str, float] = {}
+_minutes: dict[str, float] = {}
 
 
 def _wall_seconds(iso: str) -> float:
-    """Unix seconds of ``2026-11-23T10:00:00.123Z`` (the whole second parsed once, cached)."""
-    whole = iso[:19]
-    base = _seconds_cache.get(whole)
+    """Unix seconds of ``2026-11-23T10:00:00.123Z``: the minute parsed once and cached (a
+    day of events spans 1,440 of them), seconds and milliseconds read as digits."""
+    minute = iso[:16]
+    base = _minutes.get(minute)
     if base is None:
         from datetime import datetime
 
-        base = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
-        if len(_seconds_cache) > 100_000:
-            _seconds_cache.clear()
-        _seconds_cache[whole] = base
+        base = datetime.fromisoformat(minute).replace(tzinfo=UTC).timestamp()
+        if len(_minutes) > 100_000:
+            _minutes.clear()
+        _minutes[minute] = base
     fraction = iso[20:23] if len(iso) >= 23 and iso[19] == "." else "0"
-    return base + int(fraction) / 1000
+    return base + int(iso[17:19]) + int(fraction) / 1000
+
+
+def landing(event: Event) -> dict[str, Any]:
+    """The landing history's row for a queue event that finished an entry: ``id``,
+    ``outcome``, ``at`` and those of `LANDING_FIELDS` it has.
+
+    The only reader of those events: the outcome is the entry's ``state`` when the event
+    names one of `LANDING_OUTCOMES` (a new outcome the queue writes shows as it says), else
+    what its op means.
+    """
+    value: dict[str, Any] = event.get("value") or {}
+    outcome = value.get("state")
+    if outcome not in LANDING_OUTCOMES:
+        outcome = _OUTCOME_OF_OP.get(event["op"], "cancelled")
+    row: dict[str, Any] = {"id": event.get("key"), "outcome": outcome, "at": event["wall"]}
+    for name in LANDING_FIELDS:
+        if value.get(name) is not None:
+            row[name] = value[name]
+    return row
+
+
+def _nested(a: str, b: str) -> bool:
+    """Whether folder *a* is *b*, inside it or holds it ("" is the root): the only way two
+    path claims under those literal prefixes can cover a common file."""
+    if len(a) > len(b):
+        a, b = b, a
+    return not a or b == a or b.startswith(a + "/")
 
 
 def _between(start: Event, end: Event) -> float:
@@ -134,11 +205,15 @@ class _Tally:
         self.failed = 0
         self.failed_by: dict[str, int] = {}
         self.cancelled = 0
+        self.returned = 0
+        self.stuck: dict[str, str] = {}  # agent -> wall time its stuck period began
+        self.stuck_periods: dict[str, deque[tuple[str, Any, str, str | None]]] = {}
         self.wait_timeouts = 0
         self.landings: deque[dict[str, Any]] = deque(maxlen=LANDINGS_KEPT)
         self.spots: dict[str, list[float]] = {}  # resource -> [refusals, seconds waited]
         self.held_by: dict[str, set[tuple[str, int]]] = {}
         self.parsed: dict[str, Any] = {}
+        self.prefixes: dict[str, str] = {}
         self.marks: dict[str, deque[tuple[str, Any, str, str | None]]] = {}
         self.merge_conflicts = 0
         self.flaky: dict[str, int] = {}  # gate -> landings where it failed, then passed
@@ -157,6 +232,9 @@ class _Tally:
             self.first = event
         self.last = event
         op = event["op"]
+        if self.stuck and op not in NOT_PROGRESS and event.get("agent") in self.stuck:
+            since = self.stuck.pop(event["agent"])
+            self._stuck_period(event["agent"], since, event["wall"])
         if op == "acquire":
             self._acquire(event)
         elif op in ("release", "auto-evict", "force-evict"):
@@ -171,20 +249,10 @@ class _Tally:
             started = self.sessions.pop(event["agent"], None)
             if started is not None:
                 self.uptimes.append(_between(started, event))
-        elif op == "land-done":
-            self.landed += 1
-            value: dict[str, Any] = event.get("value") or {}
-            self.land_seconds.append(float(value.get("seconds") or 0.0))
-            self.agent(event.get("agent"), "landed")
-            for gate in value.get("flaky") or ():
-                self.flaky[gate] = self.flaky.get(gate, 0) + 1
-            self._landing(event)
-        elif op == "land-fail":
-            self._land_failed(event)
-            self._landing(event)
-        elif op == "land-cancel":
-            self.cancelled += 1
-            self._landing(event)
+        elif op in LANDING_OPS:
+            self._finished(event)
+        elif op == "stuck":
+            self._stuck(event)
         elif op == "record" and event.get("table") == "pool":
             self._pool(event)
 
@@ -236,19 +304,41 @@ class _Tally:
         self._spot(self._blocker(event), 1, waited)
 
     def _blocker(self, event: Event) -> str:
-        """The held resource (often a glob) that refused *event*, else the one asked for."""
+        """The held resource (often a glob) that refused *event*, else the one asked for.
+
+        Of the blockers' held resources that overlap the one asked for, the first in text
+        order. Most of an agent's other claims lie under another folder: their literal
+        prefixes (`dibs.core.resources.prefix_key`) rule them out before any glob is matched.
+        """
+        asked = event.get("resource", "?")
+        found: str | None = None
+        for agent in str(event.get("by", "")).split(","):
+            for resource, _token in self.held_by.get(agent, ()):
+                if (found is None or resource < found) and self._meets(asked, resource):
+                    found = resource
+        return asked if found is None else found
+
+    def _meets(self, asked: str, held: str) -> bool:
+        """Whether claims on *asked* and *held* (resource texts) overlap."""
+        kind = asked.split(":", 1)[0]
+        if kind != held.split(":", 1)[0]:
+            return False
+        if kind == "path" and not _nested(self._prefix(asked), self._prefix(held)):
+            return False
+        wanted, parsed = self._parsed(asked), self._parsed(held)
+        if wanted is None or parsed is None:
+            return False
         from dibs.core.resources import overlaps
 
-        asked = event.get("resource", "?")
-        blockers = str(event.get("by", "")).split(",")
-        held = sorted(r for agent in blockers for r, _ in self.held_by.get(agent, ()))
-        wanted = self._parsed(asked)
-        if wanted is not None:
-            for resource in held:
-                parsed = self._parsed(resource)
-                if parsed is not None and overlaps(parsed, wanted):
-                    return resource
-        return asked
+        return overlaps(parsed, wanted)
+
+    def _prefix(self, text: str) -> str:
+        found = self.prefixes.get(text)
+        if found is None:
+            from dibs.core.resources import prefix_key
+
+            found = self.prefixes[text] = prefix_key(text)
+        return found
 
     def _parsed(self, text: str) -> Any:
         """*text* as a Resource (parsed once), or None: the edit guard may name no resource."""
@@ -275,29 +365,39 @@ class _Tally:
                 marks = self.marks[agent] = deque(maxlen=TIMELINE_KEPT)
             marks.append(row)
 
-    def _landing(self, event: Event) -> None:
-        value: dict[str, Any] = event.get("value") or {}
-        outcome = {"land-done": "landed", "land-fail": "failed"}.get(event["op"], "cancelled")
-        row = {"id": event.get("key"), "outcome": outcome, "at": event["wall"]}
-        for name in (
-            "branch",
-            "issue",
-            "agent",
-            "reason",
-            "gate",
-            "exit",
-            "seconds",
-            "commit",
-            "files",
-            "flaky",
-        ):
-            if value.get(name) is not None:
-                row[name] = value[name]
+    def _finished(self, event: Event) -> None:
+        """A queue entry that landed, failed, was returned or was cancelled."""
+        row = landing(event)
+        outcome = row["outcome"]
+        if outcome == "landed":
+            self.landed += 1
+            self.land_seconds.append(float(row.get("seconds") or 0.0))
+            self.agent(event.get("agent"), "landed")
+            for gate in (event.get("value") or {}).get("flaky") or ():
+                self.flaky[gate] = self.flaky.get(gate, 0) + 1
+        elif outcome == "failed":
+            self._land_failed(event)
+        elif outcome == "returned":
+            self.returned += 1
+            self.agent(event.get("agent"), "returned")
+        else:
+            self.cancelled += 1
         self.landings.append(row)
-        self.mark(
-            row.get("agent") or event.get("agent"),
-            (outcome, row["id"], event["wall"], None),
-        )
+        self.mark(row.get("agent") or event.get("agent"), (outcome, row["id"], row["at"], None))
+
+    def _stuck_period(self, agent: str, start: str, end: str | None) -> None:
+        """Kept apart from the other marks: a busy agent's holds would push them out."""
+        periods = self.stuck_periods.get(agent)
+        if periods is None:
+            periods = self.stuck_periods[agent] = deque(maxlen=STUCK_KEPT)
+        periods.append(("stuck", None, start, end))
+
+    def _stuck(self, event: Event) -> None:
+        """An agent found stuck: a period from its last progress until its next."""
+        agent = event.get("agent")
+        if agent and agent not in self.stuck:
+            since = (event.get("details") or {}).get("since")
+            self.stuck[agent] = since if isinstance(since, str) else event["wall"]
 
     def _end(self, event: Event) -> None:
         op = event["op"]
@@ -425,6 +525,7 @@ def compute(
             "landed": tally.landed,
             "failed": tally.failed,
             "cancelled": tally.cancelled,
+            "returned": tally.returned,
             "failure_rate": round(tally.failed / landings, 4) if landings else 0.0,
             "failed_by": dict(sorted(tally.failed_by.items())),
             "merge_conflicts": tally.merge_conflicts,
@@ -447,20 +548,26 @@ def compute(
 
 
 def _timeline(tally: _Tally) -> dict[str, list[dict[str, Any]]]:
-    """Each agent's last marks in log order, then the leases it still holds (``to``: None)."""
+    """Each agent's last marks in log order, then the leases it still holds (``to``: None),
+    then its last stuck periods (``to``: None while it still makes no progress)."""
     for (resource, _token), started in tally.open.items():
         tally.mark(
             started.get("agent"),
             ("held", resource, started["wall"], None),
         )
+    for agent, since in tally.stuck.items():
+        tally._stuck_period(agent, since, None)
     return {
         agent: [
             {"kind": kind, "what": what, "from": start, "to": end}
-            if kind in ("held", "waited")
+            if kind in ("held", "waited", "stuck")
             else {"kind": kind, "what": what, "at": start}
-            for kind, what, start, end in tally.marks[agent]
+            for kind, what, start, end in (
+                *tally.marks.get(agent, ()),
+                *tally.stuck_periods.get(agent, ()),
+            )
         ]
-        for agent in sorted(tally.marks)
+        for agent in sorted(tally.marks.keys() | tally.stuck_periods.keys())
     }
 
 
@@ -500,6 +607,6 @@ def _series(timeline: list[tuple[str, str, float | None]]) -> list[dict[str, Any
 
 def of_store(coord: Any, *, since: str | None = None) -> dict[str, Any]:
     """`compute` over a coordinator's whole log, or the last *since* (``2h``, ``7d``...)."""
-    _, now = coord.store.read()
+    _, now = coord.read()
     start = iso_time(max(0.0, now.wall - parse_duration(since))) if since else None
-    return compute(coord.store.events(0), since=start, now_wall=now.wall)
+    return compute(coord.events(0), since=start, now_wall=now.wall)

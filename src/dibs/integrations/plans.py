@@ -109,7 +109,7 @@ def drop(
 
 def listing(coord: Coordinator) -> list[dict[str, Any]]:
     """Every plan, by agent."""
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     plans = state.tables.get(TABLE, {})
     return [plans[name] for name in sorted(plans)]
 
@@ -119,7 +119,7 @@ def commit(coord: Coordinator) -> dict[str, Any]:
     from dibs.service.identity import verify
 
     name = _actor(coord, None)
-    state, _ = coord.store.read()
+    state, _ = coord.read()
     verify(state, name, coord.token)
     plan = state.tables.get(TABLE, {}).get(name)
     if plan is None:
@@ -164,12 +164,30 @@ def _intents(state: State, ctx: Context) -> dict[str, list[tuple[str, str]]]:
 
 def check(coord: Coordinator) -> dict[str, Any]:
     """Collisions among plans and live claims, the overlap matrix, and how to resolve them."""
+    state, now = coord.read()
+    agents, found = collisions(state, coord.context(now))
+    matrix = {a: {b: 0 for b in agents if b != a} for a in agents}
+    for c in found:
+        a, b = c["agents"]
+        matrix[a][b] += 1
+        matrix[b][a] += 1
+    return {
+        "agents": agents,
+        "matrix": matrix,
+        "collisions": found,
+        "suggestions": suggest(agents, found),
+    }
+
+
+def collisions(state: State, ctx: Context) -> tuple[list[str], list[dict[str, Any]]]:
+    """The agents with intents (an uncommitted plan or live path claims), and every pair of
+    their paths that can match a common file: which agents, which paths, from a plan or a
+    claim, and an example file. Pure: the state and the time in, the overlaps out."""
     from dibs.core.globs import witness
 
-    state, now = coord.store.read()
-    intents = _intents(state, coord.context(now))
+    intents = _intents(state, ctx)
     agents = sorted(intents)
-    collisions = []
+    found = []
     for i, a in enumerate(agents):
         for b in agents[i + 1 :]:
             for ga, source_a in intents[a]:
@@ -178,7 +196,7 @@ def check(coord: Coordinator) -> dict[str, Any]:
                     if not overlaps(ra, rb):
                         continue
                     example = ra.file or rb.file or witness(ra.glob, rb.glob) or ""
-                    collisions.append(
+                    found.append(
                         {
                             "agents": [a, b],
                             "paths": [ga, gb],
@@ -186,17 +204,7 @@ def check(coord: Coordinator) -> dict[str, Any]:
                             "example": example,
                         }
                     )
-    matrix = {a: {b: 0 for b in agents if b != a} for a in agents}
-    for c in collisions:
-        a, b = c["agents"]
-        matrix[a][b] += 1
-        matrix[b][a] += 1
-    return {
-        "agents": agents,
-        "matrix": matrix,
-        "collisions": collisions,
-        "suggestions": suggest(agents, collisions),
-    }
+    return agents, found
 
 
 def suggest(agents: list[str], collisions: list[dict[str, Any]]) -> list[str]:
@@ -236,12 +244,10 @@ def archive(coord: Coordinator) -> dict[str, Any]:
     import json
 
     repo = coord.repo
-    folder = os.path.join(
-        getattr(coord.store, "root", None) or (repo.store_dir if repo else "."), "history"
-    )
-    state, now = coord.store.read()
+    folder = os.path.join(coord.store_folder or (repo.store_dir if repo else "."), "history")
+    state, now = coord.read()
     since = int((state.tables.get("archives") or {}).get("last", {}).get("seq", 0))
-    events = list(coord.store.events(since))
+    events = list(coord.events(since))
     # The previous archive's own bookkeeping (its record, the plans it cleared) is not news.
     if all(e["op"] == "archive" or e.get("reason") == "archived" for e in events):
         raise NotFound("nothing to archive since the last archive", hint="see `dibs log`")

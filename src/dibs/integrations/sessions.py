@@ -76,13 +76,35 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return found[0], found[1], start
 
 
+#: The process whose call this process runs (`called_by`), or None: this process itself.
+_caller: list[int] = []
+
+
+def called_by(pid: int) -> None:
+    """Run as the call of process *pid*: the helper (`dibs.cli.helper`) runs a CLI call for a
+    client process, whose ancestry (not the helper's) leads to the session's host. *pid* comes
+    from the kernel (the socket's peer credentials), never from the caller's word."""
+    _caller[:] = [pid]
+
+
+def _parent() -> int:
+    """The parent of the process making this call (the helper's client, else ours)."""
+    if not _caller:
+        return os.getppid()
+    from dibs.ground import platform
+
+    found = platform.process_parent(_caller[0])
+    return found[1] if found is not None else 0
+
+
 def client_process(pid: int | None = None) -> tuple[int, int] | None:
     """The host process that started this one: ``(pid, start ticks)``, or None.
 
-    Walks up from *pid* (default: this process's parent) past shells and launchers; the
-    first other process is the client. None when that leads to init (nothing to watch).
+    Walks up from *pid* (default: the parent of the process making this call) past shells
+    and launchers; the first other process is the client. None when that leads to init
+    (nothing to watch).
     """
-    current = os.getppid() if pid is None else pid
+    current = _parent() if pid is None else pid
     for _ in range(16):
         if current <= 1:
             return None
@@ -144,7 +166,7 @@ def _registered(coord: Coordinator, record: dict[str, Any] | None) -> tuple[str,
         return None
     from dibs.service.identity import verified
 
-    state, _now = coord.store.read()
+    state, _now = coord.read()
     agent, token = str(record["agent"]), str(record["token"])
     return (agent, token) if verified(state, agent, token) is not None else None
 
@@ -329,7 +351,7 @@ def sweep(coord: Coordinator) -> list[str]:
     """Unregister session agents whose client is gone, or that are stale and hold nothing."""
     from dibs.ground import host
 
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     prefixes = tuple(f"{h}-" for h in (*HOSTS, "session"))
     if not any(name.startswith(prefixes) and _gone(state, ctx, name) for name in state.agents):

@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 
 from dibs.ground.errors import UsageError, shown
+from dibs.ground.names import NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-AGENT_NAME = r"[a-z0-9][a-z0-9._-]{0,63}"
+AGENT_NAME = NAME
 MAX_NOTE = 1000
 MAX_REASON = 1000
 MAX_TTL = 7 * 86400.0
@@ -25,8 +26,6 @@ MAX_PID = (1 << 31) - 1
 MAX_SEQ = (1 << 63) - 1
 #: ``--wait`` with no number waits this long (seconds).
 DEFAULT_WAIT = 600.0
-#: Queue entries still to be handled (see dibs.integrations.queue).
-OPEN_ENTRIES = ("queued", "running")
 
 
 def check_agent_name(name: str) -> str:

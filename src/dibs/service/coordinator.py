@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
@@ -25,7 +26,7 @@ from dibs.core.leases import Context, Decision
 from dibs.core.resources import KINDS, parse_resource, parse_resources
 from dibs.core.state import EXCLUSIVE, SHARED
 from dibs.ground import host
-from dibs.ground.backoff import jitter
+from dibs.ground.backoff import Backoff
 from dibs.ground.errors import (
     Conflict,
     Deadlock,
@@ -39,7 +40,6 @@ from dibs.service.checks import (
     MAX_PID,
     MAX_REASON,
     MAX_SEQ,
-    OPEN_ENTRIES,
     _check_text,
     check_agent_name,
     check_number,
@@ -47,8 +47,14 @@ from dibs.service.checks import (
     check_wait,
 )
 from dibs.service.identity import operator, require, secret_hash
-from dibs.service.opening import open_store
-from dibs.service.views import agent_view, lease_view
+from dibs.service.opening import is_postgres_url, last_opened, open_store, preopened
+from dibs.service.views import (
+    agent_view,
+    event_filter,
+    lease_view,
+    split_leases,
+    status_view,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,13 +63,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from dibs.core.events import Event
+    from dibs.core.rules import LeaseView
     from dibs.core.state import AgentRecord, State
     from dibs.ground.git.discover import Repo
     from dibs.ground.now import Now
     from dibs.ground.settings import Settings
+    from dibs.service.views import AgentView, Registered
     from dibs.store.base import Finding, Store
 
-_BACKOFF_FIRST = 0.05
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
 _WAKE_POLL = 5.0
@@ -144,12 +151,12 @@ class Coordinator:
         repo = find_repo(os.fspath(where) if where is not None else None)
         settings = config.load(repo.root, cache_dir=repo.store_dir)
         if store is None:
-            store = open_store(
-                settings["store.url"],
-                repo,
-                namespace=settings["store.namespace"],
-                sync=settings["store.sync"],
+            url, namespace = settings["store.url"], settings["store.namespace"]
+            store = preopened.pop((repo.common_dir, url, namespace), None) or open_store(
+                url, repo, namespace=namespace, sync=settings["store.sync"]
             )
+            if is_postgres_url(url):
+                last_opened[:] = [(repo.common_dir, url, namespace, store)]
         return cls(store, agent=agent, token=token, settings=settings, repo=repo)
 
     def __enter__(self) -> Coordinator:
@@ -167,6 +174,11 @@ class Coordinator:
         """Close the store."""
         self.store.close()
 
+    def create(self) -> str:
+        """Make the store's files or tables where they are missing (``dibs init``); its URL."""
+        self.store.create()
+        return str(self.store.url)
+
     # Plumbing ---------------------------------------------------------------------------
 
     def context(self, now: Now) -> Context:
@@ -183,19 +195,45 @@ class Coordinator:
             raise decision.error
         return decision
 
+    def fork(self) -> Coordinator:
+        """Another coordinator on the same store, settings and repository, acting for no one
+        yet: a use case that must act as a helper agent of its own (a document write's lock
+        holder) without changing who this one acts for."""
+        return Coordinator(
+            self.store, settings=self.settings, repo=self.repo, liveness=self.liveness
+        )
+
+    @property
+    def store_folder(self) -> str | None:
+        """The folder the store keeps its files in (the local store's), or None."""
+        root = getattr(self.store, "root", None)
+        return None if root is None else str(root)
+
+    # Reading ----------------------------------------------------------------------------
+    # Integrations and faces read through these, never through ``coord.store``: the service
+    # is the one door to the store (docs/explanation/architecture.md).
+
     def read(self) -> tuple[State, Now]:
-        """The current state and the store's time, for integrations that only look."""
+        """The current state and the store's time now (to decide from, or to show)."""
         return self.store.read()
 
     def events(self, since: int = 0, limit: int | None = None) -> list[Event]:
-        """The events after seq *since*, oldest first: the first *limit* of them (all: None).
+        """The events after sequence number *since*, oldest first: the first *limit* of them,
+        or all (page through a long log by passing the last ``seq`` seen as *since*)."""
+        check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
+        if limit is not None:
+            check_number(limit, "limit", low=0, high=MAX_SEQ, whole=True)
+        if limit is None:
+            return list(self.store.events(since))
+        return list(itertools.islice(self.store.events(since), limit))
 
-        Reads lazily, so a small *limit* stops early on a long log.
-        """
-        import itertools
+    def table(self, name: str) -> dict[str, Any]:
+        """An integration's table as it is now (``key -> record``); empty when it has none."""
+        return dict(self.store.read()[0].tables.get(name, {}))
 
-        found = self.store.events(since)
-        return list(found if limit is None else itertools.islice(found, limit))
+    def seq(self) -> int:
+        """The sequence number of the last event: it changes whenever anything happens."""
+        return self.store.read()[0].seq
 
     def _command(self, command: object) -> Decision:
         return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
@@ -221,7 +259,7 @@ class Coordinator:
         worktree: str | None = None,
         branch: str | None = None,
         token: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Registered:
         """Register agent *name* and act as it from now on.
 
         Args:
@@ -281,13 +319,13 @@ class Coordinator:
         self.token = None
         return result
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> list[AgentView]:
         """Every registered agent, by name."""
         state, now = self.store.read()
         ctx = self.context(now)
         return [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
 
-    def agent_info(self, name: str) -> dict[str, Any]:
+    def agent_info(self, name: str) -> AgentView:
         """One agent and its claims."""
         state, now = self.store.read()
         record = state.agents.get(name)
@@ -308,7 +346,7 @@ class Coordinator:
         wait: float | None = None,
         note: str | None = None,
         record_refusal: bool = True,
-    ) -> list[dict[str, Any]]:
+    ) -> list[LeaseView]:
         """Claim every resource in *resources*, all or none.
 
         Args:
@@ -336,9 +374,7 @@ class Coordinator:
         wait = check_wait(wait)
         agent, secret = self._identity()
         mode = SHARED if shared else EXCLUSIVE
-        started = time.monotonic()
-        deadline = started + (wait or 0.0)
-        delay = _BACKOFF_FIRST
+        pause = Backoff(wait or 0.0, cap=_BACKOFF_CAP)
         waited: float | None = None
         tries = 0
         waiter = _waiter() if wait else None
@@ -361,11 +397,11 @@ class Coordinator:
                     decision = self._command(command)
                     break
                 except Conflict as exc:
-                    remaining = deadline - time.monotonic()
+                    remaining = pause.remaining()
                     if remaining <= 0:
                         if not wait:
                             raise
-                        waited = round(time.monotonic() - started, 3)
+                        waited = pause.waited()
                         self._give_up(
                             leases.Acquire(
                                 agent, secret, parsed, mode=mode, waited=waited, tries=tries
@@ -375,14 +411,12 @@ class Coordinator:
                         )
                         waiter = None  # the give-up step ended the wait
                         raise LockTimeout(
-                            f"{exc.message}; gave up after waiting "
-                            f"{time.monotonic() - started:.1f} s",
+                            f"{exc.message}; gave up after waiting {pause.waited():.1f} s",
                             hint="wait longer (--wait SECONDS) or pick other work",
                             **exc.details,
                         ) from exc
-                    self._wait_for_change(min(remaining, delay * jitter()), remaining)
-                    delay = min(delay * 2, _BACKOFF_CAP)
-                    waited = round(time.monotonic() - started, 3)
+                    self._wait_for_change(pause.pause(), remaining)
+                    waited = pause.waited()
         except Deadlock:
             raise  # the step that refused it ended the wait
         except BaseException:
@@ -470,7 +504,7 @@ class Coordinator:
         command = leases.ForceEvict(parsed, by=operator(), reason=reason, agent=agent)
         return list(self._command(command).result)
 
-    def claims(self, *, agent: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    def claims(self, *, agent: str | None = None, kind: str | None = None) -> list[LeaseView]:
         """Live claims (expired ones awaiting eviction are left out), by resource."""
         if kind is not None and kind not in KINDS:
             raise UsageError(f"unknown kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
@@ -493,48 +527,8 @@ class Coordinator:
         """Agents, claims (live and awaiting eviction) and a one-line summary."""
         state, now = self.store.read()
         ctx = self.context(now)
-        agents = [agent_view(state.agents[n], state, ctx) for n in sorted(state.agents)]
-        live: list[dict[str, Any]] = []
-        stale: list[dict[str, Any]] = []
-        for text in sorted(state.claims):
-            for lease in state.claims[text].values():
-                reason = leases.eviction_reason(state, lease, ctx)
-                view = lease_view(lease, now)
-                if reason is None:
-                    live.append(view)
-                else:
-                    view["evictable"] = reason
-                    stale.append(view)
-        counts = {s: sum(1 for a in agents if a["status"] == s) for s in ("live", "stale", "dead")}
-        parts = [f"{counts['live']} agents live"]
-        parts += [f"{counts[s]} {s}" for s in ("stale", "dead") if counts[s]]
-        summary = ", ".join(parts) + f"; {len(live)} claims"
-        if stale:
-            summary += f" ({len(stale)} expired, evicted on next touch)"
-        queue = sorted(
-            (e for e in state.tables.get("queue", {}).values() if e["state"] in OPEN_ENTRIES),
-            key=lambda e: e["number"],
-        )
-        summary += f"; queue {len(queue)}"
-        busy = {
-            c["resource"].split(":", 1)[1] for c in live if c["resource"].startswith("worktree:")
-        }
-        pool = [
-            {**slot, "agent": slot.get("agent") if key in busy else None}
-            for key, slot in sorted(state.tables.get("pool", {}).items(), key=lambda kv: kv[0])
-        ]
-        if pool:
-            summary += f"; pool {sum(1 for p in pool if p['agent'])}/{len(pool)}"
-        return {
-            "summary": summary,
-            "seq": state.seq,
-            "store": self.store.url,
-            "agents": agents,
-            "claims": live,
-            "expired": stale,
-            "queue": queue,
-            "pool": pool,
-        }
+        live, stale = split_leases(state, ctx)
+        return status_view(state, ctx, self.store.url, live, stale)
 
     def log(
         self,
@@ -549,7 +543,7 @@ class Coordinator:
         if limit is not None:
             check_number(limit, "limit", low=0, high=MAX_SEQ, whole=True)
         check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
-        match = _event_filter(agent, resource, op)
+        match = event_filter(agent, resource, op)
         if limit is not None and since == 0 and match is None:
             return self.store.tail(limit)
         found = [e for e in self.store.events(since) if match is None or match(e)]
@@ -567,7 +561,7 @@ class Coordinator:
         """Yield events as they are appended (from *since*, default: now), forever."""
         if since is not None:
             check_number(since, "since", low=0, high=MAX_SEQ, whole=True)
-        match = _event_filter(agent, resource, op)
+        match = event_filter(agent, resource, op)
         last = self.store.read()[0].seq if since is None else since
         while True:
             for event in self.store.events(last):
@@ -587,20 +581,3 @@ class Coordinator:
             # The local store decides with this machine's primitives (docs: Platforms).
             report["platform"] = platform.describe(sync)
         return report
-
-
-def _event_filter(
-    agent: str | None, resource: str | None, op: str | None
-) -> Callable[[Event], bool] | None:
-    if agent is None and resource is None and op is None:
-        return None
-    text = parse_resource(resource).text if resource is not None else None
-
-    def match(event: Event) -> bool:
-        return (
-            (agent is None or event.get("agent") == agent)
-            and (text is None or event.get("resource") == text)
-            and (op is None or event["op"] == op)
-        )
-
-    return match

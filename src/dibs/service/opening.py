@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from dibs.store.base import Store
 
 
+#: Stores opened before the call that uses them was known (the CLI helper's spare process,
+#: `dibs.faces.cli.helper`), by ``(git common dir, store.url, store.namespace)``:
+#: `Coordinator.open` takes one whose repository and settings are the call's. Only its
+#: connection and loaded state are early: every decision still happens inside the store's
+#: transaction.
+preopened: dict[tuple[str, str, str], Store] = {}
+#: The PostgreSQL store `Coordinator.open` opened last, with what named it: the helper opens
+#: the next call's store ahead from it.
+last_opened: list[tuple[str, str, str, Store]] = []
+
+
 def is_postgres_url(url: str) -> bool:
     """Whether *url* names a PostgreSQL store."""
     return url.startswith(("postgres://", "postgresql://"))

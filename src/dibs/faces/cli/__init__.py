@@ -192,7 +192,36 @@ def _unknown(name: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the dibs command line; returns the exit code."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        return _relayed_or_run(sys.argv)
+    return _main(list(argv))
+
+
+def _relayed_or_run(argv: list[str]) -> int:
+    """A call from the shell: through the helper when one runs (`dibs.faces.cli.helper`), else
+    here; a direct call on a PostgreSQL store starts the helper for the next calls."""
+    from dibs.faces.cli import helper
+
+    if not helper.enabled(argv[1:]):
+        return _main(argv[1:])
+    code = helper.relay(argv)
+    if code is not None:
+        return code
+    if helper.required():
+        sys.stderr.write(
+            "dibs: no helper took this call (DIBS_HELPER=only); nothing was done\n"
+            "hint: start one (`python -m dibs.faces.cli.helper_server &`), or unset "
+            "DIBS_HELPER\n"
+        )
+        return 1
+    code = _main(argv[1:])
+    if "dibs.store.postgres" in sys.modules:  # this call opened a PostgreSQL store
+        helper.remember()
+        helper.start_server()
+    return code
+
+
+def _main(args: list[str]) -> int:
     from dibs.ground.platform import problem
 
     stop = problem()

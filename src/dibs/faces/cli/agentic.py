@@ -14,6 +14,7 @@ from dibs.faces.cli.output import (
     subcommands,
     table,
 )
+from dibs.service.checks import DEFAULT_WAIT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def configure_limit(parser: argparse.ArgumentParser) -> None:
     taking = verb("take", help="take tokens, atomically across agents (exit 3 when short)")
     taking.add_argument("name", metavar="NAME")
     taking.add_argument("--cost", type=float, default=1.0, metavar="C")
-    taking.add_argument("--wait", nargs="?", type=float, const=600.0, metavar="S")
+    taking.add_argument("--wait", nargs="?", type=float, const=DEFAULT_WAIT, metavar="S")
     common(taking, identity=True)
     taking.set_defaults(handler=run_limit_take)
     showing = verb("status", help="every bucket and its tokens now")

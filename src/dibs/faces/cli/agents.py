@@ -15,10 +15,12 @@ from dibs.faces.cli.output import (
     table,
 )
 from dibs.ground.humanize import seconds
+from dibs.ground.names import NAME
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 
@@ -38,7 +40,7 @@ def configure_agent(parser: argparse.ArgumentParser) -> None:
         "or a quiet one still holds live leases: only its token (--token, or DIBS_AGENT and\n"
         "DIBS_TOKEN of that agent) registers the name again before they expire.",
     )
-    register.add_argument("name", metavar="NAME", help="agent id: [a-z0-9][a-z0-9._-]{0,63}")
+    register.add_argument("name", metavar="NAME", help=f"agent id: {NAME}")
     register.add_argument("--ttl", type=float, metavar="S", help="lease seconds (default 90)")
     register.add_argument("--pid", type=int, help="a long-lived process to watch for liveness")
     register.add_argument(
@@ -101,7 +103,7 @@ def run_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _agent_rows(agents: list[dict[str, Any]]) -> list[list[Any]]:
+def _agent_rows(agents: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
     return [
         [
             a["name"],

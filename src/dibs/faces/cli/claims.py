@@ -13,12 +13,12 @@ from dibs.faces.cli.output import (
     table,
 )
 from dibs.ground.humanize import seconds
+from dibs.service.checks import DEFAULT_WAIT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
 
-DEFAULT_WAIT = 600.0
 RESOURCES_HELP = (
     "resources as kind:name; kinds: issue, path (gitignore-style glob, or file#L10-80), "
     "worktree, lock, stream"

@@ -113,7 +113,7 @@ def run_log(args: argparse.Namespace) -> int:
         if not args.follow:
             return 0
         sys.stdout.flush()
-        last = events[-1]["seq"] if events else coord.store.read()[0].seq
+        last = events[-1]["seq"] if events else coord.seq()
         for event in coord.follow(since=last, agent=args.agent, resource=args.resource, op=args.op):
             _emit(args, event)
             sys.stdout.flush()

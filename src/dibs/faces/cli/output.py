@@ -12,7 +12,7 @@ from dibs.ground.humanize import seconds
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from typing import Any
 
     from dibs.service import Coordinator
@@ -166,11 +166,22 @@ def notes() -> None:
     for opened in _opened:
         for note in getattr(opened.store, "repairs", ()):
             sys.stderr.write(f"dibs: note: {note}\n")
-    _last_repo[:] = [o.repo for o in _opened[-1:] if o.repo is not None]
+    _last[:] = [o for o in _opened[-1:] if o.repo is not None]
     _opened.clear()
 
 
-_last_repo: list[Any] = []
+#: The coordinator the last command opened (closed by now; its repository and settings stay).
+_last: list[Coordinator] = []
+
+
+def _nobody_listens(done: Coordinator) -> bool:
+    """Whether no tracker or `[events]` command listens (an error: let the pass report it)."""
+    from dibs.integrations.tasks import sync
+
+    try:
+        return not sync.enabled(done)
+    except (DibsError, OSError):
+        return False
 
 
 def tell_trackers(args: argparse.Namespace) -> None:
@@ -181,11 +192,16 @@ def tell_trackers(args: argparse.Namespace) -> None:
     from dibs.service import Coordinator
 
     where = getattr(args, "directory", None)
-    if _last_repo:
-        from dibs.integrations.worktrees import main_root
-
-        where = main_root(_last_repo[0])
     try:
+        if _last:
+            done = _last[0]
+            assert done.repo is not None  # noqa: S101 -- notes() keeps only those with one
+            where = done.repo.main_root
+            same = os.path.normpath(where) == os.path.normpath(done.repo.root)
+            if same and _nobody_listens(done):
+                # The command ran in the main checkout: opening it again would read the same
+                # settings and find nobody to tell, at the cost of a second store open.
+                return
         with Coordinator.open(where) as coord:
             sync.deliver(coord)
     except (DibsError, OSError) as exc:
@@ -206,7 +222,7 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], *, upper: bool 
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
-def claim_rows(claims: Iterable[dict[str, Any]]) -> list[list[Any]]:
+def claim_rows(claims: Iterable[Mapping[str, Any]]) -> list[list[Any]]:
     """Table rows for lease views."""
     return [
         [

@@ -13,6 +13,7 @@ from dibs.faces.cli.output import (
     subcommands,
     table,
 )
+from dibs.service.checks import DEFAULT_WAIT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -154,7 +155,12 @@ def configure_pool(parser: argparse.ArgumentParser) -> None:
     init.set_defaults(handler=run_pool_init)
     take = verb("take", help="claim a free slot; prints its path")
     take.add_argument(
-        "--wait", nargs="?", type=float, const=600.0, metavar="S", help="wait while all are busy"
+        "--wait",
+        nargs="?",
+        type=float,
+        const=DEFAULT_WAIT,
+        metavar="S",
+        help="wait while all are busy",
     )
     common(take, identity=True)
     take.set_defaults(handler=run_pool_take)

@@ -160,7 +160,7 @@ class Acting:
             except NotFound:  # evicted or unregistered by someone else: register it anew
                 self.owned = None
         if self.owned is not None and coord.agent == self.owned and coord.token:
-            state, _ = coord.store.read()
+            state, _ = coord.read()
             held = [lease["resource"] for lease in state.leases_of(self.owned)]
             if held:
                 from dibs.ground.errors import Refused
@@ -205,7 +205,7 @@ class Acting:
         none. Several and no ISSUE: a usage error naming them."""
         from dibs.integrations.worktrees import TABLE
 
-        state, _ = self.dibs.store.read()
+        state, _ = self.dibs.read()
         mine = [
             {**record, "rel": rel}
             for rel, record in state.tables.get(TABLE, {}).items()
@@ -233,7 +233,7 @@ class Acting:
             yield
             return
         from dibs.ground.git.discover import find_repo
-        from dibs.integrations.worktrees import main_root
+        from dibs.ground.git.worktrees import main_root
 
         path = os.path.join(main_root(repo), own["rel"])
         self.dibs.repo = find_repo(path)

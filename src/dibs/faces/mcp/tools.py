@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from dibs.ground.names import NAME
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,7 +55,7 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
             Field(
                 description="the agent's name: 1-64 of a-z, 0-9, '.', '_', '-', starting "
                 "with a letter or digit",
-                pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+                pattern=f"^{NAME}$",
             ),
         ],
         ttl: Annotated[
@@ -98,7 +100,8 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
     ) -> list[dict[str, Any]]:
         """Claim RESOURCES, all or none. Refused: who holds what, and when it expires."""
         acting.me()
-        return coord.claim(resources, shared=shared, ttl=ttl, wait=wait, note=note)
+        claimed: list[Any] = coord.claim(resources, shared=shared, ttl=ttl, wait=wait, note=note)
+        return claimed
 
     @tool(idempotent=True)
     def renew(resources: Resources, ttl: Seconds = None) -> list[dict[str, Any]]:

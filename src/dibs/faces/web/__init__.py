@@ -3,7 +3,7 @@
 Routes (all GET):
 
 * ``/``                    the live page (static HTML, CSS and a small script; no build step)
-* ``/api/state``           agents, claims, queue, pool, worktrees, summary (JSON)
+* ``/api/state``           agents, claims, queue, pool, worktrees, summary (JSON; `views`)
 * ``/api/events?since=S``  events after seq S (JSON; ``limit`` caps them, default 1,000)
 * ``/api/metrics``         `dibs.integrations.metrics.compute` over the log (``?since=2h``)
 * ``/api/tasks``           the ready tasks of the task sources (`dibs.integrations.tasks.ready`)
@@ -23,6 +23,7 @@ import hmac
 import json
 import os
 
+from dibs.faces.web.views import StatePage
 from dibs.ground.errors import DibsError, UsageError
 from dibs.service.checks import MAX_SEQ
 
@@ -48,17 +49,6 @@ def _missing(exc: ImportError) -> UsageError:
         f"the dashboard needs the web extra ({exc.name} is not installed)",
         hint="pip install 'dibs[web]'",
     )
-
-
-def state(coord: Coordinator) -> dict[str, Any]:
-    """Everything the page shows, in one JSON-able dict."""
-    status = coord.status()
-    store_state, now = coord.store.read()
-    worktrees = [
-        {"path": path, **record}
-        for path, record in sorted(store_state.tables.get("worktrees", {}).items())
-    ]
-    return {**status, "worktrees": worktrees, "now": now.iso()}
 
 
 def ready_tasks(coord: Coordinator) -> dict[str, Any]:
@@ -115,11 +105,14 @@ def app(coord: Coordinator, *, token: str | None = None) -> Starlette:
                 return
             await self.inner(scope, receive, send)
 
+    state_page = StatePage(coord)
+
     async def page(_request: Request) -> Response:
         return FileResponse(os.path.join(STATIC, "index.html"))
 
     async def api_state(_request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(state, coord))
+        body = await asyncio.to_thread(state_page.json)
+        return PlainResponse(body, media_type="application/json")
 
     async def api_events(request: Request) -> Response:
         try:
@@ -130,15 +123,7 @@ def app(coord: Coordinator, *, token: str | None = None) -> Starlette:
         if not 0 <= since <= MAX_SEQ or not 1 <= limit <= 100_000:
             return JSONResponse({"error": f"0 <= since <= {MAX_SEQ}, 1 <= limit <= 100000"}, 400)
 
-        def read() -> list[Any]:
-            found = []
-            for event in coord.store.events(since):
-                found.append(event)
-                if len(found) >= limit:
-                    break
-            return found
-
-        return JSONResponse(await asyncio.to_thread(read))
+        return JSONResponse(await asyncio.to_thread(coord.events, since, limit))
 
     async def api_metrics(request: Request) -> Response:
         from dibs.integrations import metrics
@@ -162,7 +147,7 @@ def app(coord: Coordinator, *, token: str | None = None) -> Starlette:
             last = -1
             yield "retry: 1000\n\n"
             while not await request.is_disconnected():
-                seq = await asyncio.to_thread(lambda: coord.store.read()[0].seq)
+                seq = await asyncio.to_thread(coord.seq)
                 if seq != last:
                     last = seq
                     yield f"event: seq\ndata: {json.dumps({'seq': seq})}\n\n"
@@ -247,11 +232,7 @@ def prometheus_text(coord: Coordinator) -> str:
                 "dibs_landings",
                 "merge queue outcomes",
                 "outcome",
-                {
-                    "landed": queue["landed"],
-                    "failed": queue["failed"],
-                    "cancelled": queue["cancelled"],
-                },
+                {outcome: queue[outcome] for outcome in metrics.LANDING_OUTCOMES},
             )
             causes = dict.fromkeys((*metrics.FAIL_CAUSES, *(f"gate:{g}" for g in gates)), 0)
             yield _labelled(

@@ -41,6 +41,14 @@ class Repo:
         return os.path.join(self.common_dir, "dibs")
 
     @property
+    def main_root(self) -> str:
+        """The main worktree's folder (where ``.worktrees/`` lives), from any worktree."""
+        common = os.path.normpath(self.common_dir)
+        if os.path.basename(common) == ".git":
+            return os.path.dirname(common)
+        return self.root  # a bare repository's linked worktree: use where we are
+
+    @property
     def is_linked_worktree(self) -> bool:
         """Whether we are in a worktree made by ``git worktree add`` (not the main one)."""
         return os.path.normpath(self.git_dir) != os.path.normpath(self.common_dir)
@@ -67,7 +75,9 @@ def root_commit(repo: Repo) -> str | None:
     return roots[0] if roots else None
 
 
-def _read_gitfile(path: str) -> str | None:
+def read_gitfile(path: str) -> str | None:
+    """The git dir a ``.git`` file at *path* points to (``gitdir: ...``, relative to the
+    file's folder), as git reads it; None when *path* is no such file."""
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline().strip()
@@ -108,7 +118,7 @@ def find_repo(start: str | None = None, environ: Mapping[str, str] | None = None
         if os.path.isdir(dotgit):
             return Repo(current, dotgit, _common_dir(dotgit))
         if os.path.isfile(dotgit):
-            linked = _read_gitfile(dotgit)
+            linked = read_gitfile(dotgit)
             if linked is not None and os.path.isdir(linked):
                 return Repo(current, linked, _common_dir(linked))
         parent = os.path.dirname(current)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import os
 import sys
 
-from dibs.ground.errors import DibsError
 from dibs.ground.platform.posix import SYNC_CHOICES, UNKNOWN_START, Posix
+from dibs.ground.platform.unsupported import UnsupportedPlatform, unsupported
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,23 +62,6 @@ __all__ = [
 #: The testing switch: the name of the implementation to use instead of this system's.
 ENV = "DIBS_PLATFORM"
 NAMES = ("linux", "darwin", "posix")
-
-
-class UnsupportedPlatform(DibsError):
-    """dibs does not run natively on this system."""
-
-    code = "unsupported-platform"
-
-
-def unsupported(system: str = sys.platform) -> UnsupportedPlatform | None:
-    """The error to stop with on *system*, or None where dibs runs."""
-    if system in ("win32", "cygwin"):
-        return UnsupportedPlatform(
-            "native Windows is not supported yet: use WSL",
-            hint="install WSL (`wsl --install` in an administrator PowerShell), then install "
-            "and run dibs inside it, with the repository on the Linux file system (~/...)",
-        )
-    return None
 
 
 def select(name: str | None = None) -> Posix:
@@ -127,6 +110,9 @@ sync_dir = current.sync_dir
 sync_primitives = current.sync_primitives
 #: The exclusive lock on an open file (flock), and its release.
 lock = current.lock
+try_lock = current.try_lock
+#: Send a signal to a process (the CLI helper passes the caller's on, ends its spares).
+send_signal = current.send_signal
 unlock = current.unlock
 #: The deciding clock in nanoseconds, and its name.
 clock_ns = current.clock_ns

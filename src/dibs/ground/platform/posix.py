@@ -79,11 +79,29 @@ class Posix:
         try:
             import fcntl
         except ImportError:  # native Windows: the Python API says what the CLI says
-            from dibs.ground.platform import UnsupportedPlatform, unsupported
+            from dibs.ground.platform.unsupported import UnsupportedPlatform, unsupported
 
             raise unsupported("win32") or UnsupportedPlatform() from None
 
         fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def try_lock(self, fd: int) -> bool:
+        """Take the exclusive lock on *fd* if nobody holds it (True), without waiting."""
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def send_signal(self, pid: int, signum: int) -> bool:
+        """Send *signum* to process *pid*: False when it is gone (or not ours)."""
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            return False
+        return True
 
     def unlock(self, fd: int) -> None:
         """Let go of `lock`."""

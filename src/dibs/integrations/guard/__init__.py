@@ -315,7 +315,7 @@ def check_call(
     if not writes and not folders:
         return Verdict(True)
     acting = _Acting(coord, repo, call)
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     me = verified(state, acting.agent, acting.token)
     allowed = acting.allowed
@@ -464,7 +464,7 @@ def guard_commit(coord: Coordinator, *, mode: str) -> tuple[int, list[str], list
         return 0, [], []
     changes = staged_changes(repo)
     agent, token = identity(repo, os.environ, coord.agent, coord.token)
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     me = verified(state, agent, token)
     found = [

@@ -43,7 +43,7 @@ def check(coord: Coordinator, *, base: str | None = None) -> dict[str, Any]:
         )
     base = base or coord.settings["merge.target"]
     changed = changed_files(repo.root, base)
-    state, now = coord.store.read()
+    state, now = coord.read()
     ctx = coord.context(now)
     mine = [
         (lease, resource)

@@ -182,8 +182,7 @@ def init(
     with Coordinator.open(repo.root, store=shared) as coord:
         folder = coord.settings["worktrees.folder"].rstrip("/") + "/"
         excluded = _exclude(repo, "/" + folder)
-        coord.store.create()
-        url = coord.store.url
+        url = coord.create()
     union = _union_merge(repo, union_merge) if union_merge is not None else None
     return {
         "union_merge": union,

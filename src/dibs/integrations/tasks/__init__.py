@@ -21,12 +21,38 @@ releases it or lands it, the source hears of it (`dibs.integrations.tasks.sync`)
 
 from __future__ import annotations
 
-import glob
-import os
-import re
-
 from dibs.core.leases import Acquire, Decision, ForceEvict, agent_status, decide, eviction_reason
-from dibs.ground.errors import Conflict, DibsError, NotFound, Refused, UsageError
+from dibs.ground.errors import Conflict, NotFound, Refused, UsageError
+from dibs.integrations.tasks.model import (
+    DEFAULT_SOURCES,
+    DONE,
+    MAX_PRIORITY,
+    WORKING,
+    Problem,
+    Task,
+    issue_resource,
+    priority,
+)
+from dibs.integrations.tasks.reading import landed_issues, load, moved_issues, root, sources
+
+__all__ = [
+    "DEFAULT_SOURCES",
+    "DONE",
+    "MAX_PRIORITY",
+    "ROLES",
+    "WORKING",
+    "Problem",
+    "Task",
+    "agent_roles",
+    "load",
+    "next_task",
+    "priority",
+    "readiness",
+    "ready",
+    "root",
+    "set_roles",
+    "sources",
+]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,239 +62,6 @@ if TYPE_CHECKING:
     from dibs.core.leases import Context
     from dibs.core.state import State
     from dibs.service import Coordinator
-
-DONE = frozenset(("done", "closed", "completed", "complete", "resolved", "merged"))
-WORKING = frozenset(("in_progress", "in-progress", "doing", "active", "started", "hooked"))
-DEFAULT_SOURCES = ("tasks.toml", ".beads/", ".claude/epics/*/")
-#: Priorities are small whole numbers (beads: 0-4); a bound keeps a 5,000-digit one out.
-MAX_PRIORITY = 1_000_000
-
-
-class Task:
-    """One task, from whichever source.
-
-    ``kind`` names the source's rules (``toml``, ``markdown``, ``ccpm``, ``beads``); ``group``
-    is the set a ``parallel: false`` task runs alone in (a CCPM epic); ``order`` sorts tasks of
-    equal priority the way their tool does; ``ref`` is what the tool calls it (a beads id, a
-    CCPM file); ``extra`` holds what only the source's rules read.
-    """
-
-    __slots__ = (
-        "conflicts_with",
-        "depends_on",
-        "extra",
-        "group",
-        "id",
-        "kind",
-        "labels",
-        "order",
-        "parallel",
-        "priority",
-        "ref",
-        "source",
-        "status",
-        "title",
-    )
-
-    def __init__(self, task_id: str, source: str, order: Any, **fields: Any):
-        self.id = task_id
-        self.source = source
-        self.order = order if isinstance(order, tuple) else (order,)
-        self.title = str(fields.get("title") or task_id)
-        self.status = str(fields.get("status") or "open").strip().lower()
-        self.priority = priority(fields.get("priority"), source)
-        self.depends_on = [str(d) for d in _list(fields.get("depends_on"))]
-        self.conflicts_with = [str(c) for c in _list(fields.get("conflicts_with"))]
-        self.parallel = fields.get("parallel", True) is not False
-        labels = [str(x).strip() for x in _list(fields.get("labels")) if str(x).strip()]
-        if fields.get("role"):
-            labels.append(str(fields["role"]).strip())
-        self.labels = sorted(set(labels))
-        self.kind = str(fields.get("kind") or "toml")
-        self.group = str(fields.get("group") or source)
-        self.ref = str(fields.get("ref") or task_id)
-        self.extra: dict[str, Any] = dict(fields.get("extra") or {})
-
-    def view(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__ if name != "extra"}
-
-
-def priority(value: Any, where: str = "") -> int:
-    """A task's priority (lower first; 2 when unset).
-
-    Raises:
-        Problem: not a whole number from 0 to `MAX_PRIORITY` (the task is skipped).
-    """
-    if value is None or value == "":
-        return 2
-    number: int | None = None
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer() and abs(value) <= MAX_PRIORITY:
-        number = int(value)
-    elif isinstance(value, str):
-        text = value.strip().upper().removeprefix("P")  # beads writes P0..P4 too
-        if text.isascii() and text.isdigit() and len(text) <= 7:
-            number = int(text)
-    if number is None or not 0 <= number <= MAX_PRIORITY:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise Problem(where, 0, f"priority {shown} is not a whole number from 0 to {MAX_PRIORITY}")
-    return number
-
-
-def _list(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, list | tuple):
-        return list(value)
-    return [v.strip() for v in str(value).strip("[]").split(",") if v.strip()]
-
-
-class Problem(Exception):
-    """A malformed task: where it is and what is wrong."""
-
-    def __init__(self, where: str, line: int, message: str):
-        super().__init__(f"{where}:{line}: {message}" if line else f"{where}: {message}")
-        self.where, self.line, self.message = where, line, message
-
-
-def _read_toml(path: str, problems: list[Problem]) -> list[Task]:
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        found = re.search(r"line (\d+)", str(exc))
-        line = int(found.group(1)) if found else 1
-        problems.append(Problem(path, line, f"not valid TOML: {exc}"))
-        return []
-    tasks = []
-    items = data.get("task", [])
-    for order, item in enumerate(items if isinstance(items, list) else []):
-        if not isinstance(item, dict) or not item.get("id"):
-            problems.append(Problem(path, 0, f"task #{order + 1} has no id"))
-            continue
-        fields = {
-            k: item[k]
-            for k in (
-                "status",
-                "priority",
-                "depends_on",
-                "conflicts_with",
-                "parallel",
-                "role",
-                "labels",
-            )
-            if k in item
-        }
-        try:
-            tasks.append(Task(str(item["id"]), path, order, title=item.get("title"), **fields))
-        except Problem as problem:
-            problems.append(Problem(path, 0, f"task {item['id']!r}: {problem.message}"))
-    return tasks
-
-
-def root(coord: Coordinator) -> str:
-    """Where task files are read and written: the main checkout, from any worktree (every
-    agent sees one tracker, the one people look at)."""
-    if coord.repo is None:
-        raise UsageError("tasks live in a repository", hint="run dibs inside one")
-    from dibs.integrations.worktrees import main_root
-
-    return main_root(coord.repo)
-
-
-def sources(coord: Coordinator) -> tuple[list[str], bool]:
-    """The task sources to read (relative to `root`) and whether they were configured."""
-    top = root(coord)
-    configured = list(coord.settings["tasks.sources"])
-    if configured:
-        return configured, True
-    found = []
-    for source in DEFAULT_SOURCES:
-        if source.endswith("*/"):
-            if glob.glob(os.path.join(top, source)):
-                found.append(source)
-        elif os.path.exists(os.path.join(top, source)):
-            found.append(source)
-    return found, False
-
-
-def load(coord: Coordinator) -> tuple[list[Task], list[Problem]]:
-    """Every task of every configured source, and the problems met on the way."""
-    from dibs.integrations.tasks import markdown
-
-    names, configured = sources(coord)
-    top = root(coord)
-    tasks: list[Task] = []
-    problems: list[Problem] = []
-    for index, source in enumerate(names):
-        found = _read_source(top, source, problems, configured=configured)
-        for task in found:
-            task.order = (index, *task.order)
-        tasks += found
-    markdown.resolve(tasks)
-    seen: dict[str, Task] = {}
-    for task in tasks:
-        if task.id in seen:
-            problems.append(
-                Problem(task.source, 0, f"task {task.id} is also in {seen[task.id].source}")
-            )
-            continue
-        try:
-            _resource(task.id)
-        except UsageError as exc:
-            problems.append(Problem(task.source, 0, exc.message))
-            continue
-        seen[task.id] = task
-    return list(seen.values()), problems
-
-
-def _read_source(
-    root: str, source: str, problems: list[Problem], *, configured: bool
-) -> list[Task]:
-    from dibs.integrations.tasks import beads, markdown
-
-    path = os.path.join(root, source)
-    if beads.is_beads(path, source):
-        return beads.read(path, problems, configured=configured)
-    if os.path.isdir(path) or source.endswith("/"):
-        tasks = []
-        for folder in sorted(glob.glob(path.rstrip("/"))) or [path]:
-            if markdown.is_epics(folder):  # `.claude/epics/` itself: every epic in it
-                for epic in sorted(glob.glob(os.path.join(folder, "*", ""))):
-                    tasks += markdown.read_folder(epic.rstrip("/"), problems)
-            elif os.path.isdir(folder):
-                tasks += markdown.read_folder(folder, problems)
-            elif configured:
-                problems.append(Problem(source, 0, "no such folder"))
-        return tasks
-    if not os.path.exists(path):
-        if configured:
-            problems.append(Problem(source, 0, "no such file or folder"))
-        return []
-    if source.endswith(".toml"):
-        return _read_toml(path, problems)
-    problems.append(Problem(source, 0, "unknown format: use a folder, .jsonl or .toml"))
-    return []
-
-
-def _landed(state: State) -> set[str]:
-    """Issues the merge queue landed: done, whatever their source still says (table
-    ``landed``, never pruned: a landed task is never handed out again)."""
-    from dibs.integrations.queue import landed_issues
-
-    return landed_issues(state)
-
-
-def _moved(coord: Coordinator, state: State) -> set[str]:
-    """Issues landed by a processor killed before it recorded the landing (git decides)."""
-    from dibs.integrations.queue import moved_unrecorded
-
-    return moved_unrecorded(coord, state)
 
 
 def agent_roles(state: State, agent: str | None) -> list[str]:
@@ -322,7 +115,7 @@ def readiness(
     from dibs.integrations.tasks import beads
 
     by_id = {task.id: task for task in tasks}
-    landed = _landed(state) | set(moved)
+    landed = landed_issues(state) | set(moved)
     done = {t.id for t in tasks if _done(t)} | landed
     held = {}
     for task in tasks:
@@ -389,9 +182,9 @@ def _clashes(task: Task, by_id: dict[str, Task], working: set[str], alone: set[s
 def ready(coord: Coordinator, *, role: str | None = None) -> dict[str, Any]:
     """The ready tasks (and every other with why not), with the sources' problems."""
     tasks, problems = load(coord)
-    state, now = coord.store.read()
+    state, now = coord.read()
     rows = readiness(
-        tasks, state, coord.context(now), [role] if role else None, _moved(coord, state)
+        tasks, state, coord.context(now), [role] if role else None, moved_issues(coord, state)
     )
     return {
         "ready": [r for r in rows if r["ready"]],
@@ -424,7 +217,7 @@ def next_task(
     agent, secret = coord._identity()
     ttl = check_ttl(ttl)
 
-    moved = _moved(coord, coord.store.read()[0])
+    moved = moved_issues(coord, coord.read()[0])
     stolen: list[str] = []
     if steal:
         stolen = _steal_one(coord, tasks, agent, moved)
@@ -434,7 +227,7 @@ def next_task(
         rows = readiness(tasks, state, ctx, roles or None, moved)
         for row in (r for r in rows if r["ready"]):
             note = f"next: {row['title']}"
-            command = Acquire(agent, secret, [_resource(row["id"])], ttl=ttl, note=note)
+            command = Acquire(agent, secret, [issue_resource(row["id"])], ttl=ttl, note=note)
             decision = decide(state, command, ctx)
             if isinstance(decision.error, Conflict):
                 continue
@@ -476,7 +269,7 @@ def _steal_one(
             for holder in row["holders"]:
                 status = agent_status(state.agents[holder], ctx)
                 command = ForceEvict(
-                    _resource(row["id"]),
+                    issue_resource(row["id"]),
                     by=agent,
                     reason=f"stolen: {holder} is {status}",
                     agent=holder,
@@ -498,12 +291,3 @@ def _stealable(row: dict[str, Any], state: State, ctx: Context) -> bool:
         holder in state.agents and agent_status(state.agents[holder], ctx) != "live"
         for holder in row["holders"]
     )
-
-
-def _resource(task_id: str) -> Any:
-    from dibs.core.resources import parse_resource
-
-    try:
-        return parse_resource(f"issue:{task_id}")
-    except DibsError as exc:
-        raise UsageError(f"task id {task_id!r} cannot be an issue name: {exc.message}") from None

@@ -36,7 +36,7 @@ import json
 import os
 import re
 
-from dibs.integrations.tasks import Problem, Task
+from dibs.integrations.tasks.model import Problem, Task
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ import os
 import re
 
 from dibs.ground import platform
-from dibs.integrations.tasks import Problem, Task
+from dibs.integrations.tasks.model import Problem, Task
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from dibs.core.leases import Context
     from dibs.core.state import State
-    from dibs.integrations.tasks import Task
+    from dibs.integrations.tasks.model import Task
     from dibs.service import Coordinator
 
 TABLE = "outbox"
@@ -66,11 +66,15 @@ def enabled(coord: Coordinator) -> bool:
         return True
     if not coord.settings["tasks.writeback"] or coord.repo is None:
         return False
-    import glob
-
-    from dibs.integrations.tasks import beads, markdown, root, sources
+    from dibs.integrations.tasks.reading import root, sources
 
     names, _ = sources(coord)
+    if not names:
+        return False  # the usual case: nothing to read, and no reader imported to say so
+    import glob
+
+    from dibs.integrations.tasks import beads, markdown
+
     for name in names:
         path = os.path.join(root(coord), name)
         if beads.is_beads(path, name):
@@ -124,7 +128,7 @@ def _work(
     the items that failed and will be retried)."""
     work: list[dict[str, Any]] = list(pending)
     last = cursor
-    for event in coord.store.events(since=cursor):
+    for event in coord.events(since=cursor):
         last = event["seq"]
         payload = _payload(event)
         if payload is None or (since is not None and payload["at"] < since):
@@ -137,10 +141,10 @@ def _work(
     failed: list[dict[str, Any]] = []
     if work:
         if tasks is None:
-            from dibs.integrations.tasks import load
+            from dibs.integrations.tasks.reading import load
 
             tasks, _ = load(coord)
-        state, _ = coord.store.read()
+        state, _ = coord.read()
         by_id = {t.id: t for t in tasks}
         told: dict[str, str] = {}
         for item in work:
@@ -246,7 +250,7 @@ def _deliver(
     task = by_id.get(event["issue"])
     if task is None or task.kind not in ("beads", "ccpm"):
         return None
-    from dibs.integrations.tasks import _landed
+    from dibs.integrations.tasks.reading import landed_issues
 
     status = told.get(task.id, task.status)
     name = event["event"]
@@ -258,7 +262,8 @@ def _deliver(
     elif name == "land":
         target = "closed"
     elif name in ("release", "evict"):
-        if holders or task.id in _landed(state) or status not in ("in_progress", "in-progress"):
+        working = status in ("in_progress", "in-progress")
+        if holders or task.id in landed_issues(state) or not working:
             return None
         target = "open"
     else:
@@ -312,7 +317,7 @@ def _run(
 ) -> None:
     import subprocess
 
-    from dibs.integrations.tasks import root
+    from dibs.integrations.tasks.reading import root
 
     try:
         out = subprocess.run(

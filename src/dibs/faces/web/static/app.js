@@ -12,6 +12,7 @@ let agents = [];
 let feed = [];
 let feedSeq = -1;
 let report = null;
+let inbox = {};  // unread messages per agent (absent before the inbox existed: none shown)
 
 function cell(text, cls) {
   const td = document.createElement("td");
@@ -70,13 +71,21 @@ function countdown() {
   }), "no claims");
 }
 
+// Stuck: alive but without progress for agents.stuck_after; ``idle`` is how long (seconds).
+const stuck = (a) => a.status === "stuck";
+const stuckText = (a) => a.idle != null ? `no progress for ${human(a.idle)}` : "no progress";
+const unread = (a) => inbox[a.name] || "";
+
 function showAgents() {
   const all = $("show-dead").checked;
   const shown = all ? agents : agents.filter((a) => a.status !== "dead");
-  fill("agents", shown.map((a) => [[a.name], [a.status, a.status], [a.claims], [ago(a.seen_ago)],
-                                   [a.issue || ""], [a.worktree || ""]]), all ? "no agents" : "no live agents");
+  fill("agents", shown.map((a) => [[a.name], [stuck(a) ? `⚠ stuck` : a.status, a.status, stuck(a) ? stuckText(a) : ""],
+                                   [a.claims], [unread(a), unread(a) ? "unread" : "", unread(a) ? `${unread(a)} unread` : ""],
+                                   [ago(a.seen_ago)], [a.issue || ""], [a.worktree || ""]]), all ? "no agents" : "no live agents");
   const hidden = agents.length - shown.length;
   $("agents-hidden").textContent = hidden ? `${hidden} dead agent${hidden > 1 ? "s" : ""} hidden` : "";
+  fill("stuck", agents.filter(stuck).map((a) => [[a.name, "stuck"], [a.idle != null ? human(a.idle) : "", "", stuckText(a)],
+                                                  [a.claims], [unread(a)], [ago(a.seen_ago)]]), "no agent is stuck");
 }
 
 async function refresh() {
@@ -86,6 +95,7 @@ async function refresh() {
   fetchedAt = Date.now();
   claims = state.claims;
   agents = state.agents;
+  inbox = state.inbox || {};
   $("summary").textContent = state.summary;
   showAgents();
   fill("worktrees", state.worktrees.map((w) => [[w.path], [w.branch], [w.agent], [w.issue]]), "no worktrees");
@@ -152,7 +162,7 @@ async function charts() {
   fill("landings", m.landings.map((l) => [
     [ago(sinceWall(l.at)), "", l.at], [l.outcome, l.outcome], [l.branch || l.id], [l.agent || ""],
     [l.gate ? `${l.gate}${l.exit != null ? ` (exit ${l.exit})` : ""}` : ""], [l.reason || "", "reason"],
-    [human(l.seconds)]]), "nothing landed or failed yet");
+    [(l.files || []).join(", "), "paths"], [human(l.seconds)]]), "nothing landed or failed yet");
   fill("hotspots", m.hotspots.map((s) => [[s.resource], [s.refusals], [s.waited_seconds ? human(s.waited_seconds) : "–"]]), "no conflicts");
   const pool = m.pool;
   $("pool-note").textContent = pool.slots ? `${Math.round(100 * pool.utilization)}% of slot time used over the period` : "";
@@ -177,11 +187,16 @@ function timeline() {
     const y = top + i * row;
     svg.append(el("text", { x: left - 6, y: y + 13, "text-anchor": "end", class: "name" }, name));
     svg.append(el("line", { x1: left, y1: y + row - 2, x2: right, y2: y + row - 2, class: "axisline", "stroke-opacity": 0.2 }));
-    const spans = (m) => m.kind === "held" || m.kind === "waited" ? 0 : 1;  // marks over bars
+    const spans = (m) => m.kind === "stuck" ? -1 : m.kind === "held" || m.kind === "waited" ? 0 : 1;  // marks over bars, bars over stuck periods
     for (const m of [...report.timeline[name]].sort((a, b) => spans(a) - spans(b))) {
       const group = el("g", {});
       let tip;
-      if (m.kind === "held" || m.kind === "waited") {
+      if (m.kind === "stuck") {
+        const from = Math.max(left, x(m.from)), to = Math.max(from + 2, x(m.to));
+        const seconds = ((m.to ? Date.parse(m.to) : Date.now()) - Date.parse(m.from)) / 1000;
+        tip = `${name} was stuck (alive, no progress) from ${clock(m.from)}${m.to ? ` to ${clock(m.to)}` : ", still"} (${human(seconds)})`;
+        group.append(el("rect", { x: from, y: y, width: to - from, height: row - 2, fill: "#b7791f", "fill-opacity": 0.25, class: "stuck-period" }));
+      } else if (m.kind === "held" || m.kind === "waited") {
         const from = Math.max(left, x(m.from)), to = Math.max(from + 2, x(m.to));
         const seconds = ((m.to ? Date.parse(m.to) : Date.now()) - Date.parse(m.from)) / 1000;
         tip = `${name} ${m.kind === "held" ? "held" : "waited for"} ${m.what} from ${clock(m.from)}${m.to ? ` to ${clock(m.to)}` : ", still held"} (${human(seconds)})`;
@@ -191,7 +206,8 @@ function timeline() {
         group.append(el("rect", { x: x(m.at) - 1, y: y + 1, width: 3, height: 16, fill: "#c53030" }));
       } else {
         tip = `${name}: ${m.what} ${m.kind} at ${clock(m.at)}`;
-        group.append(el("circle", { cx: x(m.at), cy: y + 9, r: 5, fill: m.kind === "landed" ? "#2f855a" : m.kind === "failed" ? "#c53030" : "#6b7280" }));
+        const fills = { landed: "#2f855a", failed: "#c53030", returned: "#b7791f" };
+        group.append(el("circle", { cx: x(m.at), cy: y + 9, r: 5, fill: fills[m.kind] || "#6b7280" }));
       }
       group.prepend(el("title", {}, tip));
       svg.append(group);
@@ -223,6 +239,9 @@ function detail(e) {
   if (e.waited != null) parts.push(`waited ${human(e.waited)}`);
   if (v.gate) parts.push(`gate ${v.gate}`);
   if (v.branch) parts.push(v.branch);
+  if (v.files && v.files.length) parts.push(`paths ${v.files.join(", ")}`);
+  const d = e.details || {};
+  if (e.op === "stuck" && d.idle != null) parts.push(`no progress for ${human(d.idle)}`);
   if (e.note) parts.push(e.note);
   if (e.token != null) parts.push(`token ${e.token}`);
   return parts.join("; ");
@@ -239,7 +258,7 @@ function showFeed() {
   const shown = feed.filter((e) => (!agent || (e.agent || "").includes(agent))
     && (!kind || e.op === kind) && (!resource || (e.resource || "").includes(resource)));
   fill("feed", shown.slice(-FEED_SHOWN).reverse().map((e) => [
-    [e.seq], [clock(e.wall), "", e.wall], [e.op, e.op === "refuse" || e.op === "land-fail" ? "failed" : ""],
+    [e.seq], [clock(e.wall), "", e.wall], [e.op, e.op === "refuse" || e.op === "land-fail" ? "failed" : e.op === "stuck" ? "stuck" : ""],
     [e.agent || ""], [e.resource || e.key || ""], [detail(e)]]), feed.length ? "no event matches" : "no events yet");
 }
 
@@ -284,3 +303,4 @@ readyTasks();
 connect();
 setInterval(countdown, 1000);
 setInterval(readyTasks, 15000);  // task files change without the log growing
+setInterval(refresh, 10000);  // an agent turns stale or stuck as time passes, the log unchanged
