@@ -10,6 +10,11 @@
    compare-and-swap) and `git read-tree -m -u` of the checkout — with the same git binary.
    Goal: the queue's wall time at most 1.3x the script's.
 2. Batching: sixteen branches, one bad, `--batch 16`: gate runs (goal: well under 16).
+3. Speculation: sixteen branches, a gate that sleeps 2 s (a test suite that waits, not one
+   that needs the cores). Wall time of `--parallel 4` as a ratio to one at a time
+   (`--parallel 1`), both in the same run on identical repositories (goal: at most 0.4x), and
+   with one bad branch among the sixteen, the gate runs (goal: at most one per branch plus
+   the rebuild of the entries that were being tested behind the bad one, at most 3).
 """
 
 from __future__ import annotations
@@ -105,19 +110,71 @@ def by_hand(repo: Path, branches: int) -> float:
 
 
 def with_queue(
-    repo: Path, env: dict[str, str], branch: str, batch: int = 1
+    repo: Path, env: dict[str, str], branch: str, batch: int = 1, parallel: int = 1
 ) -> tuple[float, dict[str, object]]:
     """The last agent's `dibs land`: it processes the whole queue, its own entry last."""
     started = time.perf_counter()
-    out = dibs(repo, "land", branch, "--batch", str(batch), "--json", env=env)
+    flags = ["--batch", str(batch), "--parallel", str(parallel)]
+    out = dibs(repo, "land", branch, *flags, "--json", env=env)
     return time.perf_counter() - started, json.loads(out)
+
+
+SLEEPY = "sleep 2"
+SLEEPY_BAD = 'sleep 2; test -z \\"$(ls bad-* 2>/dev/null)\\"'
+
+
+def speculation(rounds: int) -> None:
+    """Sixteen branches through a 2 s gate: four at once against one at a time."""
+    ratios, serials, parallels = [], [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            one = make(Path(a), 16, SLEEPY)
+            four = make(Path(b), 16, SLEEPY)
+            serial, _ = with_queue(one, queue_all(one, 16), "agent/B-15", parallel=1)
+            parallel, _ = with_queue(four, queue_all(four, 16), "agent/B-15", parallel=4)
+            for repo in (one, four):
+                landed = git(repo, "log", "--format=%s", "main").count("work ")
+                assert landed == 16, f"only {landed} landed"
+            assert git(one, "rev-parse", "main^{tree}") == git(four, "rev-parse", "main^{tree}")
+            serials.append(serial)
+            parallels.append(parallel)
+            ratios.append(parallel / serial)
+    print(f"16 branches, a gate that sleeps 2 s (median of {rounds} rounds)")
+    print(f"  one at a time (--parallel 1): {statistics.median(serials):6.2f} s")
+    print(f"  speculative (--parallel 4)  : {statistics.median(parallels):6.2f} s")
+    print(f"  ratio                       : {statistics.median(ratios):6.2f}x  (goal <= 0.4x)")
+    with tempfile.TemporaryDirectory() as c:
+        repo = make(Path(c), 16, SLEEPY_BAD, bad=11)
+        _, result = with_queue(repo, queue_all(repo, 16), "agent/B-15", parallel=4)
+        states = json.loads(dibs(repo, "queue", "--json"))
+        failed = [e["branch"] for e in states if e["state"] == "failed"]
+        landed = sum(1 for e in states if e["state"] == "landed")
+        order = git(repo, "log", "--reverse", "--format=%s", "main").split("\n")
+        expected = [f"work {n}" for n in range(16) if n != 11]
+        assert [line for line in order if line.startswith("work ")] == expected, order
+    print("16 branches with one bad (agent/B-11), --parallel 4")
+    print(
+        f"  gate runs: {result['gate_runs']} (goal <= 16 + 3); landed {landed} in order, "
+        f"failed {failed}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--branches", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=("landing", "speculation"), help="run one part (default: all)"
+    )
     args = parser.parse_args()
+    if args.only != "speculation":
+        landing(args)
+    if args.only != "landing":
+        speculation(args.rounds)
+
+
+def landing(args: argparse.Namespace) -> None:
+    """Parts 1 and 2: the queue's overhead over a script, and batching."""
     ratios, hands, queues = [], [], []
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:

@@ -72,8 +72,26 @@ def _gates(value: Any) -> str | None:
         if name == "required":
             if not isinstance(command, list) or not all(isinstance(g, str) for g in command):
                 return "required must be a list of gate names"
+        elif isinstance(command, dict):
+            said = _gate_table(name, command)
+            if said is not None:
+                return said
         elif not isinstance(command, str) or not command.strip():
             return f"gate {name!r} must be a command (text)"
+    return None
+
+
+def _gate_table(name: str, table: dict[str, Any]) -> str | None:
+    """A gate given as ``{command = "...", retries = K}`` (a flaky gate is run again)."""
+    unknown = set(table) - {"command", "retries"}
+    if unknown:
+        return f"gate {name!r}: unknown key {min(unknown)!r} (command, retries)"
+    command = table.get("command")
+    if not isinstance(command, str) or not command.strip():
+        return f"gate {name!r} needs a command (text)"
+    retries = table.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        return f"gate {name!r}: retries must be a whole number from 0 to 10"
     return None
 
 
@@ -188,6 +206,9 @@ SCHEMA: dict[str, Setting] = {
         "rebase", _choice("rebase", "merge"), None, "rebase a branch onto the target, or merge it"
     ),
     "merge.batch": Setting(1, _count(64), None, "entries the queue tests and lands together"),
+    "merge.parallel": Setting(
+        1, _count(64), None, "entries the queue tests at once, each on those ahead of it"
+    ),
     "merge.gate_timeout": Setting(
         600.0, _positive(7 * 86400), None, "seconds a gate may run before it counts as failed"
     ),
@@ -399,6 +420,9 @@ target = "{target}"
 strategy = "rebase"
 # Entries tested and landed together; on a failure the batch is split to find the culprit.
 batch = 1
+# Entries tested at once, each on top of the ones ahead of it (speculatively); they land in
+# queue order, and when one fails those behind it are rebuilt without it and tested again.
+parallel = 1
 # Seconds a gate may run before it counts as failed.
 gate_timeout = 600
 # A remote to land on (pushed with --force-with-lease), e.g. "origin"; empty: this clone only.
@@ -408,6 +432,8 @@ remote = ""
 # Named commands a branch must pass, on the exact commit that will become the target's tip:
 # tests = "pytest -q"
 # lint = "ruff check"
+# A flaky gate is run again up to `retries` times; a pass after a failure lands, counted flaky:
+# e2e = {{ command = "npm run e2e", retries = 2 }}
 # Gates every branch needs; names without a command are manual (`dibs gate pass ISSUE review`).
 # Without this list every command above is required.
 # required = ["tests", "lint", "review"]

@@ -216,6 +216,8 @@ class _Tally:
         self.prefixes: dict[str, str] = {}
         self.marks: dict[str, deque[tuple[str, Any, str, str | None]]] = {}
         self.merge_conflicts = 0
+        self.flaky: dict[str, int] = {}  # gate -> landings where it failed, then passed
+        self.cached_failures = 0  # failures answered by the failure cache (no gate run)
         self.land_seconds: list[float] = []
         self.timeline: list[tuple[str, str, float | None]] = []
         self._txn = -1
@@ -371,6 +373,8 @@ class _Tally:
             self.landed += 1
             self.land_seconds.append(float(row.get("seconds") or 0.0))
             self.agent(event.get("agent"), "landed")
+            for gate in (event.get("value") or {}).get("flaky") or ():
+                self.flaky[gate] = self.flaky.get(gate, 0) + 1
         elif outcome == "failed":
             self._land_failed(event)
         elif outcome == "returned":
@@ -422,6 +426,8 @@ class _Tally:
     def _land_failed(self, event: Event) -> None:
         self.failed += 1
         value: dict[str, Any] = event.get("value") or {}
+        if value.get("cached"):
+            self.cached_failures += 1
         if value.get("gate"):
             why = f"gate:{value['gate']}"
         elif value.get("files"):
@@ -523,6 +529,9 @@ def compute(
             "failure_rate": round(tally.failed / landings, 4) if landings else 0.0,
             "failed_by": dict(sorted(tally.failed_by.items())),
             "merge_conflicts": tally.merge_conflicts,
+            "flaky": sum(tally.flaky.values()),
+            "flaky_by_gate": dict(sorted(tally.flaky.items())),
+            "cached_failures": tally.cached_failures,
             "landings_per_hour": round(tally.landed * 3600 / period, 2) if period else 0.0,
             "land_seconds": _summary(tally.land_seconds),
         },

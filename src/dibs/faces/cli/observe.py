@@ -88,6 +88,11 @@ def run_metrics(args: argparse.Namespace) -> int:
     ]
     if queue["failed_by"]:
         rows.append(["failures by", ", ".join(f"{k} {v}" for k, v in queue["failed_by"].items())])
+    if queue["flaky"]:
+        flaky = ", ".join(f"{k} {v}" for k, v in queue["flaky_by_gate"].items())
+        rows.append(["flaky gates", f"{queue['flaky']} landings ({flaky})"])
+    if queue["cached_failures"]:
+        rows.append(["failures not run again", str(queue["cached_failures"])])
     out = [table(rows, ("figure", "value"))]
     activity = report["agents"]["activity"]
     if activity:

@@ -38,7 +38,9 @@ def configure_land(parser: argparse.ArgumentParser) -> None:
         "examples:\n"
         "  dibs land                       # this worktree's branch\n"
         "  dibs land agent/ROOSE-158 --issue ROOSE-158\n"
-        "  dibs land --batch 8             # test up to 8 entries together\n\n"
+        "  dibs land --batch 8             # test up to 8 entries together\n"
+        "  dibs land --parallel 4          # test 4 at once, each on those ahead of it\n"
+        "  dibs land --priority high       # ahead of normal entries not yet tested\n\n"
         "The branch's current commit is queued with the fencing token of its issue claim.\n"
         "If nobody is processing the queue, this command does, until the queue is empty;\n"
         "otherwise it waits for its entry. Exit 0 landed, 3 failed or refused (a gate, a\n"
@@ -54,6 +56,19 @@ def configure_land(parser: argparse.ArgumentParser) -> None:
         "--batch", type=_batch, metavar="N", help="entries to test together (merge.batch)"
     )
     parser.add_argument(
+        "--parallel",
+        type=_batch,
+        metavar="N",
+        help="entries to test at once, each on those ahead (merge.parallel)",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=("normal", "high"),
+        default="normal",
+        metavar="LEVEL",
+        help="high: ahead of every normal entry not yet tested (default: normal)",
+    )
+    parser.add_argument(
         "--queue-only", action="store_true", help="enqueue and return; do not process or wait"
     )
     parser.add_argument("--wait", type=float, metavar="S", help="give up waiting after S seconds")
@@ -67,7 +82,13 @@ def run_land(args: argparse.Namespace) -> int:
 
     with coordinator(args) as coord:
         if args.queue_only:
-            item = queue.enqueue(coord, args.branch, issue=args.issue, as_operator=args.as_operator)
+            item = queue.enqueue(
+                coord,
+                args.branch,
+                issue=args.issue,
+                priority=args.priority,
+                as_operator=args.as_operator,
+            )
             if args.json:
                 print_json(item)
             else:
@@ -84,6 +105,8 @@ def run_land(args: argparse.Namespace) -> int:
             args.branch,
             issue=args.issue,
             batch=args.batch,
+            parallel=args.parallel,
+            priority=args.priority,
             wait=args.wait,
             on_change=progress,
             as_operator=args.as_operator,
@@ -101,12 +124,20 @@ def run_land(args: argparse.Namespace) -> int:
         if item.get("hint"):
             sys.stdout.write(f"hint: {item['hint']}\n")
     if item["state"] == "landed":
+        if item.get("flaky") and not args.json:
+            sys.stdout.write(f"flaky: {', '.join(item['flaky'])} failed, then passed\n")
         return 0
     return 4 if item.get("lease_lost") else 3
 
 
 def configure_queue(parser: argparse.ArgumentParser) -> None:
-    """``dibs queue [list] | dibs queue cancel ENTRY``."""
+    """``dibs queue [list] [--history [--limit N]] | dibs queue cancel ENTRY``."""
+    parser.epilog = (
+        "With --history: the recent landings, failures and cancellations, newest first, with\n"
+        "their reasons (the gate and the tail of its output, the conflicting files and the\n"
+        "entries ahead they conflict with), how long each took, and flaky gates."
+    )
+    _history_flags(parser)
     common(parser)
     parser.set_defaults(handler=run_queue)
     import functools
@@ -114,6 +145,7 @@ def configure_queue(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")  # no verb: list
     verb = functools.partial(sub.add_parser, formatter_class=parser.formatter_class)
     listing = verb("list", help="entries, state, position, timings (the default)")
+    _history_flags(listing)
     common(listing)
     listing.set_defaults(handler=run_queue)
     cancelling = verb("cancel", help="take a waiting entry out of the queue")
@@ -123,10 +155,21 @@ def configure_queue(parser: argparse.ArgumentParser) -> None:
     cancelling.set_defaults(handler=run_cancel)
 
 
+def _history_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--history", action="store_true", help="recent landings and failures, with reasons"
+    )
+    parser.add_argument(
+        "--limit", type=_batch, default=20, metavar="N", help="history rows (1 to 50; 20)"
+    )
+
+
 def run_queue(args: argparse.Namespace) -> int:
     from dibs.ground.humanize import seconds
     from dibs.integrations import queue
 
+    if getattr(args, "history", False):
+        return _run_history(args)
     with coordinator(args) as coord:
         found = queue.entries(coord)
     if args.json:
@@ -157,6 +200,33 @@ def run_queue(args: argparse.Namespace) -> int:
         )
     headers = ("entry", "pos", "state", "branch", "issue", "agent", "queued", "took", "result")
     sys.stdout.write(table(rows, headers))
+    return 0
+
+
+def _run_history(args: argparse.Namespace) -> int:
+    from dibs.integrations import queue
+
+    with coordinator(args) as coord:
+        rows = queue.history(coord, min(args.limit, queue.KEEP_FINISHED))
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        sys.stdout.write("nothing has landed or failed yet\n")
+        return 0
+    lines = []
+    for row in rows:
+        took = f"{row['seconds']:.1f} s" if "seconds" in row else ""
+        said = row.get("commit", "")[:12] if row["outcome"] == "landed" else row.get("reason", "")
+        if row.get("flaky"):
+            said += f" (flaky: {', '.join(row['flaky'])})"
+        when = str(row.get("finished", ""))[11:19]
+        lines.append([row["id"], row["outcome"], row["branch"], row["agent"], when, took, said])
+    sys.stdout.write(table(lines, ("entry", "outcome", "branch", "agent", "at", "took", "result")))
+    for row in rows:
+        if row["outcome"] == "failed" and row.get("tail"):
+            sys.stdout.write(f"{row['id']} {row.get('gate', '')}:\n")
+            sys.stdout.write("".join(f"  | {line}\n" for line in row["tail"].splitlines()[-5:]))
     return 0
 
 

@@ -7,7 +7,7 @@ repeated safely. Imported only when the server is built (it needs the mcp extra:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -229,9 +229,14 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
             Field(description="the branch to land; omitted: this agent's worktree's branch"),
         ] = None,
         issue: Issue = None,
+        priority: Annotated[
+            Literal["normal", "high"],
+            Field(description="high: ahead of every normal entry not yet being tested"),
+        ] = "normal",
     ) -> dict[str, Any]:
         """Queue this agent's branch for the target and see it through the merge queue and
-        its gates; returns the finished entry (landed or failed)."""
+        its gates; returns the finished entry (landed or failed, with the reason: the gate
+        and its output, or the conflicting files and the entries ahead that changed them)."""
         from dibs.integrations import queue
 
         acting.me()
@@ -239,7 +244,17 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
             own = acting.worktree(issue)
             if own is not None:
                 branch, issue = own["branch"], issue or own["issue"]
-        return queue.land(coord, branch, issue=issue)
+        return queue.land(coord, branch, issue=issue, priority=priority)
+
+    @tool(read_only=True, idempotent=True)
+    def queue_history(
+        limit: Annotated[int, Field(description="rows, newest first", ge=1, le=50)] = 20,
+    ) -> list[dict[str, Any]]:
+        """Recent landings, failures and cancellations of the merge queue, with reasons (gate,
+        output tail, conflicting files), durations and flaky gates."""
+        from dibs.integrations import queue
+
+        return queue.history(coord, limit)
 
     @tool()
     def limit_take(

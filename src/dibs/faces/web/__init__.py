@@ -242,6 +242,18 @@ def prometheus_text(coord: Coordinator) -> str:
                 "cause",
                 {**causes, **queue["failed_by"]},
             )
+            yield _labelled(
+                CounterMetricFamily,
+                "dibs_flaky_gates",
+                "landings whose gate failed, then passed on a retry, by gate",
+                "gate",
+                {**dict.fromkeys(gates, 0), **queue["flaky_by_gate"]},
+            )
+            yield CounterMetricFamily(
+                "dibs_cached_gate_failures",
+                "landings refused by the failure cache (same base, commits and gate) unrun",
+                value=queue["cached_failures"],
+            )
             for name, doc, summary in (
                 (
                     "dibs_wait_seconds",
