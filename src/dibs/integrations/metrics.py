@@ -16,6 +16,7 @@ from bisect import bisect_right
 from collections import deque
 from datetime import UTC
 
+from dibs.core.state import NOT_PROGRESS
 from dibs.ground.now import iso_time
 
 TYPE_CHECKING = False
@@ -57,22 +58,6 @@ LANDING_FIELDS = (
     "files",
     "seconds",
     "commit",
-)
-#: An agent's events that are no sign of progress: keeping alive, waiting, being evicted or
-#: told something (`agents.stuck_after`); any other event of its ends a stuck period.
-NOT_PROGRESS = frozenset(
-    (
-        "heartbeat",
-        "renew",
-        "auto-evict",
-        "force-evict",
-        "refuse",
-        "wait",
-        "wait-end",
-        "inbox-read",
-        "stuck",
-        "unregister",
-    )
 )
 #: Stuck periods of each agent's timeline a report keeps (besides `TIMELINE_KEPT` marks).
 STUCK_KEPT = 4
