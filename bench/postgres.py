@@ -241,7 +241,8 @@ def _postgres_cli() -> Any:
 def _cli_figures(url: str, quick: bool) -> list[dict[str, Any]]:
     """The CLI call and the edit guard, end to end (bench/postgres_cli.py), in this run."""
     cli = _postgres_cli()
-    rows: list[dict[str, Any]] = cli.measure(url, 10 if quick else 30)
+    dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    rows: list[dict[str, Any]] = cli.measure(cli.as_url(url, dbname), 10 if quick else 30)
     cli.report(rows)
     return rows
 

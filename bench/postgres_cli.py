@@ -167,6 +167,20 @@ def report(rows: list[dict[str, Any]]) -> None:
     )
 
 
+def as_url(conninfo: str, dbname: str) -> str:
+    """*conninfo* (a URL or ``key=value`` words) as the ``postgresql://`` URL the CLI takes, for
+    the database *dbname*."""
+    import psycopg
+
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    return "postgresql://{user}@{host}:{port}/{dbname}".format(
+        user=params.get("user", "postgres"),
+        host=params.get("host", "127.0.0.1"),
+        port=params.get("port", 5432),
+        dbname=dbname,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
@@ -178,16 +192,8 @@ def main() -> None:
     dbname = f"dibs_bench_cli_{os.getpid()}"
     with psycopg.connect(args.url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-    params = psycopg.conninfo.conninfo_to_dict(args.url)
-    params["dbname"] = dbname
-    url = "postgresql://{user}@{host}:{port}/{dbname}".format(
-        user=params.get("user", "postgres"),
-        host=params.get("host", "127.0.0.1"),
-        port=params.get("port", 5432),
-        dbname=dbname,
-    )
     try:
-        report(measure(url, args.runs))
+        report(measure(as_url(args.url, dbname), args.runs))
     finally:
         with psycopg.connect(args.url, autocommit=True) as admin:
             admin.execute(
