@@ -156,12 +156,19 @@ def evicted_by(log: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[str, in
     return found
 
 
+#: How far behind the server's clock a decision may be taken: an up-to-date client decides at
+#: an estimate that stays behind the server (its clock margin, 1 ms, plus the return trip of
+#: the reading it extrapolates from), so a renewal's ttl may count from a moment that much
+#: before the heartbeat was sent. The lease then ends that much early, never late.
+CLOCK_LAG = 0.05
+
+
 def renewal_violations(history: History, log: list[dict[str, Any]], ttl: float) -> list[str]:
     """Renewals the store must never acknowledge, judged on the clients' common clock.
 
     * a heartbeat that began after the grant evicting its lease was acknowledged, yet renewed;
-    * an eviction as expired acknowledged less than a ttl after the start of a heartbeat that
-      renewed that lease (the renewal gave it a ttl from a moment after that start).
+    * an eviction as expired acknowledged less than a ttl (less `CLOCK_LAG`) after the start of
+      a heartbeat that renewed that lease.
     """
     grants = {(op.resource, op.token): op for op in history.ops if op.kind == "acquire"}
     beats: dict[tuple[str, int], list[Op]] = {}
@@ -176,7 +183,7 @@ def renewal_violations(history: History, log: list[dict[str, Any]], ttl: float) 
         for beat in beats.get(lease, []):
             if beat.invoked > grant.returned:
                 found.append(f"{lease} renewed by a heartbeat begun after its eviction")
-            elif grant.returned < beat.invoked + ttl:
+            elif grant.returned < beat.invoked + ttl - CLOCK_LAG:
                 found.append(f"{lease} evicted within the ttl of an acknowledged renewal")
     return found
 
