@@ -233,9 +233,8 @@ class Acting:
             yield
             return
         from dibs.ground.git.discover import find_repo
-        from dibs.ground.git.worktrees import main_root
 
-        path = os.path.join(main_root(repo), own["rel"])
+        path = os.path.join(repo.main_root, own["rel"])
         self.dibs.repo = find_repo(path)
         try:
             yield

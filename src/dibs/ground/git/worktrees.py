@@ -15,14 +15,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from dibs.ground.git.discover import Repo
-
-
-def main_root(repo: Repo) -> str:
-    """The main worktree's folder (where ``.worktrees/`` lives), from any worktree
-    (`Repo.main_root`)."""
-    return repo.main_root
-
 
 def parse_worktree_list(text: str) -> list[dict[str, Any]]:
     """The blocks of ``git worktree list --porcelain`` as dicts: each line's first word is a

@@ -17,7 +17,6 @@ The parts: `common` (shared helpers), `lifecycle` (start, adopt, finish), `pool`
 
 from __future__ import annotations
 
-from dibs.ground.git.worktrees import main_root
 from dibs.integrations.worktrees.common import (
     POOL,
     POOL_FOLDER,
@@ -39,7 +38,6 @@ __all__ = [
     "finish",
     "listing",
     "lost_work",
-    "main_root",
     "pool_give",
     "pool_init",
     "pool_status",

@@ -8,7 +8,7 @@ import os
 
 from dibs.core.leases import ForceEvict, agent_status
 from dibs.ground.errors import NotFound
-from dibs.ground.git.worktrees import main_root, worktree_list
+from dibs.ground.git.worktrees import worktree_list
 from dibs.integrations.worktrees.common import (
     POOL,
     TABLE,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def listing(coord: Coordinator) -> list[dict[str, Any]]:
     """Every worktree git knows and every one dibs remembers: path, branch, agent, issue, health."""
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     state, now = coord.read()
     ctx = coord.context(now)
     known = dict(state.tables.get(TABLE, {}))
@@ -77,7 +77,7 @@ def reconcile(coord: Coordinator, *, repair: bool = False) -> list[dict[str, Any
     carry ``by: doctor`` and the reason).
     """
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     findings: list[dict[str, Any]] = []
     state, now = coord.read()
     ctx = coord.context(now)
@@ -259,7 +259,7 @@ def _judge_owner(
     status = owner_status(state, ctx, owner)
     if status == "live":
         return None
-    root = main_root(repo_of(coord))
+    root = repo_of(coord).main_root
     target = str(coord.settings["merge.target"])
     path = os.path.join(root, rel)
     issue = f"issue:{record['issue']}"

@@ -9,7 +9,7 @@ import os
 from dibs.core.events import new_event
 from dibs.core.leases import Decision
 from dibs.ground.errors import DibsError, NotFound, Refused
-from dibs.ground.git.worktrees import checked_out, git_dir_of, main_root, worktree_list
+from dibs.ground.git.worktrees import checked_out, git_dir_of, worktree_list
 from dibs.integrations.worktrees.common import (
     TABLE,
     acting_agent,
@@ -74,7 +74,7 @@ def start(
     repo = repo_of(coord)
     issue = issue_name(issue)
     globs = [g if g.startswith("path:") else f"path:{g}" for g in files]
-    root = main_root(repo)
+    root = repo.main_root
     name, registered = acting_agent(coord, agent, "agent-" + issue.lower().replace("_", "-")[:58])
     token = token_of(coord)
     branch = branch_for(coord, issue)
@@ -277,7 +277,7 @@ def _find(coord: Coordinator, state: State, issue: str | None) -> tuple[str, Wor
     """The worktree record to finish: by issue, the one we are in, or the agent's only one."""
     table = state.tables.get(TABLE, {})
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     if issue is not None:
         issue = issue_name(issue)
         found = [(k, v) for k, v in table.items() if v["issue"] == issue]
@@ -316,7 +316,7 @@ def finish(
     from dibs.service.identity import actor, not_yours
 
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     state, _ = coord.read()
     rel, record = _find(coord, state, issue)
     acting = actor(state, coord.agent, coord.token, as_operator=as_operator)

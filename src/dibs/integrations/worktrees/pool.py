@@ -9,7 +9,6 @@ import time
 from dibs.core.leases import eviction_reason
 from dibs.ground.errors import Conflict, LockTimeout, NotFound, Refused
 from dibs.ground.git.discover import IDENTITY_FILE
-from dibs.ground.git.worktrees import main_root
 from dibs.integrations.worktrees.common import (
     POOL,
     POOL_FOLDER,
@@ -38,7 +37,7 @@ def pool_init(coord: Coordinator, slots: int) -> list[dict[str, Any]]:
 
     check_number(slots, "slots", low=1, high=256, whole=True, hint="give 1 to 256")
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     tip = target_tip(coord, root, None)
     state, _ = coord.read()
     table = state.tables.get(POOL, {})
@@ -73,7 +72,7 @@ def pool_take(
 
     wait = check_wait(wait)
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     name, _ = acting_agent(coord, agent, f"pool-{os.getpid()}")
     pause = Backoff(wait or 0.0, cap=2.0)
     while True:
@@ -130,7 +129,7 @@ def pool_give(
     from dibs.service.identity import actor, not_yours
 
     repo = repo_of(coord)
-    root = main_root(repo)
+    root = repo.main_root
     state, _ = coord.read()
     table = state.tables.get(POOL, {})
     if slot is None:
