@@ -143,16 +143,16 @@ class Acting:
     """Who the server acts as, and the agent it registered itself (``owned``), which it
     unregisters when the client goes."""
 
-    __slots__ = ("dibs", "owned")
+    __slots__ = ("coord", "owned")
 
     def __init__(self, coord: Coordinator):
-        self.dibs = coord
+        self.coord = coord
         self.owned: str | None = None
 
     def register(self, name: str, ttl: float | None) -> dict[str, Any]:
         from dibs.ground.errors import NotFound
 
-        coord = self.dibs
+        coord = self.coord
         if self.owned == name and coord.agent == name and coord.token:
             try:
                 info = coord.agent_info(name)
@@ -178,15 +178,15 @@ class Acting:
 
     def unregister(self) -> dict[str, Any]:
         self.me()
-        result = self.dibs.unregister()
+        result = self.coord.unregister()
         if self.owned == result["agent"]:
             self.owned = None
-        self.dibs.agent = None
+        self.coord.agent = None
         return result
 
     def me(self, *, required: bool = True) -> str | None:
         """The acting agent; a host session's agent when nobody registered one yet."""
-        coord = self.dibs
+        coord = self.coord
         if coord.agent is None:
             found = _session_agent(coord)
             if found is not None:
@@ -205,11 +205,11 @@ class Acting:
         none. Several and no ISSUE: a usage error naming them."""
         from dibs.integrations.worktrees import TABLE
 
-        state, _ = self.dibs.read()
+        state, _ = self.coord.read()
         mine = [
             {**record, "rel": rel}
             for rel, record in state.tables.get(TABLE, {}).items()
-            if record.get("agent") == self.dibs.agent and not record.get("finished")
+            if record.get("agent") == self.coord.agent and not record.get("finished")
         ]
         if issue is not None:
             wanted = issue.removeprefix("issue:").upper()
@@ -218,7 +218,7 @@ class Acting:
             from dibs.ground.errors import UsageError
 
             raise UsageError(
-                f"{self.dibs.agent} has {len(mine)} worktrees: "
+                f"{self.coord.agent} has {len(mine)} worktrees: "
                 + ", ".join(sorted(str(r["issue"]) for r in mine)),
                 hint="name one with the `issue` argument",
             )
@@ -228,27 +228,27 @@ class Acting:
     def in_worktree(self, issue: str | None) -> Iterator[None]:
         """Act inside the agent's worktree (its repository view) for the duration."""
         own = self.worktree(issue)
-        repo = self.dibs.repo
+        repo = self.coord.repo
         if own is None or repo is None:
             yield
             return
         from dibs.ground.git.discover import find_repo
 
         path = os.path.join(repo.main_root, own["rel"])
-        self.dibs.repo = find_repo(path)
+        self.coord.repo = find_repo(path)
         try:
             yield
         finally:
-            self.dibs.repo = repo
+            self.coord.repo = repo
 
     def close(self) -> None:
         """Unregister the agent this server registered (the client is gone)."""
-        if self.owned is None or self.dibs.agent != self.owned or not self.dibs.token:
+        if self.owned is None or self.coord.agent != self.owned or not self.coord.token:
             return
         from dibs.ground.errors import DibsError
 
         with contextlib.suppress(DibsError):
-            self.dibs.unregister()
+            self.coord.unregister()
         self.owned = None
 
 

@@ -142,7 +142,7 @@ class _Bisect:
             path,
             items,
             base_tree=lambda: proc._tree(tip),
-            cache=proc.dibs.read()[0].tables.get(FAILURES, {}),
+            cache=proc.coord.read()[0].tables.get(FAILURES, {}),
             tick=proc.keep_lock,
         )
         if run.ran:

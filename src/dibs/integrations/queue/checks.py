@@ -30,7 +30,7 @@ class _Checks(_Base):
 
     def _precheck(self, item: dict[str, Any]) -> None:
         self._check_fence(item)
-        recorded = self.dibs.read()[0].tables.get(GATES, {}).get(item["issue"], {})
+        recorded = self.coord.read()[0].tables.get(GATES, {}).get(item["issue"], {})
         for gate in self.required:
             if gate in self.commands:
                 continue
@@ -62,8 +62,8 @@ class _Checks(_Base):
 
         checkout = "" if self.remote else self._checkout()  # with a remote it follows if it can
         uncommitted = self._uncommitted(checkout) if checkout and base != commit else set()
-        state, now = self.dibs.read()
-        ctx = self.dibs.context(now)
+        state, now = self.coord.read()
+        ctx = self.coord.context(now)
         self._check_fence(item, state, ctx)
         # Reading the diff costs a git run per landing: skipped when nothing could refuse it.
         if uncommitted or any(text.startswith("path:") for text in state.claims):
@@ -130,8 +130,8 @@ class _Checks(_Base):
         self, item: dict[str, Any], state: State | None = None, ctx: Context | None = None
     ) -> None:
         if state is None or ctx is None:
-            state, now = self.dibs.read()
-            ctx = self.dibs.context(now)
+            state, now = self.coord.read()
+            ctx = self.coord.context(now)
         lease = state.claims.get("issue:" + item["issue"], {}).get(item["agent"])
         if lease is None or lease["token"] != item["token"] or eviction_reason(state, lease, ctx):
             now_held = [

@@ -113,7 +113,7 @@ class _Processor(_Checks):
 
     def pending(self) -> list[dict[str, Any]]:
         """The open entries, in landing order (and the failure cache of the same read)."""
-        state = self.dibs.read()[0]
+        state = self.coord.read()[0]
         self.failures = state.tables.get(FAILURES, {})
         return _entries(state, finished=False)
 
@@ -170,7 +170,7 @@ class _Processor(_Checks):
                 values.append(value)
             return Decision(events, result=values)
 
-        return list(self.dibs.transact(decide).result)
+        return list(self.coord.transact(decide).result)
 
     def _finish(self, item: dict[str, Any], state: str, **fields: Any) -> None:
         self._conclude([(item, state, fields)])

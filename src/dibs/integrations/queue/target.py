@@ -37,7 +37,7 @@ class _Base:
     def __init__(self, coord: Coordinator):
         from dibs.service import Coordinator
 
-        self.dibs = coord
+        self.coord = coord
         self.repo = _repo(coord)
         self.target = _target(coord)
         self.remote = str(coord.settings["merge.remote"])
@@ -69,9 +69,9 @@ class _Base:
             self.me.renew([LOCK])
             self.renewed = time.monotonic()
         elif check:
-            state, now = self.dibs.read()
+            state, now = self.coord.read()
             lease = state.claims.get(LOCK, {}).get(self.name)
-            if lease is None or eviction_reason(state, lease, self.dibs.context(now)):
+            if lease is None or eviction_reason(state, lease, self.coord.context(now)):
                 raise LeaseLost(
                     f"{self.name} lost {LOCK} (paused or partitioned past its ttl)",
                     hint="another `dibs land` is processing the queue now",
