@@ -46,7 +46,7 @@ from dibs.core.rules import (
     lease_view,
     stuck_for,
 )
-from dibs.core.state import NOT_PROGRESS, NS, SHARED, State
+from dibs.core.state import NOT_PROGRESS, NS, SHARED, State, ttl_ns
 from dibs.ground.errors import Conflict, DibsError, LeaseLost, NotFound
 
 TYPE_CHECKING = False
@@ -513,7 +513,10 @@ def stuck_events(state: State, ctx: Context, decided: list[Event]) -> list[Event
         if e["op"] in ("auto-evict", "force-evict", "release")
     }
     events: list[Event] = []
-    for name in sorted(state.agents):
+    # Only agents idle for stuck_after and still live can be stuck: `State.due` finds them
+    # without looking at the others (a superset, checked below by the same rule).
+    candidates = state.due().stuck_candidates(ctx.now.mono, ttl_ns(ctx.stuck_after))
+    for name in sorted(candidates):
         agent = state.agents[name]
         if name in active or agent.get("stuck", -1) == agent.get("progress", 0):
             continue  # progressing in this very step, or already told for this stretch

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dibs.core import inbox
 from dibs.core import resources as res
+from dibs.core.due import NS, Due, ttl_ns
 from dibs.core.events import SCHEMA_VERSION
 from dibs.ground.errors import CorruptLog
 
@@ -89,14 +90,20 @@ NOT_PROGRESS = frozenset(
 
 EXCLUSIVE = "exclusive"
 SHARED = "shared"
-NS = 1_000_000_000
 #: How many lost leases an agent remembers, to explain a later renew or release.
 MAX_LOST = 64
 
-
-def ttl_ns(ttl: float) -> int:
-    """A ttl in seconds as monotonic nanoseconds."""
-    return int(ttl * NS)
+__all__ = [
+    "EXCLUSIVE",
+    "MAX_LOST",
+    "NOT_PROGRESS",
+    "NS",
+    "SHARED",
+    "State",
+    "apply",
+    "seal",
+    "ttl_ns",
+]
 
 
 class State:
@@ -105,10 +112,20 @@ class State:
     ``claims`` maps resource text to {agent: lease}. ``tables`` holds records that the
     integrations (worktrees, queue, plans, ...) keep through ``record`` events. The path-prefix
     and per-agent indexes are derived on load and kept current by `apply`; they are never
-    persisted.
+    persisted. So are the sorted times (`due`), built on first use: a guard that opens the
+    store for one check never pays for them.
     """
 
-    __slots__ = ("_by_agent", "_prefixes", "agents", "claims", "last_token", "seq", "tables")
+    __slots__ = (
+        "_by_agent",
+        "_due",
+        "_prefixes",
+        "agents",
+        "claims",
+        "last_token",
+        "seq",
+        "tables",
+    )
 
     def __init__(self) -> None:
         self.seq = 0
@@ -118,6 +135,24 @@ class State:
         self.tables: dict[str, dict[str, Any]] = {}
         self._prefixes: dict[str, set[str]] = {}  # literal prefix -> path resource texts
         self._by_agent: dict[str, set[str]] = {}
+        self._due: Due | None = None
+
+    def due(self) -> Due:
+        """The agents' and leases' times in order (`dibs.core.due`), built on first use."""
+        if self._due is None:
+            self._due = Due(self.agents, self.claims)
+        return self._due
+
+    def touch(self, agent: str, resource: str = "") -> None:
+        """Take the times of *agent* (with *resource*: of its lease on it) into `due` after
+        they changed outside `apply` (the PostgreSQL store's renewals in ``dibs.live``)."""
+        if self._due is None:
+            return
+        if resource:
+            lease = self.claims.get(resource, {}).get(agent)
+            self._due.touch_lease((agent, resource), lease)
+        else:
+            self._due.touch_agent(agent, self.agents.get(agent))
 
     def to_json(self) -> dict[str, Any]:
         """The state as a JSON-ready dict (the checkpoint format)."""
@@ -238,6 +273,9 @@ def apply(state: State, event: Event) -> State:
     before = None
     if op == "wait-end":
         before = state.tables.get("waits", {}).get(event.get("agent", ""))
+    held: list[str] = []
+    if state._due is not None and op in ("heartbeat", "unregister"):
+        held = list(state._by_agent.get(event["agent"], ()))
     if handler is not None:
         handler(state, event)
     elif "table" in event:
@@ -250,8 +288,21 @@ def apply(state: State, event: Event) -> State:
     state.seq = seq
     if op not in NOT_PROGRESS and "agent" in event:
         _progress(state, event)
+    if state._due is not None and "agent" in event:
+        _touch(state, event, held)
     inbox.note(state, event, before)
     return state
+
+
+def _touch(state: State, event: Event, held: list[str]) -> None:
+    """Keep `State.due` current: the times of the event's agent and of its leases the event
+    may have changed (*held*: every lease it held, for a heartbeat or an unregister)."""
+    agent = event["agent"]
+    state.touch(agent)
+    if "resource" in event:
+        state.touch(agent, event["resource"])
+    for text in held:
+        state.touch(agent, text)
 
 
 def _progress(state: State, event: Event) -> None:

@@ -8,6 +8,7 @@ import os
 
 import psycopg
 
+from dibs.core.due import agent_expiry
 from dibs.core.state import State, apply
 from dibs.ground.errors import StoreUnavailable, UsageError
 from dibs.store.postgres import live
@@ -231,8 +232,8 @@ class Admin(Session):
                 agent = rebuilt.agents.get(agent_name)
                 if agent is None or agent["secret"] != secret:
                     stale.append((agent_name, resource, token, secret))
-                elif expires < live.agent_expiry(agent):
-                    behind.append((agent_name, resource, live.agent_expiry(agent)))
+                elif expires < agent_expiry(agent):
+                    behind.append((agent_name, resource, agent_expiry(agent)))
                 continue
             lease = rebuilt.claims.get(resource, {}).get(agent_name)
             if lease is None or lease["token"] != token:

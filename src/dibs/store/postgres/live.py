@@ -14,6 +14,7 @@ Pure: no I/O. The store calls these around the same `dibs.core` decisions as eve
 
 from __future__ import annotations
 
+from dibs.core.due import agent_expiry
 from dibs.core.state import ttl_ns
 
 TYPE_CHECKING = False
@@ -27,31 +28,16 @@ if TYPE_CHECKING:
     Key = tuple[str, str]
 
 
-def agent_expiry(agent: Any) -> int:
-    """When *agent* turns stale (`dibs.core.leases.agent_status`): last seen + its ttl."""
-    return int(agent["seen"]) + ttl_ns(agent["ttl"])
-
-
 def expiring(state: State, before: int, confirmed: dict[Key, int]) -> tuple[list[str], list[str]]:
     """The rows whose cached expiry is at or before *before*, as (agents, resources).
 
-    Rows confirmed expired under the lock (*confirmed*: key -> the expiry then) are left out
-    while the cache still holds that expiry: a renewal never revives an expired row, and an
-    event that changed it changed the cached value too.
+    Rows confirmed expired under the lock (*confirmed*: key -> the expiry then, only ever
+    set by `confirm`) are left out while the cache still holds that expiry: a renewal never
+    revives an expired row, and an event that changed it changed the cached value too.
+    `State.due` keeps the times in order, so this costs the rows it finds.
     """
-    agents: list[str] = []
-    resources: list[str] = []
-    for name, agent in state.agents.items():
-        expiry = agent_expiry(agent)
-        if expiry <= before and confirmed.get((name, "")) != expiry:
-            agents.append(name)
-            resources.append("")
-    for text, holders in state.claims.items():
-        for name, lease in holders.items():
-            if lease["expires"] <= before and confirmed.get((name, text)) != lease["expires"]:
-                agents.append(name)
-                resources.append(text)
-    return agents, resources
+    keys = state.due().expiring(before, confirmed)
+    return [name for name, _ in keys], [text for _, text in keys]
 
 
 def patch(state: State, rows: tuple[list[str], list[str], list[Any], list[Any], list[int]]) -> None:
@@ -65,10 +51,12 @@ def patch(state: State, rows: tuple[list[str], list[str], list[Any], list[Any], 
             agent = state.agents.get(name)
             if agent is not None and agent["secret"] == secret:
                 agent["seen"] = int(expires) - ttl_ns(agent["ttl"])
+                state.touch(name)
         else:
             lease = state.claims.get(text, {}).get(name)
             if lease is not None and lease["token"] == token:
                 lease["expires"] = int(expires)
+                state.touch(name, text)
 
 
 def confirm(
@@ -127,10 +115,12 @@ def renewed(state: State, params: dict[str, Any], now: int) -> None:
     agent = state.agents.get(params["agent"])
     if agent is not None:
         agent["seen"] = now
+        state.touch(params["agent"])
     for text in params["resources"]:
         lease = state.claims.get(text, {}).get(params["agent"])
         if lease is not None:
             lease["expires"] = now + ttl_ns(lease["ttl"])
+            state.touch(params["agent"], text)
 
 
 def live_params(events: list[Any]) -> dict[str, list[Any]]:
