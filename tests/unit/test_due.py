@@ -1,4 +1,4 @@
-"""`State.due` answers exactly what scanning every agent and lease answers.
+"""`State.stuck` and `State.expiry` answer exactly what scanning every agent and lease answers.
 
 The stuck agents (`leases.stuck_events`) and the rows that may have expired
 (`live.expiring`) were once found by scanning the whole state on every write; `dibs.core.due`
@@ -109,7 +109,8 @@ class DueMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.liveness = FakeLiveness()
         self.state = State()
-        self.state.due()  # kept from the start; `reload` also tries it built late
+        self.state.stuck()  # kept from the start; `reload` also tries them built late
+        self.state.expiry()
         self.confirmed: dict[tuple[str, str], int] = {}
         self.stuck_after: float | None = 20.0
         self.evict_stuck = False
@@ -266,16 +267,22 @@ test_due_machine = DueMachine.TestCase
 
 
 class Counting(dict[str, Any]):
-    """The state's agents, counting how many of them a step looks at."""
+    """The state's agents, noting which of them a step looks at."""
 
-    looked = 0
+    def __init__(self, agents: dict[str, Any]) -> None:
+        super().__init__(agents)
+        self.looked: set[str] = set()
 
     def __getitem__(self, name: str) -> Any:
-        self.looked += 1
+        self.looked.add(name)
         return super().__getitem__(name)
 
+    def get(self, name: str, default: Any = None) -> Any:
+        self.looked.add(name)
+        return super().get(name, default)
+
     def __iter__(self) -> Any:
-        self.looked += len(self)
+        self.looked.update(super().keys())
         return super().__iter__()
 
 
@@ -295,9 +302,31 @@ def test_a_stuck_agent_is_found_among_many_without_looking_at_them() -> None:
         event = new_event("progress", clock(), agent=name)
         apply(state, seal([event], state.seq)[0])
     clock.advance(30)
-    state.due()
+    state.stuck()
     state.agents = Counting(state.agents)
     found = stuck_events(state, Context(clock(), liveness, stuck_after=120.0), [])
     assert [e["agent"] for e in found] == ["a000"]
-    assert state.agents.looked == 1
+    assert state.agents.looked == {"a000"}
     assert liveness.asked == ["a000"]
+
+
+def test_an_agent_parked_as_stale_is_still_found_for_a_shorter_stuck_after() -> None:
+    """Found idle for 30 s but stale before that, an agent is parked; with stuck_after 20 s it
+    was idle long enough while still live, and the parked agents are asked too."""
+    clock = FakeClock()
+    liveness = FakeLiveness()
+    state = State()
+    start = clock()
+    for command in (Register("a", "s-a", host="h", ttl=10), Register("b", "s-b", host="h", ttl=10)):
+        for event in seal(decide(state, command, Context(clock(), liveness)).events, state.seq):
+            apply(state, event)
+    clock.advance(12)
+    for event in seal(decide(state, Heartbeat("a", "s-a"), Context(clock(), liveness)).events, 2):
+        apply(state, event)
+    later = Now(start.boot, start.mono + 40 * NS, start.wall + 40)
+    assert stuck_events(state, Context(later, liveness, stuck_after=30.0), []) == []
+    assert "a" in state.stuck().parked
+    then = Now(start.boot, start.mono + 21 * NS, start.wall + 21)
+    ctx = Context(then, liveness, stuck_after=20.0)
+    assert [e["agent"] for e in stuck_events(state, ctx, [])] == ["a"]
+    assert naive_stuck_events(state, ctx, []) == stuck_events(state, ctx, [])

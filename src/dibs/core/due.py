@@ -3,20 +3,24 @@
 (`dibs.store.postgres.live.expiring`) costs what they find, not the size of the fleet.
 
 Every write runs both questions; scanning every agent and lease for them made each step of a
-10,000-agent fleet cost milliseconds. `Due` keeps four sorted lists of ``(time, key)``, each
-entry exact (replaced whenever the record's time changes, by `dibs.core.state.apply` and by
-the PostgreSQL store's `touch` after it takes a time from ``dibs.live``):
+10,000-agent fleet cost milliseconds. Two indexes keep sorted lists of ``(time, key)``, told
+of every change of a record's time (by `dibs.core.state.apply`, and by `State.touch` after the
+PostgreSQL store takes a time from ``dibs.live``) and lazy about it: an entry's time is at
+most the record's, a time that grows leaves its entry in place until a question reaches it
+(`_Lazy`). Each index is built on the first question that needs it (the local and memory
+stores never ask for `Expiry`):
 
-* agents not yet told they are stuck for their current stretch, by last progress, and by
-  ``gap`` (when they turn stale minus their last progress): an agent can only be stuck when
-  it has been idle for ``stuck_after`` and is still live, so when its gap exceeds
-  ``stuck_after``. The smaller of the two candidate sets is read (bisect counts them);
-* agents by when they turn stale (last seen + ttl);
-* leases by expiry.
+* `Stuck`: the agents not yet told they are stuck for their current stretch, by last
+  progress. One found idle for ``stuck_after`` but with a ``gap`` (when it turns stale minus
+  its last progress) below it cannot be stuck until its times change (it went stale before
+  it was idle that long: an agent gone without unregistering): it is parked by gap, so such
+  agents are not read on every step;
+* `Expiry`: agents by when they turn stale (last seen + ttl), and leases by expiry; rows
+  confirmed expired under the lock are parked while their time is the confirmed one.
 
 The lists answer supersets; the callers check each candidate with the same rule as before,
-so the answers are the naive scans' exactly (a property test compares both). An insert or
-removal is a bisect plus a memory move of the list's tail (microseconds at 100,000 entries).
+so the answers are the naive scans' exactly (`tests/unit/test_due.py` compares both). A move
+is a bisect plus a memory move of the list's tail (microseconds at 100,000 entries).
 
 Pure: no I/O, no clock.
 """
@@ -27,7 +31,7 @@ from bisect import bisect_left, bisect_right, insort
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from dibs.core.state import AgentRecord, LeaseRecord
 
@@ -53,139 +57,224 @@ class _Sorted:
         insort(self.items, item)
 
     def remove(self, item: tuple[int, Key]) -> None:
-        at = bisect_left(self.items, item)
-        if at < len(self.items) and self.items[at] == item:
-            del self.items[at]
-
-    def upto(self, time: int) -> int:
-        """How many entries have a time at or before *time*."""
-        return bisect_right(self.items, (time, ("\U0010ffff", "\U0010ffff")))
+        items = self.items
+        at = bisect_left(items, item)
+        if at < len(items) and items[at] == item:
+            del items[at]
 
 
-class Due:
-    """The sorted times of one `State` (built on first use, then kept by `touch_*`)."""
+#: A key above every real one: an entry ``(time, _LAST)`` sorts after every entry at time.
+_LAST = ("\U0010ffff", "\U0010ffff")
 
-    __slots__ = ("agents", "gaps", "keys", "leases", "parked", "parked_for", "progress")
+
+class _Lazy:
+    """Keys listed by a time that is at most their current one.
+
+    A record's time mostly grows (a heartbeat, a renewal, progress): its entry is then left
+    where it is and moved only when a question reaches it (`upto`), so keeping the list costs
+    a step almost nothing. A time that shrinks (a renewal with a shorter ttl, a decision at an
+    earlier estimate of the server's clock) moves its entry at once (`note`), and a key whose
+    record is gone is dropped when reached.
+    """
+
+    __slots__ = ("items", "listed")
+
+    def __init__(self, times: dict[Key, int]) -> None:
+        self.listed = times
+        self.items = sorted((time, key) for key, time in times.items())
+
+    def note(self, key: Key, time: int) -> None:
+        """*key*'s time is now *time*."""
+        old = self.listed.get(key)
+        if old is not None and old <= time:
+            return
+        if old is not None:
+            _remove(self.items, (old, key))
+        insort(self.items, (time, key))
+        self.listed[key] = time
+
+    def forget(self, key: Key) -> None:
+        old = self.listed.pop(key, None)
+        if old is not None:
+            _remove(self.items, (old, key))
+
+    def upto(self, before: int, current: Callable[[Key], int | None]) -> list[tuple[int, Key]]:
+        """The keys whose *current* time (None: gone) is at or before *before*, with it."""
+        items = self.items
+        end = bisect_right(items, (before, _LAST))
+        found: list[tuple[int, Key]] = []
+        later: list[tuple[int, Key]] = []
+        moved = False
+        for time, key in items[:end]:
+            now = current(key)
+            if now == time:
+                found.append((time, key))
+                continue
+            moved = True
+            if now is None:
+                del self.listed[key]
+            elif now <= before:
+                found.append((now, key))
+                self.listed[key] = now
+            else:
+                later.append((now, key))
+                self.listed[key] = now
+        if moved:
+            found.sort()
+            items[:end] = found
+            for item in later:
+                insort(items, item)
+        return found
+
+
+def _remove(items: list[tuple[int, Key]], item: tuple[int, Key]) -> None:
+    at = bisect_left(items, item)
+    if at < len(items) and items[at] == item:
+        del items[at]
+
+
+class Stuck:
+    """The agents not yet told they are stuck for their current stretch, by last progress;
+    those found idle but unable to be stuck are parked by gap (see the module docstring)."""
+
+    __slots__ = ("agents", "gaps", "parked", "progress")
+
+    def __init__(self, agents: dict[str, AgentRecord]) -> None:
+        self.agents = agents
+        times: dict[Key, int] = {}
+        for name, agent in agents.items():
+            progress = _progress(agent)
+            if progress is not None:
+                times[(name, "")] = progress
+        self.progress = _Lazy(times)
+        #: Parked agents: name -> (progress, gap) when parked; by gap in `gaps`.
+        self.parked: dict[str, tuple[int, int]] = {}
+        self.gaps = _Sorted()
+
+    def touch(self, name: str, agent: AgentRecord | None) -> None:
+        """Take *agent*'s times as they are now (None: it is gone)."""
+        parked = self.parked.get(name)
+        if parked is not None:
+            if agent is not None and _parking(agent) == parked:
+                return
+            del self.parked[name]
+            self.gaps.remove((parked[1], (name, "")))
+            self.progress.forget((name, ""))
+        if agent is not None:
+            progress = _progress(agent)
+            if progress is not None:
+                self.progress.note((name, ""), progress)
+
+    def _current(self, key: Key) -> int | None:
+        agent = self.agents.get(key[0])
+        return None if agent is None else _progress(agent)
+
+    def candidates(
+        self, agents: dict[str, AgentRecord], mono: int, stuck_after_ns: int
+    ) -> list[str]:
+        """A superset of the agents that may be stuck at *mono* (idle for *stuck_after_ns*
+        and live), of those not yet told for their current stretch."""
+        self.agents = agents
+        found: list[str] = []
+        for progress, key in self.progress.upto(mono - stuck_after_ns + SLACK, self._current):
+            agent = agents[key[0]]
+            gap = int(agent["seen"]) + int(agent["ttl"] * NS) - progress
+            if gap >= stuck_after_ns - SLACK:
+                found.append(key[0])
+            else:
+                # Stale before it was idle long enough: never stuck until its times change.
+                self.progress.forget(key)
+                self.parked[key[0]] = (progress, gap)
+                self.gaps.add((gap, key))
+        gaps = self.gaps.items
+        wide = bisect_left(gaps, (stuck_after_ns - SLACK, ("", "")))
+        found.extend(key[0] for _, key in gaps[wide:])
+        return found
+
+
+class Expiry:
+    """Agents by when they turn stale and leases by expiry, but for the rows parked as
+    confirmed expired (see `expiring`)."""
+
+    __slots__ = ("agents", "claims", "leases", "parked", "parked_for", "rows")
 
     def __init__(
         self, agents: dict[str, AgentRecord], claims: dict[str, dict[str, LeaseRecord]]
     ) -> None:
-        #: The entries each record has now: agent -> (progress, gap, expiry); lease -> expiry.
-        self.keys: dict[Key, tuple[int | None, int | None, int]] = {}
-        #: Rows left out of the expiry lists while their time is the one confirmed expired.
+        self.agents = agents
+        self.claims = claims
+        self.rows = _Lazy({(name, ""): agent_expiry(agent) for name, agent in agents.items()})
+        self.leases = _Lazy(
+            {
+                (name, text): lease["expires"]
+                for text, holders in claims.items()
+                for name, lease in holders.items()
+            }
+        )
+        #: Rows left out of the lists while their time is the one confirmed expired.
         self.parked: dict[Key, int] = {}
         self.parked_for: object = None
-        progress, gaps, expiries = [], [], []
-        for name, agent in agents.items():
-            entry = _agent_entry(agent)
-            self.keys[(name, "")] = entry
-            if entry[0] is not None and entry[1] is not None:
-                progress.append((entry[0], (name, "")))
-                gaps.append((entry[1], (name, "")))
-            expiries.append((entry[2], (name, "")))
-        self.progress = _Sorted(progress)
-        self.gaps = _Sorted(gaps)
-        self.agents = _Sorted(expiries)
-        leases = []
-        for text, holders in claims.items():
-            for name, lease in holders.items():
-                key = (name, text)
-                self.keys[key] = (None, None, lease["expires"])
-                leases.append((lease["expires"], key))
-        self.leases = _Sorted(leases)
 
-    # Keeping the lists ------------------------------------------------------------------
-
-    def touch_agent(self, name: str, agent: AgentRecord | None) -> None:
-        """Take *agent*'s times as they are now (None: it is gone)."""
-        key = (name, "")
-        old = self.keys.get(key)
-        new = _agent_entry(agent) if agent is not None else None
-        if old == new:
-            return
-        if old is not None:
-            if old[0] is not None and old[1] is not None:
-                self.progress.remove((old[0], key))
-                self.gaps.remove((old[1], key))
-            self._unlist(self.agents, key, old[2])
-        if new is None:
-            del self.keys[key]
-            return
-        self.keys[key] = new
-        if new[0] is not None and new[1] is not None:
-            self.progress.add((new[0], key))
-            self.gaps.add((new[1], key))
-        self._list(self.agents, key, new[2])
-
-    def touch_lease(self, key: Key, lease: LeaseRecord | None) -> None:
-        """Take the expiry of the lease *key* as it is now (None: it is gone)."""
-        old = self.keys.get(key)
-        expiry = lease["expires"] if lease is not None else None
-        if old is not None and old[2] == expiry:
-            return
-        if old is not None:
-            self._unlist(self.leases, key, old[2])
-        if expiry is None:
-            self.keys.pop(key, None)
-            return
-        self.keys[key] = (None, None, expiry)
-        self._list(self.leases, key, expiry)
-
-    def _unlist(self, entries: _Sorted, key: Key, time: int) -> None:
-        if self.parked.get(key) == time:
+    def touch(self, key: Key, time: int | None) -> None:
+        """Take the time of the row *key* as it is now (None: it is gone)."""
+        entries = self.leases if key[1] else self.rows
+        parked = self.parked.get(key)
+        if parked is not None:
+            if parked == time:
+                return
             del self.parked[key]
-        else:
-            entries.remove((time, key))
+        if time is not None:
+            entries.note(key, time)
 
-    def _list(self, entries: _Sorted, key: Key, time: int) -> None:
-        self.parked.pop(key, None)
-        entries.add((time, key))
+    def _agent(self, key: Key) -> int | None:
+        agent = self.agents.get(key[0])
+        return None if agent is None else agent_expiry(agent)
 
-    # Asking -----------------------------------------------------------------------------
+    def _lease(self, key: Key) -> int | None:
+        lease = self.claims.get(key[1], {}).get(key[0])
+        return None if lease is None else lease["expires"]
 
-    def stuck_candidates(self, mono: int, stuck_after_ns: int) -> list[str]:
-        """A superset of the agents that may be stuck at *mono* (idle for *stuck_after_ns*
-        and live), of those not yet told for their current stretch."""
-        idle = self.progress.upto(mono - stuck_after_ns + SLACK)
-        wide = len(self.gaps.items) - self.gaps.upto(stuck_after_ns - SLACK - 1)
-        if idle <= wide:
-            chosen = self.progress.items[:idle]
-        else:
-            chosen = self.gaps.items[len(self.gaps.items) - wide :]
-        return [key[0] for _, key in chosen]
-
-    def expiring(self, before: int, confirmed: dict[Key, int]) -> list[Key]:
+    def expiring(
+        self,
+        agents: dict[str, AgentRecord],
+        claims: dict[str, dict[str, LeaseRecord]],
+        before: int,
+        confirmed: dict[Key, int],
+    ) -> list[Key]:
         """The agents and leases whose time is at or before *before*, but for those
         *confirmed* expired at that very time (which this leaves out of the lists until the
         time changes: a confirmed row stays expired whatever *before* is asked later)."""
+        self.agents, self.claims = agents, claims
         if self.parked_for is not confirmed:
             for key, time in self.parked.items():
-                (self.agents if key[1] == "" else self.leases).add((time, key))
+                (self.leases if key[1] else self.rows).note(key, time)
             self.parked = {}
             self.parked_for = confirmed
         found: list[Key] = []
-        for entries in (self.agents, self.leases):
-            end = entries.upto(before)
-            kept: list[tuple[int, Key]] = []
-            for time, key in entries.items[:end]:
+        for entries, current in ((self.rows, self._agent), (self.leases, self._lease)):
+            for time, key in entries.upto(before, current):
                 if confirmed.get(key) == time:
+                    entries.forget(key)
                     self.parked[key] = time
                 else:
-                    kept.append((time, key))
                     found.append(key)
-            if len(kept) < end:
-                entries.items[:end] = kept
         return found
 
 
-def _agent_entry(agent: AgentRecord) -> tuple[int | None, int | None, int]:
-    """An agent's (progress, gap, expiry); progress and gap are None once it was told it is
-    stuck for its current stretch (no new notice until it progresses)."""
-    expiry = agent_expiry(agent)
-    if told(agent):
-        return None, None, expiry
-    progress = progress_of(agent)
-    return progress, expiry - progress, expiry
+def _progress(agent: AgentRecord) -> int | None:
+    """When *agent* last made progress; None once it was told it is stuck for this stretch
+    (no new notice until it progresses)."""
+    if agent.get("stuck", -1) == agent.get("progress", 0):
+        return None
+    return agent.get("progress", agent["seen"])
+
+
+def _parking(agent: AgentRecord) -> tuple[int, int] | None:
+    """What a parked agent was parked with: (progress, gap)."""
+    progress = _progress(agent)
+    if progress is None:
+        return None
+    return progress, int(agent["seen"]) + int(agent["ttl"] * NS) - progress
 
 
 def ttl_ns(ttl: float) -> int:
@@ -196,13 +285,3 @@ def ttl_ns(ttl: float) -> int:
 def agent_expiry(agent: AgentRecord) -> int:
     """When *agent* turns stale (`dibs.core.rules.agent_status`): last seen + its ttl."""
     return int(agent["seen"]) + ttl_ns(agent["ttl"])
-
-
-def progress_of(agent: AgentRecord) -> int:
-    """When *agent* last made progress (`dibs.core.rules.idle_for`)."""
-    return agent.get("progress", agent["seen"])
-
-
-def told(agent: AgentRecord) -> bool:
-    """Whether *agent* was told it is stuck for its current stretch without progress."""
-    return agent.get("stuck", -1) == agent.get("progress", 0)

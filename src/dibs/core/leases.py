@@ -513,9 +513,9 @@ def stuck_events(state: State, ctx: Context, decided: list[Event]) -> list[Event
         if e["op"] in ("auto-evict", "force-evict", "release")
     }
     events: list[Event] = []
-    # Only agents idle for stuck_after and still live can be stuck: `State.due` finds them
+    # Only agents idle for stuck_after and still live can be stuck: `State.stuck` finds them
     # without looking at the others (a superset, checked below by the same rule).
-    candidates = state.due().stuck_candidates(ctx.now.mono, ttl_ns(ctx.stuck_after))
+    candidates = state.stuck().candidates(state.agents, ctx.now.mono, ttl_ns(ctx.stuck_after))
     for name in sorted(candidates):
         agent = state.agents[name]
         if name in active or agent.get("stuck", -1) == agent.get("progress", 0):

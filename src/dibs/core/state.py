@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dibs.core import inbox
 from dibs.core import resources as res
-from dibs.core.due import NS, Due, ttl_ns
+from dibs.core.due import NS, Expiry, Stuck, agent_expiry, ttl_ns
 from dibs.core.events import SCHEMA_VERSION
 from dibs.ground.errors import CorruptLog
 
@@ -112,14 +112,15 @@ class State:
     ``claims`` maps resource text to {agent: lease}. ``tables`` holds records that the
     integrations (worktrees, queue, plans, ...) keep through ``record`` events. The path-prefix
     and per-agent indexes are derived on load and kept current by `apply`; they are never
-    persisted. So are the sorted times (`due`), built on first use: a guard that opens the
-    store for one check never pays for them.
+    persisted. So are the sorted times (`stuck`, `expiry`: `dibs.core.due`), built on first
+    use: a guard that opens the store for one check never pays for them.
     """
 
     __slots__ = (
         "_by_agent",
-        "_due",
+        "_expiry",
         "_prefixes",
+        "_stuck",
         "agents",
         "claims",
         "last_token",
@@ -135,24 +136,34 @@ class State:
         self.tables: dict[str, dict[str, Any]] = {}
         self._prefixes: dict[str, set[str]] = {}  # literal prefix -> path resource texts
         self._by_agent: dict[str, set[str]] = {}
-        self._due: Due | None = None
+        self._stuck: Stuck | None = None
+        self._expiry: Expiry | None = None
 
-    def due(self) -> Due:
-        """The agents' and leases' times in order (`dibs.core.due`), built on first use."""
-        if self._due is None:
-            self._due = Due(self.agents, self.claims)
-        return self._due
+    def stuck(self) -> Stuck:
+        """The agents that may be stuck, in order of their times (built on first use)."""
+        if self._stuck is None:
+            self._stuck = Stuck(self.agents)
+        return self._stuck
+
+    def expiry(self) -> Expiry:
+        """Agents and leases in order of expiry (built on first use)."""
+        if self._expiry is None:
+            self._expiry = Expiry(self.agents, self.claims)
+        return self._expiry
 
     def touch(self, agent: str, resource: str = "") -> None:
-        """Take the times of *agent* (with *resource*: of its lease on it) into `due` after
-        they changed outside `apply` (the PostgreSQL store's renewals in ``dibs.live``)."""
-        if self._due is None:
-            return
+        """Take the times of *agent* (with *resource*: of its lease on it) into the indexes
+        after they changed outside `apply` (the PostgreSQL store's renewals in ``dibs.live``)."""
         if resource:
-            lease = self.claims.get(resource, {}).get(agent)
-            self._due.touch_lease((agent, resource), lease)
-        else:
-            self._due.touch_agent(agent, self.agents.get(agent))
+            if self._expiry is not None:
+                lease = self.claims.get(resource, {}).get(agent)
+                self._expiry.touch((agent, resource), None if lease is None else lease["expires"])
+            return
+        record = self.agents.get(agent)
+        if self._stuck is not None:
+            self._stuck.touch(agent, record)
+        if self._expiry is not None:
+            self._expiry.touch((agent, ""), None if record is None else agent_expiry(record))
 
     def to_json(self) -> dict[str, Any]:
         """The state as a JSON-ready dict (the checkpoint format)."""
@@ -274,7 +285,7 @@ def apply(state: State, event: Event) -> State:
     if op == "wait-end":
         before = state.tables.get("waits", {}).get(event.get("agent", ""))
     held: list[str] = []
-    if state._due is not None and op in ("heartbeat", "unregister"):
+    if state._expiry is not None and op == "heartbeat":
         held = list(state._by_agent.get(event["agent"], ()))
     if handler is not None:
         handler(state, event)
@@ -288,21 +299,22 @@ def apply(state: State, event: Event) -> State:
     state.seq = seq
     if op not in NOT_PROGRESS and "agent" in event:
         _progress(state, event)
-    if state._due is not None and "agent" in event:
+    if "agent" in event and (state._stuck is not None or state._expiry is not None):
         _touch(state, event, held)
     inbox.note(state, event, before)
     return state
 
 
 def _touch(state: State, event: Event, held: list[str]) -> None:
-    """Keep `State.due` current: the times of the event's agent and of its leases the event
-    may have changed (*held*: every lease it held, for a heartbeat or an unregister)."""
+    """Keep the sorted times current: those of the event's agent and of the leases the event
+    may have changed (*held*: every lease the agent holds, for a heartbeat)."""
     agent = event["agent"]
     state.touch(agent)
-    if "resource" in event:
-        state.touch(agent, event["resource"])
-    for text in held:
-        state.touch(agent, text)
+    if state._expiry is not None:
+        if "resource" in event:
+            state.touch(agent, event["resource"])
+        for text in held:
+            state.touch(agent, text)
 
 
 def _progress(state: State, event: Event) -> None:

@@ -34,9 +34,9 @@ def expiring(state: State, before: int, confirmed: dict[Key, int]) -> tuple[list
     Rows confirmed expired under the lock (*confirmed*: key -> the expiry then, only ever
     set by `confirm`) are left out while the cache still holds that expiry: a renewal never
     revives an expired row, and an event that changed it changed the cached value too.
-    `State.due` keeps the times in order, so this costs the rows it finds.
+    `State.expiry` keeps the times in order, so this costs the rows it finds.
     """
-    keys = state.due().expiring(before, confirmed)
+    keys = state.expiry().expiring(state.agents, state.claims, before, confirmed)
     return [name for name, _ in keys], [text for _, text in keys]
 
 
