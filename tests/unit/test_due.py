@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -330,3 +330,71 @@ def test_an_agent_parked_as_stale_is_still_found_for_a_shorter_stuck_after() -> 
     ctx = Context(then, liveness, stuck_after=20.0)
     assert [e["agent"] for e in stuck_events(state, ctx, [])] == ["a"]
     assert naive_stuck_events(state, ctx, []) == stuck_events(state, ctx, [])
+
+
+PATHS = [
+    "path:**",
+    "path:**/x.py",
+    "path:src/**",
+    "path:src/*.py",
+    "path:src/a/**",
+    "path:src/a/b.py",
+    "path:src/a/b.py#L1-5",
+    "path:src/ab/**",
+    "path:src/a.b/**",
+    "path:src-a/**",
+    "path:docs/*.md",
+    "issue:A",
+]
+
+
+def naive_overlapping(state: State, text: str) -> list[Any]:
+    """`State.overlapping` as it was: every path prefix looked at."""
+    from dibs.core import resources as res
+
+    resource = parse_resource(text)
+    if resource.kind != "path":
+        return list(state.claims.get(resource.text, {}).values())
+    key = res.prefix_key(resource.text)
+    parts = key.split("/") if key else []
+    ancestors = {"/".join(parts[:size]) for size in range(len(parts) + 1)}
+    candidates: set[str] = set()
+    for prefix, texts in state._prefixes.items():
+        if prefix in ancestors or not key or prefix.startswith(key + "/"):
+            candidates |= texts
+    found = []
+    for other in sorted(candidates):
+        if res.overlaps(resource, parse_resource(other)):
+            found.extend(state.claims[other].values())
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(AGENTS), st.sampled_from(PATHS), st.booleans()), max_size=40
+    ),
+    reload_at=st.integers(min_value=0, max_value=40),
+)
+def test_overlapping_finds_what_looking_at_every_prefix_finds(
+    steps: list[tuple[str, str, bool]], reload_at: int
+) -> None:
+    """Path claims are found through their prefixes, those below a pattern's by range."""
+    clock = FakeClock()
+    state = State()
+    for name in AGENTS:
+        decision = decide(state, Register(name, "s", host="h", ttl=600), Context(clock()))
+        for event in seal(decision.events, state.seq):
+            apply(state, event)
+    for at, (agent, text, take) in enumerate(steps):
+        if at == reload_at:
+            state = State.from_json(json.loads(json.dumps(state.to_checkpoint())))
+        if take:
+            command: object = Acquire(agent, "s", [parse_resource(text)], mode="shared")
+        else:
+            command = Release(agent, "s", [parse_resource(text)])
+        for event in seal(decide(state, command, Context(clock())).events, state.seq):
+            apply(state, event)
+        for probe in PATHS:
+            found = list(state.overlapping(parse_resource(probe)))
+            assert found == naive_overlapping(state, probe)

@@ -9,6 +9,8 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
+
 from dibs.core import inbox
 from dibs.core import resources as res
 from dibs.core.due import NS, Expiry, Stuck, agent_expiry, ttl_ns
@@ -119,6 +121,7 @@ class State:
     __slots__ = (
         "_by_agent",
         "_expiry",
+        "_prefix_order",
         "_prefixes",
         "_stuck",
         "agents",
@@ -135,6 +138,7 @@ class State:
         self.claims: dict[str, dict[str, LeaseRecord]] = {}
         self.tables: dict[str, dict[str, Any]] = {}
         self._prefixes: dict[str, set[str]] = {}  # literal prefix -> path resource texts
+        self._prefix_order: list[str] | None = None  # the prefixes sorted, built on first use
         self._by_agent: dict[str, set[str]] = {}
         self._stuck: Stuck | None = None
         self._expiry: Expiry | None = None
@@ -210,7 +214,12 @@ class State:
     def _index(self, resource_text: str, holders: dict[str, LeaseRecord]) -> None:
         if resource_text.startswith("path:"):
             key = res.prefix_key(resource_text)
-            self._prefixes.setdefault(key, set()).add(resource_text)
+            bucket = self._prefixes.get(key)
+            if bucket is None:
+                bucket = self._prefixes[key] = set()
+                if self._prefix_order is not None:
+                    insort(self._prefix_order, key)
+            bucket.add(resource_text)
         for agent in holders:
             self._by_agent.setdefault(agent, set()).add(resource_text)
 
@@ -241,14 +250,25 @@ class State:
         if resource.kind != "path":
             yield from self.claims.get(resource.text, {}).values()
             return
-        # Two patterns can only meet when one's literal prefix lies on the other's path.
+        # Two patterns can only meet when one's literal prefix lies on the other's path: the
+        # prefixes above this one are looked up, those below it are a range of the sorted ones.
         key = res.prefix_key(resource.text)
-        parts = key.split("/") if key else []
-        ancestors = {"/".join(parts[:size]) for size in range(len(parts) + 1)}
         candidates: set[str] = set()
-        for prefix, texts in self._prefixes.items():
-            if prefix in ancestors or not key or prefix.startswith(key + "/"):
+        if not key:
+            for texts in self._prefixes.values():
                 candidates |= texts
+        else:
+            parts = key.split("/")
+            for size in range(len(parts) + 1):
+                candidates |= self._prefixes.get("/".join(parts[:size]), set())
+            order = self._prefix_order
+            if order is None:
+                order = self._prefix_order = sorted(self._prefixes)
+            below = key + "/"
+            at = bisect_left(order, below)
+            while at < len(order) and order[at].startswith(below):
+                candidates |= self._prefixes[order[at]]
+                at += 1
         for text in sorted(candidates):
             if res.overlaps(resource, res.parse_resource(text)):
                 yield from self.claims[text].values()
@@ -436,6 +456,9 @@ def _drop_lease(state: State, text: str, agent: str) -> None:
                 bucket.discard(text)
                 if not bucket:
                     del state._prefixes[key]
+                    order = state._prefix_order
+                    if order is not None:
+                        del order[bisect_left(order, key)]
 
 
 def _apply_release(state: State, event: Event) -> None:
