@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dibs.core.events import encode
 from dibs.core.resources import scope
+from dibs.core.state import ttl_ns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,9 +83,27 @@ def templates(events: list[Event]) -> list[str] | None:
     return out
 
 
-def scopes(events: list[Event]) -> list[str | None]:
-    """Each event's `dibs.core.resources.scope` (the ``scope`` column)."""
-    return [scope(event.get("resource")) for event in events]
+def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
+    """What ``dibs.append_commuting`` needs of *decision* (its *events* sealed after the
+    cached state), besides where the cache stands; None when it may not commute."""
+    agent = mover(decision)
+    bodies = templates(events) if agent is not None else None
+    if bodies is None:
+        return None
+    mono = events[0]["mono"]
+    if any(event["mono"] != mono for event in events):
+        return None  # one decision, one time: never otherwise, but the server assumes it
+    return {
+        "mover": agent,
+        "mono": mono,
+        "notify": any(event["op"] == "release" for event in events),
+        "ops": [event["op"] for event in events],
+        "resources": [event["resource"] for event in events],
+        "tokens": [event["token"] for event in events],
+        "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
+        "templates": bodies,
+        "scopes": [scope(event["resource"]) for event in events],
+    }
 
 
 def shift(decision: Decision, events: list[Event], moved: int, lifted: int) -> None:

@@ -45,6 +45,7 @@ import time
 import psycopg
 
 from dibs.core.events import encode
+from dibs.core.resources import scope
 from dibs.core.state import State, apply, seal
 from dibs.ground.errors import CorruptLog, StoreIOError
 from dibs.ground.now import Now
@@ -262,19 +263,17 @@ class PostgresStore(Listening):
         since *state* if all of that commutes with it (`commuting`); None when it did not
         (the state has caught up with what the server sent back: decide under the lock)."""
         now, decided_us, decision = first
-        agent = commuting.mover(decision)
         events = seal(decision.events, state.seq)
-        bodies = commuting.templates(events)
-        if agent is None or bodies is None:
+        params = commuting.params(decision, events)
+        if params is None:
             return None
         pending = (decision, events)
-        params = self._append_params(state, events, request, bodies)
         params |= {
-            "decided_us": decided_us,
+            "ns": self.namespace,
+            "expected": state.seq,
             "base_token": state.last_token,
-            "mover": agent,
-            "notify": any(e["op"] in _FREEING for e in events),
-            "templates": params.pop("bodies"),
+            "request": request,
+            "decided_us": decided_us,
         }
         try:
             row = _one(conn.execute(Q["append_commuting"], params))
@@ -294,7 +293,7 @@ class PostgresStore(Listening):
             self._verify_commuting(decide, state, now, events)
         for event in events:
             apply(state, event)
-        self._since_checkpoint += sum(len(body) for body in bodies)
+        self._since_checkpoint += sum(len(body) for body in params["templates"])
         self._maybe_checkpoint(conn)
         self._count("commuting-moved" if moved else "commuting")
         return decision
@@ -415,13 +414,10 @@ class PostgresStore(Listening):
                 hint="run `dibs doctor`; retry the command",
             )
 
-    def _append_params(
-        self, state: State, events: list[Event], request: str, bodies: list[str] | None = None
-    ) -> dict[str, Any]:
+    def _append_params(self, state: State, events: list[Event], request: str) -> dict[str, Any]:
         tokens = [e.get("token") for e in events]
         freeing = any(e["op"] in _FREEING for e in events)
-        if bodies is None:
-            bodies = [encode(e)[:-1].decode() for e in events]
+        bodies = [encode(e)[:-1].decode() for e in events]
         return {
             "notify": f"{self.namespace}:{events[-1]['seq']}" if freeing else "",
             "ns": self.namespace,
@@ -436,7 +432,7 @@ class PostgresStore(Listening):
             "resources": [e.get("resource") for e in events],
             "tokens": tokens,
             "bodies": bodies,
-            "scopes": commuting.scopes(events),
+            "scopes": [scope(e.get("resource")) for e in events],
         } | live.live_params(events)
 
     def _settle(

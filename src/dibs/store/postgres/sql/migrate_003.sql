@@ -62,29 +62,29 @@ $$;
 -- (scopes). The rules ran on the client; this function decides nothing, it only checks that
 -- the rules would have decided the same on the state as it is now.
 --
--- The events move up by shift (the events written since) and each new fencing token by
--- token_shift (the tokens handed out since, over base_token, the client's last token). The
--- client sends each body as a template: the JSON line with the byte 0x01 where the seq goes,
--- 0x02 where an acquire's token goes and 0x03 where the first seq of a several-event
--- transaction goes (control bytes never appear unescaped in JSON text), so every body is
--- exactly the line the client's encoder writes.
+-- The decision's events were numbered from expected + 1 and its new fencing tokens from
+-- base_token + 1, all at one time (mono, in the namespace's clock). They move up by the
+-- events written since (moved) and by the tokens handed out since (lifted). The client sends
+-- each body as a template: the JSON line with the byte 0x01 where the seq goes, 0x02 where an
+-- acquire's token goes and 0x03 where the first seq of a several-event transaction goes
+-- (control bytes never appear unescaped in JSON text), so every body is exactly the line the
+-- client's encoder writes.
 --
--- Returns added (0: nothing was written), micros (the server's clock), shift, token_shift,
--- and the events written since expected (count, bodies) for the client to catch up with;
--- with more than 256 of them it gives up without reading them.
+-- Returns added (0: nothing was written), micros (the server's clock), moved, lifted, and the
+-- events written since expected (count, bodies) for the client to catch up with; with more
+-- than 256 of them it gives up without reading them.
 CREATE FUNCTION dibs.append_commuting(
-    ns text, expected bigint, base_token bigint, first_seq bigint, last_seq bigint,
-    new_token bigint, request_key text, decided_us bigint, notify boolean, mover text,
-    seqs bigint[], ops text[], agents text[], resources text[], tokens bigint[],
-    templates text[], monos bigint[], ttls bigint[], secrets text[], scopes text[]
-) RETURNS TABLE (added bigint, micros bigint, shift bigint, token_shift bigint, count bigint,
+    ns text, expected bigint, base_token bigint, request_key text, decided_us bigint,
+    notify boolean, mover text, mono bigint,
+    ops text[], resources text[], tokens bigint[], ttls bigint[], templates text[],
+    scopes text[]
+) RETURNS TABLE (added bigint, micros bigint, moved bigint, lifted bigint, count bigint,
                  bodies text)
 LANGUAGE plpgsql AS $$
 DECLARE
     now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    n integer := array_length(ops, 1);
     cur record;
-    moved bigint;
-    lifted bigint;
     between_count bigint := 0;
     between_bodies text := '';
     clash boolean := false;
@@ -95,18 +95,13 @@ BEGIN
         RETURN QUERY SELECT 0::bigint, now_us, 0::bigint, 0::bigint, 0::bigint, ''::text;
         RETURN;
     END IF;
-    SELECT n.seq, n.last_token INTO cur FROM dibs.namespaces n WHERE n.name = ns FOR UPDATE;
-    IF NOT FOUND OR cur.seq < expected OR cur.last_token < base_token THEN
+    SELECT x.seq, x.last_token, x.seq - expected AS moved, x.last_token - base_token AS lifted
+    INTO cur FROM dibs.namespaces x WHERE x.name = ns FOR UPDATE;
+    IF NOT FOUND OR cur.moved < 0 OR cur.lifted < 0 OR cur.moved > 256 THEN
         RETURN QUERY SELECT 0::bigint, now_us, 0::bigint, 0::bigint, 0::bigint, ''::text;
         RETURN;
     END IF;
-    moved := cur.seq - expected;
-    lifted := cur.last_token - base_token;
-    IF moved > 256 THEN
-        RETURN QUERY SELECT 0::bigint, now_us, moved, lifted, 0::bigint, ''::text;
-        RETURN;
-    END IF;
-    IF moved > 0 THEN
+    IF cur.moved > 0 THEN
         SELECT count(*), coalesce(string_agg(e.body, E'\n' ORDER BY e.seq), ''),
                coalesce(bool_or(
                    e.agent = mover
@@ -117,34 +112,37 @@ BEGIN
                                   WHERE dibs.may_overlap(s, e.scope))))), false)
         INTO between_count, between_bodies, clash
         FROM dibs.events e WHERE e.namespace = ns AND e.seq > expected;
-        IF clash OR between_count <> moved THEN
-            RETURN QUERY SELECT 0::bigint, now_us, moved, lifted, between_count, between_bodies;
+        IF clash OR between_count <> cur.moved THEN
+            RETURN QUERY SELECT 0::bigint, now_us, cur.moved, cur.lifted, between_count,
+                                between_bodies;
             RETURN;
         END IF;
     END IF;
-    SELECT array_agg(s + moved ORDER BY i) INTO new_seqs FROM unnest(seqs) WITH ORDINALITY
-        AS x(s, i);
-    SELECT array_agg(CASE WHEN o = 'acquire' THEN t + lifted ELSE t END ORDER BY i)
-    INTO new_tokens FROM unnest(ops, tokens) WITH ORDINALITY AS x(o, t, i);
+    SELECT array_agg(cur.seq + x.i ORDER BY x.i),
+           array_agg(CASE WHEN x.op = 'acquire' THEN x.token + cur.lifted ELSE x.token END
+                     ORDER BY x.i)
+    INTO new_seqs, new_tokens
+    FROM unnest(ops, tokens) WITH ORDINALITY AS x(op, token, i);
     UPDATE dibs.namespaces
-    SET seq = last_seq + moved, last_token = greatest(last_token, new_token + lifted)
+    SET seq = cur.seq + n,
+        last_token = greatest(last_token, (SELECT max(t) FROM unnest(new_tokens) t))
     WHERE name = ns;
     INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body, scope)
-    SELECT ns, e.seq, e.op, e.agent, e.resource, e.token,
-           CASE WHEN e.seq = first_seq + moved THEN request_key END,
+    SELECT ns, e.seq, e.op, mover, e.resource, e.token,
+           CASE WHEN e.seq = cur.seq + 1 THEN request_key END,
            replace(replace(replace(e.template, E'\x01', e.seq::text),
                                    E'\x02', coalesce(e.token::text, '')),
-                   E'\x03', (first_seq + moved)::text),
+                   E'\x03', (cur.seq + 1)::text),
            e.scope
-    FROM unnest(new_seqs, ops, agents, resources, new_tokens, templates, scopes)
-        AS e(seq, op, agent, resource, token, template, scope);
-    PERFORM dibs.apply_live(ns, ops, agents, resources, new_tokens, new_seqs, monos, ttls,
-                            secrets);
+    FROM unnest(new_seqs, ops, resources, new_tokens, templates, scopes)
+        AS e(seq, op, resource, token, template, scope);
+    PERFORM dibs.apply_live(ns, ops, array_fill(mover, ARRAY[n]), resources, new_tokens,
+                            new_seqs, array_fill(mono, ARRAY[n]), ttls,
+                            array_fill(NULL::text, ARRAY[n]));
     IF notify THEN
-        PERFORM pg_notify('dibs', ns || ':' || (last_seq + moved));
+        PERFORM pg_notify('dibs', ns || ':' || (cur.seq + n));
     END IF;
-    RETURN QUERY SELECT last_seq - expected,
-                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
-                        moved, lifted, between_count, between_bodies;
+    RETURN QUERY SELECT n::bigint, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                        cur.moved, cur.lifted, between_count, between_bodies;
 END
 $$;

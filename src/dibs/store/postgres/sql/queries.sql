@@ -94,11 +94,9 @@ SELECT * FROM dibs.append(
 -- Append a claim or release that commutes with whatever was written since the client's
 -- state (see dibs.append_commuting in migrate_003.sql).
 SELECT * FROM dibs.append_commuting(
-    %(ns)s, %(expected)s, %(base_token)s, %(first)s, %(last)s, %(token)s, %(request)s,
-    %(decided_us)s::bigint, %(notify)s, %(mover)s,
-    %(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[], %(resources)b::text[],
-    %(tokens)b::bigint[], %(templates)b::text[], %(monos)b::bigint[], %(ttls)b::bigint[],
-    %(secrets)b::text[], %(scopes)b::text[]);
+    %(ns)s, %(expected)s, %(base_token)s, %(request)s, %(decided_us)s::bigint, %(notify)s,
+    %(mover)s, %(mono)s, %(ops)b::text[], %(resources)b::text[], %(tokens)b::bigint[],
+    %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[]);
 
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
