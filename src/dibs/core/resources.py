@@ -282,3 +282,28 @@ def prefix_key(text: str) -> str:
         return name
     cut = name.rfind("/", 0, found.start())
     return name[:cut] if cut >= 0 else ""
+
+
+def scope(text: str | None) -> str | None:
+    """What a claim on the resource *text* can stand in the way of, as a text a database
+    compares without parsing globs: the text itself for most kinds (they overlap only when
+    equal); for a path, ``path:`` and `prefix_key` (two paths can overlap only when one's
+    folder is the other's or lies beneath it, or one is the root ``path:``).
+
+    Never claims less than `overlaps`: when two resources overlap, their scopes are equal,
+    or both are paths and one is ``path:`` or lies beneath the other.
+    """
+    if text is None:
+        return None
+    if text.startswith("path:"):
+        return "path:" + prefix_key(text)
+    return text
+
+
+def scopes_may_overlap(a: str, b: str) -> bool:
+    """Whether resources of scopes *a* and *b* may overlap (``dibs.may_overlap`` in SQL)."""
+    if a == b:
+        return True
+    if not (a.startswith("path:") and b.startswith("path:")):
+        return False
+    return a == "path:" or b == "path:" or a.startswith(b + "/") or b.startswith(a + "/")

@@ -188,8 +188,13 @@ class Coordinator:
         evict = self.settings["agents.on_stuck"] == "evict"
         return Context(now, self.liveness, stuck_after=stuck_after, evict_stuck=evict)
 
-    def transact(self, decide: Callable[[State, Context], Decision]) -> Decision:
+    def transact(
+        self, decide: Callable[[State, Context], Decision], *, commutes: bool = False
+    ) -> Decision:
         """Run *decide* atomically against the store; raise its error after appending.
+
+        *commutes*: *decide* is a plain claim or release (see `dibs.store.base.Store.transact`);
+        only the lease commands below pass it.
 
         The same step acts on the stuck agents it meets (`leases.stuck_events`): lazy, like
         eviction, so no daemon is needed. Integrations (worktrees, the merge queue, plans)
@@ -203,7 +208,7 @@ class Coordinator:
                 decision.events += leases.stuck_events(state, ctx, decision.events)
             return decision
 
-        decision = self.store.transact(step)
+        decision = self.store.transact(step, commutes=commutes)
         if decision.error is not None:
             raise decision.error
         return decision
@@ -249,7 +254,14 @@ class Coordinator:
         return self.store.read()[0].seq
 
     def _command(self, command: object) -> Decision:
-        return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
+        # A plain claim or release reads only its agent and the leases on its resources; a
+        # waiting claim also reads the recorded waits, so it does not commute.
+        commutes = isinstance(command, leases.Release) or (
+            isinstance(command, leases.Acquire) and command.waiter is None
+        )
+        return self.transact(
+            lambda state, ctx: leases.decide(state, command, ctx), commutes=commutes
+        )
 
     def _identity(self) -> tuple[str, str]:
         if not self.agent or not self.token or self._hashed[0] != self.token:

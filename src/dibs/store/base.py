@@ -56,8 +56,13 @@ class Store(Protocol):
         """Make the store ready for use (folders, files, schema); safe to call again."""
         ...
 
-    def transact(self, decide: DecideFn) -> Decision:
+    def transact(self, decide: DecideFn, *, commutes: bool = False) -> Decision:
         """Atomically: catch up, read the clock, decide, append + sync, then apply.
+
+        *commutes*: the caller vouches that *decide* is a plain claim or release, reading
+        only its agent's record and the leases that may overlap the resources it names; a
+        store may then append it past unrelated writes made since its cached state (the
+        PostgreSQL store does; the others, which decide under their lock, ignore it).
 
         The decision's events get their ``seq`` here. When appending fails nothing is applied
         and `dibs.ground.errors.StoreIOError` is raised. A refused decision is returned, not raised:

@@ -597,7 +597,12 @@ class LocalStore:
         platform.sync_dir(self.log_dir)
         self._open_segment(name, 0)
 
-    def transact(self, decide: DecideFn) -> Decision:
+    def transact(
+        self,
+        decide: DecideFn,
+        *,
+        commutes: bool = False,  # noqa: ARG002 -- every decision here is made on a current state
+    ) -> Decision:
         """Decide and append atomically (see `dibs.store.base.Store.transact`)."""
         with self._tlock:
             self.create()

@@ -36,7 +36,12 @@ class MemoryStore:
     def create(self) -> None:
         """Nothing to create."""
 
-    def transact(self, decide: DecideFn) -> Decision:
+    def transact(
+        self,
+        decide: DecideFn,
+        *,
+        commutes: bool = False,  # noqa: ARG002 -- every decision here is made on a current state
+    ) -> Decision:
         """Decide and apply atomically (see `dibs.store.base.Store.transact`)."""
         with self._lock:
             decision = decide(self._state, self.clock())

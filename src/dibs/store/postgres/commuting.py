@@ -1,0 +1,129 @@
+"""Claims and releases that commute: appended whatever was written since the client's state.
+
+A claim or release decided on a cached state that others have written past since is still
+the decision the rules would make on the state as it is now, when nothing written meanwhile
+touches what the decision read: the agent's own record, and the leases that may overlap the
+resources it names. ``dibs.append_commuting`` checks exactly that under the namespace lock,
+in the one statement that appends, and moves the decision's events up past what was written
+meanwhile (their seq, and each new fencing token). No client round trip happens under the
+lock, so writers of different resources no longer queue behind each other's round trips.
+
+Only a caller that knows its decision reads nothing else may ask for this: the coordinator
+does it for a plain claim (no ``--wait``) and a release (``commutes=True`` on
+``Store.transact``); everything else is decided as before. docs/explanation/postgres.md
+("Writes that commute") gives the argument; with ``DIBS_VERIFY_COMMUTING=1`` (the test suite
+sets it) the store decides again on the caught-up state after every commuting append and
+fails loudly when the answers differ.
+
+Pure: no I/O. The store calls these around the same `dibs.core` decisions as every store.
+"""
+
+from __future__ import annotations
+
+from dibs.core.events import encode
+from dibs.core.resources import scope
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from dibs.core.events import Event
+    from dibs.core.leases import Decision
+
+#: The only ops a commuting decision may write (anything else reads more of the state).
+OPS = frozenset(("acquire", "release"))
+#: Placeholders in a body template (``dibs.append_commuting``): JSON escapes control
+#: characters inside strings, so these bytes never appear unescaped in an encoded event.
+SEQ, TOKEN, TXN = "\x01", "\x02", "\x03"
+_QUOTED = {mark: '"\\u000' + str(ord(mark)) + '"' for mark in (SEQ, TOKEN, TXN)}
+
+
+def mover(decision: Decision) -> str | None:
+    """The agent whose claim or release *decision* is, when it may commute; else None.
+
+    It may when it was not refused and writes only ``acquire`` and ``release`` events of one
+    agent: evictions, renewals, stuck notices and waits read more than that agent's record
+    and the leases on the resources it names.
+    """
+    events = decision.events
+    if decision.error is not None or not events:
+        return None
+    agent = events[0].get("agent")
+    if not isinstance(agent, str):
+        return None
+    for event in events:
+        if event["op"] not in OPS or event.get("agent") != agent:
+            return None
+    return agent
+
+
+def templates(events: list[Event]) -> list[str] | None:
+    """Each event's JSON line with placeholders where the server writes the final numbers
+    (`SEQ`, `TOKEN` for an acquire's new token, `TXN` for a transaction's first seq); None
+    when a placeholder would not be found exactly once (some text of the event spells one)."""
+    out = []
+    for event in events:
+        marked: dict[str, Any] = dict(event)
+        marks = [SEQ]
+        marked["seq"] = SEQ
+        if event["op"] == "acquire":
+            marked["token"] = TOKEN
+            marks.append(TOKEN)
+        if "txn" in event:
+            marked["txn"] = [TXN, event["txn"][1]]
+            marks.append(TXN)
+        text = encode(marked)[:-1].decode()  # type: ignore[arg-type]
+        for mark in marks:
+            quoted = _QUOTED[mark]
+            if text.count(quoted) != 1:
+                return None
+            text = text.replace(quoted, mark)
+        out.append(text)
+    return out
+
+
+def scopes(events: list[Event]) -> list[str | None]:
+    """Each event's `dibs.core.resources.scope` (the ``scope`` column)."""
+    return [scope(event.get("resource")) for event in events]
+
+
+def shift(decision: Decision, events: list[Event], moved: int, lifted: int) -> None:
+    """Move *events* (the decision's, sealed) up by *moved* seqs and each new token by
+    *lifted*, as the server wrote them, and tell the caller the tokens it now holds."""
+    if moved or lifted:
+        adopt_tokens(decision, moved_up(events, moved, lifted))
+
+
+def moved_up(events: list[Event], moved: int, lifted: int) -> dict[str, int]:
+    """Move *events* up in place (see `shift`); returns each acquired resource's token."""
+    tokens: dict[str, int] = {}
+    for event in events:
+        event["seq"] += moved
+        if "txn" in event:
+            event["txn"] = [event["txn"][0] + moved, event["txn"][1]]
+        if event["op"] == "acquire":
+            event["token"] += lifted
+            tokens[event["resource"]] = event["token"]
+    return tokens
+
+
+def adopt(decision: Decision, events: list[Event], recorded: list[Event]) -> None:
+    """Replace *events* (the decision's) by the ones the log *recorded* for them (a lost
+    answer settled afterwards: they may have been moved up)."""
+    tokens: dict[str, int] = {}
+    for event, found in zip(events, recorded, strict=True):
+        record: dict[str, Any] = event  # type: ignore[assignment]
+        record.clear()
+        record.update(found)
+        if event["op"] == "acquire":
+            tokens[event["resource"]] = event["token"]
+    adopt_tokens(decision, tokens)
+
+
+def adopt_tokens(decision: Decision, tokens: dict[str, int]) -> None:
+    """Give the claim's result (its new leases) the fencing *tokens* the log recorded."""
+    if not tokens or not isinstance(decision.result, list):
+        return
+    for item in decision.result:
+        if isinstance(item, dict) and item.get("new") and item.get("resource") in tokens:
+            item["token"] = tokens[item["resource"]]
