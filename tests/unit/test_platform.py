@@ -384,6 +384,78 @@ def test_process_parent_names_a_child_and_its_parent(kind: type[Posix]) -> None:
     assert kind().process_parent(dead_pid()) is None
 
 
+def test_stop_group_stops_a_group_only_while_its_leader_has_the_recorded_start() -> None:
+    """A process group is signalled only when its leader runs with the start time recorded:
+    another start, an unknown one or none sends nothing; the right one ends the whole group,
+    the leader's children too."""
+    import signal
+    import time
+
+    chosen = platform.select()
+    group = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 60 & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert group.stdout is not None
+        child = int(group.stdout.readline())
+        start = chosen.process_start(group.pid)
+        if start == UNKNOWN_START:
+            pytest.skip("this platform cannot read start times: nothing is ever stopped")
+        assert start is not None
+        for wrong in (start + 1, UNKNOWN_START, None):
+            assert not chosen.stop_group(group.pid, wrong, 0.1)
+        assert chosen.process_start(child) is not None
+        assert chosen.stop_group(group.pid, start, 5.0)
+        group.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while chosen.process_start(child) is not None:
+            assert time.monotonic() < deadline, "the leader's child still runs"
+            time.sleep(0.05)
+    finally:
+        if group.poll() is None:
+            os.killpg(group.pid, signal.SIGKILL)
+            group.wait()
+        if group.stdout is not None:
+            group.stdout.close()
+
+
+def test_posix_stop_group_sends_nothing_without_a_start_time() -> None:
+    """The portable platform cannot tell a reused pid: it never stops a group."""
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert UNKNOWN_START == Posix().process_start(group.pid)
+        assert not Posix().stop_group(group.pid, UNKNOWN_START, 0.1)
+        assert group.poll() is None
+    finally:
+        group.kill()
+        group.wait()
+
+
+@needs_linux
+def test_linux_group_alive_does_not_count_zombies() -> None:
+    """A group whose only member is a zombie nobody reaps (a container's pid 1 may never) is
+    gone for Linux's /proc scan; the portable killpg(pgid, 0) still counts it."""
+    import time
+
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert Linux().group_alive(group.pid)
+        group.kill()
+        deadline = time.monotonic() + 60
+        while Linux().process_start(group.pid) is not None:  # a zombie, not reaped yet
+            assert time.monotonic() < deadline, "sleep did not die"
+            time.sleep(0.05)
+        assert not Linux().group_alive(group.pid)
+        assert Posix().group_alive(group.pid)
+    finally:
+        group.kill()
+        group.wait()
+    assert not Posix().group_alive(group.pid)
+
+
 def test_proc_stat_parsing_survives_odd_command_names_and_sees_zombies() -> None:
     """/proc/<pid>/stat: a name with spaces and ')' is skipped; a zombie is gone."""
     rest = " ".join(str(n) for n in range(4, 23))

@@ -10,6 +10,7 @@ durable sync    fdatasync            F_FULLFSYNC (or fsync)     fsync
 deciding clock  CLOCK_BOOTTIME       CLOCK_MONOTONIC            CLOCK_MONOTONIC
 boot identity   kernel boot_id       kern.bootsessionuuid       kern.boottime
 process start   /proc/<pid>/stat     sysctl KERN_PROC_PID       unknown (os.kill only)
+group alive     /proc/*/stat pgrp    killpg(pgid, 0)            killpg(pgid, 0)
 locking         flock                flock                      flock
 ==============  ===================  =========================  =======================
 
@@ -42,6 +43,7 @@ __all__ = [
     "clock_name",
     "clock_ns",
     "describe",
+    "group_alive",
     "host_name",
     "lock",
     "parent_death_setup",
@@ -51,6 +53,7 @@ __all__ = [
     "process_start",
     "replace_file",
     "select",
+    "stop_group",
     "sync_data",
     "sync_dir",
     "sync_file",
@@ -122,6 +125,9 @@ boot_id = current.boot_id
 #: When a process started (opaque), `UNKNOWN_START`, or None when it is gone.
 process_start = current.process_start
 host_name = current.host_name
+#: Whether a process group has a running member, and stopping one (its leader's start known).
+group_alive = current.group_alive
+stop_group = current.stop_group
 #: A process's command name and parent pid (walking up to a session's client).
 process_parent = current.process_parent
 #: Which primitive decides each answer here, for people (`dibs doctor`).

@@ -18,6 +18,8 @@ Every primitive here is chosen so that it is *safe* where it is weaker than Linu
   running until its parent reaps it.
 * locking: ``flock`` on the store's lock file (BSD locks: per open file, released when the
   holder dies).
+* process groups: ``killpg(pgid, 0)`` says whether a group has a member, a zombie included;
+  `stop_group` signals a group only while its leader runs with the recorded start time.
 """
 
 from __future__ import annotations
@@ -155,6 +157,47 @@ class Posix:
         except OverflowError:
             return None  # not a pid this system can have
         return UNKNOWN_START
+
+    def group_alive(self, pgid: int) -> bool:
+        """Whether process group *pgid* has a member (``killpg(pgid, 0)``). A zombie counts
+        as a member until its parent reaps it."""
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's group: it exists
+        return True
+
+    def stop_group(self, pgid: int, start: int | None, grace: float) -> bool:
+        """Stop the process group *pgid* whose leader started at *start*: SIGTERM, SIGKILL to
+        what is left *grace* seconds later, then up to *grace* seconds more for it to go.
+
+        Only a leader that still runs with that very start time is signalled: a pid is reused,
+        and a group led by another process is someone else's. So nothing is sent when *start*
+        is unknown (None, or `UNKNOWN_START` on a platform that cannot read it) or the leader
+        is gone. Once the group is seen gone it gets no further signal (its id may be given
+        again); while it lives, its id cannot be. Returns whether the group was signalled.
+        """
+        import signal
+
+        if start is None or start == UNKNOWN_START or self.process_start(pgid) != start:
+            return False
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, signum)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            deadline = time.monotonic() + grace
+            while self.group_alive(pgid):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            else:
+                return True
+        return True
 
     def process_parent(self, pid: int) -> tuple[str, int] | None:
         """``(command name, parent pid)`` of *pid*, or None when it is gone or unreadable.
