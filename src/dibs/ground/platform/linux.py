@@ -75,8 +75,9 @@ class Linux(Posix):
     def read_boot_id(self) -> str:
         """The kernel's random boot id; the portable answer without ``/proc``."""
         try:
-            with open(_BOOT_ID, encoding="ascii") as f:
-                found = f.read().strip()
+            # Bytes, then decoded: a text file would import the ascii codec (a module) to do it.
+            with open(_BOOT_ID, "rb") as f:
+                found = f.read().decode("ascii").strip()
         except OSError:
             found = ""
         if not found:
