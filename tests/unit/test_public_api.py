@@ -64,7 +64,8 @@ def test_the_edit_guard_stays_off_heavy_modules(tmp_path: Path) -> None:
 
 def test_a_claim_and_release_stay_off_heavy_modules(tmp_path: Path) -> None:
     """`dibs claim issue:X` and `dibs release issue:X` (an agent's hooks run them) import no
-    argparse, and no task package when nothing listens for their events."""
+    argparse, no json or re (dibs.ground.fastjson, tests/unit/test_without_re.py) and what
+    they bring, and no task package when nothing listens for their events."""
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
     register = [sys.executable, "-m", "dibs", "agent", "register", "a1", "--json"]
@@ -74,7 +75,7 @@ def test_a_claim_and_release_stay_off_heavy_modules(tmp_path: Path) -> None:
     env |= {"DIBS_AGENT": "a1", "DIBS_TOKEN": json.loads(out.stdout)["token"]}
     heavy = (
         "dataclasses typing pathlib subprocess hashlib tomllib inspect psycopg argparse gettext "
-        "dibs.integrations.tasks"
+        "json re enum functools collections types dibs.integrations.tasks"
     )
     for verb in ("claim", "release"):
         code = (

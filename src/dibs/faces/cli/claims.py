@@ -88,9 +88,14 @@ def quick_args(name: str, args: list[str]) -> Any:
                 found[attribute] = value
         else:
             return None
-    from types import SimpleNamespace
+    return _Namespace(**found, handler=globals()["run_" + name])
 
-    return SimpleNamespace(**found, handler=globals()["run_" + name])
+
+class _Namespace:
+    """What `quick_args` returns: argparse's namespace without argparse (nor ``types``)."""
+
+    def __init__(self, **values: Any):
+        self.__dict__.update(values)
 
 
 def _wait(text: str) -> float:

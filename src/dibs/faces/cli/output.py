@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -149,6 +148,8 @@ def report_error(args: argparse.Namespace, exc: DibsError) -> int:
 
 def print_json(data: Any) -> None:
     """Print *data* as indented JSON."""
+    import json
+
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
