@@ -36,6 +36,50 @@ if TYPE_CHECKING:
 #: a grant or a release, or the record of a refused claim.
 OPS = frozenset(("acquire", "release"))
 REFUSED = frozenset(("refuse",))
+#: Ops that, written by another agent meanwhile, leave a plain claim or release decided
+#: before them as it was (besides the check of their resource's scope): they change only
+#: leases (scope-checked), an integration's tables (which such a decision never reads), or
+#: nothing; and at most the progress of their agent, which only makes it less stuck.
+HARMLESS = frozenset(
+    (
+        "acquire",
+        "release",
+        "refuse",
+        "auto-evict",
+        "force-evict",
+        "record",
+        "message",
+        "inbox-read",
+        "progress",
+        "wait",
+        "wait-end",
+        "plan-add",
+        "plan-drop",
+        "plan-commit",
+        "limit-set",
+        "limit-update",
+        "limit-take",
+        "doc-write",
+        "archive",
+        "land-enqueue",
+        "land-start",
+        "land-done",
+        "land-fail",
+        "land-cancel",
+        "landed",
+        "gate",
+        "outbox",
+        "agent-roles",
+        "worktree-adopt",
+    )
+)
+#: Ops that clash with any commuting decision decided before them: a stale agent seen alive
+#: again (``register``, ``heartbeat``, ``renew``) can make a stuck notice fall due; an agent
+#: gone (``unregister``) frees leases without naming them; ``stuck`` and ``log-repair``
+#: are rare. Every op is in exactly one of the two sets (tests/unit/test_commuting.py).
+CLASHING = frozenset(("register", "unregister", "heartbeat", "renew", "stuck", "log-repair"))
+_HARMLESS = sorted(HARMLESS)
+
 #: Placeholders in a body template (``dibs.append_commuting``): JSON escapes control
 #: characters inside strings, so these bytes never appear unescaped in an encoded event.
 SEQ, TOKEN, TXN = "\x01", "\x02", "\x03"
@@ -113,6 +157,7 @@ def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
         "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
         "templates": bodies,
         "scopes": [scope(event["resource"]) for event in events],
+        "harmless": _HARMLESS,
     }
 
 
