@@ -9,11 +9,11 @@ meanwhile (their seq, and each new fencing token). No client round trip happens 
 lock, so writers of different resources no longer queue behind each other's round trips.
 
 Only a caller that knows its decision reads nothing else may ask for this: the coordinator
-does it for a plain claim (no ``--wait``) and a release (``commutes=True`` on
-``Store.transact``); everything else is decided as before. docs/explanation/postgres.md
-("Writes that commute") gives the argument; with ``DIBS_VERIFY_COMMUTING=1`` (the test suite
-sets it) the store decides again on the caught-up state after every commuting append and
-fails loudly when the answers differ.
+does it for a plain claim (no ``--wait``) and a release (``footprint``, the resources the
+command names, on ``Store.transact``); everything else is decided as before.
+docs/explanation/postgres.md ("Writes that commute") gives the argument; with
+``DIBS_VERIFY_COMMUTING=1`` (the test suite sets it) the store decides again on the
+caught-up state after every commuting append and fails loudly when the answers differ.
 
 Pure: no I/O. The store calls these around the same `dibs.core` decisions as every store.
 """
@@ -27,6 +27,7 @@ from dibs.ground.errors import Conflict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -137,14 +138,19 @@ def templates(events: list[Event]) -> list[str] | None:
     return out
 
 
-def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
+def params(
+    decision: Decision, events: list[Event], footprint: Sequence[str]
+) -> dict[str, Any] | None:
     """What ``dibs.append_commuting`` needs of *decision* (its *events* sealed after the
-    cached state), besides where the cache stands; None when it may not commute."""
+    cached state; *footprint*, the resources it read), besides where the cache stands; None
+    when it may not commute. A refused claim's event names only the first resource blocked,
+    yet it read every one it asked for: the scopes are those of both."""
     agent = mover(decision)
     bodies = templates(events) if agent is not None else None
     if bodies is None:
         return None
     mono = events[0]["mono"]
+    scopes = [scope(event["resource"]) for event in events]
     if any(event["mono"] != mono for event in events):
         return None  # one decision, one time: never otherwise, but the server assumes it
     return {
@@ -156,7 +162,8 @@ def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
         "tokens": [event.get("token") for event in events],
         "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
         "templates": bodies,
-        "scopes": [scope(event["resource"]) for event in events],
+        "scopes": scopes,
+        "reads": sorted({scope(text) for text in footprint}.union(scopes)),
         "harmless": _HARMLESS,
     }
 
