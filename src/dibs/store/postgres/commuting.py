@@ -23,6 +23,7 @@ from __future__ import annotations
 from dibs.core.events import encode
 from dibs.core.resources import scope
 from dibs.core.state import ttl_ns
+from dibs.ground.errors import Conflict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
     from dibs.core.events import Event
     from dibs.core.leases import Decision
 
-#: The only ops a commuting decision may write (anything else reads more of the state).
+#: The only ops a commuting decision may write (anything else reads more of the state):
+#: a grant or a release, or the record of a refused claim.
 OPS = frozenset(("acquire", "release"))
+REFUSED = frozenset(("refuse",))
 #: Placeholders in a body template (``dibs.append_commuting``): JSON escapes control
 #: characters inside strings, so these bytes never appear unescaped in an encoded event.
 SEQ, TOKEN, TXN = "\x01", "\x02", "\x03"
@@ -42,18 +45,25 @@ _QUOTED = {mark: '"\\u000' + str(ord(mark)) + '"' for mark in (SEQ, TOKEN, TXN)}
 def mover(decision: Decision) -> str | None:
     """The agent whose claim or release *decision* is, when it may commute; else None.
 
-    It may when it was not refused and writes only ``acquire`` and ``release`` events of one
-    agent: evictions, renewals, stuck notices and waits read more than that agent's record
+    It may when it writes only ``acquire`` and ``release`` events of one agent and was not
+    refused, or when it was refused as a conflict and writes only that claim's ``refuse``
+    event: evictions, renewals, stuck notices and waits read more than that agent's record
     and the leases on the resources it names.
     """
     events = decision.events
-    if decision.error is not None or not events:
+    if not events:
+        return None
+    if decision.error is None:
+        allowed = OPS
+    elif isinstance(decision.error, Conflict):
+        allowed = REFUSED
+    else:
         return None
     agent = events[0].get("agent")
     if not isinstance(agent, str):
         return None
     for event in events:
-        if event["op"] not in OPS or event.get("agent") != agent:
+        if event["op"] not in allowed or event.get("agent") != agent:
             return None
     return agent
 
@@ -99,7 +109,7 @@ def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
         "notify": any(event["op"] == "release" for event in events),
         "ops": [event["op"] for event in events],
         "resources": [event["resource"] for event in events],
-        "tokens": [event["token"] for event in events],
+        "tokens": [event.get("token") for event in events],
         "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
         "templates": bodies,
         "scopes": [scope(event["resource"]) for event in events],
