@@ -8,7 +8,7 @@ same work without them.
 Only the plain cases take this way: encoding compactly (``separators=(",", ":")``) and decoding
 text that starts with ``{`` or ``[``. Everything else, and every failure (a value JSON cannot
 hold, malformed text, a Python without ``_json``), is handed to ``json`` itself, which gives
-the result or raises the error it always did. `tests/unit/test_fastjson.py` compares the two.
+the result or raises the error it always did. `tests/unit/test_without_re.py` compares the two.
 """
 
 from __future__ import annotations
