@@ -415,3 +415,73 @@ def test_gemini_replace_in_a_free_file_claims_it_for_the_session(
     assert "free = 2\n" == (repo / "src" / "free.py").read_text()
     assert seen.claims is not None
     assert seen.claims["path:src/free.py"].startswith("gemini-")
+
+
+def evict_free(cli: Cli) -> Observe:
+    """An `Observe` step: a person force-evicts the session's claim on src/free.py."""
+
+    def evict() -> None:
+        out = cli("evict", "path:src/free.py", "--reason", "hotfix needs it")
+        assert 0 == out.returncode, out.stderr
+
+    return Observe(evict)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [Call("get_goal", {}), Call("exec_command", {"cmd": "cat src/free.py"})],
+    ids=["unguarded", "guarded"],
+)
+def test_codex_hears_of_an_eviction_on_its_next_tool_call(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path, step: Call
+) -> None:
+    """A person evicts the session's claim mid-session: the next tool call's hook (PostToolUse;
+    for a guarded call, PreToolUse) puts the eviction (resource, who, why) into what the real
+    Codex sends the model (a developer message after the call)."""
+    text = patch("*** Update File: src/free.py\n@@\n-free = 1\n+free = 2\n")
+    script = [Call("apply_patch", text), evict_free(cli), step, Say("done")]
+    with ModelServer(script) as server:
+        codex_setup(repo, cli, home, server)
+        out = clients.codex(repo, home)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+        assert not server.left
+    assert "free = 2\n" == (repo / "src" / "free.py").read_text()
+    assert "was evicted (hotfix needs it, by " in told
+    assert "path:src/free.py" in told
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        Call("read_file", {"file_path": "src/free.py"}),
+        Call("run_shell_command", {"command": "cat src/free.py"}),
+    ],
+    ids=["unguarded", "guarded"],
+)
+def test_gemini_hears_of_an_eviction_on_its_next_tool_call(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path, step: Call
+) -> None:
+    """A person evicts the session's claim mid-session: the next tool call's hook puts the
+    eviction (resource, who, why) into what the real Gemini CLI sends the model, whether
+    or not the guard checks that call first (Gemini CLI drops the context of a BeforeTool
+    reply, so the guard must leave the inbox to AfterTool)."""
+    gemini_setup(repo, cli, home)
+    edit = Call(
+        "replace",
+        {
+            "file_path": str(repo / "src" / "free.py"),
+            "old_string": "free = 1",
+            "new_string": "free = 2",
+            "instruction": "bump free",
+        },
+    )
+    script = [edit, evict_free(cli), step, Say("done")]
+    with ModelServer(script) as server:
+        out = clients.gemini(repo, home, server.url)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+        assert not server.left
+    assert "free = 2\n" == (repo / "src" / "free.py").read_text()
+    assert "was evicted (hotfix needs it, by " in told
+    assert "path:src/free.py" in told

@@ -307,7 +307,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
     import contextlib
     import os
 
-    from dibs.faces.hooks import CONTEXT_EVENTS, TOOL_EVENTS, reply
+    from dibs.faces.hooks import CONTEXT_EVENTS, DEAF_WHEN_ALLOWED, TOOL_EVENTS, reply
     from dibs.ground.errors import DibsError, NotFound
     from dibs.integrations import sessions
     from dibs.integrations.guard import Verdict, check_call
@@ -352,16 +352,17 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
         verdict = check_call(
             coord, call, mode=mode, auto_claim=auto, ttl=coord.settings["guard.auto_claim_ttl"]
         )
-        told = _inbox(coord, payload, verdict)
+        heard = not verdict.allow or payload.event not in DEAF_WHEN_ALLOWED
+        told = _inbox(coord, payload, verdict, push=heard)
         if told:
             verdict.message = "\n\n".join(m for m in (verdict.message, told) if m)
         return reply(payload.host, payload.event, verdict)
 
 
-def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
-    """The acting agent's unread messages for its host's context (acknowledged), and, on an
-    allowed call that writes files (a guarded edit), a note of its progress; never fails
-    the hook."""
+def _inbox(coord: Any, payload: Any, verdict: Any, *, push: bool = True) -> str:
+    """The acting agent's unread messages for its host's context (acknowledged; left unread
+    when not *push*: the host would not show them to the model), and, on an allowed call that
+    writes files (a guarded edit), a note of its progress; never fails the hook."""
     import contextlib
     import os
 
@@ -388,7 +389,7 @@ def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
             name = verified(state, agent, token)
             if name is not None:
                 inbox.note_progress(coord, state, now, name, "edit")
-        return inbox.push(coord, agent, token)
+        return inbox.push(coord, agent, token) if push else ""
     return ""
 
 
