@@ -485,3 +485,20 @@ def test_gemini_hears_of_an_eviction_on_its_next_tool_call(
     assert "free = 2\n" == (repo / "src" / "free.py").read_text()
     assert "was evicted (hotfix needs it, by " in told
     assert "path:src/free.py" in told
+
+
+def test_gemini_warn_mode_tells_the_model(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path
+) -> None:
+    """In warn mode the edit of a held file goes through and the warning reaches the model
+    (Gemini CLI drops an allowed BeforeTool's additionalContext: the AfterTool hook says it)."""
+    clients.gemini_home(home, [repo])
+    out = cli("hooks", "install", "--gemini", "--mode", "warn", env={"HOME": str(home)})
+    assert 0 == out.returncode, out.stderr
+    step = Call("write_file", {"file_path": "src/held.py", "content": "held = 2\n"})
+    with ModelServer([step, Say("done")]) as server:
+        out = clients.gemini(repo, home, server.url)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+    assert "held = 2\n" == (repo / "src" / "held.py").read_text()
+    assert "src/held.py is held by other" in told
