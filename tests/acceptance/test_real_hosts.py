@@ -290,10 +290,13 @@ def test_claude_code_mcp_claim_and_edit_act_as_one_agent(
 # Codex --------------------------------------------------------------------------------------
 
 
-def codex_setup(repo: Path, cli: Cli, home: Path, server: ModelServer) -> None:
+def codex_setup(
+    repo: Path, cli: Cli, home: Path, server: ModelServer, *, mode: str = "block"
+) -> None:
     """Codex with the guard in the project's .codex/hooks.json, project and hook trusted."""
     folder = clients.codex_home(home, server.url, [repo])
-    out = cli("hooks", "install", "--codex", env={"HOME": str(home), "CODEX_HOME": str(folder)})
+    env = {"HOME": str(home), "CODEX_HOME": str(folder)}
+    out = cli("hooks", "install", "--codex", "--mode", mode, env=env)
     assert 0 == out.returncode, out.stderr
     hooks = repo / ".codex" / "hooks.json"
     assert hooks.exists()
@@ -337,6 +340,21 @@ def test_codex_patch_adding_a_free_file_claims_it_for_the_session(
     assert "new = 1\n" == (repo / "src" / "new.py").read_text()
     assert seen.claims is not None
     assert seen.claims["path:src/new.py"].startswith("codex-")
+
+
+def test_codex_warn_mode_tells_the_model(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path
+) -> None:
+    """In warn mode a patch of a held file goes through and the warning (additionalContext
+    of PreToolUse) reaches the model."""
+    text = patch("*** Update File: src/held.py\n@@\n-held = 1\n+held = 2\n")
+    with ModelServer([Call("apply_patch", text), Say("done")]) as server:
+        codex_setup(repo, cli, home, server, mode="warn")
+        out = clients.codex(repo, home)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+    assert "held = 2\n" == (repo / "src" / "held.py").read_text()
+    assert "src/held.py is held by other" in told
 
 
 def test_codex_runs_a_hook_only_once_it_is_trusted(repo: Path, home: Path, tmp_path: Path) -> None:
