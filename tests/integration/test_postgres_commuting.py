@@ -185,3 +185,27 @@ def test_writers_of_different_resources_append_without_waiting_for_each_other(
     finally:
         a.close()
         b.close()
+
+
+def test_a_refusal_reads_every_resource_it_asked_for(server: str) -> None:
+    """A claim of two resources refused on the first one read the second as well: a write to
+    the second made meanwhile clashes, and the refusal is decided again (naming the first
+    resource blocked on the state as it is now)."""
+    namespace = f"c{next(_names)}"
+    a, b = (PostgresStore(server, namespace=namespace) for _ in range(2))
+    try:
+        a.create()
+        ca, cb = Coordinator(a, liveness=FakeLiveness()), Coordinator(b, liveness=FakeLiveness())
+        cb.register("b", ttl=3600)
+        ca.register("a", ttl=3600)
+        cb.claim(["issue:2"])
+        ca.claim(["issue:0"])  # a's cache: b holds issue:2 only
+        cb.claim(["issue:1"])  # a's cache does not know this one
+        a.profile = {}
+        with pytest.raises(Conflict) as refused:
+            ca.claim(["issue:1", "issue:2"])
+        assert "issue:1 is held by b" in str(refused.value)
+        assert 1 == a.profile.get("commuting-clash")
+    finally:
+        a.close()
+        b.close()

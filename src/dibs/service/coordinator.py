@@ -58,7 +58,7 @@ from dibs.service.views import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
     from typing import Any
 
@@ -189,12 +189,16 @@ class Coordinator:
         return Context(now, self.liveness, stuck_after=stuck_after, evict_stuck=evict)
 
     def transact(
-        self, decide: Callable[[State, Context], Decision], *, commutes: bool = False
+        self,
+        decide: Callable[[State, Context], Decision],
+        *,
+        footprint: Sequence[str] | None = None,
     ) -> Decision:
         """Run *decide* atomically against the store; raise its error after appending.
 
-        *commutes*: *decide* is a plain claim or release (see `dibs.store.base.Store.transact`);
-        only the lease commands below pass it.
+        *footprint*: *decide* is a plain claim or release and these are the resources it reads
+        besides its agent's record (see `dibs.store.base.Store.transact`); only the lease
+        commands below pass it.
 
         The same step acts on the stuck agents it meets (`leases.stuck_events`): lazy, like
         eviction, so no daemon is needed. Integrations (worktrees, the merge queue, plans)
@@ -208,7 +212,7 @@ class Coordinator:
                 decision.events += leases.stuck_events(state, ctx, decision.events)
             return decision
 
-        decision = self.store.transact(step, commutes=commutes)
+        decision = self.store.transact(step, footprint=footprint)
         if decision.error is not None:
             raise decision.error
         return decision
@@ -256,11 +260,13 @@ class Coordinator:
     def _command(self, command: object) -> Decision:
         # A plain claim or release reads only its agent and the leases on its resources; a
         # waiting claim also reads the recorded waits, so it does not commute.
-        commutes = isinstance(command, leases.Release) or (
-            isinstance(command, leases.Acquire) and command.waiter is None
-        )
+        footprint: list[str] | None = None
+        if isinstance(command, leases.Release):
+            footprint = [r.text for r in command.resources or ()]
+        elif isinstance(command, leases.Acquire) and command.waiter is None:
+            footprint = [r.text for r in command.resources]
         return self.transact(
-            lambda state, ctx: leases.decide(state, command, ctx), commutes=commutes
+            lambda state, ctx: leases.decide(state, command, ctx), footprint=footprint
         )
 
     def _identity(self) -> tuple[str, str]:

@@ -51,7 +51,7 @@ from dibs.ground.errors import CorruptLog, LogBehind, StoreIOError, StoreUnavail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -601,7 +601,7 @@ class LocalStore:
         self,
         decide: DecideFn,
         *,
-        commutes: bool = False,  # noqa: ARG002 -- every decision here is made on a current state
+        footprint: Sequence[str] | None = None,  # noqa: ARG002 -- decided on a current state
     ) -> Decision:
         """Decide and append atomically (see `dibs.store.base.Store.transact`)."""
         with self._tlock:

@@ -14,7 +14,7 @@ from dibs.ground import host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from dibs.core.events import Event
     from dibs.core.leases import Decision
@@ -40,7 +40,7 @@ class MemoryStore:
         self,
         decide: DecideFn,
         *,
-        commutes: bool = False,  # noqa: ARG002 -- every decision here is made on a current state
+        footprint: Sequence[str] | None = None,  # noqa: ARG002 -- decided on a current state
     ) -> Decision:
         """Decide and apply atomically (see `dibs.store.base.Store.transact`)."""
         with self._lock:

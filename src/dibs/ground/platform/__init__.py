@@ -1,18 +1,19 @@
 """This machine's primitives, chosen per platform on purpose: the one place that knows them.
 
-Every store and integration reaches the operating system's durability, clock, boot, process
-and locking primitives through this package (a test greps ``src/`` for direct uses):
+Every store and integration reaches the operating system's durability, clock, boot, process,
+locking and peer-credential primitives through this package (a test greps ``src/`` for direct uses):
 
-==============  ===================  =========================  =======================
-primitive       Linux (`linux`)      macOS (`darwin`)           other POSIX (`posix`)
-==============  ===================  =========================  =======================
-durable sync    fdatasync            F_FULLFSYNC (or fsync)     fsync
-deciding clock  CLOCK_BOOTTIME       CLOCK_MONOTONIC            CLOCK_MONOTONIC
-boot identity   kernel boot_id       kern.bootsessionuuid       kern.boottime
-process start   /proc/<pid>/stat     sysctl KERN_PROC_PID       unknown (os.kill only)
-group alive     /proc/*/stat pgrp    killpg(pgid, 0)            killpg(pgid, 0)
-locking         flock                flock                      flock
-==============  ===================  =========================  =======================
+==============  =================  =========================  ======================
+primitive       Linux (`linux`)    macOS (`darwin`)           other POSIX (`posix`)
+==============  =================  =========================  ======================
+durable sync    fdatasync          F_FULLFSYNC (or fsync)     fsync
+deciding clock  CLOCK_BOOTTIME     CLOCK_MONOTONIC            CLOCK_MONOTONIC
+boot identity   kernel boot_id     kern.bootsessionuuid       kern.boottime
+process start   /proc/<pid>/stat   sysctl KERN_PROC_PID       unknown (os.kill only)
+group alive     /proc/*/stat pgrp  killpg(pgid, 0)            killpg(pgid, 0)
+locking         flock              flock                      flock
+peer creds      SO_PEERCRED        getpeereid, LOCAL_PEERPID  none: no CLI helper
+==============  =================  =========================  ======================
 
 Linux falls back to the portable answers where ``/proc`` is not mounted or ``os.fdatasync``
 is missing. Each module says what its choices guarantee; docs/explanation/platforms.md
@@ -47,6 +48,8 @@ __all__ = [
     "host_name",
     "lock",
     "parent_death_setup",
+    "peer_credentials",
+    "peer_credentials_name",
     "problem",
     "process_alive",
     "process_parent",
@@ -130,6 +133,10 @@ group_alive = current.group_alive
 stop_group = current.stop_group
 #: A process's command name and parent pid (walking up to a session's client).
 process_parent = current.process_parent
+#: ``(pid, uid)`` of a Unix socket's peer, from the kernel (the CLI helper serves only its own
+#: user); OSError when unknown. The name is None where there is none: no helper then.
+peer_credentials = current.peer_credentials
+peer_credentials_name = current.peer_credentials_name
 #: Which primitive decides each answer here, for people (`dibs doctor`).
 describe = current.describe
 parent_death_setup: Callable[[], Callable[[], None] | None] = current.parent_death_setup

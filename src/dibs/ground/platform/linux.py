@@ -14,6 +14,8 @@ Each answer degrades to the portable one (`dibs.ground.platform.posix`) when its
 * process identity: the pid with its start time (``/proc/<pid>/stat`` field 22, clock ticks
   since boot): a pid reused by another process has another start time. A zombie is gone.
 * parent death: the child of ``dibs run`` asks for ``PR_SET_PDEATHSIG`` (prctl, via ctypes).
+* peer credentials: ``SO_PEERCRED`` (``struct ucred``: pid, uid, gid) on the CLI helper's
+  socket, a plain getsockopt (no ctypes on the hot path of every relayed call).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dibs.ground.platform.posix import Posix
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _PR_SET_PDEATHSIG = 1
@@ -133,6 +136,22 @@ class Linux(Posix):
                 return True
         return False
 
+    def peer_credentials(self, sock: Any) -> tuple[int, int]:
+        """``SO_PEERCRED``: the pid and uid the kernel recorded when the peer connected."""
+        import _socket
+
+        option = getattr(_socket, "SO_PEERCRED", None)
+        if option is None:
+            return super().peer_credentials(sock)
+        raw = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+        return parse_ucred(raw)
+
+    def peer_credentials_name(self) -> str | None:
+        """SO_PEERCRED where this Python has it."""
+        import _socket
+
+        return "SO_PEERCRED" if hasattr(_socket, "SO_PEERCRED") else None
+
     def parent_death_setup(self) -> Callable[[], None] | None:
         """prctl(PR_SET_PDEATHSIG, SIGTERM) in the child, then a check that the parent did not
         die before the request took hold (the child would then wait for a death already past)."""
@@ -177,3 +196,11 @@ def parse_stat(stat: bytes) -> int | None:
         return int(fields[19])
     except ValueError:
         return None
+
+
+def parse_ucred(raw: bytes) -> tuple[int, int]:
+    """``(pid, uid)`` from a ``struct ucred`` (three native ints: pid, uid, gid)."""
+    import struct
+
+    pid, uid, _gid = struct.unpack("3i", raw[:12])
+    return pid, uid

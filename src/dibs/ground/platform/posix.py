@@ -20,6 +20,9 @@ Every primitive here is chosen so that it is *safe* where it is weaker than Linu
   holder dies).
 * process groups: ``killpg(pgid, 0)`` says whether a group has a member, a zombie included;
   `stop_group` signals a group only while its leader runs with the recorded start time.
+* peer credentials (who is at the other end of a Unix socket): none. POSIX has no call for
+  it, and the BSDs' ``getpeereid`` names no process, which the CLI helper needs to run a call
+  as its caller's; so the helper is off here and every call runs directly.
 """
 
 from __future__ import annotations
@@ -221,6 +224,22 @@ class Posix:
         if not ppid.isdigit():
             return None
         return os.path.basename(name.strip()), int(ppid)
+
+    # Peer credentials -------------------------------------------------------------------
+
+    def peer_credentials(self, sock: Any) -> tuple[int, int]:  # noqa: ARG002 -- none here
+        """``(pid, uid)`` of the process at the other end of the connected Unix socket *sock*,
+        as the kernel recorded them (never what that process says): the CLI helper serves
+        only its own user, and runs a call as the client process's. OSError when the kernel
+        does not tell; always here, where `peer_credentials_name` is None."""
+        import errno
+
+        raise OSError(errno.ENOSYS, "no peer credentials on this platform")
+
+    def peer_credentials_name(self) -> str | None:
+        """The primitive behind `peer_credentials`, for people; None where there is none (the
+        CLI helper is then off: every call runs directly)."""
+        return None
 
     def liveness_name(self) -> str:
         """How `process_start` tells a process, for people."""

@@ -9,11 +9,11 @@ meanwhile (their seq, and each new fencing token). No client round trip happens 
 lock, so writers of different resources no longer queue behind each other's round trips.
 
 Only a caller that knows its decision reads nothing else may ask for this: the coordinator
-does it for a plain claim (no ``--wait``) and a release (``commutes=True`` on
-``Store.transact``); everything else is decided as before. docs/explanation/postgres.md
-("Writes that commute") gives the argument; with ``DIBS_VERIFY_COMMUTING=1`` (the test suite
-sets it) the store decides again on the caught-up state after every commuting append and
-fails loudly when the answers differ.
+does it for a plain claim (no ``--wait``) and a release (``footprint``, the resources the
+command names, on ``Store.transact``); everything else is decided as before.
+docs/explanation/postgres.md ("Writes that commute") gives the argument; with
+``DIBS_VERIFY_COMMUTING=1`` (the test suite sets it) the store decides again on the
+caught-up state after every commuting append and fails loudly when the answers differ.
 
 Pure: no I/O. The store calls these around the same `dibs.core` decisions as every store.
 """
@@ -27,6 +27,7 @@ from dibs.ground.errors import Conflict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -36,6 +37,50 @@ if TYPE_CHECKING:
 #: a grant or a release, or the record of a refused claim.
 OPS = frozenset(("acquire", "release"))
 REFUSED = frozenset(("refuse",))
+#: Ops that, written by another agent meanwhile, leave a plain claim or release decided
+#: before them as it was (besides the check of their resource's scope): they change only
+#: leases (scope-checked), an integration's tables (which such a decision never reads), or
+#: nothing; and at most the progress of their agent, which only makes it less stuck.
+HARMLESS = frozenset(
+    (
+        "acquire",
+        "release",
+        "refuse",
+        "auto-evict",
+        "force-evict",
+        "record",
+        "message",
+        "inbox-read",
+        "progress",
+        "wait",
+        "wait-end",
+        "plan-add",
+        "plan-drop",
+        "plan-commit",
+        "limit-set",
+        "limit-update",
+        "limit-take",
+        "doc-write",
+        "archive",
+        "land-enqueue",
+        "land-start",
+        "land-done",
+        "land-fail",
+        "land-cancel",
+        "landed",
+        "gate",
+        "outbox",
+        "agent-roles",
+        "worktree-adopt",
+    )
+)
+#: Ops that clash with any commuting decision decided before them: a stale agent seen alive
+#: again (``register``, ``heartbeat``, ``renew``) can make a stuck notice fall due; an agent
+#: gone (``unregister``) frees leases without naming them; ``stuck`` and ``log-repair``
+#: are rare. Every op is in exactly one of the two sets (tests/unit/test_commuting.py).
+CLASHING = frozenset(("register", "unregister", "heartbeat", "renew", "stuck", "log-repair"))
+_HARMLESS = sorted(HARMLESS)
+
 #: Placeholders in a body template (``dibs.append_commuting``): JSON escapes control
 #: characters inside strings, so these bytes never appear unescaped in an encoded event.
 SEQ, TOKEN, TXN = "\x01", "\x02", "\x03"
@@ -93,14 +138,19 @@ def templates(events: list[Event]) -> list[str] | None:
     return out
 
 
-def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
+def params(
+    decision: Decision, events: list[Event], footprint: Sequence[str]
+) -> dict[str, Any] | None:
     """What ``dibs.append_commuting`` needs of *decision* (its *events* sealed after the
-    cached state), besides where the cache stands; None when it may not commute."""
+    cached state; *footprint*, the resources it read), besides where the cache stands; None
+    when it may not commute. A refused claim's event names only the first resource blocked,
+    yet it read every one it asked for: the scopes are those of both."""
     agent = mover(decision)
     bodies = templates(events) if agent is not None else None
     if bodies is None:
         return None
     mono = events[0]["mono"]
+    scopes = [scope(event["resource"]) for event in events]
     if any(event["mono"] != mono for event in events):
         return None  # one decision, one time: never otherwise, but the server assumes it
     return {
@@ -112,7 +162,9 @@ def params(decision: Decision, events: list[Event]) -> dict[str, Any] | None:
         "tokens": [event.get("token") for event in events],
         "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
         "templates": bodies,
-        "scopes": [scope(event["resource"]) for event in events],
+        "scopes": scopes,
+        "reads": sorted({scope(text) for text in footprint}.union(scopes)),
+        "harmless": _HARMLESS,
     }
 
 

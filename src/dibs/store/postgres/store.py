@@ -66,7 +66,7 @@ from dibs.store.postgres.listen import Listening
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -80,13 +80,13 @@ class PostgresStore(Listening):
 
     # Writing ----------------------------------------------------------------------------
 
-    def transact(self, decide: DecideFn, *, commutes: bool = False) -> Decision:
+    def transact(self, decide: DecideFn, *, footprint: Sequence[str] | None = None) -> Decision:
         """Decide and append atomically (see `dibs.store.base.Store.transact`).
 
-        *commutes*: the caller vouches that a claim or release *decide* returns reads only
-        its agent's record and the leases that may overlap the resources it names (the
-        coordinator's plain claims and releases); such a decision is appended past what
-        others wrote meanwhile when none of it touches those (`commuting`).
+        *footprint*: the caller vouches that *decide* is a plain claim or release reading only
+        its agent's record and the leases that may overlap these resources (the coordinator's
+        plain claims and releases); such a decision is appended past what others wrote
+        meanwhile when none of it touches those (`commuting`).
         """
         with self._tlock:
             request = os.urandom(16).hex()
@@ -104,7 +104,7 @@ class PostgresStore(Listening):
                             if decision is not None:
                                 return decision
                             pending = None  # it did not happen: decide again
-                        return self._step(conn, decide, request, commutes)
+                        return self._step(conn, decide, request, footprint)
                     finally:
                         self._disarm()
                 except _Lost as lost:
@@ -173,7 +173,11 @@ class PostgresStore(Listening):
         return now
 
     def _step(
-        self, conn: psycopg.Connection[Any], decide: DecideFn, request: str, commutes: bool
+        self,
+        conn: psycopg.Connection[Any],
+        decide: DecideFn,
+        request: str,
+        footprint: Sequence[str] | None,
     ) -> Decision:
         """One decision: a renewal without the lock, optimistically in one round trip, or
         else under the namespace lock.
@@ -200,11 +204,13 @@ class PostgresStore(Listening):
         if renewal is not None and self._renew(conn, state, renewal):
             return decision
         if (
-            commutes
+            footprint is not None
             and commuting.mover(decision) is not None
             and not live.expiring(state, now.mono, self._confirmed)[0]
         ):
-            decided = self._commuting(conn, decide, request, state, (now, decided_us, decision))
+            decided = self._commuting(
+                conn, decide, request, (state, now, decided_us, decision), footprint
+            )
             if decided is not None:
                 return decided
             return self._locked(conn, decide, request)
@@ -256,15 +262,15 @@ class PostgresStore(Listening):
         conn: psycopg.Connection[Any],
         decide: DecideFn,
         request: str,
-        state: State,
-        first: tuple[Now, int | None, Decision],
+        decided: tuple[State, Now, int | None, Decision],
+        footprint: Sequence[str],
     ) -> Decision | None:
         """Append a claim or release in one statement, moved up past whatever was written
         since *state* if all of that commutes with it (`commuting`); None when it did not
         (the state has caught up with what the server sent back: decide under the lock)."""
-        now, decided_us, decision = first
+        state, now, decided_us, decision = decided
         events = seal(decision.events, state.seq)
-        params = commuting.params(decision, events)
+        params = commuting.params(decision, events, footprint)
         if params is None:
             return None
         pending = (decision, events)

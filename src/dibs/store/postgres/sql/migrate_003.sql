@@ -57,9 +57,10 @@ $$;
 
 -- A claim or release by one agent (mover), decided by the client on its cached state at seq
 -- expected, appended in one statement whatever was written since, when all of that commutes
--- with it: no event since is by mover, none is other than an acquire, release, refusal or
--- eviction, and none names a resource whose scope may overlap one of this decision's
--- (scopes). The rules ran on the client; this function decides nothing, it only checks that
+-- with it: no event since is by mover, every one's op is harmless (the client's list,
+-- `dibs.store.postgres.commuting.HARMLESS`: ops that change only leases, tables or nothing),
+-- and none names a resource whose scope may overlap one the decision read (reads: the
+-- scopes of the resources the command named and of its events; scopes: each event's own). The rules ran on the client; this function decides nothing, it only checks that
 -- the rules would have decided the same on the state as it is now.
 --
 -- The decision's events were numbered from expected + 1 and its new fencing tokens from
@@ -77,7 +78,7 @@ CREATE FUNCTION dibs.append_commuting(
     ns text, expected bigint, base_token bigint, request_key text, decided_us bigint,
     notify boolean, mover text, mono bigint,
     ops text[], resources text[], tokens bigint[], ttls bigint[], templates text[],
-    scopes text[]
+    scopes text[], reads text[], harmless text[]
 ) RETURNS TABLE (added bigint, micros bigint, moved bigint, lifted bigint, count bigint,
                  bodies text)
 LANGUAGE plpgsql AS $$
@@ -107,10 +108,10 @@ BEGIN
         SELECT count(*), coalesce(string_agg(e.body, E'\n' ORDER BY e.seq), ''),
                coalesce(bool_or(
                    e.agent = mover
-                   OR e.op NOT IN ('acquire', 'release', 'refuse', 'auto-evict', 'force-evict')
+                   OR e.op <> ALL (harmless)
                    OR (e.resource IS NOT NULL AND (
                        e.scope IS NULL
-                       OR EXISTS (SELECT 1 FROM unnest(scopes) s
+                       OR EXISTS (SELECT 1 FROM unnest(reads) s
                                   WHERE dibs.may_overlap(s, e.scope))))), false)
         INTO between_count, between_bodies, clash
         FROM dibs.events e WHERE e.namespace = ns AND e.seq > expected;
