@@ -12,8 +12,10 @@ commit), from the same number of clients, against the same server, in the same r
    resources in a loop (operations per second, a claim or a release each) / raw with the same
    clients. Goal: at least 0.5x at 16 clients. Then the same clients each holding two leases
    and heartbeating in a loop (a heartbeat each): the write that decides nothing.
-   For the claim loops, where a locked write spends its time: the first round trip (lock wait
-   included), the client's turnaround between the round trips, and the append + commit.
+   For the claim loops, how the writes were made (commuting: one statement, moved past
+   others' unrelated writes; optimistic; locked) and where a locked write spends its time:
+   the first round trip (lock wait included), the client's turnaround between the round
+   trips, and the append + commit.
 3. The same two figures for the local store (on this machine's disk), in the same run, for the
    README's "when to switch" advice.
 4. A CLI call and the edit guard on PostgreSQL end to end, through the CLI helper and direct,
@@ -177,19 +179,25 @@ def throughput(target: str, clients: int, seconds: float, raw: bool, kind: str =
 
 
 def print_profile(clients: int) -> None:
-    """Where the time of a locked write goes, averaged over every locked write of the run."""
+    """How the claim loop's writes were made, and where the time of a locked write goes,
+    averaged over every locked write of the run."""
+    counts = {k: PROFILE.get(k, 0.0) for k in ("commuting", "commuting-moved", "commuting-clash")}
+    commuted = counts["commuting"] + counts["commuting-moved"]
+    print(
+        f"  {clients} clients, writes: commuting {commuted:.0f}"
+        f" (moved past others' writes {counts['commuting-moved']:.0f}, clashed and locked "
+        f"{counts['commuting-clash']:.0f}), optimistic {PROFILE.get('optimistic', 0):.0f}, "
+        f"locked {PROFILE.get('locked', 0):.0f}"
+    )
     locked = PROFILE.get("locked", 0.0)
     if not locked:
-        print(f"  ({clients} clients: no locked writes)")
         return
     each = {k: PROFILE.get(k, 0.0) / locked * 1e3 for k in ("begin", "decide", "commit")}
     print(
         f"  {clients} clients, per locked write (ms): lock wait + first round trip "
         f"{each['begin']:.3f}, client turnaround (catch-up, decide, encode) "
         f"{each['decide']:.3f}, append + commit {each['commit']:.3f}; "
-        f"locked {locked:.0f}, optimistic {PROFILE.get('optimistic', 0):.0f}, "
-        f"optimistic misses {PROFILE.get('optimistic-miss', 0):.0f}, "
-        f"extra catch-up round trips {PROFILE.get('recatch', 0):.0f}"
+        f"optimistic misses {PROFILE.get('optimistic-miss', 0):.0f}"
     )
 
 
@@ -296,7 +304,7 @@ def main() -> None:
                     f"{f'{name}, {clients} clients (ops/s)':<44}{ours:>12.0f}{base:>12.0f}"
                     f"{ours / base:>7.2f}x{lo:>12.0f}"
                 )
-        print("where a locked claim or release spends its time (PostgreSQL store):")
+        print("how the claim loops wrote, and where a locked write spends its time (PostgreSQL):")
         for clients, profile in profiles:
             PROFILE.clear()
             PROFILE.update(profile)

@@ -26,6 +26,9 @@ BIN = Path(sys.executable).parent
 # whole run does: DIBS_HELPER=on), and a helper a test starts lives in a folder of this run.
 os.environ.setdefault("DIBS_HELPER", "off")
 os.environ.setdefault("DIBS_HELPER_IDLE", "30")
+# Every commuting append on PostgreSQL is decided again on the caught-up state and must match
+# (dibs.store.postgres.commuting): the contract suite, the model and every race test check it.
+os.environ.setdefault("DIBS_VERIFY_COMMUTING", "1")
 if "DIBS_TEST_RUNTIME_DIR" not in os.environ:
     import atexit
     import shutil

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -254,13 +255,29 @@ def test_next_ttl_is_the_ttl_of_the_started_worktrees_claim(repo: Path, cli: Cli
 def test_doctor_repair_removes_a_dead_processors_worktree_and_a_gone_worktrees_landed_branch(
     repo: Path, cli: Cli
 ) -> None:
-    """What a kill mid-landing or mid-finish leaves (a processor's temporary worktree, a
-    landed branch whose worktree is gone) is reported, and removed by --repair."""
+    """What a kill mid-landing or mid-finish leaves (a processor's temporary worktree and the
+    gate still running in it, a landed branch whose worktree is gone) is reported, and
+    removed (stopped) by --repair."""
+    from dibs.ground.host import boot_id, host_id, process_start
+
     settings(repo)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    lander = repo / ".git" / "dibs-land" / f"lander-{gone.pid}-abcdef"
+    lander = repo / ".git" / "dibs-land" / f"lander-{gone.pid}-abcdef.0"
     git(repo, "worktree", "add", "-q", "--detach", str(lander))
+    gate = subprocess.Popen(["sleep", "600"], cwd=lander, start_new_session=True)
+    record = {
+        "processor": f"lander-{gone.pid}-abcdef",
+        "processor_pid": gone.pid,
+        "processor_start": None,
+        "host": host_id(),
+        "boot": boot_id(),
+        "entries": ["q1"],
+        "gate": "tests",
+        "pid": gate.pid,
+        "start": process_start(gate.pid),
+    }
+    Path(f"{lander}.gate").write_text(json.dumps(record))
     env = cli.register("alice")
     started = cli.json("start", "G-1", env=env)
     git(repo, "worktree", "remove", "--force", started["path"])  # finish killed half-way
@@ -268,7 +285,13 @@ def test_doctor_repair_removes_a_dead_processors_worktree_and_a_gone_worktrees_l
     shutil.rmtree(torn["path"])  # ... or before git forgot the folder (prunable)
     kinds = {f["kind"] for f in json.loads(cli("doctor", "--json").stdout)["findings"]}
     assert {"lander-worktree", "worktree-gone", "prunable"} <= kinds
-    assert 0 == cli("doctor", "--repair").returncode
+    try:
+        assert 0 == cli("doctor", "--repair").returncode
+        assert -signal.SIGTERM == gate.wait(timeout=60)
+    finally:
+        gate.kill()
+        gate.wait()
+    assert [] == os.listdir(lander.parent)
     assert 1 == git(repo, "worktree", "list", "--porcelain").count("worktree ")
     assert "" == git(repo, "branch", "--list", "agent/G-*")
 

@@ -3,6 +3,10 @@
 Every test starts its own helper server in a private runtime folder of its own and runs the
 installed ``dibs`` against a PostgreSQL store, with ``DIBS_HELPER=only`` (a call no helper takes
 fails instead of running directly, so a test cannot pass by running direct calls only).
+
+The tests that find the helper's processes through ``/proc`` run on Linux only; the others run
+on macOS too (the helper checks peer credentials with getpeereid there), and the ones marked
+``needs_macos`` only there.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from typing import Any
 
 import pytest
 
+from dibs.faces.cli import helper as client
 from tests.conftest import BIN, Cli, git, make_repo
 
-pytestmark = pytest.mark.postgres
+ON_MACOS = sys.platform == "darwin"
+HAS_PROC = Path("/proc/self/stat").exists()
+needs_proc = pytest.mark.skipif(not HAS_PROC, reason="finds the helper's processes in /proc")
+needs_macos = pytest.mark.skipif(not ON_MACOS, reason="getpeereid and LOCAL_PEERPID: macOS only")
 
 
 def wait_for(check: Any, what: str, seconds: float = 30.0) -> Any:
@@ -53,7 +61,20 @@ class Helper:
             stderr=subprocess.DEVNULL,
         )
         wait_for(self.socket, "the helper's socket")
-        wait_for(self.spare, "the helper's spare")
+        wait_for(self.spare if HAS_PROC else self.answers, "the helper's spare")
+
+    def answers(self) -> bool:
+        """Whether a spare answers a connection (it then runs nothing: no "go" follows)."""
+        path = self.socket()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.connect(str(path))
+            return sock.recv(64).startswith(b"S")
+        except OSError:
+            return False
+        finally:
+            sock.close()
 
     def socket(self) -> Path | None:
         folder = self.rundir / f"dibs-{os.getuid()}"
@@ -96,10 +117,17 @@ class Helper:
 
 
 @pytest.fixture
-def rundir(tmp_path: Path) -> Path:
-    folder = tmp_path / "run"
-    folder.mkdir(mode=0o700)
-    return folder
+def rundir() -> Iterator[Path]:
+    """A private runtime folder under /tmp: pytest's own folders are under $TMPDIR, too long on
+    macOS for a socket address (the helper would then rightly pass them over)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dibs-run-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -112,6 +140,7 @@ def helper(rundir: Path, repo: Path) -> Iterator[Helper]:
         started.stop()
 
 
+@pytest.mark.postgres
 def test_calls_through_the_helper_answer_as_direct_calls(
     tmp_path: Path, pg_database: str, helper: Helper, rundir: Path
 ) -> None:
@@ -165,6 +194,7 @@ def test_calls_through_the_helper_answer_as_direct_calls(
     assert direct == helped
 
 
+@pytest.mark.postgres
 def test_direct_call_on_postgres_starts_a_helper_that_takes_the_next_calls(
     repo: Path, pg_database: str, rundir: Path, helper: Helper
 ) -> None:
@@ -183,6 +213,8 @@ def test_direct_call_on_postgres_starts_a_helper_that_takes_the_next_calls(
     assert [] == json.loads(out.stdout)
 
 
+@needs_proc
+@pytest.mark.postgres
 def test_a_killed_server_loses_no_call_and_calls_then_run_directly(
     tmp_path: Path, pg_database: str, helper: Helper, rundir: Path
 ) -> None:
@@ -222,6 +254,8 @@ def test_a_killed_server_loses_no_call_and_calls_then_run_directly(
     assert ["a2"] == [c["agent"] for c in json.loads(after.stdout)]
 
 
+@needs_proc
+@pytest.mark.postgres
 @pytest.mark.parametrize("victim", ["worker", "client"])
 def test_a_killed_call_has_no_effect_after_it_died(
     tmp_path: Path, pg_database: str, helper: Helper, rundir: Path, victim: str
@@ -296,6 +330,7 @@ def _as_nobody(path: str) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+@needs_proc
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as a second user")
 def test_a_second_user_cannot_use_the_helper() -> None:
     """Another user cannot reach the socket (its folder is the owner's only), and the helper
@@ -325,6 +360,7 @@ def test_a_second_user_cannot_use_the_helper() -> None:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
+@pytest.mark.postgres
 def test_session_agent_is_found_from_the_callers_process_not_the_helpers(
     tmp_path: Path, pg_database: str, helper: Helper, rundir: Path
 ) -> None:
@@ -366,3 +402,170 @@ def test_session_agent_is_found_from_the_callers_process_not_the_helpers(
     finally:
         proc.kill()
         proc.communicate(timeout=10)
+
+
+# Where the socket goes ------------------------------------------------------------------------
+
+TMP = "/tmp"  # noqa: S108 -- where the helper falls back to, not a file of ours
+#: macOS's $TMPDIR is a per-user folder like this one (49 bytes with its trailing slash).
+MAC_TMPDIR = "/var/folders/zz/zyxvpxvq6csfxvn_n0000000000000/T/"
+
+
+def test_linux_keeps_its_runtime_folder_and_ignores_tmpdir() -> None:
+    """Linux: $XDG_RUNTIME_DIR, else /tmp, as always; $TMPDIR plays no part."""
+    env = {"XDG_RUNTIME_DIR": "/run/user/1000", "TMPDIR": "/home/me/tmp"}
+    assert "/run/user/1000/dibs-1000" == client.pick_folder(env, 1000, "linux", 107)
+    assert TMP + "/dibs-1000" == client.pick_folder({"TMPDIR": "/x"}, 1000, "linux", 107)
+
+
+def test_macos_uses_its_private_tmpdir_when_the_socket_fits() -> None:
+    """macOS: $XDG_RUNTIME_DIR when set, else the per-user $TMPDIR, whose socket path fits in
+    sun_path's 104 bytes."""
+    env = {"TMPDIR": MAC_TMPDIR}
+    where = client.pick_folder(env, 501, "darwin", 103)
+    assert MAC_TMPDIR + "dibs-501" == where
+    assert len(os.path.join(where, "helper-0123456789abcdef.sock")) <= 103
+    assert "/run/dibs-501" == client.pick_folder(
+        {**env, "XDG_RUNTIME_DIR": "/run"}, 501, "darwin", 103
+    )
+
+
+@pytest.mark.parametrize("system", ["darwin", "freebsd14"])
+def test_a_folder_too_long_for_a_socket_address_falls_back_to_tmp(system: str) -> None:
+    """A $TMPDIR or $XDG_RUNTIME_DIR whose socket path would pass 103 bytes is passed over for
+    /tmp, which always fits (even for the largest uid): never a socket that cannot be bound."""
+    long = "/Users/someone/" + "x" * 70
+    env = {"TMPDIR": long, "XDG_RUNTIME_DIR": long}
+    assert TMP + "/dibs-501" == client.pick_folder(env, 501, system, 103)
+    largest = client.pick_folder(env, 2**32 - 1, system, 103)
+    assert len(os.path.join(largest, "helper-0123456789abcdef.sock")) <= 103
+    # A path that fits exactly is kept; one byte more is not.
+    base = "/" + "y" * (103 - len("/dibs-501/helper-0123456789abcdef.sock") - 1)
+    assert base + "/dibs-501" == client.pick_folder({"TMPDIR": base}, 501, "darwin", 103)
+    assert TMP + "/dibs-501" == client.pick_folder({"TMPDIR": base + "y"}, 501, "darwin", 103)
+
+
+def test_the_socket_path_of_this_system_fits_its_socket_address() -> None:
+    """The socket's name has the length the check counts, and the limit is this system's."""
+    assert len(os.path.basename(client.socket_path())) == len("helper-0123456789abcdef.sock")
+    assert (107 if sys.platform.startswith("linux") else 103) == client.SUN_PATH_MAX
+
+
+def test_a_runtime_folder_too_long_for_a_socket_serves_from_tmp(
+    tmp_path: Path, rundir: Path, repo: Path
+) -> None:
+    """A server and a client whose $XDG_RUNTIME_DIR is too long both use /tmp/dibs-<uid>, and
+    the calls go through it; neither crashes."""
+    long = rundir / ("x" * (client.SUN_PATH_MAX - len(str(rundir)) - 10))
+    long.mkdir(mode=0o700)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
+    env = {**base, "XDG_RUNTIME_DIR": str(long), "DIBS_HELPER_IDLE": "60"}
+    name = f"helper-{client.key()}"
+    folder = Path(f"/tmp/dibs-{os.getuid()}")  # noqa: S108
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dibs.faces.cli.helper_server"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for((folder / f"{name}.sock").exists, "the helper's socket in /tmp")
+        assert not (long / f"dibs-{os.getuid()}").exists()
+        cli = Cli(repo, env={"XDG_RUNTIME_DIR": str(long), "DIBS_HELPER": "only"})
+        out = wait_for(
+            lambda: (r := cli("claims", "--json")).returncode == 0 and r, "a call through it"
+        )
+        assert [] == json.loads(out.stdout)
+    finally:
+        server.kill()
+        _, err = server.communicate(timeout=10)
+        for suffix in (".sock", ".sock.lock", ".store"):
+            (folder / f"{name}{suffix}").unlink(missing_ok=True)
+    assert b"Traceback" not in err
+
+
+# Without peer credentials ----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_without_peer_credentials_calls_run_directly_and_no_helper_starts(
+    repo: Path, pg_database: str, rundir: Path
+) -> None:
+    """With only the portable primitives (DIBS_PLATFORM=posix: no peer credentials, as on the
+    BSDs) a call never tries the helper, even with DIBS_HELPER=only: it runs directly, starts
+    no server, and a server started by hand refuses to run."""
+    env = {"XDG_RUNTIME_DIR": str(rundir), "DIBS_PLATFORM": "posix"}
+    cli = Cli(repo, env={**env, "DIBS_HELPER": "off"})
+    assert 0 == cli("init", "--store", pg_database).returncode
+    for mode in ("on", "only"):
+        out = cli("claims", "--json", env={"DIBS_HELPER": mode})
+        assert 0 == out.returncode, out.stderr
+        assert [] == json.loads(out.stdout)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
+    server = subprocess.run(
+        [sys.executable, "-m", "dibs.faces.cli.helper_server"],
+        env={**base, **env},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert 1 == server.returncode
+    time.sleep(0.5)  # a server a direct call had started would have made its folder by now
+    assert [] == list(rundir.iterdir())
+
+
+def test_the_client_skips_the_helper_where_the_platform_names_no_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """enabled() asks the platform layer: no peer-credential primitive, no helper."""
+    from dibs.ground import platform
+
+    monkeypatch.delenv("DIBS_HELPER", raising=False)
+    monkeypatch.setattr(platform, "peer_credentials_name", lambda: "SO_PEERCRED")
+    assert client.enabled(["claims"])
+    assert not client.enabled(["run"])
+    monkeypatch.setattr(platform, "peer_credentials_name", lambda: None)
+    assert not client.enabled(["claims"])
+
+
+# macOS -----------------------------------------------------------------------------------------
+
+
+@needs_macos
+def test_macos_calls_go_through_the_helper_checked_by_getpeereid(
+    repo: Path, helper: Helper, rundir: Path
+) -> None:
+    """macOS: the spare checks the client with getpeereid and LOCAL_PEERPID, the client the
+    spare with getpeereid; the calls run in the helper (DIBS_HELPER=only) and answer as
+    direct ones."""
+    helper.start()
+    env = {"XDG_RUNTIME_DIR": str(rundir)}
+    direct = Cli(repo, env={**env, "DIBS_HELPER": "off"})
+    helped = Cli(repo, env={**env, "DIBS_HELPER": "only"})
+    a1 = direct.register("a1")
+    assert 0 == helped("claim", "issue:1", env=a1).returncode
+    mine = helped("claims", "--json")
+    assert 0 == mine.returncode, mine.stderr
+    assert ["a1"] == [c["agent"] for c in json.loads(mine.stdout)]
+    seen = direct("claims", "--json").stdout
+
+    def lasting(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in c.items() if not isinstance(v, float)} for c in claims]
+
+    assert lasting(json.loads(seen)) == lasting(json.loads(mine.stdout))  # times differ
+    a2 = direct.register("a2")
+    refused = helped("claim", "issue:1", env=a2)
+    assert 3 == refused.returncode
+    assert "issue:1 is held by a1" in refused.stderr
+
+
+@needs_macos
+def test_macos_helper_folder_is_in_the_users_tmpdir() -> None:
+    """macOS: without $XDG_RUNTIME_DIR the helper's folder is in the per-user $TMPDIR when its
+    socket fits there (it does with the system's own $TMPDIR), else in /tmp."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    where = client.pick_folder(env, os.getuid(), sys.platform, client.SUN_PATH_MAX)
+    mine = os.path.join(env.get("TMPDIR", "/nowhere"), f"dibs-{os.getuid()}")
+    fits = len(os.fsencode(mine)) + len("/helper-0123456789abcdef.sock") <= 103
+    assert (mine if fits else f"/tmp/dibs-{os.getuid()}") == where  # noqa: S108

@@ -332,6 +332,23 @@ def test_gemini_write_replace_and_shell_are_guarded(repo: Path, work: dict[str, 
     assert denied(run_hook(command, read, repo), "gemini") is None
 
 
+def test_gemini_warn_mode_is_told_by_the_calls_after_tool_hook(
+    repo: Path, work: dict[str, Any], cli: Cli
+) -> None:
+    """Gemini CLI drops what an allowed BeforeTool reply adds: the warning is kept for the
+    same call's AfterTool, which says it once (Gemini appends it to the tool's result)."""
+    assert 0 == cli("hooks", "install", "--gemini", "--mode", "warn").returncode
+    write = gemini_payload(repo, "write_file", {"file_path": "src/app.py", "content": "x"})
+    out = run_hook(installed_command(repo, "gemini"), write, repo, env=work["a1"])
+    assert denied(out, "gemini") is None
+    after = {**write, "hook_event_name": "AfterTool", "tool_response": {"llmContent": "ok"}}
+    command = installed_command(repo, "gemini", "AfterTool")
+    told = json.loads(run_hook(command, after, repo, env=work["a1"]).stdout)
+    assert "src/app.py is held by a2" in told["hookSpecificOutput"]["additionalContext"]
+    assert "AfterTool" == told["hookSpecificOutput"]["hookEventName"]
+    assert {} == json.loads(run_hook(command, after, repo, env=work["a1"]).stdout)
+
+
 # Cursor -----------------------------------------------------------------------------------
 
 

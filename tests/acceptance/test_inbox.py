@@ -36,10 +36,12 @@ def inbox(cli: Cli, env: dict[str, str], *extra: str) -> list[dict[str, Any]]:
     return messages
 
 
-def hook(cli: Cli, env: dict[str, str], payload: dict[str, Any]) -> dict[str, Any]:
-    """What `dibs guard claude` answers Claude Code for *payload*, as *env*'s agent."""
+def hook(
+    cli: Cli, env: dict[str, str], payload: dict[str, Any], host: str = "claude"
+) -> dict[str, Any]:
+    """What `dibs guard HOST` answers the host for *payload*, as *env*'s agent."""
     full = {"session_id": "session-1", "cwd": str(cli.cwd), **payload}
-    out = cli("guard", "claude", env=env, stdin=json.dumps(full))
+    out = cli("guard", host, env=env, stdin=json.dumps(full))
     assert 0 == out.returncode, out.stderr
     answer: dict[str, Any] = json.loads(out.stdout)
     return answer
@@ -87,6 +89,35 @@ def test_a_message_rides_on_an_allowed_edit_of_claude_code(swarm: Cli) -> None:
     output = answer["hookSpecificOutput"]
     assert "permissionDecision" not in output
     assert "[message] from bob: rebase on main before landing" in output["additionalContext"]
+
+
+def test_gemini_hears_its_inbox_after_an_allowed_call_and_in_a_refusal(swarm: Cli) -> None:
+    """Gemini CLI drops the context of a BeforeTool reply that allows the call: the guard
+    leaves the message unread there, and AfterTool carries it. A refusal's reason does reach
+    the model (and no AfterTool follows it), so a refused call carries it."""
+    alice, bob = swarm.register("alice"), swarm.register("bob")
+    assert 0 == swarm("claim", "path:held.txt", env=bob).returncode
+    write = {"hook_event_name": "BeforeTool", "tool_name": "write_file"}
+    assert 0 == swarm("send", "alice", "rebase on main", env=bob).returncode
+    allowed = hook(
+        swarm, alice, {**write, "tool_input": {"file_path": "new.txt", "content": "x"}}, "gemini"
+    )
+    assert {} == allowed
+    after = hook(
+        swarm,
+        alice,
+        {"hook_event_name": "AfterTool", "tool_name": "write_file", "tool_input": {}},
+        "gemini",
+    )
+    assert "[message] from bob: rebase on main" in after["hookSpecificOutput"]["additionalContext"]
+    assert 0 == swarm("send", "alice", "and land soon", env=bob).returncode
+    refused = hook(
+        swarm, alice, {**write, "tool_input": {"file_path": "held.txt", "content": "x"}}, "gemini"
+    )
+    assert "deny" == refused["decision"]
+    assert "held.txt is held by bob" in refused["reason"]
+    assert "[message] from bob: and land soon" in refused["reason"]
+    assert [] == inbox(swarm, alice)
 
 
 def test_a_failed_landing_reaches_the_author(swarm: Cli) -> None:

@@ -391,6 +391,65 @@ def test_a_killed_processor_is_taken_over(repo: Path, cli: Cli, tmp_path: Path) 
     assert 1 == git(repo, "worktree", "list").count("\n")
 
 
+@pytest.mark.parametrize("mode", [("--parallel", "1"), ("--batch", "2")])
+def test_a_killed_processors_gate_is_stopped_before_the_entry_is_tested_again(
+    repo: Path, cli: Cli, tmp_path: Path, mode: tuple[str, str]
+) -> None:
+    """kill -9 of the processor while its gate runs a child that ticks into a file: the gate
+    (a session of its own) survives it; the next `dibs land` stops that gate's whole process
+    group, says so, and lands the entry exactly once."""
+    from dibs.ground.host import process_alive, process_start
+
+    go, leader, child, marker = (tmp_path / n for n in ("go", "leader", "child", "marker"))
+    gate = (
+        f"if [ -f {go} ]; then exit 0; fi; echo $$ > {leader}; "
+        f"(while :; do echo tick >> {marker}; sleep 0.1; done) & echo $! > {child}; wait"
+    )
+    settings(repo, f"tests = {json.dumps(gate)}")
+    env = agent_with_issue(cli, "alice", "O-1")
+    branch(repo, "agent/O-1", {"o": "o\n"})
+    first = subprocess.Popen(
+        [str(BIN / "dibs"), "land", "agent/O-1", *mode],
+        cwd=repo,
+        env={**cli.env, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    orphans: list[tuple[int, int | None]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and child.exists() and child.read_text().strip()):
+            assert time.monotonic() < deadline, "the gate never started"
+            time.sleep(0.05)
+        orphans = [(int(p.read_text()), None) for p in (leader, child)]
+        orphans = [(pid, process_start(pid)) for pid, _ in orphans]
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert all(process_alive(pid, start) for pid, start in orphans)  # SIGKILL spared them
+        go.write_text("")
+        out = cli("land", "agent/O-1", *mode, "--json", env=env)
+        assert 0 == out.returncode, out.stdout + out.stderr
+        deadline = time.monotonic() + 60
+        while any(process_alive(pid, start) for pid, start in orphans):
+            assert time.monotonic() < deadline, "the orphaned gate still runs"
+            time.sleep(0.05)
+        assert "stopped gate tests of entry " in out.stderr
+        assert f"(process group {orphans[0][0]})" in out.stderr
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        for pid, start in orphans:
+            if process_alive(pid, start):
+                os.kill(pid, signal.SIGKILL)
+    assert "landed" == json.loads(out.stdout)["state"]
+    assert "o" in main_files(repo)
+    done = [e["key"] for e in cli.jsonl("log", "--since", "0") if e["op"] == "land-done"]
+    assert 1 == len(done)
+    assert [] == [p.name for p in (repo / ".git" / "dibs-land").iterdir()]
+    assert 1 == git(repo, "worktree", "list").count("\n")
+
+
 def test_python_api(repo: Path) -> None:
     from dibs import Coordinator
     from dibs.integrations import queue

@@ -269,12 +269,18 @@ def test_a_processor_killed_mid_speculation_lands_nothing_twice(
 def test_a_processor_killed_while_gates_run_in_parallel_is_taken_over(
     repo: Path, cli: Cli, tmp_path: Path
 ) -> None:
-    """kill -9 of the processor's whole group while three gates run at once: the next
-    `dibs land` takes over, lands all four in order, once each, leaving no worktree."""
+    """kill -9 of the processor's whole group while three gates run at once: the gates, in
+    sessions of their own, survive it and would run for ever; the next `dibs land` stops all
+    three, takes over, lands all four in order, once each, leaving no worktree."""
+    from dibs.ground.host import process_alive, process_start
+
     go = tmp_path / "go"
     runs = tmp_path / "runs"
     started = tmp_path / "started"
-    wait = f"echo $DIBS_LAND_ISSUES >> {started}; while [ ! -f {go} ]; do sleep 0.1; done; "
+    wait = (
+        f"if [ ! -f {go} ]; then echo $DIBS_LAND_ISSUES $$ >> {started}; "
+        "while :; do sleep 0.1; done; fi; "
+    )
     settings(repo, f"tests = {logging_gate(runs, extra=wait)}")
     envs = queue_branches(cli, repo, "T", [{f"t{n}.txt": f"{n}\n"} for n in range(4)])
     first = subprocess.Popen(
@@ -285,6 +291,7 @@ def test_a_processor_killed_while_gates_run_in_parallel_is_taken_over(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    gates: list[tuple[int, int | None]] = []
     try:
         deadline = time.monotonic() + 60
         while len(gate_runs(started)) < 3:
@@ -292,12 +299,22 @@ def test_a_processor_killed_while_gates_run_in_parallel_is_taken_over(
             time.sleep(0.05)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+        gates = [(int(line[1]), process_start(int(line[1]))) for line in gate_runs(started)]
+        assert all(process_alive(pid, start) for pid, start in gates)
+        go.write_text("")  # the gates run again pass at once
+        out = cli("land", "agent/T-3", "--parallel", "3", "--json", env=envs[3])
+        assert 0 == out.returncode, out.stdout + out.stderr
+        deadline = time.monotonic() + 60
+        while any(process_alive(pid, start) for pid, start in gates):
+            assert time.monotonic() < deadline, "the orphaned gates still run"
+            time.sleep(0.05)
+        assert 3 == out.stderr.count("stopped gate tests of entry "), out.stderr
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
-        go.write_text("")  # the orphaned gates end now, whatever happened above
-    out = cli("land", "agent/T-3", "--parallel", "3", "--json", env=envs[3])
-    assert 0 == out.returncode, out.stdout + out.stderr
+        for pid, start in gates:
+            if process_alive(pid, start):
+                os.killpg(pid, signal.SIGKILL)
     assert [f"work on agent/T-{n}" for n in range(4)] == landed_subjects(repo)
     done = [e["key"] for e in cli.jsonl("log", "--since", "0") if e["op"] == "land-done"]
     assert len(done) == len(set(done)) == 4

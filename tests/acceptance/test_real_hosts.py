@@ -290,10 +290,13 @@ def test_claude_code_mcp_claim_and_edit_act_as_one_agent(
 # Codex --------------------------------------------------------------------------------------
 
 
-def codex_setup(repo: Path, cli: Cli, home: Path, server: ModelServer) -> None:
+def codex_setup(
+    repo: Path, cli: Cli, home: Path, server: ModelServer, *, mode: str = "block"
+) -> None:
     """Codex with the guard in the project's .codex/hooks.json, project and hook trusted."""
     folder = clients.codex_home(home, server.url, [repo])
-    out = cli("hooks", "install", "--codex", env={"HOME": str(home), "CODEX_HOME": str(folder)})
+    env = {"HOME": str(home), "CODEX_HOME": str(folder)}
+    out = cli("hooks", "install", "--codex", "--mode", mode, env=env)
     assert 0 == out.returncode, out.stderr
     hooks = repo / ".codex" / "hooks.json"
     assert hooks.exists()
@@ -337,6 +340,21 @@ def test_codex_patch_adding_a_free_file_claims_it_for_the_session(
     assert "new = 1\n" == (repo / "src" / "new.py").read_text()
     assert seen.claims is not None
     assert seen.claims["path:src/new.py"].startswith("codex-")
+
+
+def test_codex_warn_mode_tells_the_model(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path
+) -> None:
+    """In warn mode a patch of a held file goes through and the warning (additionalContext
+    of PreToolUse) reaches the model."""
+    text = patch("*** Update File: src/held.py\n@@\n-held = 1\n+held = 2\n")
+    with ModelServer([Call("apply_patch", text), Say("done")]) as server:
+        codex_setup(repo, cli, home, server, mode="warn")
+        out = clients.codex(repo, home)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+    assert "held = 2\n" == (repo / "src" / "held.py").read_text()
+    assert "src/held.py is held by other" in told
 
 
 def test_codex_runs_a_hook_only_once_it_is_trusted(repo: Path, home: Path, tmp_path: Path) -> None:
@@ -415,3 +433,90 @@ def test_gemini_replace_in_a_free_file_claims_it_for_the_session(
     assert "free = 2\n" == (repo / "src" / "free.py").read_text()
     assert seen.claims is not None
     assert seen.claims["path:src/free.py"].startswith("gemini-")
+
+
+def evict_free(cli: Cli) -> Observe:
+    """An `Observe` step: a person force-evicts the session's claim on src/free.py."""
+
+    def evict() -> None:
+        out = cli("evict", "path:src/free.py", "--reason", "hotfix needs it")
+        assert 0 == out.returncode, out.stderr
+
+    return Observe(evict)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [Call("get_goal", {}), Call("exec_command", {"cmd": "cat src/free.py"})],
+    ids=["unguarded", "guarded"],
+)
+def test_codex_hears_of_an_eviction_on_its_next_tool_call(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path, step: Call
+) -> None:
+    """A person evicts the session's claim mid-session: the next tool call's hook (PostToolUse;
+    for a guarded call, PreToolUse) puts the eviction (resource, who, why) into what the real
+    Codex sends the model (a developer message after the call)."""
+    text = patch("*** Update File: src/free.py\n@@\n-free = 1\n+free = 2\n")
+    script = [Call("apply_patch", text), evict_free(cli), step, Say("done")]
+    with ModelServer(script) as server:
+        codex_setup(repo, cli, home, server)
+        out = clients.codex(repo, home)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+        assert not server.left
+    assert "free = 2\n" == (repo / "src" / "free.py").read_text()
+    assert "was evicted (hotfix needs it, by " in told
+    assert "path:src/free.py" in told
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        Call("read_file", {"file_path": "src/free.py"}),
+        Call("run_shell_command", {"command": "cat src/free.py"}),
+    ],
+    ids=["unguarded", "guarded"],
+)
+def test_gemini_hears_of_an_eviction_on_its_next_tool_call(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path, step: Call
+) -> None:
+    """A person evicts the session's claim mid-session: the next tool call's hook puts the
+    eviction (resource, who, why) into what the real Gemini CLI sends the model, whether
+    or not the guard checks that call first (Gemini CLI drops the context of a BeforeTool
+    reply, so the guard must leave the inbox to AfterTool)."""
+    gemini_setup(repo, cli, home)
+    edit = Call(
+        "replace",
+        {
+            "file_path": str(repo / "src" / "free.py"),
+            "old_string": "free = 1",
+            "new_string": "free = 2",
+            "instruction": "bump free",
+        },
+    )
+    script = [edit, evict_free(cli), step, Say("done")]
+    with ModelServer(script) as server:
+        out = clients.gemini(repo, home, server.url)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+        assert not server.left
+    assert "free = 2\n" == (repo / "src" / "free.py").read_text()
+    assert "was evicted (hotfix needs it, by " in told
+    assert "path:src/free.py" in told
+
+
+def test_gemini_warn_mode_tells_the_model(
+    repo: Path, cli: Cli, project: dict[str, Any], home: Path
+) -> None:
+    """In warn mode the edit of a held file goes through and the warning reaches the model
+    (Gemini CLI drops an allowed BeforeTool's additionalContext: the AfterTool hook says it)."""
+    clients.gemini_home(home, [repo])
+    out = cli("hooks", "install", "--gemini", "--mode", "warn", env={"HOME": str(home)})
+    assert 0 == out.returncode, out.stderr
+    step = Call("write_file", {"file_path": "src/held.py", "content": "held = 2\n"})
+    with ModelServer([step, Say("done")]) as server:
+        out = clients.gemini(repo, home, server.url)
+        assert 0 == out.returncode, ran(out)
+        told = server.told()
+    assert "held = 2\n" == (repo / "src" / "held.py").read_text()
+    assert "src/held.py is held by other" in told

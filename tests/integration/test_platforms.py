@@ -115,3 +115,32 @@ def test_a_watched_process_holds_its_claims_until_it_dies_without_proc(
     assert 0 == doctor.returncode, doctor.stdout + doctor.stderr
     assert "sync fsync;" in doctor.stdout  # no fdatasync here
     assert "liveness by kill(pid, 0)" in doctor.stdout  # no /proc here
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_the_cli_helper_serves_calls_without_proc() -> None:
+    """Without /proc (as on macOS) the helper still serves calls as direct ones, finds a
+    session's host process (through ps) and falls back to /tmp for a long runtime folder: its
+    acceptance tests that need no /proc of their own pass in a pytest of their own."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-rs",
+            "tests/acceptance/test_helper.py",
+        ],
+        cwd=ROOT,
+        env=without_proc(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert 0 == out.returncode, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout
+    assert "finds the helper's processes in /proc" in out.stdout  # those were skipped

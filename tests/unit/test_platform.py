@@ -55,6 +55,8 @@ FORBIDDEN_CALLS = {
     "time.clock_gettime",
     "time.clock_gettime_ns",
     "os.O_DIRECTORY",
+    "socket.SO_PEERCRED",
+    "_socket.SO_PEERCRED",
 }
 FORBIDDEN_MODULES = {"fcntl", "ctypes"}
 
@@ -384,6 +386,78 @@ def test_process_parent_names_a_child_and_its_parent(kind: type[Posix]) -> None:
     assert kind().process_parent(dead_pid()) is None
 
 
+def test_stop_group_stops_a_group_only_while_its_leader_has_the_recorded_start() -> None:
+    """A process group is signalled only when its leader runs with the start time recorded:
+    another start, an unknown one or none sends nothing; the right one ends the whole group,
+    the leader's children too."""
+    import signal
+    import time
+
+    chosen = platform.select()
+    group = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 60 & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert group.stdout is not None
+        child = int(group.stdout.readline())
+        start = chosen.process_start(group.pid)
+        if start == UNKNOWN_START:
+            pytest.skip("this platform cannot read start times: nothing is ever stopped")
+        assert start is not None
+        for wrong in (start + 1, UNKNOWN_START, None):
+            assert not chosen.stop_group(group.pid, wrong, 0.1)
+        assert chosen.process_start(child) is not None
+        assert chosen.stop_group(group.pid, start, 5.0)
+        group.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while chosen.process_start(child) is not None:
+            assert time.monotonic() < deadline, "the leader's child still runs"
+            time.sleep(0.05)
+    finally:
+        if group.poll() is None:
+            os.killpg(group.pid, signal.SIGKILL)
+            group.wait()
+        if group.stdout is not None:
+            group.stdout.close()
+
+
+def test_posix_stop_group_sends_nothing_without_a_start_time() -> None:
+    """The portable platform cannot tell a reused pid: it never stops a group."""
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert UNKNOWN_START == Posix().process_start(group.pid)
+        assert not Posix().stop_group(group.pid, UNKNOWN_START, 0.1)
+        assert group.poll() is None
+    finally:
+        group.kill()
+        group.wait()
+
+
+@needs_linux
+def test_linux_group_alive_does_not_count_zombies() -> None:
+    """A group whose only member is a zombie nobody reaps (a container's pid 1 may never) is
+    gone for Linux's /proc scan; the portable killpg(pgid, 0) still counts it."""
+    import time
+
+    group = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert Linux().group_alive(group.pid)
+        group.kill()
+        deadline = time.monotonic() + 60
+        while Linux().process_start(group.pid) is not None:  # a zombie, not reaped yet
+            assert time.monotonic() < deadline, "sleep did not die"
+            time.sleep(0.05)
+        assert not Linux().group_alive(group.pid)
+        assert Posix().group_alive(group.pid)
+    finally:
+        group.kill()
+        group.wait()
+    assert not Posix().group_alive(group.pid)
+
+
 def test_proc_stat_parsing_survives_odd_command_names_and_sees_zombies() -> None:
     """/proc/<pid>/stat: a name with spaces and ')' is skipped; a zombie is gone."""
     rest = " ".join(str(n) for n in range(4, 23))
@@ -553,3 +627,193 @@ def test_a_bad_store_sync_is_refused_naming_the_choices(
     monkeypatch.setenv("DIBS_SYNC", "sometimes")
     with pytest.raises(InvalidSetting, match="full, fsync"):
         Coordinator.open(repo)
+
+
+# Peer credentials (the CLI helper) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "primitive"),
+    [
+        ("linux", "SO_PEERCRED" if ON_LINUX else None),
+        ("darwin", "getpeereid + LOCAL_PEERPID" if ON_MACOS else None),
+        ("posix", None),
+    ],
+)
+def test_each_platform_names_its_peer_credentials_or_none(name: str, primitive: str | None) -> None:
+    """Linux reads SO_PEERCRED, macOS getpeereid with LOCAL_PEERPID, the rest nothing (no
+    helper there); on Linux the darwin choice finds no getpeereid in libc and says so."""
+    assert primitive == platform.select(name).peer_credentials_name()
+
+
+def test_without_peer_credentials_the_platform_fails_closed() -> None:
+    """Where no primitive names a socket's peer, asking raises instead of answering anything."""
+    left, right = __import__("socket").socketpair()
+    try:
+        with pytest.raises(OSError, match="no peer credentials"):
+            Posix().peer_credentials(left)
+        if not ON_MACOS:
+            # The darwin choice imports and runs on Linux; glibc has no getpeereid.
+            with pytest.raises(OSError, match="no peer credentials"):
+                Darwin().peer_credentials(left)
+    finally:
+        left.close()
+        right.close()
+
+
+@needs_linux
+def test_linux_peer_credentials_come_from_so_peercred() -> None:
+    """Linux: a connected socket's peer is this process, by the kernel's record."""
+    import socket
+
+    left, right = socket.socketpair()
+    try:
+        assert (os.getpid(), os.getuid()) == Linux().peer_credentials(left)
+    finally:
+        left.close()
+        right.close()
+
+
+def test_linux_reads_pid_and_uid_from_struct_ucred() -> None:
+    """struct ucred is pid, uid, gid as native ints."""
+    import struct
+
+    assert (4242, 1000) == linux.parse_ucred(struct.pack("3i", 4242, 1000, 100))
+
+
+class FakeSocket:
+    """What Darwin.peer_credentials asks of a socket: its fd and LOCAL_PEERPID's answer."""
+
+    def __init__(self, pid: bytes) -> None:
+        self.pid = pid
+        self.asked: list[tuple[int, int, int]] = []
+
+    def fileno(self) -> int:
+        return 7
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        self.asked.append((level, option, size))
+        return self.pid
+
+
+def fake_getpeereid(uid: int, gid: int, result: int = 0) -> Any:
+    """A real C function (a ctypes callback) with getpeereid's signature, answering *uid* and
+    *gid* for fd 7."""
+    import ctypes
+
+    kind = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32)
+    )
+
+    def answer(fd: int, uid_p: Any, gid_p: Any) -> int:
+        assert fd == 7
+        uid_p[0], gid_p[0] = uid, gid
+        return result
+
+    return kind(answer)
+
+
+class FakeLibc:
+    def __init__(self, call: Any) -> None:
+        self.getpeereid = call
+
+
+def test_darwin_peer_credentials_are_getpeereid_and_local_peerpid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS: getpeereid (its C signature set up first) gives the uid, getsockopt(SOL_LOCAL,
+    LOCAL_PEERPID) the pid."""
+    import ctypes
+
+    call = fake_getpeereid(501, 20)
+    monkeypatch.setattr(darwin, "c_library", lambda: FakeLibc(call))
+    sock = FakeSocket((4242).to_bytes(4, sys.byteorder))
+    chosen = Darwin()
+    assert "getpeereid + LOCAL_PEERPID" == chosen.peer_credentials_name()
+    assert (4242, 501) == chosen.peer_credentials(sock)
+    assert [(0, 2, 4)] == sock.asked
+    assert ctypes.c_int is call.restype
+    assert [ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)] == call.argtypes[:2]
+
+
+def test_darwin_peer_credentials_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS: getpeereid refusing, or a LOCAL_PEERPID answer that is no pid, raises OSError
+    (the helper then serves nobody), never a guess."""
+    monkeypatch.setattr(darwin, "c_library", lambda: FakeLibc(fake_getpeereid(501, 20, -1)))
+    with pytest.raises(OSError):
+        Darwin().peer_credentials(FakeSocket((4242).to_bytes(4, sys.byteorder)))
+    monkeypatch.setattr(darwin, "c_library", lambda: FakeLibc(fake_getpeereid(501, 20)))
+    for raw in (
+        b"",
+        b"\0\0",
+        (0).to_bytes(4, sys.byteorder),
+        (-1).to_bytes(4, sys.byteorder, signed=True),
+    ):
+        with pytest.raises(OSError):
+            Darwin().peer_credentials(FakeSocket(raw))
+
+
+def test_darwin_without_a_c_library_has_no_peer_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No libc to load (or none with getpeereid): no primitive, and no exception on import."""
+    monkeypatch.setattr(darwin, "c_library", lambda: None)
+    assert Darwin().peer_credentials_name() is None
+    assert darwin.getpeereid_function() is None
+
+
+@needs_macos
+def test_macos_peer_credentials_name_this_process() -> None:
+    """macOS: both ends of a socket pair are this process, by getpeereid and LOCAL_PEERPID."""
+    import socket
+
+    left, right = socket.socketpair()
+    try:
+        assert (os.getpid(), os.getuid()) == Darwin().peer_credentials(left)
+        assert (os.getpid(), os.getuid()) == Darwin().peer_credentials(right)
+    finally:
+        left.close()
+        right.close()
+
+
+@needs_macos
+def test_macos_peer_credentials_name_another_process() -> None:
+    """macOS: the peer of an accepted connection is the process that connected."""
+    import shutil
+    import socket
+    import tempfile
+
+    # Under /tmp: pytest's folders under $TMPDIR are too long for a socket address on macOS.
+    folder = tempfile.mkdtemp(prefix="dibs-peer-", dir="/tmp")
+    path = os.path.join(folder, "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(path)
+        listener.listen(1)
+        code = (
+            "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+            "s.recv(1)"
+        )
+        client = subprocess.Popen([sys.executable, "-c", code, path])
+        conn, _ = listener.accept()
+        try:
+            assert (client.pid, os.getuid()) == Darwin().peer_credentials(conn)
+        finally:
+            conn.close()
+            client.wait(timeout=30)
+    finally:
+        listener.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_macos
+def test_macos_getpeereid_refuses_a_file_that_is_no_socket(tmp_path: Path) -> None:
+    """macOS: getpeereid on a plain file fails (ENOTSOCK): an OSError, not an answer."""
+    call = darwin.getpeereid_function()
+    assert call is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):
+            darwin.getpeereid(call, fd)
+    finally:
+        os.close(fd)

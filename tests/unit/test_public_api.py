@@ -60,3 +60,28 @@ def test_the_edit_guard_stays_off_heavy_modules(tmp_path: Path) -> None:
     )
     assert "{}" == out.stdout.strip()
     assert "" == out.stderr.strip()
+
+
+def test_a_claim_and_release_stay_off_heavy_modules(tmp_path: Path) -> None:
+    """`dibs claim issue:X` and `dibs release issue:X` (an agent's hooks run them) import no
+    argparse, no json or re (dibs.ground.fastjson, tests/unit/test_without_re.py) and what
+    they bring, and no task package when nothing listens for their events."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
+    register = [sys.executable, "-m", "dibs", "agent", "register", "a1", "--json"]
+    out = subprocess.run(
+        register, capture_output=True, text=True, check=True, cwd=tmp_path, env=env
+    )
+    env |= {"DIBS_AGENT": "a1", "DIBS_TOKEN": json.loads(out.stdout)["token"]}
+    heavy = (
+        "dataclasses typing pathlib subprocess hashlib tomllib inspect psycopg argparse gettext "
+        "json re enum functools collections types dibs.integrations.tasks"
+    )
+    for verb in ("claim", "release"):
+        code = (
+            f"import sys; from dibs.faces.cli import main; code = main([{verb!r}, 'issue:X']); "
+            f"print(code, *sorted(m for m in {heavy.split()!r} if m in sys.modules))"
+        )
+        run = [sys.executable, "-c", code]
+        out = subprocess.run(run, capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+        assert "0" == out.stdout.strip().splitlines()[-1]

@@ -16,8 +16,7 @@ Pure: no I/O and no clock reads; the time is passed in as a `Now`.
 
 from __future__ import annotations
 
-import json
-
+from dibs.ground import fastjson
 from dibs.ground.errors import CorruptLog
 from dibs.ground.now import Now
 
@@ -113,9 +112,6 @@ def new_event(op: str, now: Now, **fields: Any) -> Event:
     return event  # type: ignore[return-value]
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def encode(event: Event) -> bytes:
     """One log line, newline included.
 
@@ -124,7 +120,7 @@ def encode(event: Event) -> bytes:
             through ``surrogateescape``); the faces check their inputs, this is the last net.
     """
     try:
-        return (_encoder.encode(event) + "\n").encode()
+        return (fastjson.dumps(event, ensure_ascii=False) + "\n").encode()
     except UnicodeEncodeError:
         from dibs.ground.errors import UsageError
 
@@ -141,7 +137,7 @@ def decode(line: bytes | str, *, where: str = "the log") -> Event:
         CorruptLog: the line is not a schema-1 event; the message names *where*.
     """
     try:
-        event = json.loads(line)
+        event = fastjson.loads(line)
     except ValueError as exc:
         raise CorruptLog(
             f"{where}: not a JSON event ({exc.args[0] if exc.args else exc})",

@@ -31,17 +31,16 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import functools
-import re
-
 from dibs.ground.errors import InvalidResource
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import re
     from collections.abc import Callable
-    from typing import TypeVar
+    from typing import Any, TypeVar
 
     T = TypeVar("T")
+    R = TypeVar("R")
     # A set of characters: (negated, inclusive code-point ranges). A literal is one positive
     # one-character range; "?" is the negated empty set.
     CharSet = tuple[bool, tuple[tuple[int, int], ...]]
@@ -55,6 +54,32 @@ _SLASH = ord("/")
 _MAX_CODE_POINT = 0x10FFFF
 # Tried first when a witness needs some character, so witnesses read as plain names.
 _PREFERRED = tuple(map(ord, "xyzab_0"))
+
+
+#: Results each of the cached functions keeps (it forgets them all when full).
+_CACHE_SIZE = 16384
+
+
+def _cached(function: Callable[..., R]) -> Callable[..., R]:
+    """``functools.lru_cache`` without functools: importing it (with collections) costs a CLI
+    call about 2 ms, and this module is on every claim's path. A full cache is emptied at once
+    instead of one entry at a time; the functions are pure, so only the time differs."""
+    memo: dict[tuple[Any, ...], R] = {}
+
+    def cached(*args: Any) -> R:
+        try:
+            return memo[args]
+        except KeyError:
+            pass
+        if len(memo) >= _CACHE_SIZE:
+            memo.clear()
+        value = memo[args] = function(*args)
+        return value
+
+    cached.__doc__ = function.__doc__
+    cached.__name__ = function.__name__
+    cached.__wrapped__ = function  # type: ignore[attr-defined]
+    return cached
 
 
 class Glob:
@@ -162,7 +187,7 @@ def _parse_segment(text: str, segment: str) -> Segment:
     return tuple(tokens)
 
 
-@functools.lru_cache(maxsize=16384)
+@_cached
 def parse_glob(text: str) -> Glob:
     """Parse a normalised pattern; the same text returns the same `Glob` while it is cached.
 
@@ -214,6 +239,8 @@ def literal_prefix(glob: Glob) -> tuple[str, ...]:
 
 
 def _charset_regex(charset: CharSet) -> str:
+    import re
+
     negated, ranges = charset
     if not negated and len(ranges) == 1 and ranges[0][0] == ranges[0][1]:
         return re.escape(chr(ranges[0][0]))
@@ -265,6 +292,8 @@ def _compile(glob: Glob) -> Callable[[str], re.Match[str] | None]:
         else:
             chunks[-1] += _segment_regex(part)
     out = chunks[0] + "".join(f"(?>(?:/[^/]++)*?{chunk})" for chunk in chunks[1:] if chunk)
+    import re  # here: a claim that matches no file against a pattern never pays for it
+
     return re.compile(out).match
 
 
@@ -354,7 +383,7 @@ def _search(
     return None
 
 
-@functools.lru_cache(maxsize=16384)
+@_cached
 def _segment_meet(a: Part, b: Part) -> str | None:
     """A segment name both segment patterns match (``None`` stands for ``*``), or None."""
     chars = _search(
@@ -370,7 +399,7 @@ def _with_containment(segments: tuple[Part, ...]) -> tuple[Part, ...]:
     return segments if segments[-1] is None else (*segments, None)
 
 
-@functools.lru_cache(maxsize=16384)
+@_cached
 def witness(a: Glob, b: Glob) -> str | None:
     """A file path covered by both *a* and *b*, or None when there is none."""
     names = _search(_with_containment(a.segments), _with_containment(b.segments), _segment_meet)

@@ -14,8 +14,6 @@ Pure: no I/O. Parsing is cached, so the same text always yields the same `Resour
 
 from __future__ import annotations
 
-import re
-
 from dibs.core import globs
 from dibs.ground.errors import InvalidResource, shown
 
@@ -29,11 +27,10 @@ MAX_PATH = 1024
 #: Line numbers have at most this many digits (ASCII digits only: ``int`` would also take
 #: '²'-like digits and, past 4,300 digits, fail outright).
 LINE_DIGITS = 9
-_LINE_NUMBER = re.compile(rf"[0-9]{{1,{LINE_DIGITS}}}").fullmatch
 EXAMPLES = "issue:ROOSE-158, path:src/auth/**, path:src/app.py#L10-80, worktree:3, lock:github-api"
 
-# One C-level search instead of a Python loop per character: a guard indexes every claim.
-_GLOB_SEARCH = re.compile(r"[*?\[\\]").search
+#: The characters that make a path a pattern (a backslash escapes the next one).
+_GLOB_CHARS = "*?[\\"
 _cache: dict[str, Resource] = {}
 
 
@@ -59,7 +56,7 @@ class Resource:
         self.text = f"{kind}:{name}{suffix}"
         # Most path claims name plain files or folders: they need no glob parsing, which
         # matters when a guard loads a thousand claims on every edit.
-        self.literal = kind == "path" and _GLOB_SEARCH(name) is None
+        self.literal = kind == "path" and _first_glob_char(name) < 0
         self._glob: globs.Glob | None = None
         if kind == "path" and not self.literal:
             self._glob = globs.parse_glob(name)  # validates the pattern now
@@ -206,13 +203,25 @@ def _parse_path(text: str, raw: str) -> Resource:
     return Resource("path", name, lines)
 
 
+def _first_glob_char(name: str) -> int:
+    """Where the first of ``*?[\\`` is in *name*, or -1: four C-level searches (a guard indexes
+    every claim), and no regular expression (``re`` costs a CLI call milliseconds to import)."""
+    found = [i for i in map(name.find, _GLOB_CHARS) if i >= 0]
+    return min(found) if found else -1
+
+
+def _is_line_number(text: str) -> bool:
+    """``[0-9]{1,LINE_DIGITS}``: ASCII digits only (``isdigit`` alone takes '²')."""
+    return 0 < len(text) <= LINE_DIGITS and text.isascii() and text.isdigit()
+
+
 def _split_line_range(text: str, raw: str) -> tuple[str, tuple[int, int] | None]:
     head, sep, tail = raw.rpartition("#")
     if not sep or not tail.startswith("L"):
         return raw, None
     spec = tail[1:]
     first_text, dash, last_text = spec.partition("-")
-    if not _LINE_NUMBER(first_text) or (dash and not _LINE_NUMBER(last_text)):
+    if not _is_line_number(first_text) or (dash and not _is_line_number(last_text)):
         raise InvalidResource(
             f"{shown(text, 80)} has a malformed line range {shown('#' + tail)}",
             hint="write #L10 for one line or #L10-80 for lines 10 to 80, in digits 0-9, "
@@ -277,8 +286,33 @@ def prefix_key(text: str) -> str:
     head, sep, tail = name.rpartition("#")
     if sep and tail.startswith("L") and tail[1:].replace("-", "").isdigit():
         name = head
-    found = _GLOB_SEARCH(name)
-    if found is None:
+    found = _first_glob_char(name)
+    if found < 0:
         return name
-    cut = name.rfind("/", 0, found.start())
+    cut = name.rfind("/", 0, found)
     return name[:cut] if cut >= 0 else ""
+
+
+def scope(text: str | None) -> str | None:
+    """What a claim on the resource *text* can stand in the way of, as a text a database
+    compares without parsing globs: the text itself for most kinds (they overlap only when
+    equal); for a path, ``path:`` and `prefix_key` (two paths can overlap only when one's
+    folder is the other's or lies beneath it, or one is the root ``path:``).
+
+    Never claims less than `overlaps`: when two resources overlap, their scopes are equal,
+    or both are paths and one is ``path:`` or lies beneath the other.
+    """
+    if text is None:
+        return None
+    if text.startswith("path:"):
+        return "path:" + prefix_key(text)
+    return text
+
+
+def scopes_may_overlap(a: str, b: str) -> bool:
+    """Whether resources of scopes *a* and *b* may overlap (``dibs.may_overlap`` in SQL)."""
+    if a == b:
+        return True
+    if not (a.startswith("path:") and b.startswith("path:")):
+        return False
+    return a == "path:" or b == "path:" or a.startswith(b + "/") or b.startswith(a + "/")

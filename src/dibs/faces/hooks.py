@@ -22,7 +22,8 @@ Claude Code, Codex and Gemini CLI all understand one reply, so refusals use it::
      "permissionDecision": "deny", "permissionDecisionReason": R}}
 
 A warning reaches the model as ``hookSpecificOutput.additionalContext`` (Cursor:
-``agent_message``) on an allowed call. Anything the guard cannot parse or check is refused
+``agent_message``) on an allowed call; Gemini CLI drops it there, so it is kept for the
+call's AfterTool (`DEAF_WHEN_ALLOWED`). Anything the guard cannot parse or check is refused
 (`failure`), with how to get unstuck; the hooks' launcher refuses when dibs itself cannot run.
 """
 
@@ -52,6 +53,12 @@ CONTEXT_EVENTS = {
     "AfterTool",
     "BeforeAgent",
 }
+#: Pre-tool events whose reply reaches the model only when it refuses, and the event of the
+#: same call that speaks for them: Gemini CLI reads a BeforeTool reply's stop, decision,
+#: reason and tool_input, and nothing else (its additionalContext is dropped, its
+#: systemMessage shown to the person only). On an allowed call the inbox is left unread and a
+#: warning kept for the call's AfterTool, whose context Gemini appends to the tool's result.
+DEAF_WHEN_ALLOWED = {"BeforeTool": "AfterTool"}
 UNSTUCK = (
     "to get unstuck: run `dibs doctor` in the repository and fix what it reports; or let "
     "edits through with a warning (DIBS_GUARD_MODE=warn, or `dibs hooks install --mode warn`); "

@@ -55,6 +55,13 @@ def process_alive(pid: int, start: int | None) -> bool:
     return platform.process_alive(pid, start)
 
 
+def stop_process_group(pgid: int, start: int | None, grace: float) -> bool:
+    """SIGTERM to the process group *pgid*, SIGKILL *grace* seconds later, if its leader is
+    still the process that started at *start* (an unknown start stops nothing: see
+    `dibs.ground.platform.posix.Posix.stop_group`). Returns whether it was signalled."""
+    return platform.stop_group(pgid, start, grace)
+
+
 class Liveness:
     """Answers ``Context.alive`` for agents: True, False, or None when this host cannot tell."""
 

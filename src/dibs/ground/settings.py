@@ -9,9 +9,9 @@ An unknown key or a bad value is an error that names the key and the file.
 
 from __future__ import annotations
 
-import json
 import os
 
+from dibs.ground import fastjson
 from dibs.ground.errors import InvalidSetting
 
 TYPE_CHECKING = False
@@ -336,7 +336,7 @@ def _file_values(path: str, cache_dir: str | None) -> dict[str, Any]:
     if cache is not None:
         try:
             with open(cache, encoding="utf-8") as f:
-                cached = json.load(f)
+                cached = fastjson.loads(f.read())
             if cached.get("key") == key:
                 return dict(cached["values"])
         except (OSError, ValueError, AttributeError):
@@ -344,6 +344,8 @@ def _file_values(path: str, cache_dir: str | None) -> dict[str, Any]:
     values = _parse_file(path)
     if cache is not None and os.path.isdir(cache_dir or ""):
         tmp = f"{cache}.{os.getpid()}.tmp"
+        import json
+
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump({"key": key, "values": values}, f)

@@ -17,6 +17,10 @@ session register it once. A session agent is registered with the client's pid: w
 exits the agent is dead, its claims are evicted at once, and the next hook call anywhere (or
 ``SessionEnd``) unregisters it with its own token, so it leaves ``dibs status``.
 
+What the guard says on an allowed call of a host that does not show it to the model (Gemini
+CLI's ``BeforeTool``) waits in ``<store>/sessions/<agent>.notes`` for the same call's
+after-tool hook (`keep_note`, `take_notes`).
+
 Subagents (Claude Code's ``agent_id`` inside a session) are agents of their own,
 ``<parent>-sub-<8 hex>``: sibling subagents block each other like any two agents. Their
 parent's claims do not block them (they work on the parent's behalf) and are named to them
@@ -288,6 +292,36 @@ def note_client(coord: Coordinator, session: str, *, host: str = "claude") -> No
         _write(path, record)
 
 
+def _notes(coord: Coordinator, session: str, host: str) -> str:
+    return os.path.join(_folder(coord), session_agent_name(session, host) + ".notes")
+
+
+def keep_note(coord: Coordinator, session: str, text: str, *, host: str = "claude") -> None:
+    """Keep *text* for the model of *host*'s session until `take_notes`: for a host that does
+    not show the model what the guard says on an allowed call (Gemini CLI's BeforeTool), the
+    same call's after-tool hook says it."""
+    folder = _folder(coord)
+    path = _notes(coord, session, host)
+    with _Locked(folder):
+        kept = (_read(path) or {}).get("notes") or []
+        _write(path, {"notes": [*kept, text][-20:]})
+
+
+def take_notes(coord: Coordinator, session: str, *, host: str = "claude") -> str:
+    """The notes kept for the session (`keep_note`), as one text, forgotten as they are read;
+    a look for a file when there are none."""
+    path = _notes(coord, session, host)
+    if not os.path.exists(path):
+        return ""
+    with _Locked(_folder(coord)):
+        kept = (_read(path) or {}).get("notes") or []
+        try:
+            os.remove(path)
+        except OSError:
+            return ""
+    return "\n\n".join(str(n) for n in kept)
+
+
 def session_agent(
     coord: Coordinator, *, pid: int | None = None, register: bool = True
 ) -> tuple[str, str] | None:
@@ -407,4 +441,6 @@ def _drop(coord: Coordinator, which: Any) -> list[str]:
                     coord.agent, coord.token = acting
             with contextlib.suppress(OSError):
                 os.remove(path)
+            with contextlib.suppress(OSError):
+                os.remove(path.removesuffix(".json") + ".notes")
     return dropped

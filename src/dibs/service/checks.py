@@ -5,10 +5,8 @@ A bad value raises `UsageError` with what was wrong and how to mend it, and chan
 
 from __future__ import annotations
 
-import re
-
 from dibs.ground.errors import UsageError, shown
-from dibs.ground.names import NAME
+from dibs.ground.names import NAME, is_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,7 +28,7 @@ DEFAULT_WAIT = 600.0
 
 def check_agent_name(name: str) -> str:
     """Validate an agent id: ``[a-z0-9][a-z0-9._-]{0,63}``."""
-    if not isinstance(name, str) or not re.fullmatch(AGENT_NAME, name):
+    if not isinstance(name, str) or not is_name(name):
         raise UsageError(
             f"{name!r} is not a valid agent name",
             hint="use 1-64 characters: lower-case letters, digits, '.', '_' and '-', "

@@ -58,7 +58,7 @@ from dibs.service.views import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from types import TracebackType
     from typing import Any
 
@@ -188,8 +188,17 @@ class Coordinator:
         evict = self.settings["agents.on_stuck"] == "evict"
         return Context(now, self.liveness, stuck_after=stuck_after, evict_stuck=evict)
 
-    def transact(self, decide: Callable[[State, Context], Decision]) -> Decision:
+    def transact(
+        self,
+        decide: Callable[[State, Context], Decision],
+        *,
+        footprint: Sequence[str] | None = None,
+    ) -> Decision:
         """Run *decide* atomically against the store; raise its error after appending.
+
+        *footprint*: *decide* is a plain claim or release and these are the resources it reads
+        besides its agent's record (see `dibs.store.base.Store.transact`); only the lease
+        commands below pass it.
 
         The same step acts on the stuck agents it meets (`leases.stuck_events`): lazy, like
         eviction, so no daemon is needed. Integrations (worktrees, the merge queue, plans)
@@ -203,7 +212,7 @@ class Coordinator:
                 decision.events += leases.stuck_events(state, ctx, decision.events)
             return decision
 
-        decision = self.store.transact(step)
+        decision = self.store.transact(step, footprint=footprint)
         if decision.error is not None:
             raise decision.error
         return decision
@@ -249,7 +258,16 @@ class Coordinator:
         return self.store.read()[0].seq
 
     def _command(self, command: object) -> Decision:
-        return self.transact(lambda state, ctx: leases.decide(state, command, ctx))
+        # A plain claim or release reads only its agent and the leases on its resources; a
+        # waiting claim also reads the recorded waits, so it does not commute.
+        footprint: list[str] | None = None
+        if isinstance(command, leases.Release):
+            footprint = [r.text for r in command.resources or ()]
+        elif isinstance(command, leases.Acquire) and command.waiter is None:
+            footprint = [r.text for r in command.resources]
+        return self.transact(
+            lambda state, ctx: leases.decide(state, command, ctx), footprint=footprint
+        )
 
     def _identity(self) -> tuple[str, str]:
         if not self.agent or not self.token or self._hashed[0] != self.token:

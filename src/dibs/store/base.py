@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from dibs.core.events import Event
     from dibs.core.leases import Decision
@@ -56,8 +56,14 @@ class Store(Protocol):
         """Make the store ready for use (folders, files, schema); safe to call again."""
         ...
 
-    def transact(self, decide: DecideFn) -> Decision:
+    def transact(self, decide: DecideFn, *, footprint: Sequence[str] | None = None) -> Decision:
         """Atomically: catch up, read the clock, decide, append + sync, then apply.
+
+        *footprint*: the caller vouches that *decide* is a plain claim or release that reads
+        only its agent's record and the leases that may overlap these resources (and the
+        ones its events name); a store may then append it past unrelated writes made since
+        its cached state (the PostgreSQL store does; the others, which decide under their
+        lock, ignore it). None (the default): *decide* may read anything.
 
         The decision's events get their ``seq`` here. When appending fails nothing is applied
         and `dibs.ground.errors.StoreIOError` is raised. A refused decision is returned, not raised:

@@ -40,18 +40,17 @@ loss, keeps the evidence aside and continues tokens above the reserved ceiling.
 from __future__ import annotations
 
 import _thread
-import json
 import marshal
 import os
 
 from dibs.core.events import REQUIRED, SCHEMA_VERSION, decode, encode, new_event
 from dibs.core.state import State, apply, seal
-from dibs.ground import host, platform
+from dibs.ground import fastjson, host, platform
 from dibs.ground.errors import CorruptLog, LogBehind, StoreIOError, StoreUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -293,7 +292,7 @@ class LocalStore:
         """The ``high-water`` file: ``seq``, ``segment``, ``offset``, ``token``; None if absent."""
         try:
             with open(os.path.join(self.root, HIGH_WATER), "rb") as f:
-                data = json.loads(f.read())
+                data = fastjson.loads(f.read())
             return {
                 "seq": int(data["seq"]),
                 "segment": str(data["segment"]),
@@ -306,7 +305,7 @@ class LocalStore:
     def _write_high_water(self, seq: int, segment: str, offset: int, token: int) -> None:
         """Replace ``high-water`` durably: the log must already be synced up to *offset*."""
         mark = {"seq": seq, "segment": segment, "offset": offset, "token": token}
-        data = json.dumps(mark, separators=(",", ":")).encode() + b"\n"
+        data = fastjson.dumps(mark).encode() + b"\n"
         platform.replace_file(
             os.path.join(self.root, HIGH_WATER), data, self.sync, sync_folder=True
         )
@@ -393,7 +392,7 @@ class LocalStore:
             batch.leftover = len(data)
             return batch
         try:
-            events = json.loads(b"[" + data[:last].replace(b"\n", b",") + b"]")
+            events = fastjson.loads(b"[" + data[:last].replace(b"\n", b",") + b"]")
         except ValueError:
             return self._scan_lines(data, state, where)
         expected = state.seq + 1
@@ -597,7 +596,12 @@ class LocalStore:
         platform.sync_dir(self.log_dir)
         self._open_segment(name, 0)
 
-    def transact(self, decide: DecideFn) -> Decision:
+    def transact(
+        self,
+        decide: DecideFn,
+        *,
+        footprint: Sequence[str] | None = None,  # noqa: ARG002 -- decided on a current state
+    ) -> Decision:
         """Decide and append atomically (see `dibs.store.base.Store.transact`)."""
         with self._tlock:
             self.create()
@@ -663,7 +667,7 @@ class LocalStore:
         the agents between two stores."""
         try:
             with open(os.path.join(self.root, MOVED), encoding="utf-8") as f:
-                target = json.load(f).get("to", "another store")
+                target = fastjson.loads(f.read()).get("to", "another store")
         except FileNotFoundError:
             return
         except (OSError, ValueError, AttributeError):

@@ -14,7 +14,7 @@ from dibs.ground import host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from dibs.core.events import Event
     from dibs.core.leases import Decision
@@ -36,7 +36,12 @@ class MemoryStore:
     def create(self) -> None:
         """Nothing to create."""
 
-    def transact(self, decide: DecideFn) -> Decision:
+    def transact(
+        self,
+        decide: DecideFn,
+        *,
+        footprint: Sequence[str] | None = None,  # noqa: ARG002 -- decided on a current state
+    ) -> Decision:
         """Decide and apply atomically (see `dibs.store.base.Store.transact`)."""
         with self._lock:
             decision = decide(self._state, self.clock())

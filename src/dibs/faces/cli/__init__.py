@@ -169,6 +169,16 @@ def _guard_host_args(args: list[str]) -> Any:
     return ns if ns.mode in (None, "block", "warn") else None
 
 
+def _quick_args(name: str, args: list[str]) -> Any:
+    """The namespace of a plain ``dibs claim | renew | release | heartbeat`` call, read without
+    argparse (`dibs.faces.cli.claims.quick_args`), or None."""
+    if COMMANDS[name][0] != "dibs.faces.cli.claims":
+        return None
+    from dibs.faces.cli.claims import quick_args
+
+    return quick_args(name, args)
+
+
 def _untranslated(message: str, plural: str | None = None, n: int = 1) -> str:
     return message if plural is None or n == 1 else plural
 
@@ -247,11 +257,13 @@ def _main(args: list[str]) -> int:
 
         fast.handler = run_guard_host
         return run_command(fast)
-    parser = build_parser(name)
-    try:
-        parsed = parser.parse_args(args[1:])
-    except SystemExit as exc:  # argparse: --help exits 0, a usage error exits 2
-        return exc.code if isinstance(exc.code, int) else 2
+    parsed = _quick_args(name, args[1:])
+    if parsed is None:
+        parser = build_parser(name)
+        try:
+            parsed = parser.parse_args(args[1:])
+        except SystemExit as exc:  # argparse: --help exits 0, a usage error exits 2
+            return exc.code if isinstance(exc.code, int) else 2
     from dibs.faces.cli.output import run_command
 
     code = run_command(parsed)

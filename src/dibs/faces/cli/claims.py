@@ -18,11 +18,84 @@ from dibs.service.checks import DEFAULT_WAIT
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
+
+#: What `quick_args` reads by hand, per command: whether it takes resources (``+`` one or
+#: more, ``*`` any), its flags without a value, and its flags with one (name -> attribute).
+_QUICK: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
+    "claim": ("+", {"--shared": "shared"}, {"--ttl": "ttl", "--note": "note"}),
+    "renew": ("+", {}, {"--ttl": "ttl"}),
+    "release": ("*", {"--all": "all"}, {}),
+    "heartbeat": ("", {}, {}),
+}
+_QUICK_FLAGS = {"--json": "json", "-v": "verbose", "--verbose": "verbose"}
+_QUICK_VALUED = {"-C": "directory", "--agent": "agent", "--token": "token"}
+_QUICK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "claim": {"shared": False, "ttl": None, "wait": None, "note": None},
+    "renew": {"ttl": None},
+    "release": {"all": False},
+}
 
 RESOURCES_HELP = (
     "resources as kind:name; kinds: issue, path (gitignore-style glob, or file#L10-80), "
     "worktree, lock, stream"
 )
+
+
+def quick_args(name: str, args: list[str]) -> Any:
+    """Parse the plain forms of ``dibs claim | renew | release | heartbeat`` by hand, or None
+    to let argparse do it.
+
+    An agent claims and releases from its hooks, and argparse (with the gettext and warnings
+    it imports, and the parser it builds) is a fifth of such a call. Only the plain form is
+    read here: the resources first, then exact flags, no value that starts with ``-``. Anything
+    else (``--wait``, ``--ttl=5``, ``--help``, a typo, an option before the resources) goes to
+    argparse, which reads it or explains it; the result is the namespace argparse would give
+    (`tests/unit/test_cli_quick_args.py` compares the two).
+    """
+    if name not in _QUICK:
+        return None
+    takes, flags, valued = _QUICK[name]
+    found: dict[str, Any] = {
+        "json": False,
+        "directory": None,
+        "verbose": False,
+        "agent": None,
+        "token": None,
+        **_QUICK_DEFAULTS.get(name, {}),
+    }
+    rest = list(args)
+    resources = []
+    while takes and rest and not rest[0].startswith("-"):
+        resources.append(rest.pop(0))
+    if takes == "+" and not resources:
+        return None
+    if takes:
+        found["resources"] = resources
+    while rest:
+        flag = rest.pop(0)
+        if flag in _QUICK_FLAGS or flag in flags:
+            found[_QUICK_FLAGS.get(flag) or flags[flag]] = True
+        elif (flag in _QUICK_VALUED or flag in valued) and rest and not rest[0].startswith("-"):
+            attribute = _QUICK_VALUED.get(flag) or valued[flag]
+            value = rest.pop(0)
+            if attribute == "ttl":
+                try:
+                    found[attribute] = float(value)
+                except ValueError:
+                    return None
+            else:
+                found[attribute] = value
+        else:
+            return None
+    return _Namespace(**found, handler=globals()["run_" + name])
+
+
+class _Namespace:
+    """What `quick_args` returns: argparse's namespace without argparse (nor ``types``)."""
+
+    def __init__(self, **values: Any):
+        self.__dict__.update(values)
 
 
 def _wait(text: str) -> float:

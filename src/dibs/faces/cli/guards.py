@@ -307,7 +307,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
     import contextlib
     import os
 
-    from dibs.faces.hooks import CONTEXT_EVENTS, TOOL_EVENTS, reply
+    from dibs.faces.hooks import DEAF_WHEN_ALLOWED, TOOL_EVENTS, reply
     from dibs.ground.errors import DibsError, NotFound
     from dibs.integrations import sessions
     from dibs.integrations.guard import Verdict, check_call
@@ -332,16 +332,7 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
     with coord:
         session, host = payload.session, payload.host
         if call is None:  # a session event: keep one agent per session; never blocks
-            try:
-                if payload.event == "SessionStart" and session:
-                    sessions.note_client(coord, session, host=host)
-                elif payload.event == "SessionEnd" and session:
-                    sessions.end_session(coord, session, host=host)
-                elif payload.event == "SubagentStop" and session and payload.subagent:
-                    sessions.end_subagent(coord, session, payload.subagent, host=host)
-            except DibsError as exc:
-                sys.stderr.write(f"dibs: {payload.event}: {exc.message}\n")
-            told = _inbox(coord, payload, None) if payload.event in CONTEXT_EVENTS else ""
+            told = _session_event(coord, payload)
             return reply(payload.host, payload.event, Verdict(True, told)) if told else go
         mode = args.mode or coord.settings["guard.mode"]
         auto = (
@@ -352,16 +343,46 @@ def _guard_payload(args: argparse.Namespace, payload: Any) -> tuple[int, str]:
         verdict = check_call(
             coord, call, mode=mode, auto_claim=auto, ttl=coord.settings["guard.auto_claim_ttl"]
         )
-        told = _inbox(coord, payload, verdict)
+        heard = not verdict.allow or payload.event not in DEAF_WHEN_ALLOWED
+        told = _inbox(coord, payload, verdict, push=heard)
         if told:
             verdict.message = "\n\n".join(m for m in (verdict.message, told) if m)
+        if not heard and verdict.message and session:
+            with contextlib.suppress(OSError):
+                sessions.keep_note(coord, session, verdict.message, host=host)
         return reply(payload.host, payload.event, verdict)
 
 
-def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
-    """The acting agent's unread messages for its host's context (acknowledged), and, on an
-    allowed call that writes files (a guarded edit), a note of its progress; never fails
-    the hook."""
+def _session_event(coord: Any, payload: Any) -> str:
+    """Do what a session event asks (one agent per session); what to tell the model."""
+    import contextlib
+
+    from dibs.faces.hooks import CONTEXT_EVENTS, DEAF_WHEN_ALLOWED
+    from dibs.ground.errors import DibsError
+    from dibs.integrations import sessions
+
+    session, host, event = payload.session, payload.host, payload.event
+    try:
+        if event == "SessionStart":
+            sessions.note_client(coord, session, host=host)
+        elif event == "SessionEnd":
+            sessions.end_session(coord, session, host=host)
+        elif event == "SubagentStop" and payload.subagent:
+            sessions.end_subagent(coord, session, payload.subagent, host=host)
+    except DibsError as exc:
+        sys.stderr.write(f"dibs: {event}: {exc.message}\n")
+    told = _inbox(coord, payload, None) if event in CONTEXT_EVENTS else ""
+    if event in DEAF_WHEN_ALLOWED.values():
+        with contextlib.suppress(OSError):
+            kept = sessions.take_notes(coord, session, host=host)
+            told = "\n\n".join(m for m in (kept, told) if m)
+    return told
+
+
+def _inbox(coord: Any, payload: Any, verdict: Any, *, push: bool = True) -> str:
+    """The acting agent's unread messages for its host's context (acknowledged; left unread
+    when not *push*: the host would not show them to the model), and, on an allowed call that
+    writes files (a guarded edit), a note of its progress; never fails the hook."""
     import contextlib
     import os
 
@@ -388,7 +409,7 @@ def _inbox(coord: Any, payload: Any, verdict: Any) -> str:
             name = verified(state, agent, token)
             if name is not None:
                 inbox.note_progress(coord, state, now, name, "edit")
-        return inbox.push(coord, agent, token)
+        return inbox.push(coord, agent, token) if push else ""
     return ""
 
 

@@ -6,8 +6,10 @@ user: a small *server* process with dibs, psycopg and every command module impor
 keeps one *spare* child forked and waiting on a Unix socket. A CLI call (the *client*) that
 finds the socket hands its whole invocation over and waits:
 
-1. the client connects; the spare accepts, checks the peer's user id (the kernel's
-   ``SO_PEERCRED``: only the same user is served) and answers ``S<pid>``;
+1. the client connects; the spare accepts, checks the peer's user id (the kernel's peer
+   credentials, `dibs.ground.platform.peer_credentials`: ``SO_PEERCRED`` on Linux,
+   ``getpeereid`` and ``LOCAL_PEERPID`` on macOS; only the same user is served) and answers
+   ``S<pid>``;
 2. the client answers ``G`` (go) and passes its argv, environment, standard input, output and
    error, and its working directory (as file descriptors, ``SCM_RIGHTS``); only after ``G``
    does the spare act, so a client that gave up waiting runs the call itself and nothing
@@ -32,14 +34,22 @@ itself, as if the client had been killed running the call directly. When that pr
 before it reports an exit code, the client says so (exit 1): like a direct call killed
 mid-way, the outcome is then unknown, and the client never runs the call a second time.
 
-The socket lives in a folder only its user can enter (``$XDG_RUNTIME_DIR/dibs-<uid>`` or
-``/tmp/dibs-<uid>``, mode 0700, owned by the user: anything else is not used), and is named
-by the Python interpreter, dibs's install and version, and the environment variables read
-when Python starts, so a call is only ever run by the same code it would run directly.
+The socket lives in a folder only its user can enter (``$XDG_RUNTIME_DIR/dibs-<uid>``, on
+macOS ``$TMPDIR/dibs-<uid>``, else ``/tmp/dibs-<uid>``; mode 0700, owned by the user: anything
+else is not used), and is named by the Python interpreter, dibs's install and version, and the
+environment variables read when Python starts, so a call is only ever run by the same code it
+would run directly. A base whose socket path would not fit a socket address (``sun_path``: 108
+bytes on Linux, 104 on macOS and the BSDs, whose ``$TMPDIR`` is long) is passed over for the
+next, down to ``/tmp``, which always fits.
+
+Where the platform has no peer credentials (`dibs.ground.platform.peer_credentials_name` is
+None: the BSDs, any other POSIX system, ``DIBS_PLATFORM=posix``) there is no helper: every
+call runs directly, and a server refuses to start.
 
 This module is the client side (and `remember`, `start_server`); the server is
 `dibs.faces.cli.helper_server`. The client imports only built-in modules (``_socket``,
-``_signal``, ``_blake2``): it is what every relayed call pays on top of Python's start.
+``_signal``, ``_blake2``) and `dibs.ground.platform` (for the peer check): it is what every
+relayed call pays on top of Python's start.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 #: Commands the helper runs: one-shot calls whose processes start no agent of their own.
@@ -69,6 +79,11 @@ _NO_MATTER = frozenset(("safe_path", "dont_write_bytecode", "count", "index"))
 #: Seconds a client waits for a spare to accept before running the call itself.
 _ACCEPT_WAIT = 2.0
 _VERSION = b"dibs-helper-1"
+#: The longest path bind() and connect() take for a Unix socket, its ending NUL left out: the
+#: size of ``sockaddr_un.sun_path`` is 108 bytes on Linux, 104 on macOS and the BSDs.
+SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+#: The socket's name in its folder is this long (``helper-<16 hex digits>.sock``).
+_SOCKET_NAME = len("helper-0123456789abcdef.sock")
 
 
 # Where ------------------------------------------------------------------------------------
@@ -76,8 +91,22 @@ _VERSION = b"dibs-helper-1"
 
 def folder() -> str:
     """This user's helper folder (it may not exist yet)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"  # noqa: S108 -- checked: owner, mode
-    return os.path.join(base, f"dibs-{os.getuid()}")
+    return pick_folder(os.environ, os.getuid(), sys.platform, SUN_PATH_MAX)
+
+
+def pick_folder(env: Mapping[str, str], uid: int, system: str, limit: int) -> str:
+    """The helper folder for user *uid* on *system*: in ``XDG_RUNTIME_DIR``, else (macOS) in
+    ``TMPDIR``, a per-user private folder there, else in ``/tmp``; the first whose socket
+    path fits in *limit* bytes. ``/tmp`` always fits, so a long ``TMPDIR`` means ``/tmp``,
+    never a socket that cannot be bound. On Linux ``TMPDIR`` is not used (it is often the
+    shared ``/tmp`` anyway, and the choice stays what it always was)."""
+    names = ("XDG_RUNTIME_DIR", "TMPDIR") if system == "darwin" else ("XDG_RUNTIME_DIR",)
+    for base in [env.get(name) for name in names]:
+        if base:
+            where = os.path.join(base, f"dibs-{uid}")
+            if len(os.fsencode(where)) + 1 + _SOCKET_NAME <= limit:
+                return where
+    return f"/tmp/dibs-{uid}"  # noqa: S108 -- checked before use: owner, mode
 
 
 def private(path: str) -> bool:
@@ -111,12 +140,15 @@ def socket_path() -> str:
 
 
 def enabled(args: Sequence[str]) -> bool:
-    """Whether this call may go through the helper."""
-    if not sys.platform.startswith("linux"):  # SO_PEERCRED and /proc: Linux only for now
-        return False
+    """Whether this call may go through the helper: a relayed command, the helper not turned
+    off, and a platform whose kernel names a socket's peer (no helper can be trusted without)."""
     if os.environ.get("DIBS_HELPER", "").lower() in ("off", "0", "no", "false"):
         return False
-    return bool(args) and args[0] in RELAYED
+    if not args or args[0] not in RELAYED:
+        return False
+    from dibs.ground import platform
+
+    return platform.peer_credentials_name() is not None
 
 
 def required() -> bool:
@@ -139,16 +171,6 @@ def _recv_line(sock: Any) -> bytes | None:
     return data[:-1]
 
 
-def _peer(sock: Any) -> tuple[int, int]:
-    """The ``(pid, uid)`` of the process at the other end of a Unix socket (from the kernel)."""
-    import _socket
-    import struct
-
-    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-    pid, uid, _gid = struct.unpack("3i", raw)
-    return pid, uid
-
-
 def _request(argv: Sequence[str]) -> bytes:
     """The call as bytes: argv and the environment, NUL-separated, exactly as given."""
     parts = [_VERSION, str(len(argv)).encode()]
@@ -162,6 +184,8 @@ def relay(argv: Sequence[str]) -> int | None:
     the caller runs it directly; nothing was done)."""
     import _socket
 
+    from dibs.ground import platform
+
     if not private(folder()):
         return None  # no helper ever ran here for this user: skip naming the socket
     path = socket_path()
@@ -169,7 +193,7 @@ def relay(argv: Sequence[str]) -> int | None:
     try:
         try:
             sock.connect(path)
-            if _peer(sock)[1] != os.getuid():
+            if platform.peer_credentials(sock)[1] != os.getuid():
                 return None
             sock.settimeout(_ACCEPT_WAIT)
             started = _recv_line(sock)
@@ -256,7 +280,7 @@ def start_server() -> None:
             ],
             setsid=True,
         )
-    except OSError:
+    except (OSError, NotImplementedError):  # no POSIX_SPAWN_SETSID (macOS before 10.15)
         pass  # the helper is an optimisation: this call is done anyway
     finally:
         os.close(null)

@@ -3,8 +3,10 @@
     python -m dibs.faces.cli.helper_server
 
 runs a server for this user and this installation until it is idle for ``DIBS_HELPER_IDLE``
-seconds (default 600); a direct call on a PostgreSQL store starts one. Kept apart from the
-client, which every CLI call imports, so that a call does not load what only the server runs.
+seconds (default 600); a direct call on a PostgreSQL store starts one. It exits at once (1)
+where the platform cannot name a socket's peer (`dibs.ground.platform.peer_credentials_name`).
+Kept apart from the client, which every CLI call imports, so that a call does not load what
+only the server runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import sys
 
 from dibs.faces.cli.helper import (
     _VERSION,
-    _peer,
     _record_path,
     folder,
     private,
@@ -133,6 +134,8 @@ def serve() -> int:
     import contextlib
     import socket
 
+    if platform.peer_credentials_name() is None:
+        return 1  # no way to tell who connects: nobody may be served (see `helper`)
     where = folder()
     with contextlib.suppress(FileExistsError):
         os.mkdir(where, 0o700)
@@ -149,7 +152,10 @@ def serve() -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    listener.bind(path)
+    try:
+        listener.bind(path)
+    except OSError:
+        return 1  # calls run directly, as without a helper
     os.chmod(path, 0o600)
     listener.listen(64)
     try:
@@ -246,7 +252,10 @@ def _take(conn: Any, opened: tuple[Any, dict[str, str | None]] | None) -> int:
     import _socket
     import array
 
-    pid, uid = _peer(conn)
+    try:
+        pid, uid = platform.peer_credentials(conn)
+    except OSError:
+        return 0  # the kernel did not say who it is: served as a stranger would be
     if uid != os.getuid():
         return 0
     conn.sendall(b"S%d\n" % os.getpid())

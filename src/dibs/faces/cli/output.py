@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -149,6 +148,8 @@ def report_error(args: argparse.Namespace, exc: DibsError) -> int:
 
 def print_json(data: Any) -> None:
     """Print *data* as indented JSON."""
+    import json
+
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -175,10 +176,15 @@ _last: list[Coordinator] = []
 
 
 def _nobody_listens(done: Coordinator) -> bool:
-    """Whether no tracker or `[events]` command listens (an error: let the pass report it)."""
-    from dibs.integrations.tasks import sync
+    """Whether no tracker or `[events]` command listens (an error: let the pass report it).
+    The usual "nobody" is answered without importing the task package."""
+    from dibs.integrations import listeners
 
     try:
+        if not listeners.may_listen(done):
+            return True
+        from dibs.integrations.tasks import sync
+
         return not sync.enabled(done)
     except (DibsError, OSError):
         return False
@@ -188,7 +194,7 @@ def tell_trackers(args: argparse.Namespace) -> None:
     """After a command, outside its transaction: the task sources and `[events]` commands hear
     of what it did (dibs.integrations.tasks.sync). Run from the main checkout: the command may have
     removed the worktree it ran in (`dibs finish`)."""
-    from dibs.integrations.tasks import sync
+    from dibs.integrations import listeners
     from dibs.service import Coordinator
 
     where = getattr(args, "directory", None)
@@ -203,7 +209,10 @@ def tell_trackers(args: argparse.Namespace) -> None:
                 # settings and find nobody to tell, at the cost of a second store open.
                 return
         with Coordinator.open(where) as coord:
-            sync.deliver(coord)
+            if listeners.may_listen(coord):
+                from dibs.integrations.tasks import sync
+
+                sync.deliver(coord)
     except (DibsError, OSError) as exc:
         said = exc.message if isinstance(exc, DibsError) else str(exc)
         sys.stderr.write(f"dibs: could not tell the trackers: {said}\n")

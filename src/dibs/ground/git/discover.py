@@ -132,11 +132,11 @@ def find_repo(start: str | None = None, environ: Mapping[str, str] | None = None
 
 def worktree_identity(repo: Repo) -> tuple[str, str] | None:
     """The agent and token `dibs start` recorded for the worktree *repo* is in, if any."""
-    import json
+    from dibs.ground import fastjson
 
     try:
         with open(os.path.join(repo.git_dir, IDENTITY_FILE), encoding="utf-8") as f:
-            data = json.load(f)
+            data = fastjson.loads(f.read())
         return str(data["agent"]), str(data["token"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -1,17 +1,19 @@
 """This machine's primitives, chosen per platform on purpose: the one place that knows them.
 
-Every store and integration reaches the operating system's durability, clock, boot, process
-and locking primitives through this package (a test greps ``src/`` for direct uses):
+Every store and integration reaches the operating system's durability, clock, boot, process,
+locking and peer-credential primitives through this package (a test greps ``src/`` for direct uses):
 
-==============  ===================  =========================  =======================
-primitive       Linux (`linux`)      macOS (`darwin`)           other POSIX (`posix`)
-==============  ===================  =========================  =======================
-durable sync    fdatasync            F_FULLFSYNC (or fsync)     fsync
-deciding clock  CLOCK_BOOTTIME       CLOCK_MONOTONIC            CLOCK_MONOTONIC
-boot identity   kernel boot_id       kern.bootsessionuuid       kern.boottime
-process start   /proc/<pid>/stat     sysctl KERN_PROC_PID       unknown (os.kill only)
-locking         flock                flock                      flock
-==============  ===================  =========================  =======================
+==============  =================  =========================  ======================
+primitive       Linux (`linux`)    macOS (`darwin`)           other POSIX (`posix`)
+==============  =================  =========================  ======================
+durable sync    fdatasync          F_FULLFSYNC (or fsync)     fsync
+deciding clock  CLOCK_BOOTTIME     CLOCK_MONOTONIC            CLOCK_MONOTONIC
+boot identity   kernel boot_id     kern.bootsessionuuid       kern.boottime
+process start   /proc/<pid>/stat   sysctl KERN_PROC_PID       unknown (os.kill only)
+group alive     /proc/*/stat pgrp  killpg(pgid, 0)            killpg(pgid, 0)
+locking         flock              flock                      flock
+peer creds      SO_PEERCRED        getpeereid, LOCAL_PEERPID  none: no CLI helper
+==============  =================  =========================  ======================
 
 Linux falls back to the portable answers where ``/proc`` is not mounted or ``os.fdatasync``
 is missing. Each module says what its choices guarantee; docs/explanation/platforms.md
@@ -42,15 +44,19 @@ __all__ = [
     "clock_name",
     "clock_ns",
     "describe",
+    "group_alive",
     "host_name",
     "lock",
     "parent_death_setup",
+    "peer_credentials",
+    "peer_credentials_name",
     "problem",
     "process_alive",
     "process_parent",
     "process_start",
     "replace_file",
     "select",
+    "stop_group",
     "sync_data",
     "sync_dir",
     "sync_file",
@@ -122,8 +128,15 @@ boot_id = current.boot_id
 #: When a process started (opaque), `UNKNOWN_START`, or None when it is gone.
 process_start = current.process_start
 host_name = current.host_name
+#: Whether a process group has a running member, and stopping one (its leader's start known).
+group_alive = current.group_alive
+stop_group = current.stop_group
 #: A process's command name and parent pid (walking up to a session's client).
 process_parent = current.process_parent
+#: ``(pid, uid)`` of a Unix socket's peer, from the kernel (the CLI helper serves only its own
+#: user); OSError when unknown. The name is None where there is none: no helper then.
+peer_credentials = current.peer_credentials
+peer_credentials_name = current.peer_credentials_name
 #: Which primitive decides each answer here, for people (`dibs doctor`).
 describe = current.describe
 parent_death_setup: Callable[[], Callable[[], None] | None] = current.parent_death_setup

@@ -14,6 +14,10 @@
 * process identity: the pid with its start time from ``sysctl(KERN_PROC_PID)`` (struct
   kinfo_proc, via ctypes: no psutil on the hot path). A zombie is gone.
 * parent death: no such request exists; ``dibs run`` relies on its watcher alone.
+* peer credentials: ``getpeereid`` (libc, via ctypes: the uid the kernel recorded for the
+  socket's peer) and ``getsockopt(SOL_LOCAL, LOCAL_PEERPID)`` (its pid: the CLI helper runs a
+  call as its client process's). Either failing fails closed: no call is served, the client
+  runs it directly.
 
 The parsing of the kernel's answers is plain Python (`parse_kinfo_proc`, `parse_uuid`) and is
 tested on every platform; the calls themselves are tested on macOS only.
@@ -29,6 +33,7 @@ from dibs.ground.platform.posix import Posix, c_library, sysctl_bytes
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 #: fcntl's F_FULLFSYNC on macOS (sys/fcntl.h); Python's fcntl module names it there too.
 F_FULLFSYNC = 51
@@ -40,6 +45,8 @@ _CTL_KERN, _KERN_PROC, _KERN_PROC_PID = 1, 14, 1
 KINFO_PROC_SIZE = 648
 _P_STAT, _P_PID = 36, 40
 _SZOMB = 5
+#: sys/un.h: the socket level of AF_UNIX options, and the option that names the peer's pid.
+SOL_LOCAL, LOCAL_PEERPID = 0, 0x002
 
 
 class Darwin(Posix):
@@ -50,6 +57,7 @@ class Darwin(Posix):
     def __init__(self) -> None:
         super().__init__()
         self._kinfo: bool | None = None
+        self._getpeereid: Any = None
 
     def kinfo_works(self) -> bool:
         """Whether ``KERN_PROC_PID`` reads this very process as `parse_kinfo_proc` expects
@@ -91,6 +99,26 @@ class Darwin(Posix):
     def sync_name(self, how: str = "full") -> str:
         """F_FULLFSYNC for "full"."""
         return "F_FULLFSYNC" if how == "full" else "fsync"
+
+    def peer_eid(self) -> Any:
+        """libc's ``getpeereid`` with its C signature set, or None where libc has none (Linux:
+        glibc and musl do not): looked up once, loading ctypes only then."""
+        if self._getpeereid is None:
+            self._getpeereid = getpeereid_function() or False
+        return self._getpeereid or None
+
+    def peer_credentials(self, sock: Any) -> tuple[int, int]:
+        """``getpeereid`` for the uid, ``LOCAL_PEERPID`` for the pid."""
+        call = self.peer_eid()
+        if call is None:
+            return super().peer_credentials(sock)
+        uid, _gid = getpeereid(call, sock.fileno())
+        raw = sock.getsockopt(SOL_LOCAL, LOCAL_PEERPID, 4)
+        return parse_pid(raw), uid
+
+    def peer_credentials_name(self) -> str | None:
+        """getpeereid and LOCAL_PEERPID where libc has getpeereid."""
+        return "getpeereid + LOCAL_PEERPID" if self.peer_eid() is not None else None
 
     def process_start(self, pid: int) -> int | None:
         """Microseconds since the epoch at which *pid* started, from ``KERN_PROC_PID``."""
@@ -134,6 +162,43 @@ def kinfo_proc(pid: int) -> bytes | None:
     if call(mib, 4, buf, ctypes.byref(size), None, 0) != 0:
         return None
     return buf.raw[: size.value]
+
+
+def getpeereid_function() -> Any:
+    """libc's ``int getpeereid(int, uid_t *, gid_t *)`` with its argument types set (uid_t and
+    gid_t are 32-bit unsigned on macOS and the BSDs), or None where libc has no such call."""
+    libc = c_library()
+    call = getattr(libc, "getpeereid", None) if libc is not None else None
+    if call is None:
+        return None
+    import ctypes
+
+    call.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_uint32)]
+    call.restype = ctypes.c_int
+    return call
+
+
+def getpeereid(call: Any, fd: int) -> tuple[int, int]:
+    """``(uid, gid)`` of the peer of the connected Unix socket *fd*, through *call*
+    (`getpeereid_function`); OSError when the kernel refuses (not a socket, not connected)."""
+    import ctypes
+
+    uid, gid = ctypes.c_uint32(), ctypes.c_uint32()
+    if call(fd, ctypes.byref(uid), ctypes.byref(gid)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return uid.value, gid.value
+
+
+def parse_pid(raw: bytes) -> int:
+    """The pid in a ``LOCAL_PEERPID`` answer (a native ``pid_t``); OSError when it is not one,
+    so that an unexpected answer serves nobody."""
+    if len(raw) != 4:
+        raise OSError(f"LOCAL_PEERPID answered {len(raw)} bytes, not a pid")
+    pid = int.from_bytes(raw, sys.byteorder, signed=True)
+    if pid <= 0:
+        raise OSError(f"LOCAL_PEERPID answered pid {pid}")
+    return pid
 
 
 def parse_kinfo_proc(raw: bytes, pid: int) -> int | None:

@@ -14,6 +14,8 @@ Each answer degrades to the portable one (`dibs.ground.platform.posix`) when its
 * process identity: the pid with its start time (``/proc/<pid>/stat`` field 22, clock ticks
   since boot): a pid reused by another process has another start time. A zombie is gone.
 * parent death: the child of ``dibs run`` asks for ``PR_SET_PDEATHSIG`` (prctl, via ctypes).
+* peer credentials: ``SO_PEERCRED`` (``struct ucred``: pid, uid, gid) on the CLI helper's
+  socket, a plain getsockopt (no ctypes on the hot path of every relayed call).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dibs.ground.platform.posix import Posix
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 _PR_SET_PDEATHSIG = 1
@@ -75,8 +78,9 @@ class Linux(Posix):
     def read_boot_id(self) -> str:
         """The kernel's random boot id; the portable answer without ``/proc``."""
         try:
-            with open(_BOOT_ID, encoding="ascii") as f:
-                found = f.read().strip()
+            # Bytes, then decoded: a text file would import the ascii codec (a module) to do it.
+            with open(_BOOT_ID, "rb") as f:
+                found = f.read().decode("ascii").strip()
         except OSError:
             found = ""
         if not found:
@@ -115,6 +119,39 @@ class Linux(Posix):
         if len(fields) < 2 or not fields[1].isdigit():
             return None
         return name, int(fields[1])
+
+    def group_alive(self, pgid: int) -> bool:
+        """Whether a process of group *pgid* runs, scanning ``/proc/*/stat`` (field 5): unlike
+        ``killpg(pgid, 0)`` this does not count zombies. A container whose pid 1 reaps no
+        orphans keeps the zombies of a stopped group forever; counted, they would make every
+        stop wait its whole grace. The portable answer without ``/proc``."""
+        if not self.proc_mounted():
+            return super().group_alive(pgid)
+        wanted = str(pgid).encode()
+        for name in os.listdir("/proc"):
+            stat = _read_stat(int(name)) if name.isdigit() else None
+            if stat is None:
+                continue
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 2 and fields[2] == wanted and fields[0] not in (b"Z", b"X", b"x"):
+                return True
+        return False
+
+    def peer_credentials(self, sock: Any) -> tuple[int, int]:
+        """``SO_PEERCRED``: the pid and uid the kernel recorded when the peer connected."""
+        import _socket
+
+        option = getattr(_socket, "SO_PEERCRED", None)
+        if option is None:
+            return super().peer_credentials(sock)
+        raw = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+        return parse_ucred(raw)
+
+    def peer_credentials_name(self) -> str | None:
+        """SO_PEERCRED where this Python has it."""
+        import _socket
+
+        return "SO_PEERCRED" if hasattr(_socket, "SO_PEERCRED") else None
 
     def parent_death_setup(self) -> Callable[[], None] | None:
         """prctl(PR_SET_PDEATHSIG, SIGTERM) in the child, then a check that the parent did not
@@ -160,3 +197,11 @@ def parse_stat(stat: bytes) -> int | None:
         return int(fields[19])
     except ValueError:
         return None
+
+
+def parse_ucred(raw: bytes) -> tuple[int, int]:
+    """``(pid, uid)`` from a ``struct ucred`` (three native ints: pid, uid, gid)."""
+    import struct
+
+    pid, uid, _gid = struct.unpack("3i", raw[:12])
+    return pid, uid

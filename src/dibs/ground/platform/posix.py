@@ -18,6 +18,11 @@ Every primitive here is chosen so that it is *safe* where it is weaker than Linu
   running until its parent reaps it.
 * locking: ``flock`` on the store's lock file (BSD locks: per open file, released when the
   holder dies).
+* process groups: ``killpg(pgid, 0)`` says whether a group has a member, a zombie included;
+  `stop_group` signals a group only while its leader runs with the recorded start time.
+* peer credentials (who is at the other end of a Unix socket): none. POSIX has no call for
+  it, and the BSDs' ``getpeereid`` names no process, which the CLI helper needs to run a call
+  as its caller's; so the helper is off here and every call runs directly.
 """
 
 from __future__ import annotations
@@ -156,6 +161,47 @@ class Posix:
             return None  # not a pid this system can have
         return UNKNOWN_START
 
+    def group_alive(self, pgid: int) -> bool:
+        """Whether process group *pgid* has a member (``killpg(pgid, 0)``). A zombie counts
+        as a member until its parent reaps it."""
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # another user's group: it exists
+        return True
+
+    def stop_group(self, pgid: int, start: int | None, grace: float) -> bool:
+        """Stop the process group *pgid* whose leader started at *start*: SIGTERM, SIGKILL to
+        what is left *grace* seconds later, then up to *grace* seconds more for it to go.
+
+        Only a leader that still runs with that very start time is signalled: a pid is reused,
+        and a group led by another process is someone else's. So nothing is sent when *start*
+        is unknown (None, or `UNKNOWN_START` on a platform that cannot read it) or the leader
+        is gone. Once the group is seen gone it gets no further signal (its id may be given
+        again); while it lives, its id cannot be. Returns whether the group was signalled.
+        """
+        import signal
+
+        if start is None or start == UNKNOWN_START or self.process_start(pgid) != start:
+            return False
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, signum)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            deadline = time.monotonic() + grace
+            while self.group_alive(pgid):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            else:
+                return True
+        return True
+
     def process_parent(self, pid: int) -> tuple[str, int] | None:
         """``(command name, parent pid)`` of *pid*, or None when it is gone or unreadable.
 
@@ -178,6 +224,22 @@ class Posix:
         if not ppid.isdigit():
             return None
         return os.path.basename(name.strip()), int(ppid)
+
+    # Peer credentials -------------------------------------------------------------------
+
+    def peer_credentials(self, sock: Any) -> tuple[int, int]:  # noqa: ARG002 -- none here
+        """``(pid, uid)`` of the process at the other end of the connected Unix socket *sock*,
+        as the kernel recorded them (never what that process says): the CLI helper serves
+        only its own user, and runs a call as the client process's. OSError when the kernel
+        does not tell; always here, where `peer_credentials_name` is None."""
+        import errno
+
+        raise OSError(errno.ENOSYS, "no peer credentials on this platform")
+
+    def peer_credentials_name(self) -> str | None:
+        """The primitive behind `peer_credentials`, for people; None where there is none (the
+        CLI helper is then off: every call runs directly)."""
+        return None
 
     def liveness_name(self) -> str:
         """How `process_start` tells a process, for people."""

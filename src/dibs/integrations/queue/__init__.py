@@ -49,7 +49,13 @@ from dibs.integrations.queue.entries import (
     landed_issues,
     moved_unrecorded,
 )
-from dibs.integrations.queue.gates import gate_retries, gates, record_gate, required_gates
+from dibs.integrations.queue.gates import (
+    gate_retries,
+    gates,
+    record_gate,
+    required_gates,
+    stop_orphaned_gates,
+)
 from dibs.integrations.queue.processor import Outcome, _Processor, dead_lander_worktrees
 
 TYPE_CHECKING = False
@@ -84,6 +90,7 @@ __all__ = [
     "process",
     "record_gate",
     "required_gates",
+    "stop_orphaned_gates",
 ]
 
 

@@ -144,6 +144,7 @@ class _Bisect:
             base_tree=lambda: proc._tree(tip),
             cache=proc.coord.read()[0].tables.get(FAILURES, {}),
             tick=proc.keep_lock,
+            record=work.record,
         )
         if run.ran:
             proc.outcome.gate_runs += 1

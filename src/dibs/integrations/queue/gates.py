@@ -5,11 +5,18 @@ worktree, with a timeout. A gate with ``retries = K`` is run again up to K times
 failure; one that fails and then passes counts as flaky, and the output of every try is
 kept. A failure (after its retries) is remembered in table `FAILURES` by (base tree, branch
 commits, gate command): the same combination is not run again, its recorded failure stands.
+
+A gate command leads a session of its own, so a processor killed by SIGKILL would leave it
+(and its test suite) running. While it runs, a `GateRecord` beside the processor's temporary
+worktree names its process group with its leader's start time; the next processor on this host
+stops the groups of processors that are gone (`stop_orphaned_gates`) before it tests again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import time
 
@@ -42,6 +49,10 @@ if TYPE_CHECKING:
 FAILURES = "gate-failures"
 #: Failures remembered; the oldest are forgotten first.
 KEEP_FAILURES = 500
+#: The name ending of a `GateRecord`'s file.
+RECORD = ".gate"
+#: Seconds an orphaned gate gets between SIGTERM and SIGKILL.
+ORPHAN_GRACE = 3.0
 
 
 def required_gates(settings: Any) -> tuple[dict[str, str], list[str]]:
@@ -229,6 +240,99 @@ def failure_events(state: State, ctx: Context, found: dict[str, dict[str, Any]])
 # Running command gates ---------------------------------------------------------------------
 
 
+class GateRecord:
+    """The file that names a running gate's process group, for whoever outlives its processor.
+
+    Written at ``<temporary worktree>.gate`` (outside the worktree: gates see nothing of it)
+    once the command runs, removed once it has ended. It holds the group (the leader's pid and
+    start time), the processor's pid and start time, and the host and boot they belong to: a
+    pid alone says nothing once it may have been given to another process.
+    """
+
+    def __init__(self, path: str, fields: dict[str, Any]) -> None:
+        self.path = path
+        self.fields = fields
+
+    def write(self, pid: int, gate: str) -> None:
+        """Name the group *pid* leads, running *gate* (one write: a reader sees it whole or
+        empty)."""
+        from dibs.ground.host import process_start
+
+        data = {**self.fields, "gate": gate, "pid": pid, "start": process_start(pid)}
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, json.dumps(data).encode())
+        finally:
+            os.close(fd)
+
+    def clear(self) -> None:
+        _forget(self.path)
+
+
+def record_fields(processor: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a `GateRecord` of *processor* (this process) testing *items* says besides the
+    group."""
+    from dibs.ground.host import boot_id, host_id, process_start
+
+    return {
+        "processor": processor,
+        "processor_pid": os.getpid(),
+        "processor_start": process_start(os.getpid()),
+        "host": host_id(),
+        "boot": boot_id(),
+        "entries": [item["id"] for item in items],
+    }
+
+
+def stop_orphaned_gates(
+    base: str, processor: str | None = None, grace: float = ORPHAN_GRACE
+) -> list[dict[str, Any]]:
+    """Stop the gates left running by processors that are gone, on this host, and forget
+    their records; returns the records of the groups stopped.
+
+    *base* is the folder of the temporary worktrees (``<git common dir>/dibs-land``);
+    *processor* limits it to that processor's records. A record of another host is left
+    alone; one of an earlier boot of this host is only forgotten (its processes are gone).
+    A group is signalled only while its leader runs with the recorded start time
+    (`dibs.ground.host.stop_process_group`).
+    """
+    from dibs.ground.host import boot_id, host_id, process_alive, stop_process_group
+
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    stopped = []
+    for name in names:
+        if not name.endswith(RECORD) or (processor and not name.startswith(processor + ".")):
+            continue
+        path = os.path.join(base, name)
+        try:
+            with open(path, "rb") as f:
+                record = json.loads(f.read())
+        except FileNotFoundError:
+            continue
+        except ValueError:  # killed between creating and writing it: no group to name
+            pid = name.split("-")[1] if name.count("-") >= 2 else ""
+            if pid.isdigit() and not process_alive(int(pid), None):
+                _forget(path)
+            continue
+        if record.get("host") != host_id():
+            continue
+        if record.get("boot") == boot_id():
+            if process_alive(record["processor_pid"], record["processor_start"]):
+                continue
+            if stop_process_group(record["pid"], record["start"], grace):
+                stopped.append(record)
+        _forget(path)
+    return stopped
+
+
+def _forget(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class GateRun:
     """What putting one commit through the command gates gave."""
 
@@ -272,6 +376,7 @@ class Gates:
         cache: dict[str, dict[str, Any]],
         cancel: threading.Event | None = None,
         tick: Callable[[], None] | None = None,
+        record: str | None = None,
     ) -> GateRun:
         """Run every required command gate on *commit* (checked out in *cwd*), in order, up
         to the first failure; a failure in *cache* for the same key stands without a run.
@@ -280,8 +385,10 @@ class Gates:
 
         *tick* is called every few seconds while a gate runs (the processor renews its lock
         there; what it raises kills the gate and propagates); *cancel* set stops the run.
+        *record* is where a `GateRecord` names each command while it runs.
         """
         run = GateRun()
+        recorder = GateRecord(record, record_fields(self.by, items)) if record else None
         heads = [str(item["head"]) for item in items]
         env = {
             **self.env,
@@ -308,7 +415,7 @@ class Gates:
                 run.results[name] = self._result(commit, known["exit"], 0.0, known.get("tail"))
                 return run
             run.ran = True  # even if stopped: a gate run was spent
-            tries = self._tries(name, cwd, env, cancel, tick)
+            tries = self._tries(name, cwd, env, cancel, tick, recorder=recorder)
             if tries is None:
                 run.cancelled = True
                 return run
@@ -357,13 +464,26 @@ class Gates:
         env: dict[str, str],
         cancel: threading.Event | None,
         tick: Callable[[], None] | None,
+        *,
+        recorder: GateRecord | None,
     ) -> list[dict[str, Any]] | None:
         """Run gate *name* until it passes or its retries are spent; None: cancelled."""
         tries = []
+        on_start = None if recorder is None else (lambda pid: recorder.write(pid, name))
         for _ in range(self.retries.get(name, 0) + 1):
-            code, tail, seconds = run_command(
-                self.commands[name], cwd, env, timeout=self.timeout, cancel=cancel, tick=tick
-            )
+            try:
+                code, tail, seconds = run_command(
+                    self.commands[name],
+                    cwd,
+                    env,
+                    timeout=self.timeout,
+                    cancel=cancel,
+                    tick=tick,
+                    on_start=on_start,
+                )
+            finally:
+                if recorder is not None:
+                    recorder.clear()
             if code == "cancelled":
                 return None
             tries.append({"exit": code, "seconds": seconds, "tail": tail})
@@ -384,9 +504,11 @@ def run_command(
     timeout: float,
     cancel: threading.Event | None = None,
     tick: Callable[[], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[int | str, str, float]:
     """Run *command* by ``/bin/sh`` in its own process group; (exit code, the tail of its
-    output, seconds). The code is ``timeout`` or ``cancelled`` when it was killed for that."""
+    output, seconds). The code is ``timeout`` or ``cancelled`` when it was killed for that.
+    *on_start* is told the group's id (its leader's pid) once the command runs."""
     import signal
     import subprocess
     import tempfile
@@ -402,6 +524,13 @@ def run_command(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if on_start is not None:
+            try:
+                on_start(child.pid)
+            except BaseException:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+                raise
         code: int | str
         while True:
             left = started + timeout - time.monotonic()

@@ -7,6 +7,11 @@ compare-and-swap of `target` after the checks of `checks`, and write, before the
 a ``land-start`` with ``moving`` (the commit about to land): a processor killed between the
 move and its ``land-done`` is recognised by the next one, which records the landing without
 landing it twice (`_take`).
+
+A processor killed that way also leaves its gate commands running (they lead sessions of their
+own). The next processor stops them before it tests anything, and again before it takes over
+an entry of a processor that is gone (`_stop_orphans`): two runs of one entry's gates never
+overlap, and no gate writes into a temporary worktree that is being swept or reused.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from dibs.integrations.queue.entries import (
     _entry_event,
     _landed_event,
 )
-from dibs.integrations.queue.gates import FAILURES, Gates, _gate_events, failure_events
+from dibs.integrations.queue.gates import (
+    FAILURES,
+    RECORD,
+    Gates,
+    _gate_events,
+    failure_events,
+    stop_orphaned_gates,
+)
 from dibs.integrations.queue.target import _Failed
 
 TYPE_CHECKING = False
@@ -46,11 +58,14 @@ class Outcome:
         self.handled: list[dict[str, Any]] = []
         #: Commits put through the command gates (a retry of a flaky gate is not another).
         self.gate_runs = 0
+        #: The gate records of processors that were gone whose process groups were stopped.
+        self.stopped: list[dict[str, Any]] = []
 
 
 def dead_lander_worktrees(base: str) -> list[str]:
     """The temporary worktrees in *base* (``<git common dir>/dibs-land``) of processors on
-    this host whose process is gone (killed mid-landing)."""
+    this host whose process is gone (killed mid-landing); their gate records aside
+    (`stop_orphaned_gates` reads and removes those)."""
     from dibs.ground.host import process_start
 
     try:
@@ -60,7 +75,9 @@ def dead_lander_worktrees(base: str) -> list[str]:
     out = []
     for name in names:
         parts = name.split("-")
-        if len(parts) == 3 and parts[1].isdigit() and process_start(int(parts[1])) is None:
+        if name.endswith(RECORD) or len(parts) != 3 or not parts[1].isdigit():
+            continue
+        if process_start(int(parts[1])) is None:
             out.append(os.path.join(base, name))
     return out
 
@@ -73,6 +90,7 @@ class _Workdir:
         self.made = False
         self.at = ""  # the commit checked out
         self.dirty = False  # gates ran since (they may leave files behind)
+        self.record = path + RECORD  # names the gate running in it (a `GateRecord`)
 
 
 class _Processor(_Checks):
@@ -101,7 +119,9 @@ class _Processor(_Checks):
         self.let_go()
 
     def run(self) -> None:
-        """Process until the queue is empty."""
+        """Process until the queue is empty (gates left running by dead processors stopped
+        first)."""
+        self._stop_orphans()
         if self.batch > 1:
             from dibs.integrations.queue.batch import process_batches
 
@@ -121,6 +141,8 @@ class _Processor(_Checks):
         """Mark *waiting* as being tested by this processor; None when it is done with
         already: its landing moved the target but the processor died before recording it
         (recorded now), or it fails its fence or manual gates (recorded now)."""
+        if waiting.get("processor") not in (None, self.name):
+            self._stop_orphans(waiting["processor"])
         moving = waiting.get("moving")
         if moving and _contains(self.repo.root, self._tip(), moving["commit"]):
             self._finish(waiting, "landed", commit=moving["commit"], onto=moving["onto"])
@@ -132,6 +154,21 @@ class _Processor(_Checks):
             self._finish(item, "failed", **failed.fields)
             return None
         return item
+
+    def _stop_orphans(self, processor: str | None = None) -> None:
+        """Stop the gates that processors which are gone (or *processor*, if gone) left
+        running on this host, saying so on standard error."""
+        import sys
+
+        base = os.path.join(self.repo.common_dir, "dibs-land")
+        for record in stop_orphaned_gates(base, processor):
+            self.outcome.stopped.append(record)
+            entries = record["entries"]
+            said = f"entr{'ies' if len(entries) > 1 else 'y'} {' '.join(entries)}"
+            sys.stderr.write(
+                f"dibs land: stopped gate {record.get('gate')} of {said} (process group "
+                f"{record['pid']}), left running by {record['processor']}, which is gone\n"
+            )
 
     # Writing outcomes -------------------------------------------------------------------
 

@@ -156,7 +156,7 @@ class Speculation:
         slot.cancel = threading.Event()
         path = proc._check_out(slot.work, slot.commit)
         slot.work.dirty = True
-        cache = proc.failures
+        cache, record = proc.failures, slot.work.record
         generation, cancel, item, commit, base = (
             slot.generation,
             slot.cancel,
@@ -175,6 +175,7 @@ class Speculation:
                     base_tree=lambda: proc._tree(base),
                     cache=cache,
                     cancel=cancel,
+                    record=record,
                 )
             except BaseException as exc:  # noqa: BLE001 (handed to the main thread, raised there)
                 result = exc

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dibs.core.leases import Acquire, Decision, ForceEvict, agent_status, decide, eviction_reason
 from dibs.ground.errors import Conflict, NotFound, Refused, UsageError
+from dibs.integrations.listeners import DEFAULT_SOURCES
 from dibs.integrations.tasks.model import (
-    DEFAULT_SOURCES,
     DONE,
     MAX_PRIORITY,
     WORKING,

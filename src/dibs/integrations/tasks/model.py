@@ -10,7 +10,6 @@ if TYPE_CHECKING:
 
 DONE = frozenset(("done", "closed", "completed", "complete", "resolved", "merged"))
 WORKING = frozenset(("in_progress", "in-progress", "doing", "active", "started", "hooked"))
-DEFAULT_SOURCES = ("tasks.toml", ".beads/", ".claude/epics/*/")
 #: Priorities are small whole numbers (beads: 0-4); a bound keeps a 5,000-digit one out.
 MAX_PRIORITY = 1_000_000
 

@@ -7,7 +7,8 @@ import os
 import re
 
 from dibs.ground.errors import UsageError
-from dibs.integrations.tasks.model import DEFAULT_SOURCES, Problem, Task, issue_resource
+from dibs.integrations import listeners
+from dibs.integrations.tasks.model import Problem, Task, issue_resource
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,19 +70,7 @@ def _glob(pattern: str) -> list[str]:
 
 def sources(coord: Coordinator) -> tuple[list[str], bool]:
     """The task sources to read (relative to `root`) and whether they were configured."""
-    top = root(coord)
-    configured = list(coord.settings["tasks.sources"])
-    if configured:
-        return configured, True
-    found = []
-    for source in DEFAULT_SOURCES:
-        if source.endswith("*/"):
-            parent = os.path.join(top, os.path.dirname(source.rstrip("/")))
-            if os.path.isdir(parent) and _glob(os.path.join(top, source)):  # glob only then
-                found.append(source)
-        elif os.path.exists(os.path.join(top, source)):
-            found.append(source)
-    return found, False
+    return listeners.sources(root(coord), coord.settings["tasks.sources"])
 
 
 def load(coord: Coordinator) -> tuple[list[Task], list[Problem]]:

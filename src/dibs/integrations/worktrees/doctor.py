@@ -127,8 +127,8 @@ def reconcile(coord: Coordinator, *, repair: bool = False) -> list[dict[str, Any
                 "lander-worktree",
                 f"{entry['worktree']} is the temporary worktree of a merge queue processor "
                 "that died",
-                "remove it",
-                lambda path=entry["worktree"]: git(root, "worktree", "remove", "--force", path),
+                "stop the gates it left running, remove it",
+                lambda path=entry["worktree"]: _drop_lander(root, base, path),
             )
             continue
         if not rel.startswith(folder + os.sep) or rel in owned:
@@ -179,6 +179,15 @@ def reconcile(coord: Coordinator, *, repair: bool = False) -> list[dict[str, Any
                 repairable=False,
             )
     return findings
+
+
+def _drop_lander(root: str, base: str, path: str) -> None:
+    """Remove the temporary worktree *path* of a dead processor, its gates stopped first (they
+    lead sessions of their own and outlive it: one could still be writing there)."""
+    from dibs.integrations.queue import stop_orphaned_gates
+
+    stop_orphaned_gates(base, os.path.basename(path).rsplit(".", 1)[0])
+    git(root, "worktree", "remove", "--force", path)
 
 
 def _drophalf_made(root: str, path: str) -> None:

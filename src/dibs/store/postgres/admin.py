@@ -9,6 +9,7 @@ import os
 import psycopg
 
 from dibs.core.due import agent_expiry
+from dibs.core.resources import scope
 from dibs.core.state import State, apply
 from dibs.ground.errors import StoreUnavailable, UsageError
 from dibs.store.postgres import live
@@ -329,6 +330,7 @@ class Admin(Session):
             "resources": [],
             "tokens": [],
             "bodies": [],
+            "scopes": [],
         }
         for line in lines:
             event = json.loads(line)
@@ -338,6 +340,7 @@ class Admin(Session):
             params["resources"].append(event.get("resource"))
             params["tokens"].append(event.get("token"))
             params["bodies"].append(line.rstrip(b"\n").decode())
+            params["scopes"].append(scope(event.get("resource")))
         conn = self._connect()
         try:
             with conn.transaction():

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock
 
 #: The schema version this dibs reads and writes (``sql/migrate_NNN.sql`` up to it).
-SCHEMA = 2
+SCHEMA = 3
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
 # An optimistic decision that meets a namespace moved by someone else catches up and tries
@@ -240,6 +240,9 @@ class Session:
         self.settled = 0
         #: When a dict, where the time of locked writes goes (`profile_locked`; bench only).
         self.profile: dict[str, float] | None = None
+        #: Decide again after every commuting append and fail loudly if the answer differs
+        #: (`dibs.store.postgres.commuting`; the test suite sets DIBS_VERIFY_COMMUTING=1).
+        self.verify_commuting = os.environ.get("DIBS_VERIFY_COMMUTING") == "1"
         self._armed: tuple[float, Any] | None = None  # (deadline, connection) of a request
         self._watchdog: Any = None
         self._closing = False

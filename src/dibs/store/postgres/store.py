@@ -45,10 +45,11 @@ import time
 import psycopg
 
 from dibs.core.events import encode
+from dibs.core.resources import scope
 from dibs.core.state import State, apply, seal
 from dibs.ground.errors import CorruptLog, StoreIOError
 from dibs.ground.now import Now
-from dibs.store.postgres import live
+from dibs.store.postgres import commuting, live
 from dibs.store.postgres.connection import (
     _EXPIRY_MARGIN_NS,
     _FREEING,
@@ -65,7 +66,7 @@ from dibs.store.postgres.listen import Listening
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -79,8 +80,14 @@ class PostgresStore(Listening):
 
     # Writing ----------------------------------------------------------------------------
 
-    def transact(self, decide: DecideFn) -> Decision:
-        """Decide and append atomically (see `dibs.store.base.Store.transact`)."""
+    def transact(self, decide: DecideFn, *, footprint: Sequence[str] | None = None) -> Decision:
+        """Decide and append atomically (see `dibs.store.base.Store.transact`).
+
+        *footprint*: the caller vouches that *decide* is a plain claim or release reading only
+        its agent's record and the leases that may overlap these resources (the coordinator's
+        plain claims and releases); such a decision is appended past what others wrote
+        meanwhile when none of it touches those (`commuting`).
+        """
         with self._tlock:
             request = os.urandom(16).hex()
             pending: tuple[Decision, list[Event]] | None = None
@@ -97,7 +104,7 @@ class PostgresStore(Listening):
                             if decision is not None:
                                 return decision
                             pending = None  # it did not happen: decide again
-                        return self._step(conn, decide, request)
+                        return self._step(conn, decide, request, footprint)
                     finally:
                         self._disarm()
                 except _Lost as lost:
@@ -165,7 +172,13 @@ class PostgresStore(Listening):
             live.confirm(state, *more, now.mono, self._confirmed)
         return now
 
-    def _step(self, conn: psycopg.Connection[Any], decide: DecideFn, request: str) -> Decision:
+    def _step(
+        self,
+        conn: psycopg.Connection[Any],
+        decide: DecideFn,
+        request: str,
+        footprint: Sequence[str] | None,
+    ) -> Decision:
         """One decision: a renewal without the lock, optimistically in one round trip, or
         else under the namespace lock.
 
@@ -190,6 +203,17 @@ class PostgresStore(Listening):
             renewal = live.renewal(state, decision)
         if renewal is not None and self._renew(conn, state, renewal):
             return decision
+        if (
+            footprint is not None
+            and commuting.mover(decision) is not None
+            and not live.expiring(state, now.mono, self._confirmed)[0]
+        ):
+            decided = self._commuting(
+                conn, decide, request, (state, now, decided_us, decision), footprint
+            )
+            if decided is not None:
+                return decided
+            return self._locked(conn, decide, request)
         if self._pessimistic <= 0 and not live.expiring(state, now.mono, self._confirmed)[0]:
             first: tuple[Now, int | None, Decision] | None = (now, decided_us, decision)
             for _ in range(_OPTIMISTIC_TRIES):
@@ -232,6 +256,68 @@ class PostgresStore(Listening):
         live.renewed(state, renewal, at_mono if at_mono is not None else self._now(micros).mono)
         self._count("renew")
         return True
+
+    def _commuting(
+        self,
+        conn: psycopg.Connection[Any],
+        decide: DecideFn,
+        request: str,
+        decided: tuple[State, Now, int | None, Decision],
+        footprint: Sequence[str],
+    ) -> Decision | None:
+        """Append a claim or release in one statement, moved up past whatever was written
+        since *state* if all of that commutes with it (`commuting`); None when it did not
+        (the state has caught up with what the server sent back: decide under the lock)."""
+        state, now, decided_us, decision = decided
+        events = seal(decision.events, state.seq)
+        params = commuting.params(decision, events, footprint)
+        if params is None:
+            return None
+        pending = (decision, events)
+        params |= {
+            "ns": self.namespace,
+            "expected": state.seq,
+            "base_token": state.last_token,
+            "request": request,
+            "decided_us": decided_us,
+        }
+        try:
+            row = _one(conn.execute(Q["append_commuting"], params))
+            added, micros, moved, lifted, count, between = row
+            if added:
+                self._check_appended(added, len(events))
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, pending) from exc
+        self._sync(micros)
+        if count:
+            self._apply_bodies(state, between.split("\n"))
+        if not added:
+            self._count("commuting-clash")
+            return None
+        commuting.shift(decision, events, moved, lifted)
+        if self.verify_commuting:
+            self._verify_commuting(decide, state, now, decision)
+        for event in events:
+            apply(state, event)
+        self._since_checkpoint += sum(len(body) for body in params["templates"])
+        self._maybe_checkpoint(conn)
+        self._count("commuting-moved" if moved else "commuting")
+        return decision
+
+    def _verify_commuting(
+        self, decide: DecideFn, state: State, now: Now, appended: Decision
+    ) -> None:
+        """Decide again on the caught-up *state* at the same time: the events must be the
+        ones just *appended*, the refusal the same (the test suite's check of `commuting`)."""
+        again = decide(state, now)
+        events = seal(again.events, state.seq)
+        if events != appended.events or repr(again.error) != repr(appended.error):
+            raise StoreIOError(
+                f"a commuting append in namespace {self.namespace!r} differs from the decision "
+                f"made again on the caught-up state: appended {appended.events} "
+                f"({appended.error!r}), decided {events} ({again.error!r})",
+                hint="this is a bug in dibs.append_commuting's check; report it",
+            )
 
     def _optimistic(
         self,
@@ -338,6 +424,7 @@ class PostgresStore(Listening):
     def _append_params(self, state: State, events: list[Event], request: str) -> dict[str, Any]:
         tokens = [e.get("token") for e in events]
         freeing = any(e["op"] in _FREEING for e in events)
+        bodies = [encode(e)[:-1].decode() for e in events]
         return {
             "notify": f"{self.namespace}:{events[-1]['seq']}" if freeing else "",
             "ns": self.namespace,
@@ -351,7 +438,8 @@ class PostgresStore(Listening):
             "agents": [e.get("agent") for e in events],
             "resources": [e.get("resource") for e in events],
             "tokens": tokens,
-            "bodies": [encode(e)[:-1].decode() for e in events],
+            "bodies": bodies,
+            "scopes": [scope(e.get("resource")) for e in events],
         } | live.live_params(events)
 
     def _settle(
@@ -363,20 +451,26 @@ class PostgresStore(Listening):
         """After a lost COMMIT: the decision if it was recorded, None if it was not.
 
         The namespace lock is taken first: the transaction that sent the COMMIT held it, so
-        once we have it that transaction has ended, and the answer cannot change later.
+        once we have it that transaction has ended, and the answer cannot change later. A
+        commuting append may have been moved up: the events are taken as recorded.
         """
         decision, events = pending
+        params = {"ns": self.namespace, "request": request, "count": len(events)}
         try:
             with conn.pipeline():
                 conn.execute(Q["begin"])
                 conn.execute(Q["lock_namespace"], {"ns": self.namespace})
-                found = conn.execute(Q["find_request"], {"ns": self.namespace, "request": request})
+                found = conn.execute(Q["find_request"], params)
                 conn.execute(Q["commit"])
                 row = found.fetchone()
         except psycopg.Error as exc:
             raise self._translate(conn, exc, pending) from exc
         if row is None:
             return None
+        first, bodies = row
+        if first != events[0]["seq"]:
+            recorded = [self._decode(first, body) for body in bodies.split("\n")]
+            commuting.adopt(decision, events, recorded)
         state = self._state
         if state is not None and state.seq == events[0]["seq"] - 1:
             for event in events:

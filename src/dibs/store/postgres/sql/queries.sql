@@ -88,7 +88,16 @@ SELECT * FROM dibs.append(
     %(decided_us)s::bigint, %(notify)s,
     %(seqs)b::bigint[], %(ops)b::text[], %(agents)b::text[], %(resources)b::text[],
     %(tokens)b::bigint[], %(bodies)b::text[], %(monos)b::bigint[], %(ttls)b::bigint[],
-    %(secrets)b::text[]);
+    %(secrets)b::text[], %(scopes)b::text[]);
+
+-- name: append_commuting
+-- Append a claim or release that commutes with whatever was written since the client's
+-- state (see dibs.append_commuting in migrate_003.sql).
+SELECT * FROM dibs.append_commuting(
+    %(ns)s, %(expected)s, %(base_token)s, %(request)s, %(decided_us)s::bigint, %(notify)s,
+    %(mover)s, %(mono)s, %(ops)b::text[], %(resources)b::text[], %(tokens)b::bigint[],
+    %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[], %(reads)b::text[],
+    %(harmless)b::text[]);
 
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
@@ -105,8 +114,11 @@ LISTEN dibs;
 UNLISTEN dibs;
 
 -- name: find_request
--- Whether the transaction with this idempotency key was committed, and where.
-SELECT seq FROM dibs.events WHERE namespace = %(ns)s AND request = %(request)s;
+-- Whether the transaction with this idempotency key was committed, where, and its %(count)s
+-- events as recorded (a commuting append may have moved them up).
+SELECT r.seq, (SELECT string_agg(e.body, E'\n' ORDER BY e.seq) FROM dibs.events e
+               WHERE e.namespace = %(ns)s AND e.seq >= r.seq AND e.seq < r.seq + %(count)s)
+FROM dibs.events r WHERE r.namespace = %(ns)s AND r.request = %(request)s;
 
 -- name: events_page
 SELECT seq, body FROM dibs.events
@@ -166,11 +178,12 @@ DELETE FROM dibs.checkpoints WHERE namespace = %(ns)s AND seq = %(seq)s;
 
 -- name: import_events
 -- `dibs store migrate`: copy events as they are (seq included) into an empty namespace.
-INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, body)
-SELECT %(ns)s, e.seq, e.op, e.agent, e.resource, e.token, e.body
+INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, body, scope)
+SELECT %(ns)s, e.seq, e.op, e.agent, e.resource, e.token, e.body, e.scope
 FROM unnest(%(seqs)s::bigint[], %(ops)s::text[], %(agents)s::text[],
-            %(resources)s::text[], %(tokens)s::bigint[], %(bodies)s::text[])
-    AS e(seq, op, agent, resource, token, body);
+            %(resources)s::text[], %(tokens)s::bigint[], %(bodies)s::text[],
+            %(scopes)s::text[])
+    AS e(seq, op, agent, resource, token, body, scope);
 
 -- name: import_counters
 UPDATE dibs.namespaces

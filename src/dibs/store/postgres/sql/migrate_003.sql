@@ -1,0 +1,150 @@
+-- dibs schema version 3: claims and releases that commute with what was written meanwhile
+-- are appended in one statement, without a client round trip under the namespace lock.
+-- See docs/explanation/postgres.md ("Writes that commute") for why this is safe.
+
+-- What an event's resource can stand in the way of, written by the client that appends it
+-- (`dibs.core.resources.scope`): the resource's text for most kinds; for a path, 'path:'
+-- and the folder every file it covers lies under. NULL for events without a resource, and
+-- for events written before version 3 (a commuting append treats those as clashing).
+ALTER TABLE dibs.events ADD COLUMN scope text;
+
+-- Whether resources of scopes a and b may overlap: never false when
+-- `dibs.core.resources.overlaps` says they do (tests/integration/test_postgres_commuting.py).
+CREATE FUNCTION dibs.may_overlap(a text, b text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT a = b
+        OR (starts_with(a, 'path:') AND starts_with(b, 'path:')
+            AND (a = 'path:' OR b = 'path:'
+                 OR starts_with(a, b || '/') OR starts_with(b, a || '/')))
+$$;
+
+-- Version 3 of dibs.append: the same, and it records each event's scope.
+DROP FUNCTION dibs.append(text, bigint, bigint, bigint, bigint, text, bigint, text, bigint[],
+                          text[], text[], text[], bigint[], text[], bigint[], bigint[], text[]);
+CREATE FUNCTION dibs.append(
+    ns text, expected bigint, first_seq bigint, last_seq bigint, new_token bigint,
+    request_key text, decided_us bigint, notify text,
+    seqs bigint[], ops text[], agents text[], resources text[], tokens bigint[],
+    bodies text[], monos bigint[], ttls bigint[], secrets text[], scopes text[]
+) RETURNS TABLE (added bigint, micros bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+BEGIN
+    IF decided_us IS NOT NULL AND decided_us > now_us THEN
+        RETURN QUERY SELECT 0::bigint, now_us;
+        RETURN;
+    END IF;
+    UPDATE dibs.namespaces
+    SET seq = last_seq, last_token = greatest(last_token, new_token)
+    WHERE name = ns AND seq = expected;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 0::bigint, now_us;
+        RETURN;
+    END IF;
+    INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body, scope)
+    SELECT ns, e.seq, e.op, e.agent, e.resource, e.token,
+           CASE WHEN e.seq = first_seq THEN request_key END, e.body, e.scope
+    FROM unnest(seqs, ops, agents, resources, tokens, bodies, scopes)
+        AS e(seq, op, agent, resource, token, body, scope);
+    PERFORM dibs.apply_live(ns, ops, agents, resources, tokens, seqs, monos, ttls, secrets);
+    IF notify <> '' THEN
+        PERFORM pg_notify('dibs', notify);
+    END IF;
+    RETURN QUERY SELECT last_seq - expected,
+                        (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+END
+$$;
+
+-- A claim or release by one agent (mover), decided by the client on its cached state at seq
+-- expected, appended in one statement whatever was written since, when all of that commutes
+-- with it: no event since is by mover, every one's op is harmless (the client's list,
+-- `dibs.store.postgres.commuting.HARMLESS`: ops that change only leases, tables or nothing),
+-- and none names a resource whose scope may overlap one the decision read (reads: the
+-- scopes of the resources the command named and of its events; scopes: each event's own). The rules ran on the client; this function decides nothing, it only checks that
+-- the rules would have decided the same on the state as it is now.
+--
+-- The decision's events were numbered from expected + 1 and its new fencing tokens from
+-- base_token + 1, all at one time (mono, in the namespace's clock). They move up by the
+-- events written since (moved) and by the tokens handed out since (lifted). The client sends
+-- each body as a template: the JSON line with the byte 0x01 where the seq goes, 0x02 where an
+-- acquire's token goes and 0x03 where the first seq of a several-event transaction goes
+-- (control bytes never appear unescaped in JSON text), so every body is exactly the line the
+-- client's encoder writes.
+--
+-- Returns added (0: nothing was written), micros (the server's clock), moved, lifted, and the
+-- events written since expected (count, bodies) for the client to catch up with; with more
+-- than 256 of them it gives up without reading them.
+CREATE FUNCTION dibs.append_commuting(
+    ns text, expected bigint, base_token bigint, request_key text, decided_us bigint,
+    notify boolean, mover text, mono bigint,
+    ops text[], resources text[], tokens bigint[], ttls bigint[], templates text[],
+    scopes text[], reads text[], harmless text[]
+) RETURNS TABLE (added bigint, micros bigint, moved bigint, lifted bigint, count bigint,
+                 bodies text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    now_us bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+    n integer := array_length(ops, 1);
+    cur record;
+    between_count bigint := 0;
+    between_bodies text := '';
+    clash boolean := false;
+    new_seqs bigint[] := '{}';
+    new_tokens bigint[] := '{}';
+    top_token bigint;
+BEGIN
+    IF decided_us IS NOT NULL AND decided_us > now_us THEN
+        RETURN QUERY SELECT 0::bigint, now_us, 0::bigint, 0::bigint, 0::bigint, ''::text;
+        RETURN;
+    END IF;
+    SELECT x.seq, x.last_token, x.seq - expected AS moved, x.last_token - base_token AS lifted
+    INTO cur FROM dibs.namespaces x WHERE x.name = ns FOR UPDATE;
+    IF NOT FOUND OR cur.moved < 0 OR cur.lifted < 0 OR cur.moved > 256 THEN
+        RETURN QUERY SELECT 0::bigint, now_us, 0::bigint, 0::bigint, 0::bigint, ''::text;
+        RETURN;
+    END IF;
+    top_token := cur.last_token;
+    IF cur.moved > 0 THEN
+        SELECT count(*), coalesce(string_agg(e.body, E'\n' ORDER BY e.seq), ''),
+               coalesce(bool_or(
+                   e.agent = mover
+                   OR e.op <> ALL (harmless)
+                   OR (e.resource IS NOT NULL AND (
+                       e.scope IS NULL
+                       OR EXISTS (SELECT 1 FROM unnest(reads) s
+                                  WHERE dibs.may_overlap(s, e.scope))))), false)
+        INTO between_count, between_bodies, clash
+        FROM dibs.events e WHERE e.namespace = ns AND e.seq > expected;
+        IF clash OR between_count <> cur.moved THEN
+            RETURN QUERY SELECT 0::bigint, now_us, cur.moved, cur.lifted, between_count,
+                                between_bodies;
+            RETURN;
+        END IF;
+    END IF;
+    -- A loop of plain expressions: far cheaper in PL/pgSQL than a query, under the lock.
+    FOR i IN 1 .. n LOOP
+        new_seqs[i] := cur.seq + i;
+        new_tokens[i] := CASE WHEN ops[i] = 'acquire' THEN tokens[i] + cur.lifted
+                              ELSE tokens[i] END;
+        top_token := greatest(top_token, new_tokens[i]);
+    END LOOP;
+    UPDATE dibs.namespaces SET seq = cur.seq + n, last_token = top_token WHERE name = ns;
+    INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body, scope)
+    SELECT ns, e.seq, e.op, mover, e.resource, e.token,
+           CASE WHEN e.seq = cur.seq + 1 THEN request_key END,
+           replace(replace(replace(e.template, E'\x01', e.seq::text),
+                                   E'\x02', coalesce(e.token::text, '')),
+                   E'\x03', (cur.seq + 1)::text),
+           e.scope
+    FROM unnest(new_seqs, ops, resources, new_tokens, templates, scopes)
+        AS e(seq, op, resource, token, template, scope);
+    PERFORM dibs.apply_live(ns, ops, array_fill(mover, ARRAY[n]), resources, new_tokens,
+                            new_seqs, array_fill(mono, ARRAY[n]), ttls,
+                            array_fill(NULL::text, ARRAY[n]));
+    IF notify THEN
+        PERFORM pg_notify('dibs', ns || ':' || (cur.seq + n));
+    END IF;
+    RETURN QUERY SELECT n::bigint, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+                        cur.moved, cur.lifted, between_count, between_bodies;
+END
+$$;
