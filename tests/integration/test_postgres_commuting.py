@@ -24,7 +24,7 @@ from dibs.core.resources import parse_resource, scope, scopes_may_overlap
 from dibs.core.rules import Decision
 from dibs.ground.errors import Conflict, DibsError
 from dibs.service import Coordinator
-from dibs.store.postgres import PostgresStore
+from dibs.store.postgres import PostgresStore, commuting
 from tests.conftest import FakeLiveness
 
 pytestmark = pytest.mark.postgres
@@ -68,15 +68,23 @@ def server(pg_template: str) -> Iterator[str]:
 
 
 def test_the_server_compares_scopes_as_the_client_does(server: str) -> None:
-    """``dibs.may_overlap`` in SQL answers as `scopes_may_overlap` for every pair of scopes."""
-    scopes = sorted({scope(parse_resource(text).text) or "" for text in POOL} | {"path:"})
-    pairs = [(a, b) for a in scopes for b in scopes]
+    """``dibs.scope_clashes`` with the arrays `commuting.probe` makes of some scopes answers
+    whether a scope may overlap one of them, as `scopes_may_overlap` does, for every pair and
+    for sets of three (names with LIKE's own characters included)."""
+    texts = [*POOL, "path:x_y/%z", "path:x_y/a", "path:xay/b", "path:**", "path:a\\*/b"]
+    scopes = sorted({scope(parse_resource(text).text) or "" for text in texts} | {"path:"})
+    sets = [[a] for a in scopes] + [list(trio) for trio in itertools.combinations(scopes, 3)][:300]
+    cases = [(found, reads) for reads in sets for found in scopes]
     with psycopg.connect(server, autocommit=True) as conn:
-        got = conn.execute(
-            "SELECT dibs.may_overlap(a, b) FROM unnest(%s::text[], %s::text[]) AS p(a, b)",
-            ([a for a, _ in pairs], [b for _, b in pairs]),
-        ).fetchall()
-    assert [scopes_may_overlap(a, b) for a, b in pairs] == [row[0] for row in got]
+        got = [
+            conn.execute(
+                "SELECT dibs.scope_clashes(%s, %s::text[], %s::text[], %s::text[], %s)",
+                (found, *(commuting.probe(reads)[k] for k in ("reads", "above", "below", "root"))),
+            ).fetchone()[0]  # type: ignore[index]
+            for found, reads in cases
+        ]
+    expected = [any(scopes_may_overlap(a, found) for a in reads) for found, reads in cases]
+    assert expected == got
 
 
 def _record(state: Any, ctx: Any) -> Decision:

@@ -27,7 +27,7 @@ from dibs.ground.errors import Conflict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
     from typing import Any
 
     from dibs.core.events import Event
@@ -163,9 +163,32 @@ def params(
         "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
         "templates": bodies,
         "scopes": scopes,
-        "reads": sorted({scope(text) for text in footprint}.union(scopes)),
+        **probe({scope(text) for text in footprint}.union(scopes)),
         "harmless": _HARMLESS,
     }
+
+
+def probe(reads: Iterable[str | None]) -> dict[str, Any]:
+    """The arrays ``dibs.scope_clashes`` tests a scope against, for the scopes a decision
+    read: the scopes (``reads``), the folders above its path scopes (``above``), LIKE patterns
+    for what lies beneath them (``below``) and whether one is every path (``root``). Together
+    they answer `dibs.core.resources.scopes_may_overlap` against each, with array operators
+    only (tests/integration/test_postgres_commuting.py compares the two)."""
+    texts = sorted({text for text in reads if text is not None})
+    above: set[str] = set()
+    below: list[str] = []
+    for text in texts:
+        if not text.startswith("path:") or text == "path:":
+            continue
+        parts = text[5:].split("/")
+        above.update("path:" + "/".join(parts[:i]) for i in range(1, len(parts)))
+        below.append(_like_literal(text) + "/%")
+    return {"reads": texts, "above": sorted(above), "below": below, "root": "path:" in texts}
+
+
+def _like_literal(text: str) -> str:
+    """*text* as a LIKE pattern matching itself (backslash is LIKE's escape character)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def shift(decision: Decision, events: list[Event], moved: int, lifted: int) -> None:

@@ -8,14 +8,20 @@
 -- for events written before version 3 (a commuting append treats those as clashing).
 ALTER TABLE dibs.events ADD COLUMN scope text;
 
--- Whether resources of scopes a and b may overlap: never false when
--- `dibs.core.resources.overlaps` says they do (tests/integration/test_postgres_commuting.py).
-CREATE FUNCTION dibs.may_overlap(a text, b text) RETURNS boolean
+-- Whether a resource of scope s may overlap one of a decision's, given as arrays the client
+-- made of them (`dibs.store.postgres.commuting.probe`): reads (the scopes themselves),
+-- above (the folders above its path scopes), below (LIKE patterns for what lies beneath
+-- them) and root (one is 'path:', every path). The same answer as
+-- `dibs.core.resources.scopes_may_overlap` against each (tests/integration/
+-- test_postgres_commuting.py), in array operators only: a plain SQL expression the planner
+-- inlines, with no subquery per event under the namespace lock.
+CREATE FUNCTION dibs.scope_clashes(s text, reads text[], above text[], below text[],
+                                   root boolean) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT a = b
-        OR (starts_with(a, 'path:') AND starts_with(b, 'path:')
-            AND (a = 'path:' OR b = 'path:'
-                 OR starts_with(a, b || '/') OR starts_with(b, a || '/')))
+    SELECT s = ANY (reads)
+        OR (starts_with(s, 'path:')
+            AND (root OR (s = 'path:' AND cardinality(below) > 0)
+                 OR s = ANY (above) OR s LIKE ANY (below)))
 $$;
 
 -- Version 3 of dibs.append: the same, and it records each event's scope.
@@ -59,8 +65,9 @@ $$;
 -- expected, appended in one statement whatever was written since, when all of that commutes
 -- with it: no event since is by mover, every one's op is harmless (the client's list,
 -- `dibs.store.postgres.commuting.HARMLESS`: ops that change only leases, tables or nothing),
--- and none names a resource whose scope may overlap one the decision read (reads: the
--- scopes of the resources the command named and of its events; scopes: each event's own). The rules ran on the client; this function decides nothing, it only checks that
+-- and none names a resource whose scope may overlap one the decision read (reads, above,
+-- below, root: dibs.scope_clashes; the scopes of the resources the command named and of its
+-- events); scopes: each of its events' own. The rules ran on the client; this function decides nothing, it only checks that
 -- the rules would have decided the same on the state as it is now.
 --
 -- The decision's events were numbered from expected + 1 and its new fencing tokens from
@@ -78,7 +85,7 @@ CREATE FUNCTION dibs.append_commuting(
     ns text, expected bigint, base_token bigint, request_key text, decided_us bigint,
     notify boolean, mover text, mono bigint,
     ops text[], resources text[], tokens bigint[], ttls bigint[], templates text[],
-    scopes text[], reads text[], harmless text[]
+    scopes text[], reads text[], above text[], below text[], root boolean, harmless text[]
 ) RETURNS TABLE (added bigint, micros bigint, moved bigint, lifted bigint, count bigint,
                  bodies text)
 LANGUAGE plpgsql AS $$
@@ -111,8 +118,7 @@ BEGIN
                    OR e.op <> ALL (harmless)
                    OR (e.resource IS NOT NULL AND (
                        e.scope IS NULL
-                       OR EXISTS (SELECT 1 FROM unnest(reads) s
-                                  WHERE dibs.may_overlap(s, e.scope))))), false)
+                       OR dibs.scope_clashes(e.scope, reads, above, below, root)))), false)
         INTO between_count, between_bodies, clash
         FROM dibs.events e WHERE e.namespace = ns AND e.seq > expected;
         IF clash OR between_count <> cur.moved THEN

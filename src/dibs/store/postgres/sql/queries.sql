@@ -97,7 +97,7 @@ SELECT * FROM dibs.append_commuting(
     %(ns)s, %(expected)s, %(base_token)s, %(request)s, %(decided_us)s::bigint, %(notify)s,
     %(mover)s, %(mono)s, %(ops)b::text[], %(resources)b::text[], %(tokens)b::bigint[],
     %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[], %(reads)b::text[],
-    %(harmless)b::text[]);
+    %(above)b::text[], %(below)b::text[], %(root)s, %(harmless)b::text[]);
 
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
