@@ -98,6 +98,12 @@ def cpu_seconds() -> float:
 # The fleet ----------------------------------------------------------------------------------
 
 
+#: How a client's writes were made (`PostgresStore.profile`): one commuting statement (moved
+#: past others' writes or not), a clash that fell back to the lock, the optimistic append, a
+#: locked write, a renewal outside the lock.
+WRITES = ("commuting", "commuting-moved", "commuting-clash", "optimistic", "locked", "renew")
+
+
 class Client:
     """One client process: its agents' schedules in a heap, run one operation at a time."""
 
@@ -155,6 +161,7 @@ class Client:
         return f"path:src/{name}/m{self.counter}/**", False
 
     def run(self, start: float, end: float) -> dict[str, Any]:
+        self.store.profile = {}  # how each write of the run was made (`WRITES`)
         self.plan(start)
         cpu0 = cpu_seconds()
         while self.heap:
@@ -177,6 +184,11 @@ class Client:
         self.count_backlog(end)
         self.stats["timeouts"] = self.store.timeouts
         self.stats["settled"] = self.store.settled
+        self.stats["writes"] = {
+            key: int(self.store.profile.get(key, 0))
+            for key in WRITES
+            if self.store.profile is not None
+        }
         self.stats["cpu"] = cpu_seconds() - cpu0
         return self.stats
 
@@ -386,6 +398,7 @@ def merge(  # noqa: PLR0917
     keys = ("done", "scheduled", "granted", "refused", "timed_out", "lost", "cpu", "timeouts")
     for key in (*keys, "settled"):
         merged[key] = sum(p[key] for p in parts)
+    merged["writes"] = {key: sum(p["writes"].get(key, 0) for p in parts) for key in WRITES}
     for p in parts:
         for kind, count in p["errors"].items():
             merged["errors"][kind] = merged["errors"].get(kind, 0) + count
@@ -485,6 +498,7 @@ def run_one(url: str, agents: int, clients: int, seconds: float, speedup: float)
         "active": sim["active"],
         "client_cpu": sim["client_cpu"],
         "registering_s": sim["registering_s"],
+        "writes": sim["writes"],
         "raw_ops_s": ceiling["ops_s"],
         "raw_paced_p50_ms": paced["p50"] * 1e3,
         "raw_paced_p99_ms": paced["p99"] * 1e3,
@@ -530,6 +544,8 @@ def show(row: dict[str, Any]) -> None:
         f"client CPU "
         f"{r['client_cpu']:.2f} cores"
     )
+    writes = r.get("writes", {})
+    print("  writes made: " + ", ".join(f"{key} {writes.get(key, 0)}" for key in WRITES))
 
 
 def parse_run(text: str) -> tuple[int, int]:
