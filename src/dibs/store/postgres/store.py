@@ -286,6 +286,9 @@ class PostgresStore(Listening):
             added, micros, moved, lifted, count, between = row
             if added:
                 self._check_appended(added, len(events))
+        except psycopg.errors.SerializationFailure:
+            self._count("commuting-clash")  # nothing was written; the locked path catches up
+            return None
         except psycopg.Error as exc:
             raise self._translate(conn, exc, pending) from exc
         self._sync(micros)

@@ -78,9 +78,14 @@ $$;
 -- (control bytes never appear unescaped in JSON text), so every body is exactly the line the
 -- client's encoder writes.
 --
--- Returns added (0: nothing was written), micros (the server's clock), moved, lifted, and the
--- events written since expected (count, bodies) for the client to catch up with; with more
--- than 256 of them it gives up without reading them.
+-- The namespace row is locked by the UPDATE that moves its counters, the first statement after
+-- the clock check (one row operation, not a lock and then an update); when the events written
+-- since clash, the function raises serialization_failure (SQLSTATE 40001), which undoes that
+-- update with everything else: the client then decides under the lock as before.
+--
+-- Returns added (0: nothing was written: the client's clock estimate was ahead, or more than
+-- 256 events were written since, left unread), micros (the server's clock), moved, lifted,
+-- and the events written since expected (count, bodies) for the client to catch up with.
 CREATE FUNCTION dibs.append_commuting(
     ns text, expected bigint, base_token bigint, request_key text, decided_us bigint,
     notify boolean, mover text, mono bigint,
@@ -98,19 +103,26 @@ DECLARE
     clash boolean := false;
     new_seqs bigint[] := '{}';
     new_tokens bigint[] := '{}';
-    top_token bigint;
 BEGIN
     IF decided_us IS NOT NULL AND decided_us > now_us THEN
         RETURN QUERY SELECT 0::bigint, now_us, 0::bigint, 0::bigint, 0::bigint, ''::text;
         RETURN;
     END IF;
-    SELECT x.seq, x.last_token, x.seq - expected AS moved, x.last_token - base_token AS lifted
-    INTO cur FROM dibs.namespaces x WHERE x.name = ns FOR UPDATE;
-    IF NOT FOUND OR cur.moved < 0 OR cur.lifted < 0 OR cur.moved > 256 THEN
+    -- The new tokens are the acquires' (base_token + 1, ...), moved up past the tokens handed
+    -- out since: the last token grows by the number of acquires.
+    UPDATE dibs.namespaces x
+    SET seq = x.seq + n,
+        last_token = x.last_token + (SELECT count(*) FROM unnest(ops) o WHERE o = 'acquire')
+    WHERE x.name = ns AND x.seq BETWEEN expected AND expected + 256
+      AND x.last_token >= base_token
+    RETURNING x.seq - n AS seq, x.seq - n - expected AS moved,
+              x.last_token - base_token
+                  - (SELECT count(*) FROM unnest(ops) o WHERE o = 'acquire') AS lifted
+    INTO cur;
+    IF NOT FOUND THEN
         RETURN QUERY SELECT 0::bigint, now_us, 0::bigint, 0::bigint, 0::bigint, ''::text;
         RETURN;
     END IF;
-    top_token := cur.last_token;
     IF cur.moved > 0 THEN
         SELECT count(*), coalesce(string_agg(e.body, E'\n' ORDER BY e.seq), ''),
                coalesce(bool_or(
@@ -122,9 +134,8 @@ BEGIN
         INTO between_count, between_bodies, clash
         FROM dibs.events e WHERE e.namespace = ns AND e.seq > expected;
         IF clash OR between_count <> cur.moved THEN
-            RETURN QUERY SELECT 0::bigint, now_us, cur.moved, cur.lifted, between_count,
-                                between_bodies;
-            RETURN;
+            RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+                MESSAGE = 'dibs: a write made since clashes with this claim or release';
         END IF;
     END IF;
     -- A loop of plain expressions: far cheaper in PL/pgSQL than a query, under the lock.
@@ -132,9 +143,7 @@ BEGIN
         new_seqs[i] := cur.seq + i;
         new_tokens[i] := CASE WHEN ops[i] = 'acquire' THEN tokens[i] + cur.lifted
                               ELSE tokens[i] END;
-        top_token := greatest(top_token, new_tokens[i]);
     END LOOP;
-    UPDATE dibs.namespaces SET seq = cur.seq + n, last_token = top_token WHERE name = ns;
     INSERT INTO dibs.events (namespace, seq, op, agent, resource, token, request, body, scope)
     SELECT ns, e.seq, e.op, mover, e.resource, e.token,
            CASE WHEN e.seq = cur.seq + 1 THEN request_key END,
