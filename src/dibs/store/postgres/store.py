@@ -183,10 +183,13 @@ class PostgresStore(Listening):
         else under the namespace lock.
 
         The rules decide first on the cached state. A decision that only renews is done in
-        dibs.live alone (`_renew`). Optimism pays when writers rarely meet; when they do,
-        each miss costs round trips, so after a miss the next decisions take the lock straight
-        away for a while. A cached state with rows that look expired and were not read under
-        the lock cannot decide optimistically: they may have been renewed outside the log.
+        dibs.live alone (`_renew`). One that writes nothing (a waiting claim still blocked)
+        needs only a current state: one lock-free catch-up read (`_current`). A plain claim
+        or release is appended past unrelated writes in one statement (`_commuting`).
+        Optimism pays when writers rarely meet; when they do, each miss costs round trips,
+        so after a miss the next decisions take the lock straight away for a while. A cached
+        state with rows that look expired and were not read under the lock cannot decide
+        optimistically: they may have been renewed outside the log.
         """
         try:
             state = self._state if self._state is not None else self._load(conn)
@@ -203,6 +206,14 @@ class PostgresStore(Listening):
             renewal = live.renewal(state, decision)
         if renewal is not None and self._renew(conn, state, renewal):
             return decision
+        if not decision.events and not live.expiring(state, now.mono, self._confirmed)[0]:
+            # Nothing to write (a waiting claim still blocked, say): it needs a current state,
+            # never the lock. Catch up and decide again at the time read.
+            answer = self._current(conn, decide, state)
+            if answer is not None:
+                return answer
+            now, decided_us = self._estimate()  # caught up, it writes: on to the write paths
+            decision = decide(state, now)
         if (
             footprint is not None
             and commuting.mover(decision) is not None
@@ -224,6 +235,27 @@ class PostgresStore(Listening):
             self._pessimistic = _PESSIMISTIC_AFTER_MISS
         self._pessimistic -= 1
         return self._locked(conn, decide, request)
+
+    def _current(
+        self, conn: psycopg.Connection[Any], decide: DecideFn, state: State
+    ) -> Decision | None:
+        """Catch *state* up in one lock-free read and decide at the server's time of it: a
+        decision that writes nothing is then as good as one made under the lock (the state
+        was the log's at that moment). None when, caught up, it does write something."""
+        try:
+            micros, count, bodies = _one(
+                conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
+            )
+        except psycopg.Error as exc:
+            raise self._translate(conn, exc, None) from exc
+        self._sync(micros)
+        if count:
+            self._apply_bodies(state, bodies.split("\n"))
+        decision = decide(state, self._now(micros))
+        if decision.events:
+            return None
+        self._count("current-read")
+        return decision
 
     def _reread(
         self, conn: psycopg.Connection[Any], state: State, decide: DecideFn
