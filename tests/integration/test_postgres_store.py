@@ -414,6 +414,22 @@ def test_new_client_starts_from_a_checkpoint(url: str, stores: list[PostgresStor
     assert [] == reader.check()
 
 
+def test_clients_of_one_namespace_take_turns_writing_checkpoints(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """Every client applies the same events; only the one whose own write crossed the
+    stride writes the checkpoint, so two checkpoints are never a write apart."""
+    clients = [coordinator(open_store(stores, url, checkpoint_bytes=2000)) for _ in range(2)]
+    for i, c in enumerate(clients):
+        c.register(f"a{i}")
+    for n in range(40):
+        for i, c in enumerate(clients):
+            c.claim([f"issue:{i}-{n}"])
+    seqs = sorted(seq for (seq,) in sql(url, "SELECT seq FROM dibs.checkpoints"))
+    assert 2 == len(seqs)
+    assert seqs[1] - seqs[0] >= 8
+
+
 def test_doctor_finds_and_drops_a_bad_checkpoint(url: str, stores: list[PostgresStore]) -> None:
     """A checkpoint that disagrees with the log is reported, and --repair deletes it."""
     c = coordinator(open_store(stores, url))

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 SCHEMA = 3
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
+#: About how long an event's line is, to turn a checkpoint's weight into a stride of events.
+_EVENT_BYTES = 256
 # An optimistic decision that meets a namespace moved by someone else catches up and tries
 # again this many times before taking the namespace lock (which always makes progress).
 _OPTIMISTIC_TRIES = 2
