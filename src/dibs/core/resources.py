@@ -310,7 +310,7 @@ def scope(text: str | None) -> str | None:
 
 
 def scopes_may_overlap(a: str, b: str) -> bool:
-    """Whether resources of scopes *a* and *b* may overlap (``dibs.may_overlap`` in SQL)."""
+    """Whether resources of scopes *a* and *b* may overlap (``dibs.scope_clashes`` in SQL)."""
     if a == b:
         return True
     if not (a.startswith("path:") and b.startswith("path:")):
