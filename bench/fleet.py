@@ -62,7 +62,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dibs import Conflict, Coordinator, DibsError, LeaseLost, LockTimeout, PostgresStore
+from dibs import (
+    Conflict,
+    Coordinator,
+    DibsError,
+    LeaseLost,
+    LockTimeout,
+    PostgresStore,
+    settle_heap,
+)
 
 ADMIN = os.environ.get("DIBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 RAW = b"UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n"
@@ -282,6 +290,7 @@ def _fleet_worker(  # noqa: PLR0917 -- a process target takes positional argumen
         client.register()
         registered.wait()
         client.store.read()  # catch up on every registration before the clock starts
+        settle_heap()  # a long-lived client keeps this state (see dibs.ground.heap)
         go.wait()
         clock.started.wait()
         start = clock.value

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         StoreUnavailable,
         UsageError,
     )
+    from dibs.ground.heap import settle_heap
     from dibs.integrations.setup import init
     from dibs.service import Coordinator
     from dibs.store.local import LocalStore
@@ -65,6 +66,7 @@ _EXPORTS = {
     "init": "dibs.integrations.setup",
     "overlaps": "dibs.core.resources",
     "parse_resource": "dibs.core.resources",
+    "settle_heap": "dibs.ground.heap",
 }
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "init",
     "overlaps",
     "parse_resource",
+    "settle_heap",
 ]
 
 

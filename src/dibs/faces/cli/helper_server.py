@@ -52,6 +52,9 @@ def _preopen() -> tuple[Any, dict[str, str | None]] | None:
 
         store = open_store(url, None, namespace=namespace)
         store.read()
+        from dibs.ground.heap import settle_heap
+
+        settle_heap()  # a warm process keeps this state: its collector need not walk it again
     except Exception:  # noqa: BLE001 -- a store opened ahead is an optimisation only
         return None
     from dibs.service import opening

@@ -272,10 +272,17 @@ _INSTRUCTIONS = (
 def serve(coord: Coordinator) -> None:
     """Serve MCP over stdio until the client goes away, then unregister the agent the server
     registered (a SIGTERM ends the server the same way)."""
+    import contextlib
     import signal
+
+    from dibs.ground.errors import DibsError
+    from dibs.ground.heap import settle_heap
 
     acting = Acting(coord)
     server = build(coord, acting)
+    with contextlib.suppress(DibsError):  # a store that cannot be read says so per tool call
+        coord.read()
+    settle_heap()  # the state, loaded, lives as long as the session: no collector pauses over it
 
     def stop(_signum: int, _frame: object) -> None:
         raise SystemExit(0)

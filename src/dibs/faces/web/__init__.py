@@ -359,5 +359,13 @@ def serve(
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     sys.stderr.write(f"dibs dashboard on http://{shown}:{sock.getsockname()[1]}/\n")
     sys.stderr.flush()
-    config = uvicorn.Config(app(coord, token=token), log_level="warning")
+    application = app(coord, token=token)
+    import contextlib
+
+    from dibs.ground.heap import settle_heap
+
+    with contextlib.suppress(DibsError):  # a store that cannot be read says so per request
+        coord.read()
+    settle_heap()  # the state lives as long as the server: no collector pauses over it
+    config = uvicorn.Config(application, log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
