@@ -273,29 +273,33 @@ def pg_template() -> Iterator[str]:
 _pg_count = [0]
 
 
-@pytest.fixture
-def pg_database(pg_template: str) -> Iterator[str]:
-    """A fresh database for this test (dibs's schema, no namespace); its URL."""
+@contextlib.contextmanager
+def fresh_database(template: str | None) -> Iterator[str]:
+    """A database of this run (dropped afterwards, or by the next run if this one dies), made
+    from *template* (dibs's schema) or empty; its URL."""
     _pg_count[0] += 1
     name = f"{_PG_PREFIX}{_pg_count[0]}"
     with pg_admin() as conn:
-        ddl(conn, "CREATE DATABASE {} TEMPLATE {}", name, pg_template)
+        if template is None:
+            ddl(conn, "CREATE DATABASE {}", name)
+        else:
+            ddl(conn, "CREATE DATABASE {} TEMPLATE {}", name, template)
     try:
         yield pg_url(name)
     finally:
         with pg_admin() as conn:
             ddl(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+@pytest.fixture
+def pg_database(pg_template: str) -> Iterator[str]:
+    """A fresh database for this test (dibs's schema, no namespace); its URL."""
+    with fresh_database(pg_template) as url:
+        yield url
 
 
 @pytest.fixture
 def pg_empty_database(pg_template: str) -> Iterator[str]:
     """A fresh database without dibs's schema; its URL."""
-    _pg_count[0] += 1
-    name = f"{_PG_PREFIX}{_pg_count[0]}"
-    with pg_admin() as conn:
-        ddl(conn, "CREATE DATABASE {}", name)
-    try:
-        yield pg_url(name)
-    finally:
-        with pg_admin() as conn:
-            ddl(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+    with fresh_database(None) as url:
+        yield url

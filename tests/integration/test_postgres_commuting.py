@@ -10,7 +10,6 @@ check the server's `dibs.append_commuting` against the rules on every case they 
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from dibs.core.rules import Decision
 from dibs.ground.errors import Conflict, DibsError
 from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore, commuting
-from tests.conftest import FakeLiveness
+from tests.conftest import FakeLiveness, fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -55,16 +54,8 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def server(pg_template: str) -> Iterator[str]:
     """One database for the module; each example gets a namespace of its own."""
-    from tests.conftest import ddl, pg_admin, pg_url
-
-    name = f"dibs_commuting_{os.getpid()}"
-    with pg_admin() as conn:
-        ddl(conn, "CREATE DATABASE {} TEMPLATE {}", name, pg_template)
-    try:
-        yield pg_url(name)
-    finally:
-        with pg_admin() as conn:
-            ddl(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+    with fresh_database(pg_template) as url:
+        yield url
 
 
 def test_the_server_compares_scopes_as_the_client_does(server: str) -> None:
