@@ -299,8 +299,9 @@ class PostgresStore(Listening):
         footprint: Sequence[str],
     ) -> Decision | None:
         """Append a claim or release in one statement, moved up past whatever was written
-        since *state* if all of that commutes with it (`commuting`); None when it did not
-        (the state has caught up with what the server sent back: decide under the lock)."""
+        since *state* if all of that commutes with it (`commuting`); None when it was not
+        appended (a clash, more than 256 events behind, or a clock estimate ahead of the
+        server's): then decide under the lock, which catches up."""
         state, now, decided_us, decision = decided
         events = seal(decision.events, state.seq)
         params = commuting.params(decision, events, footprint)
