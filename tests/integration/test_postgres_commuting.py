@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from dibs.core.events import new_event
 from dibs.core.resources import parse_resource, scope, scopes_may_overlap
 from dibs.core.rules import Decision
-from dibs.ground.errors import Conflict, DibsError
+from dibs.ground.errors import Conflict, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore, commuting
 from tests.conftest import FakeLiveness, fresh_database
@@ -83,9 +83,15 @@ def _record(state: Any, ctx: Any) -> Decision:
 
 
 def _act(
-    coord: Coordinator, action: str, resources: list[str], shared: bool, held: dict[str, int]
+    coord: Coordinator,
+    action: str,
+    resources: list[str],
+    shared: bool,
+    everyone: dict[int, dict[str, int]],
 ) -> None:
-    """One step of one client; *held* is what it was told it holds (resource -> token)."""
+    """One step of one client; *everyone* is what each client was told it holds (resource ->
+    token), this one's under its agent's number."""
+    held = everyone[int(str(coord.agent)[1:])]
     try:
         if action == "claim":
             for lease in coord.claim(resources, shared=shared):
@@ -98,18 +104,26 @@ def _act(
             held.clear()
         elif action == "heartbeat":
             coord.heartbeat()
+        elif action == "evict":  # a person takes every hold on it away
+            coord.evict(resources[0], reason="test")
+            for mine in everyone.values():
+                mine.pop(resources[0], None)
         else:
             coord.transact(_record)
     except Conflict:
         pass
-    except DibsError:
-        if action != "release":  # releasing what it does not hold is the only other refusal
+    except (NotFound, LeaseLost):
+        # Releasing what it does not hold (or no longer holds: evicted), a heartbeat that
+        # reports a lease evicted, evicting what nobody holds.
+        if action not in ("release", "release-all", "heartbeat", "evict"):
             raise
 
 
 STEP = st.tuples(
     st.integers(0, 2),  # which client
-    st.sampled_from(["claim", "claim", "claim", "release", "release-all", "heartbeat", "record"]),
+    st.sampled_from(
+        ["claim", "claim", "claim", "release", "release-all", "heartbeat", "record", "evict"]
+    ),
     st.lists(st.sampled_from(POOL), min_size=1, max_size=2, unique=True),
     st.booleans(),  # shared
 )
@@ -139,7 +153,7 @@ def test_commuting_appends_are_what_the_rules_decide_on_the_current_state(
             store.profile = {}
         held: dict[int, dict[str, int]] = {0: {}, 1: {}, 2: {}}
         for who, action, resources, shared in steps:
-            _act(coords[who], action, resources, shared, held[who])
+            _act(coords[who], action, resources, shared, held)
         for store in stores:
             for key in ("commuting", "commuting-moved", "commuting-clash"):
                 if store.profile and store.profile.get(key):
