@@ -253,7 +253,9 @@ def _acknowledge(coord: Coordinator, who: _Reader, upto: int, *, as_operator: bo
         event = new_event("inbox-read", ctx.now, agent=again.agent, by=again.by, details=details)
         return Decision([event])
 
-    coord.transact(decide)
+    # It reads only the reader's own record and names the last message read: it commutes
+    # with what others write meanwhile (see dibs.store.postgres.commuting).
+    coord.transact(decide, footprint=[])
 
 
 def follow(

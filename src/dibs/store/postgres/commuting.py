@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from dibs.core.leases import Decision
 
 #: The only ops a commuting decision may write (anything else reads more of the state):
-#: a grant or a release, or the record of a refused claim.
-OPS = frozenset(("acquire", "release"))
+#: a grant or a release, an acknowledgement of read messages (it names the last one read,
+#: so messages that arrive meanwhile stay unread), or the record of a refused claim.
+OPS = frozenset(("acquire", "release", "inbox-read"))
 REFUSED = frozenset(("refuse",))
 #: Ops that, written by another agent meanwhile, leave a plain claim or release decided
 #: before them as it was (besides the check of their resource's scope): they change only
@@ -150,7 +151,8 @@ def params(
     if bodies is None:
         return None
     mono = events[0]["mono"]
-    scopes = [scope(event["resource"]) for event in events]
+    resources = [event.get("resource") for event in events]
+    scopes = [scope(text) for text in resources]
     if any(event["mono"] != mono for event in events):
         return None  # one decision, one time: never otherwise, but the server assumes it
     return {
@@ -158,7 +160,7 @@ def params(
         "mono": mono,
         "notify": any(event["op"] == "release" for event in events),
         "ops": [event["op"] for event in events],
-        "resources": [event["resource"] for event in events],
+        "resources": resources,
         "tokens": [event.get("token") for event in events],
         "ttls": [ttl_ns(event["ttl"]) if "ttl" in event else None for event in events],
         "templates": bodies,
