@@ -207,7 +207,10 @@ class PostgresStore(Listening):
             renewal = live.renewal(state, decision)
         if renewal is not None and self._renew(conn, state, renewal):
             return decision
-        if not decision.events and not live.expiring(state, now.mono, self._confirmed)[0]:
+        # Rows the cache finds expired may have been renewed outside the log: only a decision
+        # that met none of them may be made without the lock.
+        settled = not live.expiring(state, now.mono, self._confirmed)[0]
+        if not decision.events and settled:
             # Nothing to write (a waiting claim still blocked, say): it needs a current state,
             # never the lock. Catch up and decide again at the time read.
             answer = self._current(conn, decide, state)
@@ -215,18 +218,15 @@ class PostgresStore(Listening):
                 return answer
             now, decided_us = self._estimate()  # caught up, it writes: on to the write paths
             decision = decide(state, now)
-        if (
-            footprint is not None
-            and commuting.mover(decision) is not None
-            and not live.expiring(state, now.mono, self._confirmed)[0]
-        ):
+            settled = not live.expiring(state, now.mono, self._confirmed)[0]
+        if footprint is not None and settled and commuting.mover(decision) is not None:
             decided = self._commuting(
                 conn, decide, request, (state, now, decided_us, decision), footprint
             )
             if decided is not None:
                 return decided
             return self._locked(conn, decide, request)
-        if self._pessimistic <= 0 and not live.expiring(state, now.mono, self._confirmed)[0]:
+        if self._pessimistic <= 0 and settled:
             first: tuple[Now, int | None, Decision] | None = (now, decided_us, decision)
             for _ in range(_OPTIMISTIC_TRIES):
                 decided = self._optimistic(conn, decide, request, first)
