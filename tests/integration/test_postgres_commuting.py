@@ -9,6 +9,7 @@ check the server's `dibs.append_commuting` against the rules on every case they 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -170,12 +171,10 @@ def test_commuting_appends_are_what_the_rules_decide_on_the_current_state(
             store.close()
 
 
-def test_writers_of_different_resources_append_without_waiting_for_each_other(
-    server: str,
-) -> None:
-    """A claim decided on a stale cache is appended past others' unrelated writes in one
-    statement, its events and fencing token moved up; a related write makes it fall back
-    to the lock and it is decided again."""
+@contextlib.contextmanager
+def _two_clients(server: str) -> Iterator[tuple[PostgresStore, Coordinator, Coordinator]]:
+    """Agents a and b on a namespace of their own, each through its own client: (a's store,
+    a's coordinator, b's coordinator)."""
     namespace = f"c{next(_names)}"
     a, b = (PostgresStore(server, namespace=namespace) for _ in range(2))
     try:
@@ -183,6 +182,19 @@ def test_writers_of_different_resources_append_without_waiting_for_each_other(
         ca, cb = Coordinator(a, liveness=FakeLiveness()), Coordinator(b, liveness=FakeLiveness())
         ca.register("a", ttl=3600)
         cb.register("b", ttl=3600)
+        yield a, ca, cb
+    finally:
+        a.close()
+        b.close()
+
+
+def test_writers_of_different_resources_append_without_waiting_for_each_other(
+    server: str,
+) -> None:
+    """A claim decided on a stale cache is appended past others' unrelated writes in one
+    statement, its events and fencing token moved up; a related write makes it fall back
+    to the lock and it is decided again."""
+    with _two_clients(server) as (a, ca, cb):
         ca.claim(["issue:0"])  # a's cache is current up to here
         cb.claim(["issue:1", "path:src/**"])  # unrelated to a's next claim
         a.profile = {}
@@ -195,22 +207,13 @@ def test_writers_of_different_resources_append_without_waiting_for_each_other(
         assert 1 == a.profile.get("commuting-clash")
         ops = [(e["seq"], e["op"], e.get("agent"), e.get("token")) for e in ca.log()]
         assert [seq for seq, *_ in ops] == list(range(1, len(ops) + 1))
-    finally:
-        a.close()
-        b.close()
 
 
 def test_a_refusal_reads_every_resource_it_asked_for(server: str) -> None:
     """A claim of two resources refused on the first one read the second as well: a write to
     the second made meanwhile clashes, and the refusal is decided again (naming the first
     resource blocked on the state as it is now)."""
-    namespace = f"c{next(_names)}"
-    a, b = (PostgresStore(server, namespace=namespace) for _ in range(2))
-    try:
-        a.create()
-        ca, cb = Coordinator(a, liveness=FakeLiveness()), Coordinator(b, liveness=FakeLiveness())
-        cb.register("b", ttl=3600)
-        ca.register("a", ttl=3600)
+    with _two_clients(server) as (a, ca, cb):
         cb.claim(["issue:2"])
         ca.claim(["issue:0"])  # a's cache: b holds issue:2 only
         cb.claim(["issue:1"])  # a's cache does not know this one
@@ -219,6 +222,3 @@ def test_a_refusal_reads_every_resource_it_asked_for(server: str) -> None:
             ca.claim(["issue:1", "issue:2"])
         assert "issue:1 is held by b" in str(refused.value)
         assert 1 == a.profile.get("commuting-clash")
-    finally:
-        a.close()
-        b.close()
