@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from dibs.core.events import new_event
 from dibs.core.resources import parse_resource, scope, scopes_may_overlap
 from dibs.core.rules import Decision
-from dibs.ground.errors import Conflict, LeaseLost, NotFound
+from dibs.ground.errors import AuthError, Conflict, LeaseLost, NotFound
 from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore, commuting
 from tests.conftest import FakeLiveness, fresh_database
@@ -222,3 +222,23 @@ def test_a_refusal_reads_every_resource_it_asked_for(server: str) -> None:
             ca.claim(["issue:1", "issue:2"])
         assert "issue:1 is held by b" in str(refused.value)
         assert 1 == a.profile.get("commuting-clash")
+
+
+def test_a_claim_or_release_with_a_wrong_token_is_refused_and_writes_nothing(
+    server: str,
+) -> None:
+    """The commuting path runs the same authentication: no token, another agent's token, or
+    a token from before the name was registered again are refused, on a stale cache too, and
+    the log does not move."""
+    with _two_clients(server) as (a, ca, cb):
+        ca.claim(["issue:a"])
+        cb.claim(["issue:b"])  # a's cache is stale from here
+        before = len(ca.log())
+        with pytest.raises(AuthError):
+            Coordinator(a, agent="a", token=cb.token, liveness=FakeLiveness()).claim(["issue:x"])
+        with pytest.raises(AuthError):
+            Coordinator(a, agent="b", token=ca.token, liveness=FakeLiveness()).release(["issue:b"])
+        with pytest.raises(AuthError, match="no session token"):
+            Coordinator(a, agent="a", token="", liveness=FakeLiveness()).claim(["issue:x"])
+        assert before == len(ca.log())
+        assert ["issue:b"] == [v["resource"] for v in cb.claims(agent="b")]
