@@ -5,6 +5,8 @@ Modes, switchable while clients run (`FaultProxy.mode`):
 * ``pass``: bytes flow both ways;
 * ``blackhole``: connections stay open but nothing is forwarded (the proxy stops reading, so
   bytes wait in socket buffers, as a partition that later heals would leave them);
+* ``strand``: the connections open now forward nothing (as ``blackhole``), new ones flow:
+  a request held up on the network while its client has reconnected and moved on;
 * ``reset``: every open connection is reset (RST), and new ones are reset on arrival;
 * ``latency``: bytes flow after an added delay;
 * ``lossy``: bytes flow, but each chunk is held back with probability ``loss`` for ``rto``
@@ -51,6 +53,7 @@ class FaultProxy:
         self._listener = socket.create_server((listen, 0))
         self.port = self._listener.getsockname()[1]
         self._open: set[socket.socket] = set()
+        self._stranded: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -60,6 +63,8 @@ class FaultProxy:
         """Switch to *mode*; ``reset`` resets every open connection at once."""
         self.mode = mode
         self.switches += 1
+        with self._lock:
+            self._stranded = set(self._open) if mode == "strand" else set()
         if mode == "reset":
             with self._lock:
                 for sock in list(self._open):
@@ -100,7 +105,7 @@ class FaultProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while not self._stop.is_set():
-                if self.mode == "blackhole":
+                if self.mode == "blackhole" or source in self._stranded:
                     time.sleep(0.02)  # leave the bytes where they are
                     continue
                 ready, _, _ = select.select([source], [], [], 0.05)

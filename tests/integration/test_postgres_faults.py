@@ -30,6 +30,7 @@ from dibs.service import Coordinator
 from dibs.store.postgres import PostgresStore
 from tests.conftest import FakeLiveness, pg_admin
 from tests.faults.history import check
+from tests.faults.proxy import FaultProxy
 
 pytestmark = pytest.mark.postgres
 
@@ -158,6 +159,79 @@ def test_backends_killed_mid_transaction_lose_nothing(pg_database: str) -> None:
     reconnects = check_reports(url, reports)
     assert len(killed) > 10
     assert reconnects > 0
+
+
+# A request held up on the network ------------------------------------------------------------
+
+
+def _backend_alive(pid: int) -> bool:
+    with pg_admin() as conn:
+        return (
+            conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            is not None
+        )
+
+
+def test_a_request_held_up_on_the_network_cannot_land_after_it_was_settled(
+    pg_database: str,
+) -> None:
+    """A claim's statement is held up between client and server; the client gives up on it,
+    reconnects, finds it was not recorded and claims again. The held-up statement must never
+    run afterwards (it would record the claim twice, or fail the new one on its request key):
+    the server process that would run it is ended before the store looks."""
+    url = setup_namespace(pg_database)
+    parsed = psycopg.conninfo.conninfo_to_dict(url)
+    proxy = FaultProxy((str(parsed.get("host", "127.0.0.1")), int(parsed.get("port", 5432))))
+    through = url.replace(f":{parsed.get('port', 5432)}/", f":{proxy.port}/")
+    store = PostgresStore(through, namespace="faults", op_timeout=1.0, retry_for=20)
+    try:
+        with Coordinator(store, liveness=FakeLiveness()) as dibs:
+            dibs.register("a", ttl=600)
+            assert store._conn is not None
+            stranded = store._conn.info.backend_pid
+            proxy.set("strand")  # this connection's bytes wait in the proxy; new ones flow
+            [claim] = dibs.claim(["issue:1"])
+            assert store.settled == 1  # the answer was lost and looked for: not recorded
+            assert not _backend_alive(stranded)
+            proxy.set("pass")  # the held-up statement now reaches... no server process
+            time.sleep(0.5)
+            acquires = [e for e in store.events() if e["op"] == "acquire"]
+            assert [("issue:1", claim["token"])] == [(e["resource"], e["token"]) for e in acquires]
+    finally:
+        proxy.close()
+
+
+def test_a_new_connection_never_trusts_what_the_last_one_read(pg_database: str) -> None:
+    """A commuting append is readable before it is durable (it is flushed by its writer's next
+    statement), so a crash may take back events a client has read; the crash breaks every
+    connection. Here the log loses its last event (as a crash before the flush would) and the
+    reader's connection is ended: its next read must not show the lost claim."""
+    url = setup_namespace(pg_database)
+    writer = Coordinator(PostgresStore(url, namespace="faults"), liveness=FakeLiveness())
+    reader_store = PostgresStore(url, namespace="faults")
+    reader = Coordinator(reader_store, liveness=FakeLiveness())
+    try:
+        writer.register("w", ttl=600)
+        reader.register("r", ttl=600)
+        writer.claim(["issue:1"])
+        assert ["issue:1"] == [c["resource"] for c in reader.claims()]
+        with psycopg.connect(url, autocommit=True) as conn:  # the crash takes the claim back
+            conn.execute("ALTER TABLE dibs.events DISABLE TRIGGER events_append_only")
+            conn.execute("DELETE FROM dibs.events WHERE namespace = 'faults' AND op = 'acquire'")
+            conn.execute(
+                "UPDATE dibs.namespaces SET seq = seq - 1, last_token = last_token - 1 "
+                "WHERE name = 'faults'"
+            )
+            conn.execute("DELETE FROM dibs.live WHERE namespace = 'faults' AND resource <> ''")
+            conn.execute("ALTER TABLE dibs.events ENABLE TRIGGER events_append_only")
+            assert reader_store._conn is not None
+            conn.execute("SELECT pg_terminate_backend(%s)", (reader_store._conn.info.backend_pid,))
+        assert [] == reader.claims()
+        [claim] = reader.claim(["issue:1"])
+        assert claim["token"] == 1
+    finally:
+        writer.close()
+        reader.close()
 
 
 # A restarted server -------------------------------------------------------------------------

@@ -85,10 +85,10 @@ def test_unknown_namespace_is_a_clear_error(url: str, stores: list[PostgresStore
 
 def test_newer_schema_is_refused_at_start_up(url: str, stores: list[PostgresStore]) -> None:
     """A database migrated by a newer dibs is refused by this one, on open and on init."""
-    sql(url, "INSERT INTO dibs.schema_version (version, dibs) VALUES (4, 'future')")
-    with pytest.raises(StoreUnavailable, match="version 4; this dibs knows up to version 3"):
+    sql(url, "INSERT INTO dibs.schema_version (version, dibs) VALUES (5, 'future')")
+    with pytest.raises(StoreUnavailable, match="version 5; this dibs knows up to version 4"):
         open_store(stores, url).read()
-    with pytest.raises(StoreUnavailable, match="version 4"):
+    with pytest.raises(StoreUnavailable, match="version 5"):
         open_store(stores, url).create()
 
 
@@ -98,7 +98,9 @@ def test_create_is_idempotent_and_records_the_schema_version(url: str) -> None:
     store.create()
     store.create()
     store.close()
-    assert [(1,), (2,), (3,)] == sql(url, "SELECT version FROM dibs.schema_version ORDER BY 1")
+    assert [(1,), (2,), (3,), (4,)] == sql(
+        url, "SELECT version FROM dibs.schema_version ORDER BY 1"
+    )
 
 
 def test_unreachable_server_fails_at_once_with_what_to_check() -> None:

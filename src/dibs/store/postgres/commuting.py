@@ -152,6 +152,9 @@ def params(
         return None
     mono = events[0]["mono"]
     resources = [event.get("resource") for event in events]
+    named = [text for text in resources if text is not None]
+    if len(set(named)) != len(named):
+        return None  # the server changes each resource's dibs.live row once per statement
     scopes = [scope(text) for text in resources]
     if any(event["mono"] != mono for event in events):
         return None  # one decision, one time: never otherwise, but the server assumes it

@@ -27,6 +27,7 @@ from dibs.core.events import SCHEMA_VERSION
 from dibs.core.state import State, apply
 from dibs.ground.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
 from dibs.ground.now import Now
+from dibs.store.postgres import arrays
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock
 
 #: The schema version this dibs reads and writes (``sql/migrate_NNN.sql`` up to it).
-SCHEMA = 3
+SCHEMA = 4
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
 #: About how long an event's line is, to turn a checkpoint's weight into a stride of events.
@@ -246,6 +247,9 @@ class Session:
         #: (`dibs.store.postgres.commuting`; the test suite sets DIBS_VERIFY_COMMUTING=1).
         self.verify_commuting = os.environ.get("DIBS_VERIFY_COMMUTING") == "1"
         self._armed: tuple[float, Any] | None = None  # (deadline, connection) of a request
+        #: The server process of the last connection given up (see `_end_orphan`).
+        self._orphan: int | None = None
+        self._backend: int | None = None
         self._watchdog: Any = None
         self._closing = False
 
@@ -256,6 +260,11 @@ class Session:
         if conn is not None and not conn.closed:
             return conn
         self._listening = False
+        # The cache may hold events that were committed but not yet durable (a commuting
+        # append commits asynchronously and is flushed by its client's next statement): a
+        # crash loses them, and breaks every connection. So a new connection reads the
+        # state afresh, never trusting what the one before it read.
+        self._state = None
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True)
         except psycopg.Error as exc:
@@ -266,6 +275,8 @@ class Session:
                 ) from exc
             raise _Lost(exc, None) from exc
         conn.add_notify_handler(self._noted)
+        arrays.register(conn)
+        self._backend = conn.info.backend_pid  # known while the connection works, not after
         self._conn = conn
         self._connected_once = True
         return conn
@@ -284,6 +295,7 @@ class Session:
         conn, self._conn = self._conn, None
         self._listening = False
         if conn is not None:
+            self._orphan = self._backend
             # It may be broken already: there is nothing left to close cleanly.
             with contextlib.suppress(psycopg.Error):
                 conn.close()
@@ -348,6 +360,27 @@ class Session:
                 delay = min(delay * 2, 1.0)
             except _Reload:
                 self._state = None
+
+    def _end_orphan(self, conn: psycopg.Connection[Any]) -> None:
+        """End the server process of the connection given up, if it is still there, and wait
+        until it has gone (at most op_timeout).
+
+        A request whose answer was lost may not even have reached the server: held up on the
+        network, it could still run after the store looked for it, found nothing and decided
+        again. Once its process has gone it has either committed or never will. Only a
+        process of this user and database that started before this session is touched (a
+        process id may be reused)."""
+        pid = self._orphan
+        if pid is None:
+            return
+        deadline = time.monotonic() + self.op_timeout
+        while conn.execute(Q["end_backend"], {"pid": pid}).fetchone() is not None:
+            if time.monotonic() >= deadline:
+                raise _Lost(
+                    TimeoutError(f"the server process {pid} of a lost connection lingers"), None
+                )
+            time.sleep(0.01)
+        self._orphan = None
 
     def _translate(
         self,

@@ -50,6 +50,7 @@ from dibs.core.state import State, apply, seal
 from dibs.ground.errors import CorruptLog, StoreIOError
 from dibs.ground.now import Now
 from dibs.store.postgres import commuting, live
+from dibs.store.postgres.arrays import arrays
 from dibs.store.postgres.connection import (
     _EVENT_BYTES,
     _EXPIRY_MARGIN_NS,
@@ -316,10 +317,13 @@ class PostgresStore(Listening):
             "decided_us": decided_us,
         }
         try:
-            row = _one(conn.execute(Q["append_commuting"], params))
+            row = _one(conn.execute(Q["append_commuting"], arrays(params)))
             added, micros, moved, lifted, count, between = row
             if added:
                 self._check_appended(added, len(events))
+                # Committed without waiting for the disk (the lock is free): durable now,
+                # before anything is told of it. Lost here, it is settled like a lost COMMIT.
+                conn.execute(Q["durable"])
         except psycopg.errors.SerializationFailure:
             self._count("commuting-clash")  # nothing was written; the locked path catches up
             return None
@@ -381,7 +385,7 @@ class PostgresStore(Listening):
                 pending = (decision, events)
                 params = self._append_params(state, events, request)
                 params["decided_us"] = decided_us
-                added, micros = _one(conn.execute(Q["append_if_current"], params))
+                added, micros = _one(conn.execute(Q["append_if_current"], arrays(params)))
                 self._sync(micros)
                 if added:
                     self._count("optimistic")
@@ -421,7 +425,7 @@ class PostgresStore(Listening):
                     params = self._append_params(state, events, request)
                     params["decided_us"] = None  # decided at the server's own reading
                     t2 = clock()
-                    added = conn.execute(Q["append_if_current"], params)
+                    added = conn.execute(Q["append_if_current"], arrays(params))
                     conn.execute(Q["commit"])
                     self._check_appended(_one(added)[0], len(events))
                 else:
@@ -487,13 +491,17 @@ class PostgresStore(Listening):
     ) -> Decision | None:
         """After a lost COMMIT: the decision if it was recorded, None if it was not.
 
-        The namespace lock is taken first: the transaction that sent the COMMIT held it, so
-        once we have it that transaction has ended, and the answer cannot change later. A
-        commuting append may have been moved up: the events are taken as recorded.
+        The server process of the lost connection is ended first (`_end_orphan`): a single
+        statement held up on the network could otherwise still run after we looked. Then the
+        namespace lock is taken: a transaction that held it when the answer was lost has ended
+        once we have it, so the answer cannot change later. A commuting append may have been
+        moved up: the events are taken as recorded. Found, it is durable: this transaction
+        locked a row, so its commit waits for the disk up to its own record, which follows.
         """
         decision, events = pending
         params = {"ns": self.namespace, "request": request, "count": len(events)}
         try:
+            self._end_orphan(conn)
             with conn.pipeline():
                 conn.execute(Q["begin"])
                 conn.execute(Q["lock_namespace"], {"ns": self.namespace})

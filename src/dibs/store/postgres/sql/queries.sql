@@ -99,6 +99,13 @@ SELECT * FROM dibs.append_commuting(
     %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[], %(reads)b::text[],
     %(above)b::text[], %(below)b::text[], %(root)s, %(harmless)b::text[]);
 
+-- name: durable
+-- Make what this session committed asynchronously durable (dibs.append_commuting, schema
+-- version 4): a transaction with an id of its own commits, and with synchronous_commit on its
+-- commit waits until the WAL is on disk up to its commit record, which comes after every
+-- commit record written before it. Writes nothing but that record.
+SELECT pg_current_xact_id();
+
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
 SELECT pg_notify('dibs', %(payload)s);
@@ -112,6 +119,15 @@ LISTEN dibs;
 
 -- name: unlisten
 UNLISTEN dibs;
+
+-- name: end_backend
+-- End the server process of a connection the client gave up (pid), if it is still there; a
+-- row while it is (see Session._end_orphan). Only one of this user and database that started
+-- before this session.
+SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+WHERE a.pid = %(pid)s AND a.datname = current_database() AND a.usename = current_user
+  AND a.backend_start < (SELECT b.backend_start FROM pg_stat_activity b
+                         WHERE b.pid = pg_backend_pid());
 
 -- name: find_request
 -- Whether the transaction with this idempotency key was committed, where, and its %(count)s
