@@ -38,6 +38,16 @@ def test_texts_and_bigints_read_back_as_sent(
     assert row == (texts, ints)
 
 
+def test_a_list_sent_the_same_every_time_is_dumped_once_and_reads_back(
+    conn: psycopg.Connection[object],
+) -> None:
+    first = arrays.arrays({"harmless": ["heartbeat", "record"]})["harmless"]
+    assert first is arrays.arrays({"harmless": ["heartbeat", "record"]})["harmless"]
+    assert first is not arrays.arrays({"harmless": ["heartbeat"]})["harmless"]
+    row = conn.execute("SELECT %(harmless)b::text[]", {"harmless": first}).fetchone()
+    assert row == (["heartbeat", "record"],)
+
+
 def test_only_the_known_parameters_are_wrapped() -> None:
     params = {"ops": ["acquire"], "ttls": [None, 5], "ns": "repo", "keys_agent": ["a"]}
     out = arrays.arrays(params)

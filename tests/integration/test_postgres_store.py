@@ -103,6 +103,51 @@ def test_create_is_idempotent_and_records_the_schema_version(url: str) -> None:
     )
 
 
+def test_a_database_of_the_previous_schema_is_upgraded_by_init_and_commutes(
+    pg_empty_database: str,
+) -> None:
+    """A database set up by the dibs before (schema 3, with its namespace) is brought to
+    version 4 by `dibs init`; then a plain claim and release on a stale cache are appended
+    past the other client's writes (the new dibs.append_commuting)."""
+    from dibs.store.postgres.connection import migrations
+
+    url = pg_empty_database
+    with psycopg.connect(url, autocommit=True) as conn:
+        for version, text in migrations():
+            if version <= 3:
+                conn.execute(text.encode())
+                conn.execute(
+                    "INSERT INTO dibs.schema_version (version, dibs) VALUES (%s, 'before')",
+                    (version,),
+                )
+        conn.execute("INSERT INTO dibs.namespaces (name, boot) VALUES ('repo', 'pg-before')")
+    init = PostgresStore(url, namespace="repo")
+    init.create()  # what `dibs init` does
+    init.close()
+    assert [(1,), (2,), (3,), (4,)] == sql(
+        url, "SELECT version FROM dibs.schema_version ORDER BY 1"
+    )
+    a_store = PostgresStore(url, namespace="repo")
+    b_store = PostgresStore(url, namespace="repo")
+    a, b = coordinator(a_store), coordinator(b_store)
+    try:
+        a.register("a", ttl=600)
+        b.register("b", ttl=600)
+        a.claim(["issue:1"])
+        b.read()  # b's cache is now behind every write a makes below
+        for i in range(2, 5):
+            a.claim([f"issue:{i}"])
+        b_store.profile = {}
+        b.claim(["issue:9"])
+        b.release(["issue:9"])
+        assert b_store.profile == {"commuting-moved": 1.0, "commuting": 1.0}
+        assert sorted(c["resource"] for c in b.claims()) == [f"issue:{i}" for i in range(1, 5)]
+        assert [] == a_store.check()
+    finally:
+        a.close()
+        b.close()
+
+
 def test_unreachable_server_fails_at_once_with_what_to_check() -> None:
     """A closed port gives StoreUnavailable naming the server and what to check."""
     store = PostgresStore("postgresql://nobody@127.0.0.1:1/nothing", namespace="repo")

@@ -84,17 +84,46 @@ class _BigintsDumper(adapt.Dumper):
         return _array(items, nulls, _INT8)
 
 
+class _Made(Texts):
+    """Texts sent the same in every write (``harmless``), dumped once."""
+
+    def __init__(self, items: list[str]):
+        super().__init__(items)
+        self.dumped = _TextsDumper(_Made).dump(items)
+
+
+class _MadeDumper(adapt.Dumper):
+    format = pq.Format.BINARY
+    oid = _TEXT_ARRAY
+
+    def dump(self, obj: Any) -> bytes:
+        dumped: bytes = obj.dumped
+        return dumped
+
+
+#: Lists sent the same in every write, by their items (see `_Made`).
+_MADE: dict[tuple[str, ...], _Made] = {}
+_CONSTANT_KEYS = frozenset(("harmless",))
+
+
 def register(conn: psycopg.Connection[Any]) -> None:
     """Let *conn* send `Texts` and `Bigints`."""
     conn.adapters.register_dumper(Texts, _TextsDumper)
     conn.adapters.register_dumper(Bigints, _BigintsDumper)
+    conn.adapters.register_dumper(_Made, _MadeDumper)
 
 
 def arrays(params: dict[str, Any]) -> dict[str, Any]:
     """*params* with its known array parameters as `Texts` and `Bigints` (a new dict)."""
     out = dict(params)
     for key, value in params.items():
-        if key in TEXT_KEYS:
+        if key in _CONSTANT_KEYS:
+            items = tuple(value)
+            made = _MADE.get(items)
+            if made is None:
+                made = _MADE[items] = _Made(list(items))
+            out[key] = made
+        elif key in TEXT_KEYS:
             out[key] = Texts(value)
         elif key in BIGINT_KEYS:
             out[key] = Bigints(value)
