@@ -271,8 +271,9 @@ class Cluster:
             timeout=120,
         )
 
-    def start(self) -> None:
+    def start(self, *settings: str) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        options += "".join(f" -c {setting}" for setting in settings)
         self.run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -322,6 +323,38 @@ def test_server_restarted_mid_run_loses_nothing(cluster: Cluster) -> None:
     reconnects = check_reports(url, reports)
     assert 1 == len(restarts)
     assert reconnects >= 4  # every worker lost its connection and came back
+
+
+def test_an_answered_claim_survives_a_crash_right_after(cluster: Cluster) -> None:
+    """A commuting claim commits without waiting for the disk; it must be durable before the
+    client answers. The WAL writer is slowed to one round per 10 s, so nothing but the
+    client's own flush writes the claim's commit to disk; the server then crashes (immediate
+    stop: WAL still in memory is lost) the moment the claim is answered."""
+    if cluster.bindir is None:  # pragma: no cover - the fixture skips or fails first
+        return
+    slow = Cluster(cluster.bindir)
+    try:
+        slow.start("wal_writer_delay=10000")
+        with psycopg.connect(slow.url(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE dibs")
+        url = setup_namespace(slow.url("dibs"))
+        store = PostgresStore(url, namespace="faults", retry_for=30)
+        dibs = Coordinator(store, liveness=FakeLiveness())
+        dibs.register("a", ttl=600)
+        store.profile = {}
+        [claim] = dibs.claim(["issue:1"])
+        slow.stop("immediate")
+        assert store.profile == {"commuting": 1.0}
+        dibs.close()
+        slow.start()
+        after = PostgresStore(url, namespace="faults")
+        try:
+            acquires = [e for e in after.events() if e["op"] == "acquire"]
+        finally:
+            after.close()
+        assert [("issue:1", claim["token"])] == [(e["resource"], e["token"]) for e in acquires]
+    finally:
+        slow.remove()
 
 
 # A client paused past its ttl ---------------------------------------------------------------

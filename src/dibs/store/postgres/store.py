@@ -495,8 +495,8 @@ class PostgresStore(Listening):
         statement held up on the network could otherwise still run after we looked. Then the
         namespace lock is taken: a transaction that held it when the answer was lost has ended
         once we have it, so the answer cannot change later. A commuting append may have been
-        moved up: the events are taken as recorded. Found, it is durable: this transaction
-        locked a row, so its commit waits for the disk up to its own record, which follows.
+        moved up: the events are taken as recorded. Found, it is made durable (a commuting
+        append commits without waiting for the disk) before it is reported.
         """
         decision, events = pending
         params = {"ns": self.namespace, "request": request, "count": len(events)}
@@ -508,6 +508,8 @@ class PostgresStore(Listening):
                 found = conn.execute(Q["find_request"], params)
                 conn.execute(Q["commit"])
                 row = found.fetchone()
+            if row is not None:
+                conn.execute(Q["durable"])  # a commuting append may not be on disk yet
         except psycopg.Error as exc:
             raise self._translate(conn, exc, pending) from exc
         if row is None:

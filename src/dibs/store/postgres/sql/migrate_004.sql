@@ -6,9 +6,9 @@
 -- other's flush in turn. Version 4's dibs.append_commuting commits asynchronously
 -- (synchronous_commit off for its own transaction only), so the lock is free as soon as the
 -- commit record is in the WAL buffers. The client then makes it durable before it tells
--- anyone: its next statement, `SELECT pg_current_xact_id()`, commits a transaction with a
--- commit record of its own, written later in the WAL, and with synchronous_commit on that
--- commit waits until the WAL is flushed up to it, this append's included. Flushes of
+-- anyone: its next statement (queries.sql, "durable") commits a transaction that writes a
+-- WAL record and a commit record of its own, later in the WAL, and with synchronous_commit
+-- on that commit waits until the WAL is flushed up to it, this append's included. Flushes of
 -- several clients are then shared (PostgreSQL's group commit) instead of taken in turn.
 --
 -- Until that flush, others can read the events (they are committed); a crash before it loses

@@ -101,10 +101,13 @@ SELECT * FROM dibs.append_commuting(
 
 -- name: durable
 -- Make what this session committed asynchronously durable (dibs.append_commuting, schema
--- version 4): a transaction with an id of its own commits, and with synchronous_commit on its
--- commit waits until the WAL is on disk up to its commit record, which comes after every
--- commit record written before it. Writes nothing but that record.
-SELECT pg_current_xact_id();
+-- version 4). A transaction that writes a WAL record (a transactional logical-decoding
+-- message: one small record, no table touched; anyone may call it, at any wal_level) commits
+-- with synchronous_commit on, so its commit waits until the WAL is on disk up to its commit
+-- record, which comes after every commit record written before it. A transaction that only
+-- takes an id (txid_current()) is not enough: PostgreSQL flushes at commit only if the
+-- transaction wrote WAL before its commit record.
+SELECT pg_logical_emit_message(true, 'dibs', '');
 
 -- name: notify
 -- Wake `dibs claim --wait` in other clients: something was released in this namespace.
