@@ -109,7 +109,7 @@ class FaultProxy:
                     time.sleep(0.02)  # leave the bytes where they are
                     continue
                 ready, _, _ = select.select([source], [], [], 0.05)
-                if not ready or self.mode == "blackhole":
+                if not ready or self.mode == "blackhole" or source in self._stranded:
                     if source not in self._open:
                         return
                     continue

@@ -325,11 +325,15 @@ def test_server_restarted_mid_run_loses_nothing(cluster: Cluster) -> None:
     assert reconnects >= 4  # every worker lost its connection and came back
 
 
-def test_an_answered_claim_survives_a_crash_right_after(cluster: Cluster) -> None:
-    """A commuting claim commits without waiting for the disk; it must be durable before the
-    client answers. The WAL writer is slowed to one round per 10 s, so nothing but the
-    client's own flush writes the claim's commit to disk; the server then crashes (immediate
-    stop: WAL still in memory is lost) the moment the claim is answered."""
+@pytest.mark.parametrize("async_after_us", [0, 10**12], ids=["flushed-after", "synchronous"])
+def test_an_answered_claim_survives_a_crash_right_after(
+    cluster: Cluster, async_after_us: int
+) -> None:
+    """A commuting claim commits without waiting for the disk (or, when told to keep the
+    lock for the flush, synchronously); either way it must be durable before the client
+    answers. The WAL writer is slowed to one round per 10 s, so nothing but the client's own
+    commits write the claim's commit to disk; the server then crashes (immediate stop: WAL
+    still in memory is lost) the moment the claim is answered."""
     if cluster.bindir is None:  # pragma: no cover - the fixture skips or fails first
         return
     slow = Cluster(cluster.bindir)
@@ -339,6 +343,7 @@ def test_an_answered_claim_survives_a_crash_right_after(cluster: Cluster) -> Non
             conn.execute("CREATE DATABASE dibs")
         url = setup_namespace(slow.url("dibs"))
         store = PostgresStore(url, namespace="faults", retry_for=30)
+        store.async_after_us = async_after_us
         dibs = Coordinator(store, liveness=FakeLiveness())
         dibs.register("a", ttl=600)
         store.profile = {}

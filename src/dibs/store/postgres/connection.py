@@ -48,6 +48,10 @@ _EVENT_BYTES = 256
 _OPTIMISTIC_TRIES = 2
 _PESSIMISTIC_AFTER_MISS = 16
 _CLOCK_MARGIN_US = 1000
+#: See `Session.async_after_us`. 0, always: measured on 2 shared cores, 16 clients in a claim
+#: loop made 0.55-0.59x the raw update with 0, 0.49x with 1000 (only after a queue) and 0.40x
+#: with every append synchronous, and the 10,000-agent fleet did no worse (bench/fleet.py).
+_ASYNC_AFTER_US = 0
 _PAGE = 5000
 #: Ops that free a resource: a decision holding one wakes `dibs claim --wait` elsewhere.
 #: Seconds between pings while waiting for a notification (see `wait_for_change`).
@@ -243,6 +247,11 @@ class Session:
         self.settled = 0
         #: When a dict, where the time of locked writes goes (`profile_locked`; bench only).
         self.profile: dict[str, float] | None = None
+        #: A commuting append that waited longer than this (microseconds) for the namespace
+        #: lock frees the lock before the disk flush and is made durable by a second
+        #: statement (docs/explanation/postgres.md, "Durable before answered"); 0 (the
+        #: default): always; a larger value keeps one synchronous statement when nobody queues.
+        self.async_after_us = _ASYNC_AFTER_US
         #: Decide again after every commuting append and fail loudly if the answer differs
         #: (`dibs.store.postgres.commuting`; the test suite sets DIBS_VERIFY_COMMUTING=1).
         self.verify_commuting = os.environ.get("DIBS_VERIFY_COMMUTING") == "1"

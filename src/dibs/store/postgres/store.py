@@ -315,12 +315,14 @@ class PostgresStore(Listening):
             "base_token": state.last_token,
             "request": request,
             "decided_us": decided_us,
+            "async_after_us": self.async_after_us,
         }
         try:
             row = _one(conn.execute(Q["append_commuting"], arrays(params)))
-            added, micros, moved, lifted, count, between = row
+            added, micros, moved, lifted, count, between, flush = row
             if added:
                 self._check_appended(added, len(events))
+            if flush:
                 # Committed without waiting for the disk (the lock is free): durable now,
                 # before anything is told of it. Lost here, it is settled like a lost COMMIT.
                 conn.execute(Q["durable"])

@@ -32,20 +32,25 @@ DROP FUNCTION dibs.append_commuting(text, bigint, bigint, text, bigint, boolean,
 -- (mover), decided on the client's state at seq expected, appended moved up past whatever
 -- was written since when all of that commutes with it; serialization_failure (40001) on a
 -- clash, undoing everything; added 0 when the client's clock estimate was ahead or more than
--- 256 events were written since. It returns one row.
+-- 256 events were written since. It returns one row; flush says it committed without
+-- waiting for the disk (see above), which it does only when it waited longer than
+-- async_after_us for the lock: when nobody queues, freeing the lock early gains nothing, and
+-- a second statement costs both sides.
 CREATE FUNCTION dibs.append_commuting(
     ns text, expected bigint, base_token bigint, request_key text, decided_us bigint,
     notify boolean, mover text, mono bigint,
     ops text[], resources text[], tokens bigint[], ttls bigint[], templates text[],
     scopes text[], reads text[], above text[], below text[], root boolean, harmless text[],
+    async_after_us bigint,
     OUT added bigint, OUT micros bigint, OUT moved bigint, OUT lifted bigint,
-    OUT count bigint, OUT bodies text)
+    OUT count bigint, OUT bodies text, OUT flush boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer := cardinality(ops);
     acquires integer := cardinality(array_positions(ops, 'acquire'));
     first bigint;
     clash boolean;
+    locked_us bigint;
 BEGIN
     micros := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
     added := 0;
@@ -53,6 +58,7 @@ BEGIN
     lifted := 0;
     count := 0;
     bodies := '';
+    flush := false;
     IF decided_us IS NOT NULL AND decided_us > micros THEN
         RETURN;
     END IF;
@@ -66,6 +72,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    locked_us := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
     moved := first - expected;
     -- A new statement, so a new snapshot: it sees every event committed before the lock was
     -- granted. The CTEs all read that snapshot: "since" does not see the rows "written" adds.
@@ -120,8 +127,12 @@ BEGIN
     IF notify THEN
         PERFORM pg_notify('dibs', ns || ':' || (first + n));
     END IF;
-    -- Free the lock at COMMIT without waiting for the disk: the client flushes next.
-    PERFORM set_config('synchronous_commit', 'off', true);
+    -- Writers queue for the lock (this one waited for it longer than async_after_us): free
+    -- it at COMMIT without waiting for the disk, and tell the client to flush next.
+    IF locked_us - micros > async_after_us THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        flush := true;
+    END IF;
     added := n;
     micros := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
 END

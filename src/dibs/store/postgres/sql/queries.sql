@@ -97,7 +97,8 @@ SELECT * FROM dibs.append_commuting(
     %(ns)s, %(expected)s, %(base_token)s, %(request)s, %(decided_us)s::bigint, %(notify)s,
     %(mover)s, %(mono)s, %(ops)b::text[], %(resources)b::text[], %(tokens)b::bigint[],
     %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[], %(reads)b::text[],
-    %(above)b::text[], %(below)b::text[], %(root)s, %(harmless)b::text[]);
+    %(above)b::text[], %(below)b::text[], %(root)s, %(harmless)b::text[],
+    %(async_after_us)s::bigint);
 
 -- name: durable
 -- Make what this session committed asynchronously durable (dibs.append_commuting, schema
