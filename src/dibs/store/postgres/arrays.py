@@ -16,6 +16,7 @@ from psycopg import adapt, pq
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     import psycopg
@@ -45,9 +46,21 @@ class Bigints(list["int | None"]):
     """A list of int or None sent as bigint[]."""
 
 
-def _array(items: list[bytes], nulls: int, oid: int) -> bytes:
-    if not items:
+def _text_item(item: str) -> bytes:
+    data = item.encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+def _int8_item(item: int) -> bytes:
+    return _INT8_ITEM.pack(8, item)
+
+
+def _array(obj: Any, oid: int, item: Callable[[Any], bytes]) -> bytes:
+    """The binary array of *obj*'s items (None: NULL), each written by *item*."""
+    if not obj:
         return _EMPTY.pack(0, 0, oid)
+    items = [_NULL if value is None else item(value) for value in obj]
+    nulls = 1 if any(value is None for value in obj) else 0
     return _HEAD.pack(1, nulls, oid, len(items), 1) + b"".join(items)
 
 
@@ -56,16 +69,7 @@ class _TextsDumper(adapt.Dumper):
     oid = _TEXT_ARRAY
 
     def dump(self, obj: Any) -> bytes:
-        items = []
-        nulls = 0
-        for item in obj:
-            if item is None:
-                items.append(_NULL)
-                nulls = 1
-            else:
-                data = item.encode()
-                items.append(len(data).to_bytes(4, "big") + data)
-        return _array(items, nulls, _TEXT)
+        return _array(obj, _TEXT, _text_item)
 
 
 class _BigintsDumper(adapt.Dumper):
@@ -73,15 +77,7 @@ class _BigintsDumper(adapt.Dumper):
     oid = _INT8_ARRAY
 
     def dump(self, obj: Any) -> bytes:
-        items = []
-        nulls = 0
-        for item in obj:
-            if item is None:
-                items.append(_NULL)
-                nulls = 1
-            else:
-                items.append(_INT8_ITEM.pack(8, item))
-        return _array(items, nulls, _INT8)
+        return _array(obj, _INT8, _int8_item)
 
 
 class _Made(Texts):
