@@ -129,7 +129,7 @@ class Admin(Session):
             rows = conn.execute(
                 Q["events_page"], {"ns": self.namespace, "since": since, "limit": _PAGE}
             ).fetchall()
-            self._apply_bodies(state, [body for _, body in rows])
+            self._apply_bodies(state, "\n".join(body for _, body in rows))
             if len(rows) < _PAGE:
                 return state
             since = state.seq

@@ -28,12 +28,11 @@ _EMPTY = struct.Struct("!iii")
 _INT8_ITEM = struct.Struct("!iq")  # length 8, then the value
 _NULL = b"\xff\xff\xff\xff"  # length -1
 
-#: Parameters of dibs.append and dibs.append_commuting that are text[] and bigint[].
+#: Parameters of dibs.append and dibs.append_commuting that are text[] and bigint[] (and
+#: ``harmless``, text[] too, the same in every write: see `_Made`).
 TEXT_KEYS = frozenset(
-    (
-        *("ops", "agents", "resources", "bodies", "secrets", "scopes", "templates"),
-        *("reads", "above", "below", "harmless"),
-    )
+    {"ops", "agents", "resources", "bodies", "secrets", "scopes", "templates", "reads"}
+    | {"above", "below"}
 )
 BIGINT_KEYS = frozenset(("seqs", "tokens", "monos", "ttls"))
 
@@ -85,7 +84,7 @@ class _Made(Texts):
 
     def __init__(self, items: list[str]):
         super().__init__(items)
-        self.dumped = _TextsDumper(_Made).dump(items)
+        self.dumped = _array(items, _TEXT, _text_item)
 
 
 class _MadeDumper(adapt.Dumper):

@@ -462,10 +462,10 @@ class Session:
 
         return decode(body, where=f"{self.url} seq {seq}")
 
-    def _apply_bodies(self, state: State, bodies: list[str]) -> None:
-        if not bodies:
+    def _apply_bodies(self, state: State, text: str) -> None:
+        """Apply the events whose bodies *text* holds, one per line, as the server sends them."""
+        if not text:
             return
-        text = "\n".join(bodies)
         try:
             events = json.loads("[" + text.replace("\n", ",") + "]")
         except ValueError as exc:

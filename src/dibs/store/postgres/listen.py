@@ -55,7 +55,7 @@ class Listening(Admin):
             self._listening = True
             if bodies:
                 before = state.seq
-                self._apply_bodies(state, bodies.split("\n"))
+                self._apply_bodies(state, bodies)
                 freed = any(f'"op":"{op}"' in bodies for op in _FREEING)
                 if freed and state.seq > before:
                     return True

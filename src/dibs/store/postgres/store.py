@@ -158,7 +158,7 @@ class PostgresStore(Listening):
                 hint="run `dibs doctor`",
             )
         if bodies:
-            self._apply_bodies(state, bodies.split("\n"))
+            self._apply_bodies(state, bodies)
         live.patch(state, rows)
         self._sync(micros)
         now = self._now(micros)
@@ -252,7 +252,7 @@ class PostgresStore(Listening):
             raise self._translate(conn, exc, None) from exc
         self._sync(micros)
         if count:
-            self._apply_bodies(state, bodies.split("\n"))
+            self._apply_bodies(state, bodies)
         decision = decide(state, self._now(micros))
         if decision.events:
             return None
@@ -333,7 +333,7 @@ class PostgresStore(Listening):
             raise self._translate(conn, exc, pending) from exc
         self._sync(micros)
         if count:
-            self._apply_bodies(state, between.split("\n"))
+            self._apply_bodies(state, between)
         if not added:
             self._count("commuting-clash")
             return None
@@ -406,7 +406,7 @@ class PostgresStore(Listening):
             # Nothing was written since the state we decided on: the answer stands.
             return decision
         if count:
-            self._apply_bodies(state, bodies.split("\n"))
+            self._apply_bodies(state, bodies)
         self._count("optimistic-miss")
         return None
 
@@ -571,7 +571,7 @@ class PostgresStore(Listening):
             caught = conn.execute(Q["catch_up_live"], self._keys(keys) | {"since": state.seq})
             micros, _count, bodies, *rows = _one(caught)
             if bodies:
-                self._apply_bodies(state, bodies.split("\n"))
+                self._apply_bodies(state, bodies)
             live.patch(state, rows)
             self._sync(micros)
             return state, self._now(micros)

@@ -4,7 +4,8 @@
 -- A transaction's row lock is released when it commits, and with synchronous_commit on that
 -- is after its commit record reached the disk: every writer of a namespace waited for every
 -- other's flush in turn. Version 4's dibs.append_commuting commits asynchronously
--- (synchronous_commit off for its own transaction only), so the lock is free as soon as the
+-- (synchronous_commit off for its own transaction only) when it waited for the lock longer
+-- than the client's async_after_us (0 by default: always), so the lock is free as soon as the
 -- commit record is in the WAL buffers. The client then makes it durable before it tells
 -- anyone: its next statement (queries.sql, "durable") commits a transaction that writes a
 -- WAL record and a commit record of its own, later in the WAL, and with synchronous_commit
