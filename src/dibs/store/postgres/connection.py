@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock
 
 #: The schema version this dibs reads and writes (``sql/migrate_NNN.sql`` up to it).
-SCHEMA = 4
+SCHEMA = 5
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
 #: About how long an event's line is, to turn a checkpoint's weight into a stride of events.

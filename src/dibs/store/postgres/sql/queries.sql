@@ -92,8 +92,9 @@ SELECT * FROM dibs.append(
 
 -- name: append_commuting
 -- Append a claim or release that commutes with whatever was written since the client's
--- state (see dibs.append_commuting in migrate_003.sql).
-SELECT * FROM dibs.append_commuting(
+-- state (dibs.append_commuting, migrate_003.sql and migrate_004.sql), durable before the
+-- answer comes back (the procedure, migrate_005.sql). Outside a transaction block only.
+CALL dibs.append_commuting_durable(
     %(ns)s, %(expected)s, %(base_token)s, %(request)s, %(decided_us)s::bigint, %(notify)s,
     %(mover)s, %(mono)s, %(ops)b::text[], %(resources)b::text[], %(tokens)b::bigint[],
     %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[], %(reads)b::text[],
@@ -102,7 +103,7 @@ SELECT * FROM dibs.append_commuting(
 
 -- name: durable
 -- Make what this session committed asynchronously durable (dibs.append_commuting, schema
--- version 4). A transaction that writes a WAL record (a transactional logical-decoding
+-- version 4; Session._settle, after a lost answer: the procedure does it otherwise). A transaction that writes a WAL record (a transactional logical-decoding
 -- message: one small record, no table touched; anyone may call it, at any wal_level) commits
 -- with synchronous_commit on, so its commit waits until the WAL is on disk up to its commit
 -- record, which comes after every commit record written before it. A transaction that only
