@@ -111,14 +111,22 @@ def _plan_overlaps(state: State, event: Event) -> list[tuple[str, Any]]:
 
 
 def _freed(state: State, event: Event) -> list[tuple[str, Any]]:
-    """Agents that gave up waiting for what *event* freed, when nothing holds it now."""
-    freed = res.parse_resource(event["resource"])
+    """Agents that gave up waiting for what *event* freed, when nothing holds it now.
+
+    Every client applies every release, and most free nothing anyone wants: the scopes
+    (plain text, never less than `res.overlaps`) rule those out before any glob is parsed."""
+    where = res.scope(event["resource"]) or ""
+    freed: res.Resource | None = None
     out: list[tuple[str, Any]] = []
     for waiter, want in sorted(state.tables[WANTS].items()):
         if waiter == event.get("agent"):
             continue
         for text in want["resources"]:
             wanted = res.parse_resource(text)
+            if not res.scopes_may_overlap(res.scope(wanted.text) or "", where):
+                continue
+            if freed is None:
+                freed = res.parse_resource(event["resource"])
             if not res.overlaps(wanted, freed):
                 continue
             blocking = [
