@@ -108,8 +108,18 @@ def cpu_seconds() -> float:
 
 #: How a client's writes were made (`PostgresStore.profile`): one commuting statement (moved
 #: past others' writes or not), a clash that fell back to the lock, the optimistic append, a
-#: locked write, a renewal outside the lock.
-WRITES = ("commuting", "commuting-moved", "commuting-clash", "optimistic", "locked", "renew")
+#: locked write, a renewal outside the lock; and two reads: a waiting claim still blocked,
+#: decided on a lock-free catch-up (current-read), and a wait woken by a release (woken).
+WRITES = (
+    "commuting",
+    "commuting-moved",
+    "commuting-clash",
+    "optimistic",
+    "locked",
+    "renew",
+    "current-read",
+    "woken",
+)
 
 
 class Client:
@@ -555,7 +565,7 @@ def show(row: dict[str, Any]) -> None:
         f"{r['client_cpu']:.2f} cores"
     )
     writes = r.get("writes", {})
-    print("  writes made: " + ", ".join(f"{key} {writes.get(key, 0)}" for key in WRITES))
+    print("  writes and reads made: " + ", ".join(f"{key} {writes.get(key, 0)}" for key in WRITES))
 
 
 def parse_run(text: str) -> tuple[int, int]:

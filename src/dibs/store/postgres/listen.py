@@ -66,6 +66,8 @@ class Listening(Admin):
                 # also delivers one that libpq had already read into its buffer.
                 select.select([conn.fileno()], [], [], min(remaining, _PING_EVERY))
                 conn.execute(Q["ping"])
+            if self._notes:
+                self._count("woken")
             return bool(self._notes)
 
         with self._tlock:
