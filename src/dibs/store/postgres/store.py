@@ -245,8 +245,8 @@ class PostgresStore(Listening):
         decision that writes nothing is then as good as one made under the lock (the state
         was the log's at that moment). None when, caught up, it does write something."""
         try:
-            micros, count, bodies = _one(
-                conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
+            micros, count, bodies = self._fetch_one(
+                conn, Q["catch_up"], {"ns": self.namespace, "since": state.seq}
             )
         except psycopg.Error as exc:
             raise self._translate(conn, exc, None) from exc
@@ -280,7 +280,7 @@ class PostgresStore(Listening):
         at_mono = self.clock().mono if self.clock is not None else None
         params = renewal | {"ns": self.namespace, "at_mono": at_mono, "offset": self._offset}
         try:
-            micros = _one(conn.execute(Q["renew"], params))[0]
+            micros = self._fetch_one(conn, Q["renew"], params)[0]
         except psycopg.Error as exc:
             raise self._translate(conn, exc, None) from exc
         if micros is None:
@@ -318,7 +318,7 @@ class PostgresStore(Listening):
             "async_after_us": self.async_after_us,
         }
         try:
-            row = _one(conn.execute(Q["append_commuting"], arrays(params)))
+            row = self._fetch_one(conn, Q["append_commuting"], arrays(params))
             # flush: it freed the lock before the disk flush, and the procedure waited for
             # the flush in a second transaction (migrate_005.sql) before answering.
             added, micros, moved, lifted, count, between, flush = row
@@ -568,8 +568,10 @@ class PostgresStore(Listening):
             # their rows of dibs.live come in the same round trip as the catch-up.
             before = self._estimate()[0].mono + _EXPIRY_MARGIN_NS
             keys = live.expiring(state, before, self._confirmed)
-            caught = conn.execute(Q["catch_up_live"], self._keys(keys) | {"since": state.seq})
-            micros, _count, bodies, *rows = _one(caught)
+            caught = self._fetch_one(
+                conn, Q["catch_up_live"], self._keys(keys) | {"since": state.seq}
+            )
+            micros, _count, bodies, *rows = caught
             if bodies:
                 self._apply_bodies(state, bodies)
             live.patch(state, rows)
