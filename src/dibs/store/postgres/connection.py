@@ -272,9 +272,9 @@ class Session:
             return conn
         self._listening = False
         # The cache may hold events that were committed but not yet durable (a commuting
-        # append commits asynchronously and is flushed by its client's next statement): a
-        # crash loses them, and breaks every connection. So a new connection reads the
-        # state afresh, never trusting what the one before it read.
+        # append commits asynchronously, and its writer's second transaction flushes it an
+        # instant later): a crash loses them, and breaks every connection. So a new
+        # connection reads the state afresh, never trusting what the one before it read.
         self._state = None
         try:
             conn = psycopg.connect(self._conninfo, autocommit=True)
