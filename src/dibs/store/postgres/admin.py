@@ -18,7 +18,6 @@ from dibs.store.postgres.connection import (
     SCHEMA,
     Q,
     Session,
-    _one,
     migrations,
 )
 
@@ -375,4 +374,4 @@ class Admin(Session):
     def server_clock_ns(self) -> int:
         """The server's ``clock_timestamp()`` in nanoseconds since the epoch."""
         conn = self._connect()
-        return int(_one(conn.execute(Q["server_clock"]))[0])
+        return int(self._fetch_one(conn, Q["server_clock"], None)[0])

@@ -224,7 +224,7 @@ class Session:
         self.repairs: list[str] = []
         self._tlock = _thread.allocate_lock()
         self._conn: psycopg.Connection[Any] | None = None
-        self._cursor: psycopg.Cursor[Any] | None = None  # the connection's, reused (`_fetch_one`)
+        self._cursor: psycopg.Cursor[Any] | None = None  # made by `_fetch_one`, reused
         self._connected_once = False
         self._listening = False
         #: Releases notified in this namespace since the last wait began (see `_noted`).
@@ -287,16 +287,16 @@ class Session:
             raise _Lost(exc, None) from exc
         conn.add_notify_handler(self._noted)
         arrays.register(conn)
-        self._cursor = conn.cursor()
         self._backend = conn.info.backend_pid  # known while the connection works, not after
         self._conn = conn
         self._connected_once = True
         return conn
 
     def _fetch_one(self, conn: psycopg.Connection[Any], query: str, params: Any) -> Any:
-        """The one row *query* returns, through the connection's own cursor, reused: the
-        statements of every claim, release, heartbeat and read skip making a cursor, which
-        cost a third of psycopg's client CPU for a small statement (about 30 us of 110)."""
+        """The one row *query* returns (outside a pipeline), through one cursor per connection,
+        made on first use and reused: the statements of every claim, release, heartbeat and
+        read skip making a cursor, which cost a third of psycopg's client CPU for a small
+        statement (about 30 us of 110)."""
         cursor = self._cursor
         if cursor is None or cursor.connection is not conn:
             cursor = self._cursor = conn.cursor()

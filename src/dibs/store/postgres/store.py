@@ -266,7 +266,7 @@ class PostgresStore(Listening):
         now = self._estimate()[0]
         keys = live.expiring(state, now.mono, self._confirmed)
         try:
-            rows = _one(conn.execute(Q["live_rows"], self._keys(keys) | {"lock": False}))
+            rows = self._fetch_one(conn, Q["live_rows"], self._keys(keys) | {"lock": False})
         except psycopg.Error as exc:
             raise self._translate(conn, exc, None) from exc
         live.patch(state, rows[1:])
@@ -387,7 +387,7 @@ class PostgresStore(Listening):
                 pending = (decision, events)
                 params = self._append_params(state, events, request)
                 params["decided_us"] = decided_us
-                added, micros = _one(conn.execute(Q["append_if_current"], arrays(params)))
+                added, micros = self._fetch_one(conn, Q["append_if_current"], arrays(params))
                 self._sync(micros)
                 if added:
                     self._count("optimistic")
@@ -397,8 +397,9 @@ class PostgresStore(Listening):
                     self._since_checkpoint += sum(len(b) for b in params["bodies"])
                     self._maybe_checkpoint(conn, events[0]["seq"], events[-1]["seq"])
                     return decision
-            caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
-            micros, count, bodies = _one(caught)
+            micros, count, bodies = self._fetch_one(
+                conn, Q["catch_up"], {"ns": self.namespace, "since": state.seq}
+            )
             self._sync(micros)
         except psycopg.Error as exc:
             raise self._translate(conn, exc, pending) from exc
@@ -568,10 +569,9 @@ class PostgresStore(Listening):
             # their rows of dibs.live come in the same round trip as the catch-up.
             before = self._estimate()[0].mono + _EXPIRY_MARGIN_NS
             keys = live.expiring(state, before, self._confirmed)
-            caught = self._fetch_one(
+            micros, _count, bodies, *rows = self._fetch_one(
                 conn, Q["catch_up_live"], self._keys(keys) | {"since": state.seq}
             )
-            micros, _count, bodies, *rows = caught
             if bodies:
                 self._apply_bodies(state, bodies)
             live.patch(state, rows)

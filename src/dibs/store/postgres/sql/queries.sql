@@ -103,7 +103,8 @@ CALL dibs.append_commuting_durable(
 
 -- name: durable
 -- Make what this session committed asynchronously durable (dibs.append_commuting, schema
--- version 4; Session._settle, after a lost answer: the procedure does it otherwise). A transaction that writes a WAL record (a transactional logical-decoding
+-- version 4), after a lost answer (Session._settle: dibs.append_commuting_durable does it
+-- otherwise). A transaction that writes a WAL record (a transactional logical-decoding
 -- message: one small record, no table touched; anyone may call it, at any wal_level) commits
 -- with synchronous_commit on, so its commit waits until the WAL is on disk up to its commit
 -- record, which comes after every commit record written before it. A transaction that only
