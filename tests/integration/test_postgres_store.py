@@ -85,10 +85,10 @@ def test_unknown_namespace_is_a_clear_error(url: str, stores: list[PostgresStore
 
 def test_newer_schema_is_refused_at_start_up(url: str, stores: list[PostgresStore]) -> None:
     """A database migrated by a newer dibs is refused by this one, on open and on init."""
-    sql(url, "INSERT INTO dibs.schema_version (version, dibs) VALUES (6, 'future')")
-    with pytest.raises(StoreUnavailable, match="version 6; this dibs knows up to version 5"):
+    sql(url, "INSERT INTO dibs.schema_version (version, dibs) VALUES (7, 'future')")
+    with pytest.raises(StoreUnavailable, match="version 7; this dibs knows up to version 6"):
         open_store(stores, url).read()
-    with pytest.raises(StoreUnavailable, match="version 6"):
+    with pytest.raises(StoreUnavailable, match="version 7"):
         open_store(stores, url).create()
 
 
@@ -98,17 +98,17 @@ def test_create_is_idempotent_and_records_the_schema_version(url: str) -> None:
     store.create()
     store.create()
     store.close()
-    assert [(1,), (2,), (3,), (4,), (5,)] == sql(
+    assert [(1,), (2,), (3,), (4,), (5,), (6,)] == sql(
         url, "SELECT version FROM dibs.schema_version ORDER BY 1"
     )
 
 
-@pytest.mark.parametrize("before", [3, 4])
+@pytest.mark.parametrize("before", [3, 4, 5])
 def test_a_database_of_a_previous_schema_is_upgraded_by_init_and_commutes(
     pg_empty_database: str, before: int
 ) -> None:
-    """A database set up by a dibs before (schema 3 or 4, with its namespace) is brought to
-    version 5 by `dibs init`; then a plain claim and release on a stale cache are appended
+    """A database set up by a dibs before (schema 3, 4 or 5, with its namespace) is brought to
+    version 6 by `dibs init`; then a plain claim and release on a stale cache are appended
     past the other client's writes (dibs.append_commuting_durable)."""
     from dibs.store.postgres.connection import migrations
 
@@ -125,7 +125,7 @@ def test_a_database_of_a_previous_schema_is_upgraded_by_init_and_commutes(
     init = PostgresStore(url, namespace="repo")
     init.create()  # what `dibs init` does
     init.close()
-    assert [(1,), (2,), (3,), (4,), (5,)] == sql(
+    assert [(1,), (2,), (3,), (4,), (5,), (6,)] == sql(
         url, "SELECT version FROM dibs.schema_version ORDER BY 1"
     )
     a_store = PostgresStore(url, namespace="repo")
@@ -409,6 +409,64 @@ def test_waiter_wakes_on_a_release_notification(url: str, stores: list[PostgresS
     thread.join(60)
     assert [True] == woke
     assert "a2" == b.claim(["issue:1"])[0]["agent"]
+
+
+def test_a_wait_wakes_only_for_releases_that_may_let_it_in(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """A waiter for path:src/app/x.py sleeps through releases of other issues and folders
+    (appended past others, commuting) and wakes for the one of the folder it waits for (a
+    release of everything: the locked path), without a query for the others."""
+    holder, other = coordinator(open_store(stores, url)), coordinator(open_store(stores, url))
+    waiting_store = open_store(stores, url)
+    waiter = coordinator(waiting_store)
+    holder.register("holder")
+    other.register("other")
+    waiter.register("waiter")
+    holder.claim(["path:src/app/**"])
+    with pytest.raises(Conflict):
+        waiter.claim(["path:src/app/x.py"])
+    woke: list[tuple[bool, bool]] = []
+    listening = threading.Event()
+    relevant = threading.Event()
+    waiting_store.profile = {}
+
+    def wait() -> None:
+        listening.set()
+        woken = waiting_store.wait_for_change(60, ["path:src/app/x.py"])
+        woke.append((woken, relevant.is_set()))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    listening.wait(10)
+    for i in range(10):
+        other.claim([f"issue:{i}", f"path:docs/{i}/**"])
+        other.release([f"issue:{i}", f"path:docs/{i}/**"])
+    thread.join(0.5)  # a waiter woken by any of those would be back by now
+    relevant.set()
+    holder.release()
+    thread.join(60)
+    assert [(True, True)] == woke
+    assert {"woken": 1.0} == waiting_store.profile
+    assert "waiter" == waiter.claim(["path:src/app/x.py"])[0]["agent"]
+
+
+def test_a_release_of_something_else_before_listening_does_not_wake(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """The log read at the start of a wait counts only releases the waiter could use."""
+    a = coordinator(open_store(stores, url))
+    waiting_store = open_store(stores, url)
+    b = coordinator(waiting_store)
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1", "issue:2"])
+    with pytest.raises(Conflict):
+        b.claim(["issue:1"])
+    a.release(["issue:2"])
+    assert waiting_store.wait_for_change(0.3, ["issue:1"]) is False
+    a.release(["issue:1"])
+    assert waiting_store.wait_for_change(60, ["issue:1"]) is True
 
 
 def test_release_before_listening_is_not_missed(url: str, stores: list[PostgresStore]) -> None:

@@ -23,7 +23,7 @@ import time
 
 from dibs.core import deadlock, leases
 from dibs.core.leases import Context, Decision
-from dibs.core.resources import KINDS, parse_resource, parse_resources
+from dibs.core.resources import KINDS, parse_resource, parse_resources, scope
 from dibs.core.state import EXCLUSIVE, SHARED
 from dibs.ground import host
 from dibs.ground.backoff import Backoff
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from dibs.core.events import Event
+    from dibs.core.resources import Resource
     from dibs.core.rules import LeaseView
     from dibs.core.state import AgentRecord, State
     from dibs.ground.git.discover import Repo
@@ -446,7 +447,7 @@ class Coordinator:
                             hint="wait longer (--wait SECONDS) or pick other work",
                             **exc.details,
                         ) from exc
-                    self._wait_for_change(pause.pause(), remaining)
+                    self._wait_for_change(pause.pause(), remaining, parsed)
                     waited = pause.waited()
         except Deadlock:
             raise  # the step that refused it ended the wait
@@ -480,15 +481,18 @@ class Coordinator:
         with contextlib.suppress(DibsError):  # a record of a refusal must not hide it
             self.transact(decide)
 
-    def _wait_for_change(self, backoff: float, remaining: float) -> None:
+    def _wait_for_change(
+        self, backoff: float, remaining: float, waiting_for: list[Resource]
+    ) -> None:
         """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
-        PostgreSQL store's LISTEN/NOTIFY), until something is released (polling every
-        `_WAKE_POLL` seconds in case a notification is lost)."""
+        PostgreSQL store's LISTEN/NOTIFY), until something that may overlap *waiting_for*
+        is released (polling every `_WAKE_POLL` seconds in case a notification is lost)."""
         wait = getattr(self.store, "wait_for_change", None)
         if wait is None:
             time.sleep(backoff)
         else:
-            wait(min(remaining, _WAKE_POLL))
+            scopes = [text for r in waiting_for if (text := scope(r.text)) is not None]
+            wait(min(remaining, _WAKE_POLL), scopes)
 
     def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
         """Extend this agent's leases on *resources*.

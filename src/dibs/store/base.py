@@ -9,9 +9,10 @@ Stores shipped: `dibs.store.memory.MemoryStore` (a real fake, for tests and embe
 `dibs.store.local.LocalStore` (the default: JSONL log + flock in the git common dir),
 `dibs.store.postgres.PostgresStore` (agents on several machines; needs psycopg).
 
-A store may also offer ``wait_for_change(timeout) -> bool`` (`Waiter`): block until something
-may have been released since its last decision. ``Coordinator.claim(wait=...)`` uses it between
-tries when present (PostgreSQL: LISTEN/NOTIFY) and sleeps with backoff otherwise.
+A store may also offer ``wait_for_change(timeout, scopes) -> bool`` (`Waiter`): block until
+something that may overlap what the caller waits for may have been released since its last
+decision. ``Coordinator.claim(wait=...)`` uses it between tries when present (PostgreSQL:
+LISTEN/NOTIFY) and sleeps with backoff otherwise.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ class Store(Protocol):
 class Waiter(Protocol):
     """The optional hook of a store that can tell waiters when something was released."""
 
-    def wait_for_change(self, timeout: float) -> bool:
+    def wait_for_change(self, timeout: float, scopes: Sequence[str] | None = None) -> bool:
         """Block until something may have been released since the last decision, or until
-        *timeout* seconds passed; True when woken by a release."""
+        *timeout* seconds passed; True when woken by a release. With *scopes*
+        (`dibs.core.resources.scope` of the resources waited for), a store may leave out
+        releases that cannot overlap any of them."""
         ...

@@ -24,6 +24,7 @@ from dibs.core.events import encode
 from dibs.core.resources import scope
 from dibs.core.state import ttl_ns
 from dibs.ground.errors import Conflict
+from dibs.store.postgres import wake
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ def params(
         "mover": agent,
         "mono": mono,
         "notify": any(event["op"] == "release" for event in events),
+        "wake": wake.suffix(events),
         "ops": [event["op"] for event in events],
         "resources": resources,
         "tokens": [event.get("token") for event in events],

@@ -27,7 +27,7 @@ from dibs.core.events import SCHEMA_VERSION
 from dibs.core.state import State, apply
 from dibs.ground.errors import CorruptLog, StoreIOError, StoreUnavailable, UsageError
 from dibs.ground.now import Now
-from dibs.store.postgres import arrays
+from dibs.store.postgres import arrays, wake
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dibs.store.base import Clock
 
 #: The schema version this dibs reads and writes (``sql/migrate_NNN.sql`` up to it).
-SCHEMA = 5
+SCHEMA = 6
 NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 CHECKPOINT_BYTES = 64 * 1024
 #: About how long an event's line is, to turn a checkpoint's weight into a stride of events.
@@ -56,7 +56,6 @@ _PAGE = 5000
 #: Ops that free a resource: a decision holding one wakes `dibs claim --wait` elsewhere.
 #: Seconds between pings while waiting for a notification (see `wait_for_change`).
 _PING_EVERY = 1.0
-_FREEING = frozenset(("release", "auto-evict", "force-evict", "unregister"))
 _SQL_DIR = os.path.join(os.path.dirname(__file__), "sql")
 #: Rows expiring this long after the estimated server time are read with the namespace lock
 #: (nanoseconds): the estimate may lag, and a row found live needs no second look.
@@ -229,6 +228,8 @@ class Session:
         self._listening = False
         #: Releases notified in this namespace since the last wait began (see `_noted`).
         self._notes = 0
+        #: The scopes the current wait is for (None: any release wakes it; `wake.wakes`).
+        self._wanted: list[str] | None = None
         self._state: State | None = None
         #: Rows of dibs.live read under their lock and found expired (see `live.expiring`).
         self._confirmed: dict[tuple[str, str], int] = {}
@@ -309,7 +310,7 @@ class Session:
         of `wait_for_change` itself) only to handlers, never to ``notifies()``, so dibs waits
         with a handler alone: a release landing in that moment is counted, not missed.
         """
-        if note.payload.startswith(self.namespace + ":"):
+        if wake.wakes(note.payload, self.namespace, self._wanted):
             self._notes += 1
 
     def _drop(self) -> None:
@@ -475,12 +476,13 @@ class Session:
 
         return decode(body, where=f"{self.url} seq {seq}")
 
-    def _apply_bodies(self, state: State, text: str) -> None:
-        """Apply the events whose bodies *text* holds, one per line, as the server sends them."""
+    def _apply_bodies(self, state: State, text: str) -> list[Event]:
+        """Apply the events whose bodies *text* holds, one per line, as the server sends them;
+        returns them."""
         if not text:
-            return
+            return []
         try:
-            events = json.loads("[" + text.replace("\n", ",") + "]")
+            events: list[Event] = json.loads("[" + text.replace("\n", ",") + "]")
         except ValueError as exc:
             raise CorruptLog(
                 f"an event of namespace {self.namespace!r} in {self.where} is not JSON: {exc}",
@@ -496,3 +498,4 @@ class Session:
                 )
             apply(state, event)
         self._since_checkpoint += len(text)
+        return events

@@ -7,16 +7,13 @@ import time
 
 import psycopg
 
+from dibs.store.postgres import wake
 from dibs.store.postgres.admin import Admin
-from dibs.store.postgres.connection import (
-    _FREEING,
-    _PING_EVERY,
-    Q,
-    _one,
-)
+from dibs.store.postgres.connection import _PING_EVERY, Q, _one
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 
@@ -32,16 +29,20 @@ class Listening(Admin):
 
     # Waiting ----------------------------------------------------------------------------
 
-    def wait_for_change(self, timeout: float) -> bool:
+    def wait_for_change(self, timeout: float, scopes: Sequence[str] | None = None) -> bool:
         """Block until something may have been released since the last decision, or *timeout*.
 
         Listens for the NOTIFY that releasing decisions send, after checking the log for
         releases that came before the LISTEN took effect. True when woken by a release.
+        With *scopes* (`dibs.core.resources.scope` of what the caller waits for), only a
+        release that may overlap one of them wakes it (`dibs.store.postgres.wake`).
         """
+        wanted = None if scopes is None else list(scopes)
 
         def wait(conn: psycopg.Connection[Any]) -> bool:
             state = self._state if self._state is not None else self._load(conn)
             self._notes = 0  # earlier ones are in the log the catch-up below reads
+            self._wanted = wanted
             with conn.pipeline() as pipeline:
                 if not self._listening:
                     # LISTEN takes effect when its transaction commits, and a pipeline runs
@@ -53,22 +54,36 @@ class Listening(Admin):
                 caught = conn.execute(Q["catch_up"], {"ns": self.namespace, "since": state.seq})
                 bodies: str = _one(caught)[2]
             self._listening = True
-            if bodies:
-                before = state.seq
-                self._apply_bodies(state, bodies)
-                freed = any(f'"op":"{op}"' in bodies for op in _FREEING)
-                if freed and state.seq > before:
-                    return True
+            if bodies and wake.frees_for(self._apply_bodies(state, bodies), wanted):
+                return True
             deadline = time.monotonic() + timeout
+            self._take_notes(conn)  # any libpq read with the catch-up's answer
             while not self._notes and (remaining := deadline - time.monotonic()) > 0:
-                # When the socket is readable a notification (or anything) arrived; a ping
-                # makes psycopg read it and hand it to `_noted`. A ping at least every second
-                # also delivers one that libpq had already read into its buffer.
-                select.select([conn.fileno()], [], [], min(remaining, _PING_EVERY))
-                conn.execute(Q["ping"])
+                # When the socket is readable a notification (or anything) arrived: read it
+                # without a round trip. A release that wakes nobody here costs no query.
+                # After a quiet second, a ping: the connection is still there.
+                if select.select([conn.fileno()], [], [], min(remaining, _PING_EVERY))[0]:
+                    self._take_notes(conn)
+                else:
+                    conn.execute(Q["ping"])
             if self._notes:
                 self._count("woken")
             return bool(self._notes)
 
         with self._tlock:
-            return bool(self._retrying(wait, allow=timeout))
+            try:
+                return bool(self._retrying(wait, allow=timeout))
+            finally:
+                self._wanted = None
+
+    def _take_notes(self, conn: psycopg.Connection[Any]) -> None:
+        """Hand the notifications that reached the connection to `_noted`, no query sent
+        (the connection is idle: no query of psycopg's is reading them meanwhile)."""
+        pgconn = conn.pgconn
+        pgconn.consume_input()  # reads what arrived, never blocks; raises when the link is gone
+        while (note := pgconn.notifies()) is not None:
+            self._noted(
+                psycopg.Notify(
+                    note.relname.decode(), note.extra.decode(errors="replace"), note.be_pid
+                )
+            )

@@ -49,12 +49,11 @@ from dibs.core.resources import scope
 from dibs.core.state import State, apply, seal
 from dibs.ground.errors import CorruptLog, StoreIOError
 from dibs.ground.now import Now
-from dibs.store.postgres import commuting, live
+from dibs.store.postgres import commuting, live, wake
 from dibs.store.postgres.arrays import arrays
 from dibs.store.postgres.connection import (
     _EVENT_BYTES,
     _EXPIRY_MARGIN_NS,
-    _FREEING,
     _OPTIMISTIC_TRIES,
     _PAGE,
     _PESSIMISTIC_AFTER_MISS,
@@ -467,10 +466,11 @@ class PostgresStore(Listening):
 
     def _append_params(self, state: State, events: list[Event], request: str) -> dict[str, Any]:
         tokens = [e.get("token") for e in events]
-        freeing = any(e["op"] in _FREEING for e in events)
+        freeing = any(e["op"] in wake.FREEING for e in events)
         bodies = [encode(e)[:-1].decode() for e in events]
+        payload = f"{self.namespace}:{events[-1]['seq']}{wake.suffix(events)}"
         return {
-            "notify": f"{self.namespace}:{events[-1]['seq']}" if freeing else "",
+            "notify": payload if freeing else "",
             "ns": self.namespace,
             "expected": state.seq,
             "first": events[0]["seq"],

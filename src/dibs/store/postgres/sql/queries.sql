@@ -93,13 +93,14 @@ SELECT * FROM dibs.append(
 -- name: append_commuting
 -- Append a claim or release that commutes with whatever was written since the client's
 -- state (dibs.append_commuting, migrate_003.sql and migrate_004.sql), durable before the
--- answer comes back (the procedure, migrate_005.sql). Outside a transaction block only.
+-- answer comes back (the procedure, migrate_005.sql), its notification naming the scopes it
+-- freed (wake, migrate_006.sql). Outside a transaction block only.
 CALL dibs.append_commuting_durable(
     %(ns)s, %(expected)s, %(base_token)s, %(request)s, %(decided_us)s::bigint, %(notify)s,
     %(mover)s, %(mono)s, %(ops)b::text[], %(resources)b::text[], %(tokens)b::bigint[],
     %(ttls)b::bigint[], %(templates)b::text[], %(scopes)b::text[], %(reads)b::text[],
     %(above)b::text[], %(below)b::text[], %(root)s, %(harmless)b::text[],
-    %(async_after_us)s::bigint);
+    %(async_after_us)s::bigint, %(wake)s::text);
 
 -- name: durable
 -- Make what this session committed asynchronously durable (dibs.append_commuting, schema
