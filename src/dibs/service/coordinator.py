@@ -75,6 +75,8 @@ if TYPE_CHECKING:
 _BACKOFF_CAP = 1.0
 #: With a store that wakes waiters on a release, the longest wait between two tries.
 _WAKE_POLL = 5.0
+#: Seconds past a blocking lease's expiry at which a waiting claim looks again.
+_EXPIRY_SLACK = 0.05
 
 
 #: Seconds a recorded wait holds without a refresh (a waiter refreshes it at half of this): a
@@ -447,7 +449,7 @@ class Coordinator:
                             hint="wait longer (--wait SECONDS) or pick other work",
                             **exc.details,
                         ) from exc
-                    self._wait_for_change(pause.pause(), remaining, parsed)
+                    self._wait_for_change(pause.pause(), remaining, parsed, exc)
                     waited = pause.waited()
         except Deadlock:
             raise  # the step that refused it ended the wait
@@ -482,17 +484,26 @@ class Coordinator:
             self.transact(decide)
 
     def _wait_for_change(
-        self, backoff: float, remaining: float, waiting_for: list[Resource]
+        self, backoff: float, remaining: float, waiting_for: list[Resource], refused: Conflict
     ) -> None:
         """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
         PostgreSQL store's LISTEN/NOTIFY), until something that may overlap *waiting_for*
-        is released (polling every `_WAKE_POLL` seconds in case a notification is lost)."""
+        is released (polling every `_WAKE_POLL` seconds in case a notification is lost).
+
+        A lease that runs out frees its resource without a release to wake anyone, so the
+        wait also ends just after the soonest expiry among the holders that *refused* it
+        (a renewal may have moved it on since: then one more look finds that out)."""
         wait = getattr(self.store, "wait_for_change", None)
         if wait is None:
             time.sleep(backoff)
-        else:
-            scopes = [text for r in waiting_for if (text := scope(r.text)) is not None]
-            wait(min(remaining, _WAKE_POLL), scopes)
+            return
+        timeout = min(remaining, _WAKE_POLL)
+        expiring = [h.get("expires_in") for h in refused.details.get("holders") or ()]
+        known = [float(x) for x in expiring if isinstance(x, int | float)]
+        if known:
+            timeout = min(timeout, max(min(known), 0.0) + _EXPIRY_SLACK)
+        scopes = [text for r in waiting_for if (text := scope(r.text)) is not None]
+        wait(timeout, scopes)
 
     def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
         """Extend this agent's leases on *resources*.
