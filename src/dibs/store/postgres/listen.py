@@ -80,10 +80,13 @@ class Listening(Admin):
         """Hand the notifications that reached the connection to `_noted`, no query sent
         (the connection is idle: no query of psycopg's is reading them meanwhile)."""
         pgconn = conn.pgconn
+        encoding = conn.info.encoding
         pgconn.consume_input()  # reads what arrived, never blocks; raises when the link is gone
         while (note := pgconn.notifies()) is not None:
+            try:
+                payload = note.extra.decode(encoding)
+            except UnicodeDecodeError:
+                payload = self.namespace + ":"  # unreadable: taken as naming no scopes
             self._noted(
-                psycopg.Notify(
-                    note.relname.decode(), note.extra.decode(errors="replace"), note.be_pid
-                )
+                psycopg.Notify(note.relname.decode(encoding, "replace"), payload, note.be_pid)
             )
