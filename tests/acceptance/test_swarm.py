@@ -37,6 +37,7 @@ def test_a_small_swarm_with_a_kill_inside_land_hands_every_task_out_once(tmp_pat
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)  # the trial's own limit; it takes about two minutes here
 def test_a_swarm_of_twelve_over_forty_tasks_with_kills_and_a_pause(tmp_path: Path) -> None:
     """12 agents, 40 tasks, 3 SIGKILLs (one inside `dibs land`) and a SIGSTOP: no problem."""
     figures = trial(tmp_path, agents=12, tasks=40, kills=3, pauses=1, timeout=1800)
