@@ -469,6 +469,39 @@ def test_a_release_of_something_else_before_listening_does_not_wake(
     assert waiting_store.wait_for_change(60, ["issue:1"]) is True
 
 
+def test_a_wait_that_ended_leaves_its_connection_not_listening(
+    url: str, stores: list[PostgresStore]
+) -> None:
+    """Woken, woken by the log, or timed out: the connection stops listening as the wait
+    ends, so a process that then idles (the CLI helper, an MCP server) is not sent every
+    release of the namespace, unread."""
+    a = coordinator(open_store(stores, url))
+    waiting_store = open_store(stores, url)
+    b = coordinator(waiting_store)
+    a.register("a1")
+    b.register("a2")
+    a.claim(["issue:1"])
+    with pytest.raises(Conflict):
+        b.claim(["issue:1"])
+
+    def channels() -> list[Any]:
+        conn = waiting_store._conn
+        assert conn is not None
+        return conn.execute("SELECT pg_listening_channels()").fetchall()
+
+    assert waiting_store.wait_for_change(0.3, ["issue:1"]) is False
+    assert [] == channels()
+    timer = threading.Timer(0.3, lambda: a.release(["issue:1"]))
+    timer.start()
+    assert waiting_store.wait_for_change(60, ["issue:1"]) is True
+    timer.join()
+    assert [] == channels()
+    a.claim(["issue:2"])
+    a.release(["issue:2"])
+    assert waiting_store.wait_for_change(60) is True  # from the log: released before
+    assert [] == channels()
+
+
 def test_release_before_listening_is_not_missed(url: str, stores: list[PostgresStore]) -> None:
     """A release between the refused claim and the LISTEN wakes the waiter from the log."""
     a = coordinator(open_store(stores, url))

@@ -55,7 +55,7 @@ class Listening(Admin):
                 bodies: str = _one(caught)[2]
             self._listening = True
             if bodies and wake.frees_for(self._apply_bodies(state, bodies), wanted):
-                return True
+                return self._stop_listening(conn, woken=True)
             deadline = time.monotonic() + timeout
             self._take_notes(conn)  # any libpq read with the catch-up's answer
             while not self._notes and (remaining := deadline - time.monotonic()) > 0:
@@ -68,13 +68,22 @@ class Listening(Admin):
                     conn.execute(Q["ping"])
             if self._notes:
                 self._count("woken")
-            return bool(self._notes)
+            return self._stop_listening(conn, woken=bool(self._notes))
 
         with self._tlock:
             try:
                 return bool(self._retrying(wait, allow=timeout))
             finally:
                 self._wanted = None
+
+    def _stop_listening(self, conn: psycopg.Connection[Any], *, woken: bool) -> bool:
+        """UNLISTEN as a wait ends, and return *woken*. The next decision would have sent it
+        anyway (`_unlisten`, one round trip either way), but a process that then idles (the
+        CLI helper, an MCP server) would otherwise go on receiving every release of the
+        namespace, unread, until its socket filled and its server process stalled."""
+        conn.execute(Q["unlisten"])
+        self._listening = False
+        return woken
 
     def _take_notes(self, conn: psycopg.Connection[Any]) -> None:
         """Hand the notifications that reached the connection to `_noted`, no query sent
