@@ -384,16 +384,24 @@ def test_events_table_is_append_only(url: str, stores: list[PostgresStore]) -> N
 # Waiting ------------------------------------------------------------------------------------
 
 
-def test_waiter_wakes_on_a_release_notification(url: str, stores: list[PostgresStore]) -> None:
-    """wait_for_change returns True (woken) when another client releases, before its timeout."""
+def blocked_waiter(
+    stores: list[PostgresStore], url: str, held: list[str]
+) -> tuple[Coordinator, Coordinator, PostgresStore]:
+    """a1 holds *held*; a2, on a store of its own (returned), was just refused issue:1."""
     a = coordinator(open_store(stores, url))
     waiting_store = open_store(stores, url)
     b = coordinator(waiting_store)
     a.register("a1")
     b.register("a2")
-    a.claim(["issue:1"])
+    a.claim(held)
     with pytest.raises(Conflict):
         b.claim(["issue:1"])
+    return a, b, waiting_store
+
+
+def test_waiter_wakes_on_a_release_notification(url: str, stores: list[PostgresStore]) -> None:
+    """wait_for_change returns True (woken) when another client releases, before its timeout."""
+    a, b, waiting_store = blocked_waiter(stores, url, ["issue:1"])
     woke: list[bool] = []
     listening = threading.Event()
     real_wait = waiting_store.wait_for_change
@@ -455,14 +463,7 @@ def test_a_release_of_something_else_before_listening_does_not_wake(
     url: str, stores: list[PostgresStore]
 ) -> None:
     """The log read at the start of a wait counts only releases the waiter could use."""
-    a = coordinator(open_store(stores, url))
-    waiting_store = open_store(stores, url)
-    b = coordinator(waiting_store)
-    a.register("a1")
-    b.register("a2")
-    a.claim(["issue:1", "issue:2"])
-    with pytest.raises(Conflict):
-        b.claim(["issue:1"])
+    a, _, waiting_store = blocked_waiter(stores, url, ["issue:1", "issue:2"])
     a.release(["issue:2"])
     assert waiting_store.wait_for_change(0.3, ["issue:1"]) is False
     a.release(["issue:1"])
@@ -475,14 +476,7 @@ def test_a_wait_that_ended_leaves_its_connection_not_listening(
     """Woken, woken by the log, or timed out: the connection stops listening as the wait
     ends, so a process that then idles (the CLI helper, an MCP server) is not sent every
     release of the namespace, unread."""
-    a = coordinator(open_store(stores, url))
-    waiting_store = open_store(stores, url)
-    b = coordinator(waiting_store)
-    a.register("a1")
-    b.register("a2")
-    a.claim(["issue:1"])
-    with pytest.raises(Conflict):
-        b.claim(["issue:1"])
+    a, _, waiting_store = blocked_waiter(stores, url, ["issue:1"])
 
     def channels() -> list[Any]:
         conn = waiting_store._conn
@@ -504,14 +498,7 @@ def test_a_wait_that_ended_leaves_its_connection_not_listening(
 
 def test_release_before_listening_is_not_missed(url: str, stores: list[PostgresStore]) -> None:
     """A release between the refused claim and the LISTEN wakes the waiter from the log."""
-    a = coordinator(open_store(stores, url))
-    waiting_store = open_store(stores, url)
-    b = coordinator(waiting_store)
-    a.register("a1")
-    b.register("a2")
-    a.claim(["issue:1"])
-    with pytest.raises(Conflict):
-        b.claim(["issue:1"])
+    a, _, waiting_store = blocked_waiter(stores, url, ["issue:1"])
     a.release(["issue:1"])
     assert waiting_store.wait_for_change(60) is True
 

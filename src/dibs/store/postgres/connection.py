@@ -53,7 +53,6 @@ _CLOCK_MARGIN_US = 1000
 #: with every append synchronous, and the 10,000-agent fleet did no worse (bench/fleet.py).
 _ASYNC_AFTER_US = 0
 _PAGE = 5000
-#: Ops that free a resource: a decision holding one wakes `dibs claim --wait` elsewhere.
 #: Seconds between pings while waiting for a notification (see `wait_for_change`).
 _PING_EVERY = 1.0
 _SQL_DIR = os.path.join(os.path.dirname(__file__), "sql")

@@ -55,7 +55,8 @@ class Listening(Admin):
                 bodies: str = _one(caught)[2]
             self._listening = True
             if bodies and wake.frees_for(self._apply_bodies(state, bodies), wanted):
-                return self._stop_listening(conn, woken=True)
+                self._unlisten(conn)
+                return True
             deadline = time.monotonic() + timeout
             self._take_notes(conn)  # any libpq read with the catch-up's answer
             while not self._notes and (remaining := deadline - time.monotonic()) > 0:
@@ -66,24 +67,20 @@ class Listening(Admin):
                     self._take_notes(conn)
                 else:
                     conn.execute(Q["ping"])
+            # UNLISTEN as the wait ends: the next decision would send it anyway (one round
+            # trip either way), but a process that idles after a wait (the CLI helper, an
+            # MCP server) would go on being sent every release of the namespace, unread,
+            # until its socket filled and its server process stalled.
+            self._unlisten(conn)
             if self._notes:
                 self._count("woken")
-            return self._stop_listening(conn, woken=bool(self._notes))
+            return bool(self._notes)
 
         with self._tlock:
             try:
                 return bool(self._retrying(wait, allow=timeout))
             finally:
                 self._wanted = None
-
-    def _stop_listening(self, conn: psycopg.Connection[Any], *, woken: bool) -> bool:
-        """UNLISTEN as a wait ends, and return *woken*. The next decision would have sent it
-        anyway (`_unlisten`, one round trip either way), but a process that then idles (the
-        CLI helper, an MCP server) would otherwise go on receiving every release of the
-        namespace, unread, until its socket filled and its server process stalled."""
-        conn.execute(Q["unlisten"])
-        self._listening = False
-        return woken
 
     def _take_notes(self, conn: psycopg.Connection[Any]) -> None:
         """Hand the notifications that reached the connection to `_noted`, no query sent

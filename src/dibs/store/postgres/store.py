@@ -468,9 +468,10 @@ class PostgresStore(Listening):
         tokens = [e.get("token") for e in events]
         freeing = any(e["op"] in wake.FREEING for e in events)
         bodies = [encode(e)[:-1].decode() for e in events]
-        payload = f"{self.namespace}:{events[-1]['seq']}{wake.suffix(events)}"
         return {
-            "notify": payload if freeing else "",
+            "notify": (
+                f"{self.namespace}:{events[-1]['seq']}{wake.suffix(events)}" if freeing else ""
+            ),
             "ns": self.namespace,
             "expected": state.seq,
             "first": events[0]["seq"],

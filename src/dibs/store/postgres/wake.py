@@ -33,18 +33,27 @@ FREEING = frozenset(("release", "auto-evict", "force-evict", "unregister"))
 _MOST = 7000
 
 
+def _freed(events: Iterable[Event]) -> set[str] | None:
+    """The scopes of what *events* free; None when one frees leases it does not name."""
+    freed: set[str] = set()
+    for event in events:
+        if event["op"] in FREEING:
+            text = scope(event.get("resource"))
+            if text is None:
+                return None
+            freed.add(text)
+    return freed
+
+
+def _overlap(freed: Iterable[str], wanted: Sequence[str]) -> bool:
+    return any(scopes_may_overlap(a, b) for a in freed for b in wanted)
+
+
 def suffix(events: Iterable[Event]) -> str:
     """What follows ``namespace:seq`` in the notification of a write of *events*: ``:`` and
     the scopes of what they free, or '' (wake every waiter) when one frees leases it does
     not name or the list would be too long."""
-    freed: set[str] = set()
-    for event in events:
-        if event["op"] not in FREEING:
-            continue
-        text = scope(event.get("resource"))
-        if text is None:
-            return ""
-        freed.add(text)
+    freed = _freed(events)
     if not freed:
         return ""
     out = ":" + json.dumps(sorted(freed), ensure_ascii=False, separators=(",", ":"))
@@ -68,17 +77,12 @@ def wakes(payload: str, namespace: str, wanted: Sequence[str] | None) -> bool:
         return True
     if not isinstance(freed, list) or not all(isinstance(text, str) for text in freed):
         return True
-    return any(scopes_may_overlap(a, b) for a in freed for b in wanted)
+    return _overlap(freed, wanted)
 
 
 def frees_for(events: Iterable[Event], wanted: Sequence[str] | None) -> bool:
     """Whether any of *events* (read from the log) may let a waiter for *wanted* in."""
-    for event in events:
-        if event["op"] not in FREEING:
-            continue
-        text = scope(event.get("resource"))
-        if wanted is None or text is None:
-            return True
-        if any(scopes_may_overlap(text, b) for b in wanted):
-            return True
-    return False
+    freed = _freed(events)
+    if freed is None:
+        return True
+    return bool(freed) and (wanted is None or _overlap(freed, wanted))
