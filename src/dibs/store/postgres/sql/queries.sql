@@ -113,10 +113,6 @@ CALL dibs.append_commuting_durable(
 -- transaction wrote WAL before its commit record.
 SELECT pg_logical_emit_message(true, 'dibs', '');
 
--- name: notify
--- Wake `dibs claim --wait` in other clients: something was released in this namespace.
-SELECT pg_notify('dibs', %(payload)s);
-
 -- name: ping
 -- Read what the server sent (a notification is handed to the client's handler).
 SELECT 1;
