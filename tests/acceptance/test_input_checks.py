@@ -15,7 +15,7 @@ import pytest
 from dibs.ground.errors import UsageError
 from dibs.integrations import limits, queue
 from dibs.service import Coordinator
-from tests.conftest import BIN, Cli, store_dir
+from tests.conftest import BIN, Cli, git, store_dir
 
 HUGE = "9" * 5000
 
@@ -229,3 +229,35 @@ def test_mcp_tool_called_with_infinity_or_nan_is_a_usage_tool_error(
         assert '"exit_code": 2' in text or "validation error" in text, text
     [bucket] = cli.json("limit", "status")
     assert 10 == round(bucket["tokens"])
+
+
+# Store addresses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["env", "dibs.toml"])
+def test_a_relative_store_path_is_refused_before_any_store_is_made(
+    cli: Cli, repo: Path, where: str
+) -> None:
+    """A relative store.url (or DIBS_STORE) would be a different folder, a store of its own,
+    in each worktree: agents would stop seeing each other's claims. It is exit 2 with what to
+    write instead, and no folder is made."""
+    env = {"DIBS_STORE": "shared-store"} if where == "env" else {}
+    if where == "dibs.toml":
+        (repo / "dibs.toml").write_text('[store]\nurl = "shared-store"\n')
+    out = cli("status", env=env)
+    _refused(out, "store.url = 'shared-store'", "absolute folder path", "worktree")
+    assert not (repo / "shared-store").exists()
+
+
+def test_an_absolute_store_folder_is_one_store_from_every_worktree(
+    cli: Cli, repo: Path, tmp_path: Path
+) -> None:
+    """The same absolute folder from the main checkout and from a worktree is one store."""
+    env = {"DIBS_STORE": str(tmp_path / "store")}
+    here = Cli(repo, env=env)
+    alice = here.register("alice")
+    assert 0 == here("claim", "issue:7", env=alice).returncode
+    tree = tmp_path / "tree"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(tree))
+    there = Cli(tree, env=env)
+    assert [("issue:7", "alice")] == [(c["resource"], c["agent"]) for c in there.json("claims")]

@@ -192,3 +192,32 @@ def test_two_hosts_land_through_one_queue_to_a_shared_remote(
         git(where, "fetch", "-q", "origin")
         mine = git(where, "rev-parse", "main").strip()
         assert mine == git(where, "merge-base", mine, "origin/main").strip()
+
+
+def test_a_libpq_connection_string_is_the_same_store_from_every_worktree(
+    tmp_path: Path, repo: Path, pg_empty_database: str
+) -> None:
+    """store.url may be a libpq ``key=value`` string, as psycopg and psql take it: it is the
+    PostgreSQL store (never a folder of that name, which every worktree would make anew), its
+    password is left out of dibs.toml, and a worktree's calls reach the same namespace."""
+    from psycopg import conninfo
+
+    params = conninfo.conninfo_to_dict(pg_empty_database)
+    keywords = conninfo.make_conninfo(**params, password="s3cret")  # noqa: S106 -- trust ignores it
+    cli = Cli(repo)
+    out = cli("init", "--store", keywords)
+    assert 0 == out.returncode, out.stderr
+    recorded = tomllib.loads((repo / "dibs.toml").read_text())["store"]["url"]
+    assert "s3cret" not in recorded
+    assert params == conninfo.conninfo_to_dict(recorded)
+    git(repo, "add", "dibs.toml")
+    git(repo, "commit", "-q", "-m", "share the dibs store")
+    alice = cli.register("alice")
+    assert 0 == cli("claim", "issue:7", env=alice).returncode
+    tree = tmp_path / "tree"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(tree))
+    there = Cli(tree)
+    assert "namespace git-" in there.json("status")["store"]
+    assert [("issue:7", "alice")] == [(c["resource"], c["agent"]) for c in there.json("claims")]
+    assert 0 == there("heartbeat", env=alice).returncode
+    assert not [p for p in [*repo.iterdir(), *tree.iterdir()] if "=" in p.name]

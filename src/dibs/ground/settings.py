@@ -143,9 +143,35 @@ def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
+def store_kind(url: str) -> str:
+    """What a ``store.url`` names: ``"repository"`` (empty: the repository's own local
+    store), ``"folder"`` (an absolute path, ``local:`` before it or not), ``"memory"``,
+    ``"postgres"`` (a ``postgresql://`` URL or a libpq ``key=value`` connection string), or
+    ``""``: nothing dibs can open.
+
+    A relative path is nothing: every worktree of a clone (every agent's current folder)
+    would make a different folder of it, each a store of its own, and agents that share a
+    repository would stop seeing each other's claims.
+    """
+    if not url:
+        return "repository"
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgres"
+    if url.startswith("memory:"):
+        return "memory"
+    if url.removeprefix("local:").startswith("/"):
+        return "folder"
+    key, equals, _ = url.strip().partition("=")
+    return "postgres" if equals and key.strip().isidentifier() else ""
+
+
 def _store_url(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return "must be text: a path, or postgresql://..."
+    if not isinstance(value, str) or not store_kind(value):
+        return (
+            "must be empty (the repository's local store), an absolute folder path, or "
+            "postgresql://USER@HOST:PORT/DB; a relative path would be a different folder, a "
+            "store of its own, in each worktree"
+        )
     return None
 
 
@@ -245,7 +271,10 @@ SCHEMA: dict[str, Setting] = {
         1800.0, _positive(7 * 86400), None, "seconds an auto-claimed file stays claimed"
     ),
     "store.url": Setting(
-        "", _store_url, "DIBS_STORE", "the store: empty for local, or postgresql://..."
+        "",
+        _store_url,
+        "DIBS_STORE",
+        "the store: empty for local, an absolute folder path, or postgresql://...",
     ),
     "store.sync": Setting(
         "full",

@@ -24,8 +24,10 @@ last_opened: list[tuple[str, str, str, Store]] = []
 
 
 def is_postgres_url(url: str) -> bool:
-    """Whether *url* names a PostgreSQL store."""
-    return url.startswith(("postgres://", "postgresql://"))
+    """Whether *url* names a PostgreSQL store (a URL or a libpq connection string)."""
+    from dibs.ground.settings import store_kind
+
+    return store_kind(url) == "postgres"
 
 
 def default_namespace(repo: Repo | None) -> str:
@@ -64,6 +66,15 @@ def open_store(url: str, repo: Repo | None, *, namespace: str = "", sync: str = 
 
         return MemoryStore()
     if url:
+        from dibs.ground.settings import store_kind
+
+        if store_kind(url) != "folder":
+            raise UsageError(
+                f"the store {url!r} is not an absolute folder path or a PostgreSQL URL",
+                hint="set store.url (or DIBS_STORE) to an absolute path, or to "
+                "postgresql://USER@HOST:PORT/DB; a relative path would name a different "
+                "store in each worktree",
+            )
         return LocalStore(os.path.abspath(url.removeprefix("local:")), sync=sync)
     if repo is None:
         raise NotFound("no repository and no store given", hint="run inside a git repository")

@@ -127,6 +127,8 @@ def without_password(url: str) -> str:
     params = parse_url(url)
     if "password" not in params:
         return url
+    if not url.startswith(("postgres://", "postgresql://")):  # a key=value string
+        return _conninfo.make_conninfo(**{k: v for k, v in params.items() if k != "password"})
     return re.sub(r"^(postgres(?:ql)?://[^:@/]*):[^@/]*@", r"\1@", url)
 
 
