@@ -3,6 +3,11 @@ some killed with SIGKILL at random moments (one inside `dibs land`) and replaced
 that steal.
 
     python bench/swarm.py [--agents 12] [--tasks 40] [--kills 3] [--pauses 1] [--seed S]
+                          [--postgres [ADMIN_URL]]
+
+With ``--postgres`` the repository's store is a throw-away database on that server (default
+DIBS_TEST_PG's, else postgresql://postgres@127.0.0.1:5432/postgres), created for the trial and
+dropped after it: the same trial, every CLI call through the PostgreSQL store (and its helper).
 
 Each agent registers watching its own process, heartbeats from a thread, and loops: `dibs
 next --start` (replacements add `--steal`) -> write the task's file and append its id to one
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -42,7 +48,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 BIN = Path(sys.executable).parent
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
@@ -146,7 +155,11 @@ def tasks_toml(tasks: list[dict[str, Any]]) -> str:
 
 
 def make_repo(
-    root: Path, tasks: list[dict[str, Any]], shared: int, gate_seconds: float = 0.0
+    root: Path,
+    tasks: list[dict[str, Any]],
+    shared: int,
+    gate_seconds: float = 0.0,
+    store: str | None = None,
 ) -> Path:
     repo = root / "repo"
     repo.mkdir(parents=True)
@@ -166,6 +179,8 @@ def make_repo(
         # A slower gate keeps agents inside `dibs land` longer: a short trial on a fast
         # machine would otherwise finish before its kill inside `dibs land` finds a target.
         + (f'pace = "sleep {gate_seconds:g}"\n' if gate_seconds > 0 else "")
+        # On main, so that every worktree (and `dibs init`) finds the shared store.
+        + (f"[store]\nurl = {json.dumps(store)}\n" if store else "")
     )
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "the task graph, its gate and the shared files")
@@ -347,6 +362,7 @@ class Trial:
         lease: float = 60.0,
         timeout: float = 900.0,
         gate_seconds: float = 0.0,
+        store: str | None = None,
     ):
         self.rng = random.Random(seed)
         self.seed, self.agents, self.ttl, self.lease, self.timeout = (
@@ -357,7 +373,7 @@ class Trial:
         self.rng.shuffle(rest)
         self.blows = (["kill-in-land"] if kills else []) + rest
         self.tasks = task_graph(self.rng, tasks, shared)
-        self.repo = make_repo(workdir, self.tasks, shared, gate_seconds)
+        self.repo = make_repo(workdir, self.tasks, shared, gate_seconds, store)
         self.journal = workdir / "journal"
         self.journal.mkdir()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -574,6 +590,28 @@ class Trial:
         }
 
 
+@contextlib.contextmanager
+def database(admin: str | None) -> Iterator[str | None]:
+    """A database of its own on the server at *admin* for the trial, dropped after it (None:
+    the local store)."""
+    if admin is None:
+        yield None
+        return
+    import psycopg  # only a trial on PostgreSQL needs it
+    from psycopg import conninfo, sql
+
+    name = f"dibs_swarm_{os.getpid()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield conninfo.make_conninfo(admin, dbname=name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode")
@@ -590,6 +628,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pauses", type=int, default=1, help="agents SIGSTOPped (stale)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=os.environ.get("DIBS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        metavar="ADMIN_URL",
+        help="use a throw-away database on this server as the store (may create databases)",
+    )
     parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep it (to look after)")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="S")
     parser.add_argument(
@@ -604,12 +649,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     size = {"agents": args.agents, "tasks": args.tasks, "kills": args.kills, "pauses": args.pauses}
-    with tempfile.TemporaryDirectory(prefix="dibs-swarm-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="dibs-swarm-") as scratch,
+        database(args.postgres) as store,
+    ):
         workdir = Path(args.keep or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         figures = Trial(
-            workdir, seed=seed, timeout=args.timeout, gate_seconds=args.gate_seconds, **size
+            workdir,
+            seed=seed,
+            timeout=args.timeout,
+            gate_seconds=args.gate_seconds,
+            store=store,
+            **size,
         ).run()
+        figures["store"] = "postgresql" if store else "local"
     if args.json:
         print(json.dumps(figures, indent=2))
     else:

@@ -2,8 +2,9 @@
 task graph with shared files, one is killed inside `dibs land` and replaced by a stealing
 agent; every task lands exactly once, none is handed out after it landed, main is green at
 every commit, holds never overlap, `doctor --repair` leaves nothing behind, and no killed
-agent's work is lost. `make test` runs 4 agents over 8 tasks with 1 kill; `make soak` runs
-12 agents over 40 tasks with 3 kills and 1 pause (a stale agent whose task is stolen)."""
+agent's work is lost. `make test` runs 4 agents over 8 tasks with 1 kill, on the local store
+and on PostgreSQL; `make soak` runs 12 agents over 40 tasks with 3 kills and 1 pause (a stale
+agent whose task is stolen)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,25 @@ def test_a_small_swarm_with_a_kill_inside_land_hands_every_task_out_once(tmp_pat
     assert [] == figures["problems"], figures
     assert 1 == len(figures["kills"])
     assert "in land" in figures["kills"][0]
+
+
+@pytest.mark.postgres
+def test_a_small_swarm_on_postgresql_hands_every_task_out_once(
+    tmp_path: Path, pg_empty_database: str
+) -> None:
+    """The same trial with the store in PostgreSQL (every CLI call through it, from the main
+    checkout and from the worktrees, queue and gates included): no problem."""
+    figures = trial(
+        tmp_path,
+        agents=4,
+        tasks=8,
+        kills=1,
+        timeout=600,
+        gate_seconds=0.5,
+        store=pg_empty_database,
+    )
+    assert [] == figures["problems"], figures
+    assert 1 == len(figures["kills"])
 
 
 @pytest.mark.soak
