@@ -26,15 +26,27 @@ HELD = "other"
 pytestmark = pytest.mark.timeout(600)
 
 
+#: Tests that run on both stores take the project as ``STORES`` (indirect): on PostgreSQL
+#: every hook call of the client goes through the CLI helper to the database.
+STORES = pytest.mark.parametrize(
+    "project", ["local", pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
 @pytest.fixture
-def project(repo: Path, cli: Cli) -> dict[str, Any]:
-    """A repository with dibs set up, guard.auto_claim on, and src/held.py held by `other`."""
+def project(repo: Path, cli: Cli, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A repository with dibs set up, guard.auto_claim on, and src/held.py held by `other`;
+    the local store, or a PostgreSQL one when the test asks for it (`STORES`)."""
     (repo / "src").mkdir()
     (repo / "src" / "held.py").write_text("held = 1\n")
     (repo / "src" / "free.py").write_text("free = 1\n")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "files")
-    assert 0 == cli("init").returncode
+    shared = getattr(request, "param", "local") == "postgresql"
+    out = cli(
+        "init", *(["--store", request.getfixturevalue("pg_empty_database")] if shared else [])
+    )
+    assert 0 == out.returncode, out.stderr
     toml = repo / "dibs.toml"
     toml.write_text(toml.read_text().replace("auto_claim = false", "auto_claim = true", 1))
     other = cli.register(HELD, "--ttl", "3600")
@@ -87,6 +99,7 @@ def claude_edit(path: Path, old: str, new: str) -> list[Step]:
     ]
 
 
+@STORES
 def test_claude_code_edit_of_a_held_file_is_blocked_and_the_model_is_told_why(
     repo: Path, cli: Cli, project: dict[str, Any], home: Path
 ) -> None:
@@ -126,6 +139,7 @@ def test_claude_code_first_edit_of_a_free_file_claims_it_for_the_session(
     assert seen.claims["path:src/free.py"].startswith("claude-")
 
 
+@STORES
 def test_claude_code_sessions_racing_for_one_file_exactly_one_wins(
     repo: Path, cli: Cli, project: dict[str, Any], home: Path
 ) -> None:
