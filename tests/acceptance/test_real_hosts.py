@@ -321,6 +321,7 @@ def patch(*sections: str) -> str:
     return "*** Begin Patch\n" + "".join(sections) + "*** End Patch\n"
 
 
+@STORES
 def test_codex_patch_touching_a_held_file_is_blocked_and_the_model_is_told_why(
     repo: Path, cli: Cli, project: dict[str, Any], home: Path
 ) -> None:
@@ -411,6 +412,7 @@ def gemini_setup(repo: Path, cli: Cli, home: Path) -> None:
     assert 0 == out.returncode, out.stderr
 
 
+@STORES
 def test_gemini_write_of_a_held_file_is_blocked_and_the_model_is_told_why(
     repo: Path, cli: Cli, project: dict[str, Any], home: Path
 ) -> None:
