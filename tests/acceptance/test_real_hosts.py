@@ -264,6 +264,7 @@ def test_claude_code_started_in_a_subfolder_is_guarded_by_the_user_hook(
     assert "held = 1\n" == held.read_text()
 
 
+@STORES
 def test_claude_code_mcp_claim_and_edit_act_as_one_agent(
     repo: Path, cli: Cli, project: dict[str, Any], home: Path, tmp_path: Path
 ) -> None:
