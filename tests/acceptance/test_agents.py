@@ -104,6 +104,47 @@ def test_next_respects_dependencies_and_conflicts(repo: Path, cli: Cli) -> None:
     assert "B: waits for A" in out.stderr
 
 
+def test_next_wait_takes_a_task_once_its_holder_lets_go(repo: Path, cli: Cli) -> None:
+    """`dibs next --wait` with nothing ready stays in the one call (no agent-side polling)
+    and takes the task the moment its holder lets go of it."""
+    (repo / "tasks.toml").write_text('[[task]]\nid = "A"\n')
+    holder = cli.register("holder")
+    assert "A" == cli.json("next", env=holder)["id"]
+    waiter = spawn(repo, "next", "--wait", "120", "--json", env=cli.register("waiter"))
+    try:
+        time.sleep(1.0)
+        assert waiter.poll() is None, waiter.communicate()  # still waiting: A is held
+        assert 0 == cli("release", "issue:A", env=holder).returncode
+        out, err = waiter.communicate(timeout=120)
+    finally:
+        waiter.kill()
+    assert 0 == waiter.returncode, err
+    assert "A" == json.loads(out)["id"]
+    assert [("issue:A", "waiter")] == [(c["resource"], c["agent"]) for c in cli.json("claims")]
+
+
+def test_next_wait_gives_up_and_says_why(repo: Path, cli: Cli) -> None:
+    """Nothing ready by the end of the wait: exit 1, why each task is not ready, how long it
+    waited; a wrong token is told at once, never waited on."""
+    (repo / "tasks.toml").write_text('[[task]]\nid = "A"\n[[task]]\nid = "B"\ndepends_on = ["A"]\n')
+    holder = cli.register("holder")
+    assert "A" == cli.json("next", env=holder)["id"]
+    waiter = cli.register("waiter")
+    out = cli("next", "--wait", "0.5", env=waiter)
+    assert 1 == out.returncode
+    assert "nothing is ready" in out.stderr
+    assert "B: waits for A" in out.stderr
+    assert "gave up after waiting" in out.stderr
+    wrong = {**waiter, "DIBS_TOKEN": "not-the-token"}
+    refused = spawn(repo, "next", "--wait", "600", env=wrong)
+    try:
+        _, err = refused.communicate(timeout=60)  # it would wait 600 s if it did not check
+    finally:
+        refused.kill()
+    assert 0 != refused.returncode
+    assert "wrong or missing session token" in err
+
+
 def test_steal_takes_a_stale_holders_task(repo: Path, cli: Cli) -> None:
     """A holder that stopped heartbeating (stale) while its lease still runs: --steal takes
     the task over and the log says who took it from whom and why. A dead holder's task needs

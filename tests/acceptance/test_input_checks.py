@@ -42,6 +42,8 @@ def _refused(out: subprocess.CompletedProcess[Any], *said: str) -> None:
         ("limit", "take", "gh", "--wait", "inf"),
         ("limit", "take", "gh", "--wait", "-1"),
         ("pool", "take", "--wait", "inf"),
+        ("next", "--wait", "nan"),
+        ("next", "--wait", "-1"),
         ("log", "--since", "-1"),
         ("metrics", "--since", "999999999999w"),
         ("metrics", "--since", HUGE),

@@ -139,6 +139,34 @@ def test_mcp_agent_watches_its_client_and_leaves_when_it_disconnects(repo: Path,
     session(repo, again)
 
 
+def test_mcp_next_waits_for_a_task_and_takes_it_when_it_is_let_go(repo: Path, cli: Cli) -> None:
+    """`next` with `wait` blocks until the task's holder (another client) lets go of it;
+    with nothing let go it gives up after its wait, as a tool error that says so."""
+    import anyio
+
+    (repo / "tasks.toml").write_text('[[task]]\nid = "A"\n')
+
+    async def body(one: Any, two: Any) -> None:
+        await ok(one, "register", {"name": "mcp-holder"})
+        await ok(two, "register", {"name": "mcp-waiter"})
+        assert "A" == (await ok(one, "next"))["id"]
+        refused = await two.call_tool("next", {"wait": 0.3})
+        assert refused.is_error
+        assert "gave up after waiting" in text(refused)
+        async with anyio.create_task_group() as group:
+            taken: list[Any] = []
+
+            async def wait() -> None:
+                taken.append(await ok(two, "next", {"wait": 120}))
+
+            group.start_soon(wait)
+            await anyio.sleep(0.5)
+            await ok(one, "release", {"resources": ["issue:A"]})
+        assert "A" == taken[0]["id"]
+
+    session(repo, body, clients=2)
+
+
 def test_mcp_unregister_releases_everything_and_frees_the_name(repo: Path, cli: Cli) -> None:
     """`unregister` releases the agent's claims and forgets it; the name is free again."""
 

@@ -505,6 +505,17 @@ class Coordinator:
         scopes = [text for r in waiting_for if (text := scope(r.text)) is not None]
         wait(timeout, scopes)
 
+    def wait_for_release(self, backoff: float, remaining: float) -> None:
+        """Sleep *backoff* seconds, or, when the store can tell (the PostgreSQL store's
+        LISTEN/NOTIFY), until anything in the namespace is let go (a release, an eviction, an
+        agent leaving), for at most *remaining* seconds and `_WAKE_POLL` (a change that
+        sends no notification, such as a task landing, is seen at the next look)."""
+        wait = getattr(self.store, "wait_for_change", None)
+        if wait is None:
+            time.sleep(backoff)
+            return
+        wait(min(remaining, _WAKE_POLL))
+
     def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
         """Extend this agent's leases on *resources*.
 

@@ -63,8 +63,10 @@ def configure_next(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Takes the best ready task (priority, then age) for the acting agent and claims\n"
         "issue:<id>, in one transaction: under any number of concurrent callers no task\n"
-        "goes to two agents. Exit 1 (not found) when nothing is ready. The task's source\n"
-        "hears of it (beads: bd update --status in_progress; CCPM: status: in-progress)."
+        "goes to two agents. Exit 1 (not found) when nothing is ready (with --wait: when\n"
+        "nothing became ready in time). The task's source hears of it (beads: bd update\n"
+        "--status in_progress; CCPM: status: in-progress).\n\n"
+        "  dibs next --start --wait 300   # a swarm agent between tasks: one call, no polling"
     )
     parser.add_argument("--start", action="store_true", help="also make its worktree")
     parser.add_argument(
@@ -76,6 +78,15 @@ def configure_next(parser: argparse.ArgumentParser) -> None:
         metavar="ROLE",
         help="only tasks labelled ROLE (default: the roles the agent registered with)",
     )
+    parser.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=DEFAULT_WAIT,
+        metavar="S",
+        help="while nothing is ready, wait up to S seconds for a task (bare --wait: 600), "
+        "looking again whenever something is let go",
+    )
     common(parser, identity=True)
     parser.set_defaults(handler=run_next)
 
@@ -85,7 +96,7 @@ def run_next(args: argparse.Namespace) -> int:
 
     with coordinator(args) as coord:
         task = tasks.next_task(
-            coord, steal=args.steal, start=args.start, ttl=args.ttl, role=args.role
+            coord, steal=args.steal, start=args.start, ttl=args.ttl, role=args.role, wait=args.wait
         )
     for problem in task["problems"]:
         sys.stderr.write(f"dibs: skipped {problem}\n")

@@ -160,12 +160,20 @@ def add_tools(coord: Coordinator, acting: Acting, tool: Decorator) -> None:  # n
                 "registered with, else every task)"
             ),
         ] = None,
+        wait: Annotated[
+            float | None,
+            Field(
+                description="seconds to wait for a task while nothing is ready (default: "
+                "answer at once)",
+                ge=0,
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Take the best ready task for this agent, atomically (no task goes to two agents)."""
         from dibs.integrations import tasks
 
         acting.me()
-        return tasks.next_task(coord, steal=steal, start=start, role=role)
+        return tasks.next_task(coord, steal=steal, start=start, role=role, wait=wait)
 
     @tool(idempotent=True)
     def start(

@@ -22,7 +22,8 @@ releases it or lands it, the source hears of it (`dibs.integrations.tasks.sync`)
 from __future__ import annotations
 
 from dibs.core.leases import Acquire, Decision, ForceEvict, agent_status, decide, eviction_reason
-from dibs.ground.errors import Conflict, NotFound, Refused, UsageError
+from dibs.core.rules import authenticate
+from dibs.ground.errors import Conflict, DibsError, NotFound, Refused, UsageError
 from dibs.integrations.listeners import DEFAULT_SOURCES
 from dibs.integrations.tasks.model import (
     DONE,
@@ -200,6 +201,7 @@ def next_task(
     start: bool = False,
     ttl: float | None = None,
     role: str | None = None,
+    wait: float | None = None,
 ) -> dict[str, Any]:
     """Take the best ready task for the acting agent, atomically: under any number of
     concurrent callers no task goes to two agents (the choice and the claim are one
@@ -207,22 +209,55 @@ def next_task(
     as a ``force-evict`` with the reason). With *start*, its worktree is made too (or a
     former holder's taken over), with the same *ttl*; if that fails the task is released. With
     *role* (or the roles the agent registered with), only tasks labelled with it are taken.
+    With *wait* (seconds), while nothing is ready it looks again whenever something is let
+    go, and at least once a second on the local store (every 5 s on PostgreSQL), until a
+    task is taken or the time is up: one process waiting instead of an agent starting
+    ``dibs next`` again and again.
 
     Raises:
-        NotFound: nothing is ready (the message says why the first tasks are not).
+        NotFound: nothing is ready (the message says why the first tasks are not); with
+            *wait*, nothing was ready by its end.
     """
-    from dibs.service.checks import check_ttl
+    from dibs.ground.backoff import Backoff
+    from dibs.service.checks import check_ttl, check_wait
 
+    ttl = check_ttl(ttl)
+    wait = check_wait(wait)
+    pause = Backoff(wait or 0.0, cap=1.0)
+    while True:
+        try:
+            return _take(coord, steal=steal, start=start, ttl=ttl, role=role)
+        except _NothingReady as exc:
+            if not wait:
+                raise
+            if pause.expired():
+                raise NotFound(
+                    f"{exc.message}; gave up after waiting {pause.waited():.1f} s",
+                    hint="wait longer (--wait SECONDS), or see `dibs ready`",
+                ) from None
+            coord.wait_for_release(pause.pause(), pause.remaining())
+
+
+class _NothingReady(NotFound):
+    """No task is ready now (`next_task` may wait for one)."""
+
+
+def _take(
+    coord: Coordinator, *, steal: bool, start: bool, ttl: float | None, role: str | None
+) -> dict[str, Any]:
+    """One try of `next_task` (task files read anew: a landing may have changed them)."""
     tasks, problems = load(coord)
     agent, secret = coord._identity()
-    ttl = check_ttl(ttl)
-
     moved = moved_issues(coord, coord.read()[0])
     stolen: list[str] = []
     if steal:
         stolen = _steal_one(coord, tasks, agent, moved)
 
     def choose(state: State, ctx: Context) -> Decision:
+        try:  # a wrong token is told so, never "nothing is ready" (nor waited on)
+            authenticate(state, agent, secret)
+        except DibsError as exc:
+            return Decision(error=exc)
         roles = [role] if role else agent_roles(state, agent)
         rows = readiness(tasks, state, ctx, roles or None, moved)
         for row in (r for r in rows if r["ready"]):
@@ -238,7 +273,7 @@ def next_task(
         blocked = [f"{r['id']}: {'; '.join(r['why'])}" for r in rows if not r["ready"]][:5]
         said = "nothing is ready" + (": " + " | ".join(blocked) if blocked else " (no tasks)")
         hint = "see `dibs ready`; --steal takes over a task whose holder is stale or dead"
-        return Decision(error=NotFound(said, hint=hint))
+        return Decision(error=_NothingReady(said, hint=hint))
 
     result = dict(coord.transact(choose).result)
     result["problems"] = [str(p) for p in problems]
