@@ -84,8 +84,7 @@ def configure_next(parser: argparse.ArgumentParser) -> None:
         type=float,
         const=DEFAULT_WAIT,
         metavar="S",
-        help="while nothing is ready, wait up to S seconds for a task (bare --wait: 600), "
-        "looking again whenever something is let go",
+        help="while nothing is ready, wait up to S seconds for a task (bare --wait: 600)",
     )
     common(parser, identity=True)
     parser.set_defaults(handler=run_next)

@@ -209,10 +209,10 @@ def next_task(
     as a ``force-evict`` with the reason). With *start*, its worktree is made too (or a
     former holder's taken over), with the same *ttl*; if that fails the task is released. With
     *role* (or the roles the agent registered with), only tasks labelled with it are taken.
-    With *wait* (seconds), while nothing is ready it looks again whenever something is let
-    go, and at least once a second on the local store (every 5 s on PostgreSQL), until a
-    task is taken or the time is up: one process waiting instead of an agent starting
-    ``dibs next`` again and again.
+    With *wait* (seconds), while nothing is ready it looks again until a task is taken or the
+    time is up: on the local store at most a second apart, on PostgreSQL whenever something
+    is let go (and every 5 s): one process waiting instead of an agent starting ``dibs next``
+    again and again.
 
     Raises:
         NotFound: nothing is ready (the message says why the first tasks are not); with
