@@ -10,8 +10,8 @@ DIBS_TEST_PG's, else postgresql://postgres@127.0.0.1:5432/postgres), created for
 dropped after it: the same trial, every CLI call through the PostgreSQL store (and its helper).
 
 Each agent registers watching its own process, heartbeats from a thread, and loops: `dibs
-next --start` (replacements add `--steal`) -> write the task's file and append its id to one
-of a few shared files -> commit -> `dibs land` (on a conflict: redo the commit on the new
+next --start --wait 5` (replacements add `--steal`) -> write the task's file and append its
+id to one of a few shared files -> commit -> `dibs land` (on a conflict: redo the commit on the new
 main and land again) -> `dibs finish`. Tasks have priorities, dependency chains and
 `conflicts_with` pairs. The gate (`check.py`, committed on main) checks something real: no
 conflict markers, every task on main at most once in the shared files, every landed task's
@@ -226,12 +226,13 @@ class Agent:
         threading.Thread(target=self._heartbeat, daemon=True).start()
         while True:
             self.phase("next")
-            args = ["next", "--start", "--json", "--ttl", str(self.lease)]
+            # Waiting in the one call (as an agent between tasks should) instead of calling
+            # again and again: idle agents polling kept the two cores busy.
+            args = ["next", "--start", "--json", "--ttl", str(self.lease), "--wait", "5"]
             got = dibs(self.repo, *args, *(["--steal"] if self.steal else []), env=self.env)
             if got.returncode == 1 and "nothing is ready" in got.stderr:
                 if self._all_done():
                     break
-                time.sleep(self.rng.uniform(0.1, 0.4))
                 continue
             if got.returncode != 0:
                 self.note(ev="next-failed", code=got.returncode, err=got.stderr[-400:])
