@@ -104,9 +104,19 @@ def test_next_respects_dependencies_and_conflicts(repo: Path, cli: Cli) -> None:
     assert "B: waits for A" in out.stderr
 
 
-def test_next_wait_takes_a_task_once_its_holder_lets_go(repo: Path, cli: Cli) -> None:
+@pytest.mark.parametrize("store", ["local", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_next_wait_takes_a_task_once_its_holder_lets_go(
+    repo: Path, store: str, request: pytest.FixtureRequest
+) -> None:
     """`dibs next --wait` with nothing ready stays in the one call (no agent-side polling)
-    and takes the task the moment its holder lets go of it."""
+    and takes the task the moment its holder, another process, lets go of it (on
+    PostgreSQL: woken by the namespace's notification)."""
+    cli = Cli(repo)
+    shared = store == "postgresql"
+    out = cli(
+        "init", *(["--store", request.getfixturevalue("pg_empty_database")] if shared else [])
+    )
+    assert 0 == out.returncode, out.stderr
     (repo / "tasks.toml").write_text('[[task]]\nid = "A"\n')
     holder = cli.register("holder")
     assert "A" == cli.json("next", env=holder)["id"]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -223,32 +221,3 @@ def test_a_libpq_connection_string_is_the_same_store_from_every_worktree(
     assert [("issue:7", "alice")] == [(c["resource"], c["agent"]) for c in there.json("claims")]
     assert 0 == there("heartbeat", env=alice).returncode
     assert not [p for p in [*repo.iterdir(), *tree.iterdir()] if "=" in p.name]
-
-
-def test_next_wait_on_postgresql_takes_a_task_once_its_holder_lets_go(
-    cli: Cli, repo: Path, pg_empty_database: str
-) -> None:
-    """`dibs next --wait` on the PostgreSQL store sleeps on the namespace's notifications and
-    takes the task when its holder, another process, lets go of it."""
-    assert 0 == cli("init", "--store", pg_empty_database).returncode
-    (repo / "tasks.toml").write_text('[[task]]\nid = "A"\n')
-    holder = cli.register("holder")
-    assert "A" == cli.json("next", env=holder)["id"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DIBS_")}
-    waiter = subprocess.Popen(
-        [str(BIN / "dibs"), "next", "--wait", "120", "--json"],
-        cwd=repo,
-        env={**base, **cli.register("waiter")},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(1.0)
-        assert waiter.poll() is None, waiter.communicate()  # still waiting: A is held
-        assert 0 == cli("release", "issue:A", env=holder).returncode
-        out, err = waiter.communicate(timeout=120)
-    finally:
-        waiter.kill()
-    assert 0 == waiter.returncode, err
-    assert "A" == json.loads(out)["id"]
