@@ -358,6 +358,47 @@ def test_several_processes_land_at_once(repo: Path, cli: Cli) -> None:
         assert old == git(repo, "merge-base", old, new).strip()  # only forward
 
 
+def test_a_land_waiting_behind_a_live_processor_writes_nothing_to_learn_it(
+    repo: Path, cli: Cli, tmp_path: Path
+) -> None:
+    """While one `dibs land` processes the queue (its gate running), another waits for its own
+    entry: it reads that the lock is held and makes no agent of its own to try for it (each
+    try registered and unregistered one before: two durable writes, every half second)."""
+    flag = tmp_path / "gate-started"
+    settings(repo, f'tests = "touch {flag}; sleep 4"')
+    alice = agent_with_issue(cli, "alice", "W-1")
+    bob = agent_with_issue(cli, "bob", "W-2")
+    branch(repo, "agent/W-1", {"w1.txt": "1\n"})
+    branch(repo, "agent/W-2", {"w2.txt": "2\n"})
+    first = subprocess.Popen(
+        [str(BIN / "dibs"), "land", "agent/W-1", "--json"],
+        cwd=repo,
+        env={**cli.env, **alice},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists():
+            assert time.monotonic() < deadline, "the gate never started"
+            time.sleep(0.05)
+        waiting = cli("land", "agent/W-2", "--wait", "2", "--json", env=bob)
+        assert 0 != waiting.returncode
+        assert "still" in waiting.stdout + waiting.stderr
+        out, err = first.communicate(timeout=120)  # it lands W-2 too: the queue empties
+    finally:
+        first.kill()
+    assert 0 == first.returncode, out + err
+    assert {"w1.txt", "w2.txt"} <= main_files(repo)
+    landers = [
+        e["agent"]
+        for e in cli.jsonl("log", "--since", "0")
+        if e["op"] == "register" and e["agent"].startswith("lander-")
+    ]
+    assert 1 == len(landers), landers
+
+
 def test_a_killed_processor_is_taken_over(repo: Path, cli: Cli, tmp_path: Path) -> None:
     """kill -9 of the processor in the middle of a gate: the next `dibs land` sees the lock
     holder is dead, takes the queue over and lands the entry; nothing is left behind."""
