@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,31 @@ class Cli:
 @pytest.fixture
 def cli(repo: Path) -> Cli:
     return Cli(repo)
+
+
+def background(
+    cli: Cli, *args: str, env: dict[str, str], session: bool = False
+) -> subprocess.Popen[str]:
+    """`dibs *args*` started in *cli*'s folder as the agent of *env*, output captured (with
+    *session*: in a process group of its own, for `os.killpg`)."""
+    return subprocess.Popen(
+        [str(BIN / "dibs"), *args],
+        cwd=cli.cwd,
+        env={**cli.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=session,
+    )
+
+
+def until(ready: Any, what: str, proc: subprocess.Popen[str] | None = None) -> None:
+    """Wait (up to 60 s) until *ready*() is true; fail at once if *proc* ended meanwhile."""
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        assert proc is None or proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
 
 
 def reap(procs: list[subprocess.Popen[Any]]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, Cli, git
+from tests.conftest import Cli, background, git, until
 
 
 def settings(repo: Path, gates: str = "") -> None:
@@ -106,20 +106,9 @@ def test_land_reports_its_own_outcome_after_serving_others_while_its_entry_was_p
     for env, issue in ((alice, "A"), (bob, "B")):  # A first in the queue, then B
         assert 0 == cli("claim", f"issue:{issue}", env=env).returncode
         assert 0 == cli("land", f"agent/{issue}", "--queue-only", env=env).returncode
-    lander = subprocess.Popen(
-        [str(BIN / "dibs"), "land", "agent/A", "--json"],
-        cwd=repo,
-        env={**cli.env, **alice},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    lander = background(cli, "land", "agent/A", "--json", env=alice)
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert time.monotonic() < deadline, "the lander never reached B's gate"
-            assert lander.poll() is None, lander.communicate()
-            time.sleep(0.05)
+        until(started.exists, "the lander reaching B's gate", lander)
         fill_finished(repo, "C", 50)
         go.write_text("")
         out, err = lander.communicate(timeout=120)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, Cli, git
+from tests.conftest import BIN, Cli, background, git, until
 
 
 def settings(repo: Path, gates: str = "", merge: str = "") -> None:
@@ -370,19 +370,9 @@ def test_a_land_waiting_behind_a_live_processor_writes_nothing_to_learn_it(
     bob = agent_with_issue(cli, "bob", "W-2")
     branch(repo, "agent/W-1", {"w1.txt": "1\n"})
     branch(repo, "agent/W-2", {"w2.txt": "2\n"})
-    first = subprocess.Popen(
-        [str(BIN / "dibs"), "land", "agent/W-1", "--json"],
-        cwd=repo,
-        env={**cli.env, **alice},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = background(cli, "land", "agent/W-1", "--json", env=alice)
     try:
-        deadline = time.monotonic() + 60
-        while not flag.exists():
-            assert time.monotonic() < deadline, "the gate never started"
-            time.sleep(0.05)
+        until(flag.exists, "the gate's start", first)
         waiting = cli("land", "agent/W-2", "--wait", "2", "--json", env=bob)
         assert 0 != waiting.returncode
         assert "still" in waiting.stdout + waiting.stderr
@@ -406,24 +396,14 @@ def test_a_killed_processor_is_taken_over(repo: Path, cli: Cli, tmp_path: Path) 
     settings(repo, f'tests = "touch {flag}; if [ ! -f {tmp_path}/go ]; then sleep 60; fi"')
     env = agent_with_issue(cli, "alice", "K-1")
     branch(repo, "agent/K-1", {"k": "k\n"})
-    first = subprocess.Popen(
-        [str(BIN / "dibs"), "land", "agent/K-1"],
-        cwd=repo,
-        env={**cli.env, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    first = background(cli, "land", "agent/K-1", env=env, session=True)
     try:
-        deadline = time.monotonic() + 60
-        while not flag.exists():
-            assert time.monotonic() < deadline, "the gate never started"
-            time.sleep(0.05)
+        until(flag.exists, "the gate's start", first)
         os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
     (tmp_path / "go").write_text("")
     out = cli("land", "agent/K-1", "--json", env=env)
     assert 0 == out.returncode, out.stdout + out.stderr
