@@ -486,35 +486,32 @@ class Coordinator:
     def _wait_for_change(
         self, backoff: float, remaining: float, waiting_for: list[Resource], refused: Conflict
     ) -> None:
-        """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
-        PostgreSQL store's LISTEN/NOTIFY), until something that may overlap *waiting_for*
-        is released (polling every `_WAKE_POLL` seconds in case a notification is lost).
+        """`wait_for_release` for a claim refused by *refused*: woken only by a release of
+        something that may overlap *waiting_for*.
 
         A lease that runs out frees its resource without a release to wake anyone, so the
         wait also ends just after the soonest expiry among the holders that *refused* it
         (a renewal may have moved it on since: then one more look finds that out)."""
-        wait = getattr(self.store, "wait_for_change", None)
-        if wait is None:
-            time.sleep(backoff)
-            return
-        timeout = min(remaining, _WAKE_POLL)
         expiring = [h.get("expires_in") for h in refused.details.get("holders") or ()]
         known = [float(x) for x in expiring if isinstance(x, int | float)]
         if known:
-            timeout = min(timeout, max(min(known), 0.0) + _EXPIRY_SLACK)
+            remaining = min(remaining, max(min(known), 0.0) + _EXPIRY_SLACK)
         scopes = [text for r in waiting_for if (text := scope(r.text)) is not None]
-        wait(timeout, scopes)
+        self.wait_for_release(backoff, remaining, scopes)
 
-    def wait_for_release(self, backoff: float, remaining: float) -> None:
-        """Sleep *backoff* seconds, or, when the store can tell (the PostgreSQL store's
-        LISTEN/NOTIFY), until anything in the namespace is let go (a release, an eviction, an
-        agent leaving), for at most *remaining* seconds and `_WAKE_POLL` (a change that
-        sends no notification, such as a task landing, is seen at the next look)."""
+    def wait_for_release(
+        self, backoff: float, remaining: float, scopes: list[str] | None = None
+    ) -> None:
+        """Sleep *backoff* seconds, or, when the store can tell (``wait_for_change``: the
+        PostgreSQL store's LISTEN/NOTIFY), until something is let go (a release, an
+        eviction, an agent leaving; with *scopes*, only something that may overlap one of
+        them), for at most *remaining* seconds and `_WAKE_POLL` (in case a notification is
+        lost, and for a change that sends none, such as a task landing)."""
         wait = getattr(self.store, "wait_for_change", None)
         if wait is None:
             time.sleep(backoff)
             return
-        wait(min(remaining, _WAKE_POLL))
+        wait(min(remaining, _WAKE_POLL), scopes)
 
     def renew(self, resources: Iterable[str], *, ttl: float | None = None) -> list[dict[str, Any]]:
         """Extend this agent's leases on *resources*.
