@@ -49,7 +49,10 @@ def open_store(url: str, repo: Repo | None, *, namespace: str = "", sync: str = 
     ``postgresql://...`` (in *namespace*, by default the repository's `default_namespace`).
     A local store syncs its log as *sync* says (``store.sync``).
     """
-    if is_postgres_url(url):
+    from dibs.ground.settings import store_kind
+
+    kind = store_kind(url)
+    if kind == "postgres":
         try:
             from dibs.store.postgres import PostgresStore
         except ImportError as exc:
@@ -59,22 +62,20 @@ def open_store(url: str, repo: Repo | None, *, namespace: str = "", sync: str = 
                 "the local store",
             ) from exc
         return PostgresStore(url, namespace=namespace or default_namespace(repo))
-    from dibs.store.local import LocalStore
-
-    if url.startswith("memory:"):
+    if kind == "memory":
         from dibs.store.memory import MemoryStore
 
         return MemoryStore()
-    if url:
-        from dibs.ground.settings import store_kind
+    if not kind:
+        raise UsageError(
+            f"the store {url!r} is not an absolute folder path or a PostgreSQL URL",
+            hint="set store.url (or DIBS_STORE) to an absolute path, or to "
+            "postgresql://USER@HOST:PORT/DB; a relative path would name a different "
+            "store in each worktree",
+        )
+    from dibs.store.local import LocalStore
 
-        if store_kind(url) != "folder":
-            raise UsageError(
-                f"the store {url!r} is not an absolute folder path or a PostgreSQL URL",
-                hint="set store.url (or DIBS_STORE) to an absolute path, or to "
-                "postgresql://USER@HOST:PORT/DB; a relative path would name a different "
-                "store in each worktree",
-            )
+    if kind == "folder":
         return LocalStore(os.path.abspath(url.removeprefix("local:")), sync=sync)
     if repo is None:
         raise NotFound("no repository and no store given", hint="run inside a git repository")
