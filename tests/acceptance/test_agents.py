@@ -153,6 +153,14 @@ def test_next_wait_gives_up_and_says_why(repo: Path, cli: Cli) -> None:
         refused.kill()
     assert 0 != refused.returncode
     assert "wrong or missing session token" in err
+    tokenless = spawn(repo, "next", "--wait", "600", env={"DIBS_AGENT": "waiter"})
+    try:
+        _, err = tokenless.communicate(timeout=60)
+    finally:
+        tokenless.kill()
+    assert 0 != tokenless.returncode
+    assert "token" in err
+    assert [("issue:A", "holder")] == [(c["resource"], c["agent"]) for c in cli.json("claims")]
 
 
 def test_steal_takes_a_stale_holders_task(repo: Path, cli: Cli) -> None:
